@@ -1,0 +1,24 @@
+#include "core/log.h"
+
+#include <atomic>
+#include <cstdio>
+
+namespace lokal {
+
+static std::atomic<int> g_level{static_cast<int>(LogLevel::Info)};
+
+void set_log_level(LogLevel level) { g_level = static_cast<int>(level); }
+LogLevel log_level() { return static_cast<LogLevel>(g_level.load()); }
+
+void log_msg(LogLevel level, const char* fmt, ...) {
+  if (static_cast<int>(level) < g_level.load()) return;
+  const char* prefix = level == LogLevel::Warn ? "warning: " : level == LogLevel::Error ? "error: " : "";
+  char buf[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s%s\n", prefix, buf);
+}
+
+}  // namespace lokal

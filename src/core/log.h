@@ -1,0 +1,17 @@
+// core/log.h - minimal leveled logging to stderr.
+#pragma once
+#include <cstdarg>
+
+namespace lokal {
+
+enum class LogLevel { Debug = 0, Info = 1, Warn = 2, Error = 3, Silent = 4 };
+
+void set_log_level(LogLevel level);
+LogLevel log_level();
+void log_msg(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define LOKAL_INFO(...) ::lokal::log_msg(::lokal::LogLevel::Info, __VA_ARGS__)
+#define LOKAL_WARN(...) ::lokal::log_msg(::lokal::LogLevel::Warn, __VA_ARGS__)
+#define LOKAL_DEBUG(...) ::lokal::log_msg(::lokal::LogLevel::Debug, __VA_ARGS__)
+
+}  // namespace lokal

@@ -1,0 +1,87 @@
+#include "core/mmap.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace lokal {
+
+MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw Error(path + ": cannot stat: " + std::strerror(e));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(path + ": is a directory, expected a GGUF file");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(path + ": not a regular file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ == 0) {
+    ::close(fd);
+    data_ = nullptr;
+    return;
+  }
+  if (use_mmap) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      throw Error(path + ": mmap failed: " + std::strerror(e));
+    }
+    ::close(fd);
+    data_ = static_cast<const uint8_t*>(p);
+    mapped_ = true;
+  } else {
+    buffer_.resize(size_);
+    size_t got = 0;
+    while (got < size_) {
+      ssize_t r = ::read(fd, buffer_.data() + got, size_ - got);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        int e = errno;
+        ::close(fd);
+        throw Error(path + ": read failed: " + (r == 0 ? std::string("unexpected end of file") : std::strerror(e)));
+      }
+      got += static_cast<size_t>(r);
+    }
+    ::close(fd);
+    data_ = buffer_.data();
+  }
+}
+
+MappedFile::~MappedFile() {
+  if (mapped_ && data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+void MappedFile::prefetch(size_t offset, size_t len) const {
+  if (!mapped_ || offset >= size_) return;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  size_t start = offset / page * page;
+  size_t end = std::min(size_, offset + len);
+  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_WILLNEED);
+}
+
+bool MappedFile::lock(std::string* why) {
+  if (!data_) return true;
+  if (::mlock(data_, size_) != 0) {
+    if (why) *why = std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace lokal

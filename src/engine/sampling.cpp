@@ -1,0 +1,1 @@
+// placeholder: sampling is being written

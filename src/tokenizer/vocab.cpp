@@ -1,0 +1,1 @@
+// placeholder: the tokenizer module is being written

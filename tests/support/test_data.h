@@ -1,0 +1,18 @@
+// tests/support/test_data.h - where the shared test data lives.
+//
+// One setting: the environment variable LOKAL_TEST_DATA, else the CMake cache value
+// LOKAL_TEST_DATA (default ../shared beside the checkout). If the folder is missing the
+// tests FAIL (never skip): test_data_dir() throws, which gtest reports as a failure.
+#pragma once
+#include <string>
+
+namespace lokal::test {
+
+std::string test_data_dir();                       // throws std::runtime_error if missing
+std::string data_path(const std::string& rel);     // test_data_dir() + "/" + rel, must exist
+std::string binary_dir();                          // the CMake build directory
+// Extracted vocab GGUFs (tokenizers/vocab-gguf.tar.xz unpacked once into the build dir).
+std::string vocab_dir();
+std::string read_file(const std::string& path);
+
+}  // namespace lokal::test
