@@ -1,2 +1,39 @@
+// lokal - private, local LLM inference. Entry point: parses the subcommand and reports
+// every failure as one clear line on stderr with a non-zero exit status.
 #include <cstdio>
-int main() { std::puts("lokal"); return 0; }
+#include <exception>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"lokal - run GGUF language models locally, fast", "lokal"};
+  app.set_version_flag("--version", "lokal 0.1.0");
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  int rc = 0;
+  lokal::cli::register_run(app, &rc);
+  lokal::cli::register_info(app, &rc);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s (see 'lokal --help')\n", e.what());
+    return 2;
+  } catch (const lokal::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return rc;
+}

@@ -1,1 +1,150 @@
-// placeholder
+// model/llama.cpp - the forward pass of the llama family (Llama 2/3, Mistral, TinyLlama,
+// DeepSeek-R1-Distill-Llama) and qwen2 (Qwen2/2.5, DeepSeek-R1-Distill-Qwen).
+//
+// Per token t (B tokens in a batch, d = n_embd, H = n_head, G = n_head_kv, hd = head_dim):
+//   x = token_embd[token]                                   [B, d]
+//   for each layer:
+//     h  = rms_norm(x) * attn_norm                          [B, d]
+//     q  = h Wq (+bq), k = h Wk (+bk), v = h Wv (+bv)      [B, H*hd], [B, G*hd], [B, G*hd]
+//     q, k = rope(q, k, position)                           (norm style: llama, neox: qwen2)
+//     cache[pos] = k, v
+//     a  = softmax(q k_cache^T / sqrt(hd), causal) v_cache  per head; head i reads kv head i/(H/G)
+//     x += a Wo                                             [B, d]
+//     h  = rms_norm(x) * ffn_norm
+//     x += (silu(h Wgate) * (h Wup)) Wdown                  [B, n_ff] -> [B, d]
+//   logits = rms_norm(x) * output_norm @ output             [B, n_vocab]
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/model.h"
+
+namespace lokal {
+
+Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch)
+    : m_(model), c_(model.config()), pool_(pool), kv_(model.config(), n_ctx), max_batch_(std::max<int64_t>(1, max_batch)) {
+  const int64_t B = max_batch_;
+  x_.resize(static_cast<size_t>(B * c_.n_embd));
+  xn_.resize(static_cast<size_t>(B * std::max(c_.n_embd, c_.n_ff)));
+  q_.resize(static_cast<size_t>(B * c_.n_embd_q()));
+  k_.resize(static_cast<size_t>(B * c_.n_embd_k()));
+  v_.resize(static_cast<size_t>(B * c_.n_embd_v()));
+  attn_.resize(static_cast<size_t>(B * c_.n_head * c_.head_dim_v));
+  gate_.resize(static_cast<size_t>(B * c_.n_ff));
+  up_.resize(static_cast<size_t>(B * c_.n_ff));
+  scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
+}
+
+size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads) {
+  const int64_t floats = B * c.n_embd + B * std::max(c.n_embd, c.n_ff) + B * c.n_embd_q() + B * c.n_embd_k() +
+                         B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff + n_threads * n_ctx;
+  // Activation buffer for the quantized copy of the widest input (<= 4 bytes per element).
+  const int64_t act = B * std::max(c.n_embd, c.n_ff) * 4;
+  return static_cast<size_t>(floats) * sizeof(float) + static_cast<size_t>(act);
+}
+
+size_t Forward::scratch_bytes() const {
+  return (x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + attn_.size() + gate_.size() + up_.size() +
+          scores_.size()) * sizeof(float) + act_.capacity();
+}
+
+void Forward::eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {
+  if (n <= 0) return;
+  if (pos0 < 0 || pos0 + n > kv_.n_ctx())
+    throw Error("context full: " + std::to_string(pos0 + n) + " tokens do not fit in a context of " +
+                std::to_string(kv_.n_ctx()));
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c_.n_vocab)
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+                  std::to_string(c_.n_vocab - 1) + ")");
+  for (int64_t done = 0; done < n; done += max_batch_) {
+    const int64_t nb = std::min(max_batch_, n - done);
+    const bool last = done + nb == n;
+    float* out = nullptr;
+    if (all_logits) out = logits + done * c_.n_vocab;
+    else if (last) out = logits;
+    eval_batch(tokens + done, nb, pos0 + done, all_logits, out);
+  }
+}
+
+void Forward::attention(int64_t layer, int64_t n, int64_t pos0) {
+  const int64_t H = c_.n_head, hd = c_.head_dim, hdv = c_.head_dim_v;
+  const int64_t group = c_.n_head / c_.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t n_ctx = kv_.n_ctx();
+  pool_.parallel_for(n * H, [&](int64_t item, int tid) {
+    const int64_t t = item / H, h = item % H;
+    const int64_t g = h / group;
+    const int64_t pos = pos0 + t;  // attends to cache positions [0, pos]
+    const float* q = q_.data() + t * c_.n_embd_q() + h * hd;
+    float* s = scores_.data() + static_cast<int64_t>(tid) * n_ctx;
+    for (int64_t j = 0; j <= pos; ++j) {
+      const float* kr = kv_.k(layer, j) + g * hd;
+      float acc = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) acc += q[d] * kr[d];
+      s[j] = acc * scale;
+    }
+    softmax(s, pos + 1);
+    float* out = attn_.data() + t * H * hdv + h * hdv;
+    std::fill(out, out + hdv, 0.0f);
+    for (int64_t j = 0; j <= pos; ++j) {
+      const float* vr = kv_.v(layer, j) + g * hdv;
+      const float w = s[j];
+      for (int64_t d = 0; d < hdv; ++d) out[d] += w * vr[d];
+    }
+  });
+}
+
+void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {
+  const int64_t d = c_.n_embd, nq = c_.n_embd_q(), nk = c_.n_embd_k(), nv = c_.n_embd_v(), ff = c_.n_ff;
+  RopeParams rp;
+  rp.rope_dim = static_cast<int>(c_.rope_dim);
+  rp.freq_base = c_.rope_freq_base;
+  rp.freq_scale = c_.rope_freq_scale;
+  rp.neox = c_.rope_style == RopeStyle::Neox;
+  rp.freq_factors = m_.rope_freqs;
+
+  float* x = x_.data();
+  for (int64_t t = 0; t < n; ++t) get_row(m_.tok_embd, tokens[t], x + t * d);
+
+  for (int64_t l = 0; l < c_.n_layer; ++l) {
+    const LayerWeights& L = m_.layers[static_cast<size_t>(l)];
+    // --- attention block ---
+    for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.attn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    matmul(pool_, L.wq, xn_.data(), n, q_.data(), nq, act_);
+    matmul(pool_, L.wk, xn_.data(), n, k_.data(), nk, act_);
+    matmul(pool_, L.wv, xn_.data(), n, v_.data(), nv, act_);
+    for (int64_t t = 0; t < n; ++t) {
+      float* q = q_.data() + t * nq;
+      float* k = k_.data() + t * nk;
+      float* v = v_.data() + t * nv;
+      if (L.bq) add_inplace(q, L.bq, nq);
+      if (L.bk) add_inplace(k, L.bk, nk);
+      if (L.bv) add_inplace(v, L.bv, nv);
+      rope(q, static_cast<int>(c_.n_head), static_cast<int>(c_.head_dim), pos0 + t, rp);
+      rope(k, static_cast<int>(c_.n_head_kv), static_cast<int>(c_.head_dim), pos0 + t, rp);
+      std::memcpy(kv_.k(l, pos0 + t), k, static_cast<size_t>(nk) * sizeof(float));
+      std::memcpy(kv_.v(l, pos0 + t), v, static_cast<size_t>(nv) * sizeof(float));
+    }
+    attention(l, n, pos0);
+    matmul(pool_, L.wo, attn_.data(), n, xn_.data(), d, act_);
+    for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
+
+    // --- feed-forward block ---
+    for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.ffn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    matmul(pool_, L.w_gate, xn_.data(), n, gate_.data(), ff, act_);
+    matmul(pool_, L.w_up, xn_.data(), n, up_.data(), ff, act_);
+    for (int64_t t = 0; t < n; ++t) swiglu(gate_.data() + t * ff, up_.data() + t * ff, gate_.data() + t * ff, ff);
+    matmul(pool_, L.w_down, gate_.data(), n, xn_.data(), d, act_);
+    for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
+  }
+
+  if (!logits) return;
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t n_out = n - first;
+  for (int64_t t = first; t < n; ++t) rms_norm(x + t * d, m_.output_norm, xn_.data() + (t - first) * d, d, c_.rms_eps);
+  matmul(pool_, m_.output, xn_.data(), n_out, logits, c_.n_vocab, act_);
+}
+
+}  // namespace lokal

@@ -1,1 +1,132 @@
-// placeholder
+#include "ops/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "core/quant.h"
+#include "ops/vec_dot.h"
+
+namespace lokal {
+
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const float mean = static_cast<float>(sum / static_cast<double>(n));
+  const float scale = 1.0f / std::sqrt(mean + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+}
+
+void rope(float* x, int n_heads, int head_dim, int64_t pos, const RopeParams& p) {
+  const int nd = p.rope_dim;
+  const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(nd));
+  // cos/sin per rotated pair, computed once for all heads.
+  float cs[512], sn[512];
+  std::vector<float> heap;
+  float* c = cs;
+  float* s = sn;
+  if (nd / 2 > 512) {
+    heap.resize(static_cast<size_t>(nd));
+    c = heap.data();
+    s = heap.data() + nd / 2;
+  }
+  float theta = static_cast<float>(pos);
+  for (int i = 0; i < nd / 2; ++i) {
+    const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
+    const float t = theta / ff * p.freq_scale;
+    c[i] = std::cos(t);
+    s[i] = std::sin(t);
+    theta *= theta_scale;
+  }
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + static_cast<int64_t>(h) * head_dim;
+    if (p.neox) {
+      const int half = nd / 2;
+      for (int i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = a * s[i] + b * c[i];
+      }
+    } else {
+      for (int i = 0; i < nd / 2; ++i) {
+        const float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * c[i] - b * s[i];
+        v[2 * i + 1] = a * s[i] + b * c[i];
+      }
+    }
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  if (mx == -std::numeric_limits<float>::infinity()) {
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = x[i] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(x[i] - mx);
+    x[i] = e;
+    sum += e;
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void get_row(const WeightView& W, int64_t r, float* out) {
+  if (r < 0 || r >= W.rows) throw Error("row index " + std::to_string(r) + " out of range");
+  dequantize_row(W.type, W.row(r), out, W.cols);
+}
+
+void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
+            std::vector<uint8_t>& scratch) {
+  const DType at = vec_dot_type(W.type);
+  const size_t act_row = row_size(at, W.cols);
+  const void* act = X;
+  if (at != DType::F32) {
+    if (scratch.size() < act_row * static_cast<size_t>(n_tok)) scratch.resize(act_row * static_cast<size_t>(n_tok));
+    uint8_t* dst = scratch.data();
+    if (n_tok >= 4) {
+      pool.parallel_for(n_tok, [&](int64_t t, int) {
+        quantize_activation(W.type, X + t * W.cols, dst + static_cast<size_t>(t) * act_row, W.cols);
+      });
+    } else {
+      for (int64_t t = 0; t < n_tok; ++t)
+        quantize_activation(W.type, X + t * W.cols, dst + static_cast<size_t>(t) * act_row, W.cols);
+    }
+    act = dst;
+  }
+  const uint8_t* A = static_cast<const uint8_t*>(act);
+  // Work items: blocks of rows; each item multiplies its rows with every token so the weight
+  // rows stay in cache while the (small) activation block is reused.
+  const int64_t rows_per_item = std::max<int64_t>(1, std::min<int64_t>(64, W.rows / (pool.size() * 8)));
+  const int64_t n_items = (W.rows + rows_per_item - 1) / rows_per_item;
+  const int64_t tok_block = 8;
+  pool.parallel_for(n_items, [&](int64_t item, int) {
+    const int64_t r0 = item * rows_per_item;
+    const int64_t r1 = std::min(W.rows, r0 + rows_per_item);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tok_block) {
+      const int64_t t1 = std::min(n_tok, t0 + tok_block);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* wr = W.row(r);
+        for (int64_t t = t0; t < t1; ++t)
+          Y[t * ldy + r] = vec_dot(W.type, W.cols, wr, A + static_cast<size_t>(t) * act_row);
+      }
+    }
+  });
+}
+
+}  // namespace lokal

@@ -27,6 +27,13 @@ void quantize_activation_ref(DType w, const float* x, void* dst, int64_t n);
 float vec_dot_ref(DType w, int64_t n, const void* wrow, const void* act);
 
 // Name of the kernel set chosen at runtime ("avx512", "avx2", "scalar").
+// The environment variable LOKAL_FORCE_SCALAR=1 forces "scalar" at startup; LOKAL_ISA=<name>
+// asks for a given set (ignored if the CPU lacks it).
 const char* vec_dot_isa();
+
+// Switch kernel sets at runtime ("scalar", "avx2", "avx512", or "best"). Returns false (and
+// changes nothing) if the name is unknown or the CPU lacks the instructions. Not meant to be
+// called while other threads are inside vec_dot (tests and benchmarks only).
+bool set_vec_dot_isa(const char* name);
 
 }  // namespace lokal

@@ -1,0 +1,112 @@
+// `lokal info MODEL`: architecture, hyperparameters, tokenizer, tensor types, memory needed.
+#include <cstdio>
+#include <map>
+
+#include "cli/commands.h"
+#include "core/log.h"
+#include "engine/session.h"
+
+namespace lokal::cli {
+
+std::string format_bytes(double b) {
+  char buf[64];
+  if (b >= 1024.0 * 1024 * 1024) snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+  else if (b >= 1024.0 * 1024) snprintf(buf, sizeof buf, "%.2f MiB", b / (1024.0 * 1024));
+  else if (b >= 1024.0) snprintf(buf, sizeof buf, "%.2f KiB", b / 1024.0);
+  else snprintf(buf, sizeof buf, "%.0f B", b);
+  return buf;
+}
+
+namespace {
+struct InfoArgs {
+  std::string model;
+  int64_t ctx = 0;
+  bool all_kv = false;
+};
+
+void info(const InfoArgs& a) {
+  set_log_level(LogLevel::Warn);
+  auto model = Model::load(a.model, LoadOptions{.use_mmap = true, .mlock = false, .prefetch = false});
+  const ModelConfig& c = model->config();
+  const GGUFFile& f = model->gguf();
+  const Vocab& v = model->vocab();
+  std::printf("file:            %s\n", a.model.c_str());
+  std::printf("format:          GGUF v%u, %zu tensors, %zu metadata keys, %s\n", f.version(), f.tensors().size(),
+              f.kv().size(), format_bytes(static_cast<double>(f.file_size())).c_str());
+  if (!c.name.empty()) std::printf("name:            %s\n", c.name.c_str());
+  std::printf("architecture:    %s\n", c.arch.c_str());
+  std::printf("file type:       %s\n", file_type_name(c.file_type).c_str());
+  std::printf("\nhyperparameters\n");
+  std::printf("  n_vocab        %lld\n", static_cast<long long>(c.n_vocab));
+  std::printf("  n_ctx_train    %lld\n", static_cast<long long>(c.n_ctx_train));
+  std::printf("  n_embd         %lld\n", static_cast<long long>(c.n_embd));
+  std::printf("  n_layer        %lld\n", static_cast<long long>(c.n_layer));
+  std::printf("  n_head         %lld\n", static_cast<long long>(c.n_head));
+  std::printf("  n_head_kv      %lld%s\n", static_cast<long long>(c.n_head_kv), c.n_head_kv < c.n_head ? " (grouped-query attention)" : "");
+  std::printf("  head_dim       %lld\n", static_cast<long long>(c.head_dim));
+  std::printf("  n_ff           %lld\n", static_cast<long long>(c.n_ff));
+  std::printf("  rms_eps        %g\n", c.rms_eps);
+  std::printf("  rope           %s, dims %lld, freq_base %g, freq_scale %g%s\n",
+              c.rope_style == RopeStyle::Neox ? "neox" : "normal", static_cast<long long>(c.rope_dim), c.rope_freq_base,
+              c.rope_freq_scale, model->rope_freqs ? ", with per-dim frequency factors" : "");
+  std::printf("  output         %s\n", model->tied_output ? "tied to token_embd" : "separate output.weight");
+  std::printf("  q/k/v bias     %s\n", model->layers.empty() || !model->layers[0].bq ? "no" : "yes");
+
+  std::printf("\ntokenizer\n");
+  std::printf("  model          %s%s%s\n", v.model_name().c_str(), v.pre_name().empty() ? "" : ", pre-tokenizer ",
+              v.pre_name().c_str());
+  std::printf("  tokens         %d%s\n", v.n_tokens(),
+              v.n_merges() ? (", " + std::to_string(v.n_merges()) + " merges").c_str() : "");
+  auto tok = [&](int32_t id) { return id < 0 ? std::string("none") : std::to_string(id) + " '" + v.token_text(id) + "'"; };
+  std::printf("  bos            %s%s\n", tok(v.bos()).c_str(), v.add_bos() ? " (added)" : "");
+  std::printf("  eos            %s\n", tok(v.eos()).c_str());
+  if (v.eot() >= 0) std::printf("  eot            %s\n", tok(v.eot()).c_str());
+  std::printf("  chat template  %s\n", f.has("tokenizer.chat_template") ? "yes" : "no");
+
+  std::printf("\ntensors by type\n");
+  std::map<std::string, std::pair<int, size_t>> by_type;
+  int64_t n_params = 0;
+  for (const auto& t : f.tensors()) {
+    auto& e = by_type[type_name(t.type)];
+    e.first++;
+    e.second += t.nbytes;
+    n_params += t.n_elements();
+  }
+  for (const auto& [name, e] : by_type)
+    std::printf("  %-8s %5d tensors  %12s\n", name.c_str(), e.first, format_bytes(static_cast<double>(e.second)).c_str());
+  std::printf("  parameters     %lld (%.2f M), %.2f bits per weight\n", static_cast<long long>(n_params), n_params / 1e6,
+              8.0 * static_cast<double>(model->weight_bytes()) / static_cast<double>(n_params));
+
+  const int64_t n_ctx = a.ctx > 0 ? a.ctx : std::min<int64_t>(c.n_ctx_train, 4096);
+  const double kv = static_cast<double>(c.n_layer * n_ctx * (c.n_embd_k() + c.n_embd_v()) * 4);
+  const double scratch = static_cast<double>(Forward::scratch_bytes_for(c, 256, n_ctx, ThreadPool::default_threads()));
+  const double logits = static_cast<double>(c.n_vocab * 4);
+  const double w = static_cast<double>(model->weight_bytes());
+  std::printf("\nmemory at context %lld\n", static_cast<long long>(n_ctx));
+  std::printf("  weights        %s (memory-mapped)\n", format_bytes(w).c_str());
+  std::printf("  kv cache       %s (f32, %lld layers x %lld cells)\n", format_bytes(kv).c_str(),
+              static_cast<long long>(c.n_layer), static_cast<long long>(n_ctx));
+  std::printf("  compute        %s (batch 256)\n", format_bytes(scratch + logits).c_str());
+  std::printf("  total          %s\n", format_bytes(w + kv + scratch + logits).c_str());
+
+  if (a.all_kv) {
+    std::printf("\nmetadata\n");
+    for (const auto& [k, val] : f.kv()) std::printf("  %-40s %s\n", k.c_str(), val.to_string(80).c_str());
+  }
+}
+}  // namespace
+
+void register_info(CLI::App& app, int* rc) {
+  auto a = std::make_shared<InfoArgs>();
+  CLI::App* cmd = app.add_subcommand("info", "Show a model's architecture, tokenizer, tensors and memory needs");
+  cmd->add_option("model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-c,--ctx-size", a->ctx, "Context size for the memory estimate (0: model's, max 4096)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_flag("--metadata", a->all_kv, "Also list every metadata key");
+  cmd->callback([a, rc] {
+    info(*a);
+    *rc = 0;
+  });
+}
+
+}  // namespace lokal::cli

@@ -1,0 +1,91 @@
+#include "engine/session.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace lokal {
+
+namespace {
+int64_t pick_ctx(const Model& m, int64_t want) {
+  if (want > 0) return want;
+  return std::min<int64_t>(m.config().n_ctx_train, 4096);
+}
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Length: return "length";
+    case StopReason::EndOfGeneration: return "eog";
+    case StopReason::ContextFull: return "context full";
+    case StopReason::Stopped: return "stopped";
+  }
+  return "?";
+}
+
+Session::Session(const Model& model, const SessionOptions& opt)
+    : model_(model),
+      pool_(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads()),
+      fwd_(model, pick_ctx(model, opt.n_ctx), pool_, std::max<int64_t>(1, opt.n_batch)),
+      logits_(static_cast<size_t>(model.config().n_vocab)) {}
+
+void Session::feed(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n_past_ + n > n_ctx())
+    throw Error("context full: " + std::to_string(n_past_) + " tokens in context + " + std::to_string(n) +
+                " new tokens exceed the context size of " + std::to_string(n_ctx()) + " (use -c to enlarge it)");
+  fwd_.eval(tokens.data(), n, n_past_, false, logits_.data());
+  n_past_ += n;
+}
+
+GenerationResult Session::generate(const std::string& prompt, int n_predict, const SamplingParams& sp,
+                                   const std::function<bool(const std::string&)>& on_text) {
+  const Vocab& vocab = model_.vocab();
+  GenerationResult res;
+  std::vector<int32_t> toks = vocab.tokenize(prompt, true, false);
+  if (toks.empty()) throw Error("the prompt is empty and the model adds no BOS token; nothing to condition on");
+  res.n_prompt = static_cast<int64_t>(toks.size());
+  if (n_past_ + res.n_prompt > n_ctx())
+    throw Error("prompt of " + std::to_string(res.n_prompt) + " tokens does not fit in the context of " +
+                std::to_string(n_ctx()) + " tokens (" + std::to_string(n_past_) + " already used); use -c to enlarge it");
+
+  Sampler sampler(sp);
+  for (int32_t t : toks) sampler.accept(t);
+  StreamDecoder dec(vocab);
+
+  auto t0 = Clock::now();
+  feed(toks);
+  res.prompt_seconds = since(t0);
+  auto t1 = Clock::now();
+  for (int i = 0; n_predict < 0 || i < n_predict; ++i) {
+    const int32_t tok = sampler.sample(logits_.data(), static_cast<int>(logits_.size()));
+    sampler.accept(tok);
+    if (vocab.is_eog(tok)) {
+      res.stop = StopReason::EndOfGeneration;
+      break;
+    }
+    res.tokens.push_back(tok);
+    if (i == 0) t1 = Clock::now();  // generation speed excludes the first token (prompt logits)
+    const std::string text = dec.push(tok);
+    if (!text.empty() && on_text && !on_text(text)) {
+      res.stop = StopReason::Stopped;
+      break;
+    }
+    if (n_predict >= 0 && i + 1 >= n_predict) break;
+    if (n_past_ >= n_ctx()) {
+      res.stop = StopReason::ContextFull;
+      break;
+    }
+    feed({tok});
+  }
+  res.gen_seconds = since(t1);
+  const std::string rest = dec.flush();
+  if (!rest.empty() && on_text) on_text(rest);
+  return res;
+}
+
+}  // namespace lokal

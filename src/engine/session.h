@@ -1,0 +1,66 @@
+// engine/session.h - one conversation with a model: KV cache, position, sampling loop.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/threadpool.h"
+#include "engine/sampling.h"
+#include "model/model.h"
+
+namespace lokal {
+
+struct SessionOptions {
+  int64_t n_ctx = 0;     // 0: the model's trained context, capped at 4096
+  int n_threads = 0;     // 0: all hardware threads
+  int64_t n_batch = 256; // prompt tokens per forward micro-batch
+};
+
+enum class StopReason { Length, EndOfGeneration, ContextFull, Stopped };
+const char* stop_reason_name(StopReason r);
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;   // generated tokens
+  int64_t n_prompt = 0;
+  double prompt_seconds = 0;     // time to process the prompt (first token logits)
+  double gen_seconds = 0;        // time for the generated tokens after the first
+  StopReason stop = StopReason::Length;
+  double prompt_tps() const { return prompt_seconds > 0 ? n_prompt / prompt_seconds : 0; }
+  double gen_tps() const {
+    return gen_seconds > 0 && tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / gen_seconds : 0;
+  }
+};
+
+class Session {
+ public:
+  Session(const Model& model, const SessionOptions& opt);
+
+  const Model& model() const { return model_; }
+  int64_t n_ctx() const { return fwd_.n_ctx(); }
+  int64_t n_past() const { return n_past_; }
+  int n_threads() const { return pool_.size(); }
+  size_t kv_bytes() const { return fwd_.kv_bytes(); }
+  size_t scratch_bytes() const { return fwd_.scratch_bytes(); }
+
+  // Append tokens to the context and compute the logits of the last one.
+  // Throws lokal::Error with the numbers if they do not fit in the context.
+  void feed(const std::vector<int32_t>& tokens);
+  const std::vector<float>& logits() const { return logits_; }
+  void reset() { n_past_ = 0; }
+
+  // Tokenize `prompt` (adding BOS per the vocabulary), run it, then sample up to n_predict
+  // tokens. on_text receives decoded UTF-8 text as soon as it is complete; returning false
+  // stops generation. Stops at an end-of-generation token or when the context is full.
+  GenerationResult generate(const std::string& prompt, int n_predict, const SamplingParams& sp,
+                            const std::function<bool(const std::string&)>& on_text);
+
+ private:
+  const Model& model_;
+  ThreadPool pool_;
+  Forward fwd_;
+  int64_t n_past_ = 0;
+  std::vector<float> logits_;
+};
+
+}  // namespace lokal

@@ -1,0 +1,122 @@
+#include "model/model.h"
+
+#include <chrono>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/quant.h"
+
+namespace lokal {
+
+WeightView Model::matrix(const std::string& name, int64_t cols, int64_t rows, bool required) {
+  const GGUFTensorInfo* t = gguf_->find_tensor(name);
+  if (!t) {
+    if (required) throw Error(gguf_->name() + ": missing tensor '" + name + "'");
+    return {};
+  }
+  if (t->n_dims > 2 || t->ne[0] != cols || t->ne[1] != rows)
+    throw Error(gguf_->name() + ": tensor '" + name + "' has shape " + t->shape_str() + ", expected [" +
+                std::to_string(cols) + ", " + std::to_string(rows) + "]");
+  const TypeInfo* ti = type_info(t->type);
+  if (!ti->supported)
+    throw Error(gguf_->name() + ": tensor '" + name + "' has type " + ti->name +
+                ", which lokal does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
+  WeightView w;
+  w.type = t->type;
+  w.cols = cols;
+  w.rows = rows;
+  w.row_bytes = row_size(t->type, cols);
+  w.data = t->data;
+  return w;
+}
+
+const float* Model::vector(const std::string& name, int64_t n, bool required) {
+  const GGUFTensorInfo* t = gguf_->find_tensor(name);
+  if (!t) {
+    if (required) throw Error(gguf_->name() + ": missing tensor '" + name + "'");
+    return nullptr;
+  }
+  if (t->n_elements() != n)
+    throw Error(gguf_->name() + ": tensor '" + name + "' has shape " + t->shape_str() + ", expected [" +
+                std::to_string(n) + "]");
+  if (t->type == DType::F32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0)
+    return reinterpret_cast<const float*>(t->data);
+  const TypeInfo* ti = type_info(t->type);
+  if (!ti->supported || n % ti->block_size != 0)
+    throw Error(gguf_->name() + ": tensor '" + name + "' has unsupported type " + ti->name);
+  owned_.emplace_back(new float[static_cast<size_t>(n)]);
+  dequantize_row(t->type, t->data, owned_.back().get(), n);
+  return owned_.back().get();
+}
+
+std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Model> m(new Model());
+  m->gguf_ = GGUFFile::open(path, opt.use_mmap);
+  const GGUFFile& f = *m->gguf_;
+  m->cfg_ = ModelConfig::from_gguf(f);
+  const ModelConfig& c = m->cfg_;
+  m->vocab_ = Vocab::from_gguf(f);
+  if (m->vocab_->n_tokens() != c.n_vocab)
+    throw Error(path + ": tokenizer has " + std::to_string(m->vocab_->n_tokens()) + " tokens but token_embd has " +
+                std::to_string(c.n_vocab) + " rows");
+
+  for (const auto& t : f.tensors()) {
+    m->weight_bytes_ += t.nbytes;
+    if (t.name.find("_exps.") != std::string::npos)
+      throw Error(path + ": mixture-of-experts tensor '" + t.name + "' found; MoE models are not supported yet");
+  }
+
+  m->tok_embd = m->matrix("token_embd.weight", c.n_embd, c.n_vocab);
+  m->output_norm = m->vector("output_norm.weight", c.n_embd);
+  m->output = m->matrix("output.weight", c.n_embd, c.n_vocab, false);
+  if (!m->output.data) {
+    m->output = m->tok_embd;
+    m->tied_output = true;
+  }
+  m->rope_freqs = m->vector("rope_freqs.weight", c.rope_dim / 2, false);
+
+  m->layers.resize(static_cast<size_t>(c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LayerWeights& L = m->layers[static_cast<size_t>(l)];
+    L.attn_norm = m->vector(p + "attn_norm.weight", c.n_embd);
+    L.wq = m->matrix(p + "attn_q.weight", c.n_embd, c.n_embd_q());
+    L.wk = m->matrix(p + "attn_k.weight", c.n_embd, c.n_embd_k());
+    L.wv = m->matrix(p + "attn_v.weight", c.n_embd, c.n_embd_v());
+    L.wo = m->matrix(p + "attn_output.weight", c.n_head * c.head_dim_v, c.n_embd);
+    const bool need_bias = c.arch == "qwen2";
+    L.bq = m->vector(p + "attn_q.bias", c.n_embd_q(), need_bias);
+    L.bk = m->vector(p + "attn_k.bias", c.n_embd_k(), need_bias);
+    L.bv = m->vector(p + "attn_v.bias", c.n_embd_v(), need_bias);
+    L.ffn_norm = m->vector(p + "ffn_norm.weight", c.n_embd);
+    L.w_gate = m->matrix(p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    L.w_up = m->matrix(p + "ffn_up.weight", c.n_embd, c.n_ff);
+    L.w_down = m->matrix(p + "ffn_down.weight", c.n_ff, c.n_embd);
+  }
+
+  if (const MappedFile* mf = f.mapped()) {
+    if (opt.prefetch && mf->is_mapped()) mf->prefetch(f.data_offset(), f.file_size() - f.data_offset());
+  }
+  if (opt.mlock) {
+    std::string why;
+    if (auto* mf = const_cast<MappedFile*>(f.mapped()); mf && mf->lock(&why)) {
+      m->mlocked_ = true;
+    } else {
+      LOKAL_WARN("--mlock: could not lock %.1f MiB of model memory (%s); raise 'ulimit -l' or run without --mlock",
+                 static_cast<double>(f.file_size()) / (1024.0 * 1024.0), why.c_str());
+    }
+  }
+  m->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return m;
+}
+
+KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx)
+    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()) {
+  if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
+  k_.assign(static_cast<size_t>(cfg.n_layer * n_ctx * n_embd_k_), 0.0f);
+  v_.assign(static_cast<size_t>(cfg.n_layer * n_ctx * n_embd_v_), 0.0f);
+}
+
+}  // namespace lokal

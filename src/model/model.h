@@ -1,0 +1,109 @@
+// model/model.h - a loaded model: config, tokenizer and weight views into the mapped GGUF,
+// plus the per-context state (KV cache, scratch) and the forward pass.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/gguf.h"
+#include "core/threadpool.h"
+#include "model/config.h"
+#include "ops/ops.h"
+#include "tokenizer/vocab.h"
+
+namespace lokal {
+
+struct LoadOptions {
+  bool use_mmap = true;
+  bool mlock = false;
+  bool prefetch = true;   // ask the kernel to read the weights ahead (avoids first-token page faults)
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;  // [n_embd]
+  WeightView wq, wk, wv, wo;         // wq: n_embd -> n_head*head_dim, wo: n_head*head_dim_v -> n_embd
+  const float* bq = nullptr;         // optional biases (qwen2): [n_embd_q], [n_embd_k], [n_embd_v]
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* ffn_norm = nullptr;   // [n_embd]
+  WeightView w_gate, w_up, w_down;   // gate/up: n_embd -> n_ff, down: n_ff -> n_embd
+};
+
+class Model {
+ public:
+  // Maps the file, validates every tensor's presence, type and shape. Throws lokal::Error.
+  static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt = {});
+
+  const ModelConfig& config() const { return cfg_; }
+  const Vocab& vocab() const { return *vocab_; }
+  const GGUFFile& gguf() const { return *gguf_; }
+  double load_seconds() const { return load_seconds_; }
+  size_t weight_bytes() const { return weight_bytes_; }   // bytes of all tensor data
+  bool mlocked() const { return mlocked_; }
+
+  WeightView tok_embd;
+  WeightView output;                 // == tok_embd when embeddings are tied
+  bool tied_output = false;
+  const float* output_norm = nullptr;
+  const float* rope_freqs = nullptr; // optional per-pair frequency divisors (Llama 3.1 rope scaling)
+  std::vector<LayerWeights> layers;
+
+ private:
+  Model() = default;
+  WeightView matrix(const std::string& name, int64_t cols, int64_t rows, bool required = true);
+  const float* vector(const std::string& name, int64_t n, bool required = true);
+
+  ModelConfig cfg_;
+  std::unique_ptr<GGUFFile> gguf_;
+  std::unique_ptr<Vocab> vocab_;
+  std::vector<std::unique_ptr<float[]>> owned_;  // non-F32 norm/bias vectors converted at load
+  double load_seconds_ = 0;
+  size_t weight_bytes_ = 0;
+  bool mlocked_ = false;
+};
+
+// Key/value cache for one sequence: per layer, n_ctx rows of n_embd_k (K) / n_embd_v (V) floats.
+class KVCache {
+ public:
+  KVCache(const ModelConfig& cfg, int64_t n_ctx);
+  int64_t n_ctx() const { return n_ctx_; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  float* k(int64_t layer, int64_t pos) { return k_.data() + (layer * n_ctx_ + pos) * n_embd_k_; }
+  float* v(int64_t layer, int64_t pos) { return v_.data() + (layer * n_ctx_ + pos) * n_embd_v_; }
+
+ private:
+  int64_t n_ctx_, n_embd_k_, n_embd_v_;
+  std::vector<float> k_, v_;
+};
+
+// Runs the forward pass of a llama-family model (llama, qwen2) over a batch of tokens.
+class Forward {
+ public:
+  Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch = 256);
+
+  // Process tokens[0..n) at positions pos0..pos0+n-1 (causal attention over the cache).
+  // If all_logits, writes n rows of n_vocab logits to `logits`; otherwise only the last row.
+  // Throws lokal::Error if pos0 + n exceeds the context.
+  void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits);
+
+  int64_t n_ctx() const { return kv_.n_ctx(); }
+  size_t kv_bytes() const { return kv_.bytes(); }
+  size_t scratch_bytes() const;
+  // Bytes of working memory eval() needs for a batch of n tokens at context n_ctx (for planning).
+  static size_t scratch_bytes_for(const ModelConfig& cfg, int64_t n_batch, int64_t n_ctx, int n_threads);
+
+ private:
+  void eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits);
+  void attention(int64_t layer, int64_t n, int64_t pos0);
+
+  const Model& m_;
+  const ModelConfig& c_;
+  ThreadPool& pool_;
+  KVCache kv_;
+  int64_t max_batch_;
+  // Scratch, sized for max_batch tokens.
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, scores_;
+  std::vector<uint8_t> act_;
+};
+
+}  // namespace lokal

@@ -1,0 +1,148 @@
+// ops/vec_dot_avx512.cpp - AVX-512 (F/BW/VL/DQ/VNNI) kernels. This file alone is compiled with
+// those flags and is only called after a CPUID check (vec_dot.cpp).
+//
+// It builds the shared 256-bit kernels (vec_dot_x86_kernels.h) with VNNI dot products, and
+// replaces the hottest K-quant kernels with 512-bit versions that process two 32-element
+// columns per instruction. Same integer arithmetic (exact), same float accumulation scheme
+// (one FMA of the super-block's int32 lane sums per super-block).
+#define LOKAL_KERNELS_VNNI 1
+#include "ops/vec_dot_x86_kernels.h"
+
+namespace lokal::detail {
+
+namespace {
+
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// Two 32-byte pieces into one 512-bit vector (a low, b high).
+inline __m512i join(const void* a, const void* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load256(a)), load256(b), 1);
+}
+
+inline float hsum512(__m512 v) {
+  return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+// Index vectors for vpermw: every int16 of 128-bit lane k takes element base + k*step.
+inline __m512i lane_index(int base, int step) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(static_cast<int16_t>(base))),
+                                                     _mm_set1_epi16(static_cast<int16_t>(base + step)), 1)),
+      _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(static_cast<int16_t>(base + 2 * step))),
+                              _mm_set1_epi16(static_cast<int16_t>(base + 3 * step)), 1),
+      1);
+}
+
+// Q4_K / Q5_K. Group pair gp (0, 1) covers 128 elements = 4 sub-blocks of 32: the 64 code
+// bytes qs[64gp .. 64gp+63] hold sub-blocks (4gp, 4gp+2) in their low nibbles and
+// (4gp+1, 4gp+3) in their high nibbles.
+template <bool Five>
+float dot_q45_k_512(int64_t n, const void* w, const void* a) {
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  __m512 acc = _mm512_setzero_ps();
+  __m128 acc_m = _mm_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
+  // int16 scale index: 256-bit halves take scale (4gp + 2*half + {0 | 1}).
+  const __m512i idx_lo[2] = {_mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1)};
+  const __m512i idx_hi[2] = {_mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1),
+                             _mm512_inserti64x4(_mm512_set1_epi16(5), _mm256_set1_epi16(7), 1)};
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const uint8_t *scales, *qs, *qh = nullptr;
+    uint16_t d16, dmin16;
+    if constexpr (Five) {
+      const auto& b = static_cast<const BlockQ5_K*>(w)[i];
+      scales = b.scales, qs = b.qs, qh = b.qh, d16 = b.d, dmin16 = b.dmin;
+    } else {
+      const auto& b = static_cast<const BlockQ4_K*>(w)[i];
+      scales = b.scales, qs = b.qs, d16 = b.d, dmin16 = b.dmin;
+    }
+    const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(scales));
+    const __m256i bs = load256(y[i].bsums);
+    const __m128i pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m128i summs = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), pair_sums);
+    const __m512i sc = _mm512_castsi256_si512(sm);  // scales are int16 elements 0..7
+    __m512i hb;
+    if constexpr (Five) hb = _mm512_broadcast_i64x4(load256(qh));
+    __m512i sumi = _mm512_setzero_si512();
+    for (int gp = 0; gp < 2; ++gp) {
+      const __m512i bytes = load512(qs + 64 * gp);
+      __m512i lo = _mm512_and_si512(bytes, m4);
+      __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), m4);
+      if constexpr (Five) {
+        // Sub-block j's fifth bit is bit j of qh; halves: sub-blocks 4gp+{0,1} | 4gp+{2,3}.
+        const __m512i shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(4 - 4 * gp)),
+                                                  _mm256_set1_epi16(static_cast<int16_t>(2 - 4 * gp)), 1);
+        (void)shl_lo;
+        const __m512i h = gp == 0 ? hb : _mm512_srli_epi16(hb, 4);
+        // low half: bits 0 / 1 ; high half: bits 2 / 3 (of h)
+        const __m512i hl = _mm512_sllv_epi16(h, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+        const __m512i hh = _mm512_sllv_epi16(h, _mm512_inserti64x4(_mm512_set1_epi16(3), _mm256_set1_epi16(1), 1));
+        lo = _mm512_or_si512(lo, _mm512_and_si512(hl, bit4));
+        hi = _mm512_or_si512(hi, _mm512_and_si512(hh, bit4));
+      }
+      const int8_t* q8 = y[i].qs + 128 * gp;
+      const __m512i p_lo = _mm512_maddubs_epi16(lo, join(q8, q8 + 64));
+      const __m512i p_hi = _mm512_maddubs_epi16(hi, join(q8 + 32, q8 + 96));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p_lo, _mm512_permutexvar_epi16(idx_lo[gp], sc)));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p_hi, _mm512_permutexvar_epi16(idx_hi[gp], sc)));
+    }
+    const float d = half(d16) * y[i].d;
+    const float dmin = half(dmin16) * y[i].d;
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(summs), acc_m);
+  }
+  __m128 m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return hsum512(acc) - _mm_cvtss_f32(m);
+}
+
+float dot_q4_k_512(int64_t n, const void* w, const void* a) { return dot_q45_k_512<false>(n, w, a); }
+float dot_q5_k_512(int64_t n, const void* w, const void* a) { return dot_q45_k_512<true>(n, w, a); }
+
+// Q6_K: per 128-element group g, ql[64g .. 64g+63] = [l0 | l1] hold columns (0 | 1) in the low
+// nibbles and (2 | 3) in the high nibbles; qh[32g ..] holds the top two bits of column c at
+// bits 2c. A 512-bit vector [u0 | u1] lines up with q8[128g .. 128g+63], [u2 | u3] with the
+// next 64; each 128-bit lane is one 16-element sub-block.
+float dot_q6_k_512(int64_t n, const void* w, const void* a) {
+  const auto* x = static_cast<const BlockQ6_K*>(w);
+  const auto* y = static_cast<const BlockQ8_K*>(a);
+  __m512 acc = _mm512_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
+  const __m512i shl01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  // bits 0-1 | 2-3 -> 4-5
+  const __m512i shr23 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);  // bits 4-5 | 6-7 -> 4-5
+  const __m512i idx[4] = {lane_index(0, 1), lane_index(4, 1), lane_index(8, 1), lane_index(12, 1)};
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const __m256i sc = _mm256_cvtepi8_epi16(load128(x[i].scales));
+    const __m512i sc512 = _mm512_castsi256_si512(sc);
+    __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc, load256(y[i].bsums)), 5);
+    __m512i sumi = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), off));
+    sumi = _mm512_inserti64x4(sumi, _mm256_setzero_si256(), 1);
+    for (int g = 0; g < 2; ++g) {
+      const __m512i l = load512(x[i].ql + 64 * g);
+      const __m512i h = _mm512_broadcast_i64x4(load256(x[i].qh + 32 * g));
+      const __m512i u01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(h, shl01), m2));
+      const __m512i u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                          _mm512_and_si512(_mm512_srlv_epi16(h, shr23), m2));
+      const int8_t* q8 = y[i].qs + 128 * g;
+      const __m512i p01 = _mm512_maddubs_epi16(u01, load512(q8));
+      const __m512i p23 = _mm512_maddubs_epi16(u23, load512(q8 + 64));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p01, _mm512_permutexvar_epi16(idx[2 * g], sc512)));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p23, _mm512_permutexvar_epi16(idx[2 * g + 1], sc512)));
+    }
+    const float d = half(x[i].d) * y[i].d;
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+  }
+  return hsum512(acc);
+}
+
+}  // namespace
+
+void fill_avx512(KernelSet& ks) {
+  fill_x86_common(ks);
+  ks.dot[tid(DType::Q4_K)] = dot_q4_k_512;
+  ks.dot[tid(DType::Q5_K)] = dot_q5_k_512;
+  ks.dot[tid(DType::Q6_K)] = dot_q6_k_512;
+}
+
+}  // namespace lokal::detail

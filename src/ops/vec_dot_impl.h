@@ -1,0 +1,34 @@
+// ops/vec_dot_impl.h - internal: the kernel tables behind ops/vec_dot.h.
+//
+// Each instruction-set file (vec_dot_avx2.cpp, vec_dot_avx512.cpp) fills a KernelSet; entries it
+// leaves null fall back to the scalar reference. Tables are indexed by the weight type id.
+#pragma once
+#include <cstdint>
+
+#include "core/types.h"
+
+namespace lokal::detail {
+
+using VecDotFn = float (*)(int64_t n, const void* wrow, const void* act);
+using QuantActFn = void (*)(const float* x, void* dst, int64_t n);
+
+constexpr int kMaxTypeId = 40;
+
+struct KernelSet {
+  const char* name = "scalar";
+  VecDotFn dot[kMaxTypeId] = {};
+  QuantActFn quant[kMaxTypeId] = {};  // activation quantizer for weight type id
+};
+
+inline int tid(DType t) { return static_cast<int>(t); }
+
+// Scalar reference kernels (vec_dot.cpp).
+void fill_scalar(KernelSet& ks);
+
+// Per-ISA kernel sets; each fills only what it implements (entries already set by
+// the scalar table stay). Defined in their own translation units, compiled with ISA flags.
+// They must only be called when the CPU supports the ISA.
+void fill_avx2(KernelSet& ks);
+void fill_avx512(KernelSet& ks);
+
+}  // namespace lokal::detail

@@ -1,0 +1,119 @@
+// Unit tests of ops/ (norm, rope, softmax, swiglu, threaded matmul) and core/threadpool
+// against direct double-precision formulas.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <random>
+
+#include "core/quant.h"
+#include "core/threadpool.h"
+#include "ops/ops.h"
+#include "ops/vec_dot.h"
+
+using namespace lokal;
+
+TEST(ThreadPool, EveryIndexExactlyOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {0, 1, 7, 1000}) {
+      for (int64_t grain : {1, 3, 64}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        pool.parallel_for(n, [&](int64_t i, int tid) {
+          ASSERT_GE(tid, 0);
+          ASSERT_LT(tid, threads);
+          hits[static_cast<size_t>(i)]++;
+        }, grain);
+        for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+      }
+    }
+    // Many back-to-back dispatches (the decode pattern) stay correct.
+    std::atomic<int64_t> sum{0};
+    for (int rep = 0; rep < 2000; ++rep) pool.parallel_for(4, [&](int64_t i, int) { sum += i; });
+    EXPECT_EQ(sum.load(), 2000 * 6);
+  }
+}
+
+TEST(Ops, RmsNormMatchesFormula) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  const int n = 257;
+  std::vector<float> x(n), w(n), y(n);
+  for (int i = 0; i < n; ++i) x[i] = nd(rng), w[i] = nd(rng);
+  rms_norm(x.data(), w.data(), y.data(), n, 1e-5f);
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double scale = 1.0 / std::sqrt(ss / n + 1e-5);
+  for (int i = 0; i < n; ++i) EXPECT_NEAR(y[i], x[i] * scale * w[i], 1e-5 * std::fabs(x[i] * scale * w[i]) + 1e-6);
+}
+
+TEST(Ops, RopeNormAndNeoxMatchFormula) {
+  const int heads = 3, hd = 8, rd = 8;
+  std::vector<float> x(heads * hd);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37 * i) + 0.1f;
+  for (bool neox : {false, true}) {
+    for (int64_t pos : {0, 1, 17, 1000}) {
+      std::vector<float> y = x;
+      RopeParams p;
+      p.rope_dim = rd;
+      p.freq_base = 10000.f;
+      p.neox = neox;
+      rope(y.data(), heads, hd, pos, p);
+      for (int h = 0; h < heads; ++h) {
+        for (int i = 0; i < rd / 2; ++i) {
+          const double theta = pos * std::pow(10000.0, -2.0 * i / rd);
+          const int a = neox ? i : 2 * i, b = neox ? i + rd / 2 : 2 * i + 1;
+          const double xa = x[h * hd + a], xb = x[h * hd + b];
+          EXPECT_NEAR(y[h * hd + a], xa * std::cos(theta) - xb * std::sin(theta), 2e-4) << pos << " " << neox;
+          EXPECT_NEAR(y[h * hd + b], xa * std::sin(theta) + xb * std::cos(theta), 2e-4) << pos << " " << neox;
+        }
+      }
+    }
+  }
+}
+
+TEST(Ops, SoftmaxAndSwiglu) {
+  std::vector<float> x = {1.f, 2.f, -INFINITY, 3.f};
+  softmax(x.data(), 4);
+  const double z = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
+  EXPECT_NEAR(x[0], std::exp(1.0) / z, 1e-7);
+  EXPECT_EQ(x[2], 0.f);
+  EXPECT_NEAR(x[3], std::exp(3.0) / z, 1e-7);
+  float g[2] = {-2.f, 3.f}, u[2] = {5.f, 0.5f}, o[2];
+  swiglu(g, u, o, 2);
+  EXPECT_NEAR(o[0], -2.0 / (1 + std::exp(2.0)) * 5, 1e-6);
+  EXPECT_NEAR(o[1], 3.0 / (1 + std::exp(-3.0)) * 0.5, 1e-6);
+}
+
+// The threaded matmul equals per-row vec_dot_ref for every type, any token count and
+// row count that does not divide the work split evenly.
+TEST(Ops, MatmulEqualsReferenceDots) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool(2);
+  for (DType t : {DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
+    const int64_t cols = 512, rows = 37;
+    std::vector<float> wf(static_cast<size_t>(cols * rows));
+    for (auto& v : wf) v = nd(rng);
+    const size_t rb = row_size(t, cols);
+    std::vector<uint8_t> wq(rb * rows);
+    for (int64_t r = 0; r < rows; ++r) quantize_row(t, wf.data() + r * cols, wq.data() + r * rb, cols);
+    WeightView W{t, cols, rows, rb, wq.data()};
+    for (int64_t n_tok : {1, 3, 9}) {
+      std::vector<float> X(static_cast<size_t>(n_tok * cols)), Y(static_cast<size_t>(n_tok * rows));
+      for (auto& v : X) v = nd(rng);
+      std::vector<uint8_t> scratch;
+      matmul(pool, W, X.data(), n_tok, Y.data(), rows, scratch);
+      const DType at = vec_dot_type(t);
+      std::vector<uint8_t> act(row_size(at, cols));
+      for (int64_t k = 0; k < n_tok; ++k) {
+        quantize_activation_ref(t, X.data() + k * cols, act.data(), cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float ref = vec_dot_ref(t, cols, wq.data() + r * rb, act.data());
+          // Same integer math; only float accumulation order may differ between kernels.
+          EXPECT_NEAR(Y[k * rows + r], ref, 1e-4f * (1.f + std::fabs(ref))) << type_name(t) << " row " << r;
+        }
+      }
+    }
+  }
+}
