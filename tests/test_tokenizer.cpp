@@ -8,6 +8,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/gguf.h"
@@ -21,30 +22,24 @@ using lokal::Vocab;
 
 namespace {
 
-struct Loaded {
-  std::unique_ptr<GGUFFile> file;
-  std::unique_ptr<Vocab> vocab;
-};
-
-Loaded load(const std::string& path) {
-  Loaded l;
-  l.file = GGUFFile::open(path);
-  l.vocab = Vocab::from_gguf(*l.file);
-  return l;
+// The Vocab copies what it needs, so the file is closed right after loading.
+std::unique_ptr<Vocab> load(const std::string& path) {
+  auto f = GGUFFile::open(path);
+  return Vocab::from_gguf(*f);
 }
 
 // Vocabularies are loaded once per test binary.
 const Vocab& vocab_file(const std::string& name) {
-  static std::map<std::string, Loaded> cache;
-  auto it = cache.find(name);
-  if (it == cache.end()) it = cache.emplace(name, load(lokal::test::vocab_dir() + "/" + name)).first;
-  return *it->second.vocab;
+  static std::map<std::string, std::unique_ptr<Vocab>> cache;
+  auto& v = cache[name];
+  if (!v) v = load(lokal::test::vocab_dir() + "/" + name);
+  return *v;
 }
 const Vocab& model_vocab(const std::string& rel) {
-  static std::map<std::string, Loaded> cache;
-  auto it = cache.find(rel);
-  if (it == cache.end()) it = cache.emplace(rel, load(lokal::test::data_path(rel))).first;
-  return *it->second.vocab;
+  static std::map<std::string, std::unique_ptr<Vocab>> cache;
+  auto& v = cache[rel];
+  if (!v) v = load(lokal::test::data_path(rel));
+  return *v;
 }
 
 std::string show(const std::vector<int32_t>& ids) {
@@ -60,7 +55,7 @@ std::string escape(const std::string& s) {
   for (unsigned char c : s) {
     if (c == '\n') out += "\\n";
     else if (c == '\t') out += "\\t";
-    else if (c < 0x20) out += "\\x" + std::to_string(c);
+    else if (c < 0x20) out += "\\x" + std::string(1, "0123456789ABCDEF"[c >> 4]) + "0123456789ABCDEF"[c & 15];
     else out += static_cast<char>(c);
   }
   return out;
@@ -203,6 +198,26 @@ TEST(Tokenizer, RoundTripsTestInputs) {
   }
 }
 
+// A Vocab is used from several threads at once (e.g. a server); results must not change.
+TEST(Tokenizer, ConcurrentUseGivesSameResults) {
+  for (const char* name : {"ggml-vocab-qwen2.gguf", "ggml-vocab-llama-spm.gguf", "ggml-vocab-bert-bge.gguf"}) {
+    const Vocab& v = vocab_file(name);
+    const auto cases = read_cases(name);
+    std::vector<std::vector<int32_t>> want;
+    for (const auto& c : cases) want.push_back(v.tokenize(c.input, true, true));
+    std::vector<int> mismatches(4, 0);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (int rep = 0; rep < 5; ++rep)
+          for (size_t k = 0; k < cases.size(); ++k) mismatches[t] += v.tokenize(cases[k].input, true, true) != want[k];
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < 4; ++t) EXPECT_EQ(mismatches[t], 0) << name << " thread " << t;
+  }
+}
+
 TEST(Tokenizer, Metadata) {
   const Vocab& q = vocab_file("ggml-vocab-qwen2.gguf");
   EXPECT_EQ(q.model_name(), "gpt2");
@@ -248,15 +263,20 @@ TEST(Tokenizer, Metadata) {
   EXPECT_EQ(bert.tokenize("Hello", true, false), (std::vector<int32_t>{101, 7592, 102}));
 }
 
+// The 128k-token Llama 3 vocabulary (280k merges) and the 152k-token Qwen2 one load in well under
+// 200 ms (best of 3, optimized builds only).
 TEST(Tokenizer, LoadsBigVocabsFast) {
   for (const char* name : {"ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf"}) {
     auto f = GGUFFile::open(lokal::test::vocab_dir() + "/" + name);
-    const auto t0 = std::chrono::steady_clock::now();
-    auto v = Vocab::from_gguf(*f);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("  %s: Vocab::from_gguf %.1f ms (%d tokens, %zu merges)\n", name, ms, v->n_tokens(), v->n_merges());
+    double best = 1e9;
+    for (int k = 0; k < 3; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto v = Vocab::from_gguf(*f);
+      best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::printf("  %s: Vocab::from_gguf %.1f ms\n", name, best);
 #if defined(NDEBUG) && !defined(__SANITIZE_ADDRESS__)
-    EXPECT_LT(ms, 200.0) << name;
+    EXPECT_LT(best, 200.0) << name;
 #endif
   }
 }

@@ -65,9 +65,15 @@ void run(const RunArgs& a) {
   sp.frequency_penalty = a.frequency_penalty;
   sp.seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : std::random_device{}();
 
-  std::fprintf(stderr, "model: %s (%s, %s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
-               file_type_name(model->config().file_type).c_str(), format_bytes(static_cast<double>(model->weight_bytes())).c_str(),
-               model->load_seconds() * 1e3);
+  // Refuse a prompt that cannot fit before printing anything else.
+  const size_t n_prompt = model->vocab().tokenize(prompt, true, false).size();
+  if (static_cast<int64_t>(n_prompt) > session.n_ctx())
+    throw Error("prompt of " + std::to_string(n_prompt) + " tokens does not fit in the context of " +
+                std::to_string(session.n_ctx()) + " tokens; use -c to enlarge it");
+  const int ft = model->config().file_type;
+  std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
+               ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
+               format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
   std::fprintf(stderr, "context %lld tokens, %d threads, kernels %s, seed %llu\n",
                static_cast<long long>(session.n_ctx()), session.n_threads(), vec_dot_isa(),
                static_cast<unsigned long long>(sp.seed));

@@ -15,6 +15,11 @@ int main(int argc, char** argv) {
   lokal::cli::register_run(app, &rc);
   lokal::cli::register_info(app, &rc);
   try {
+    if (argc > 1 && argv[1][0] != '-') {
+      bool known = false;
+      for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->check_name(argv[1]);
+      if (!known) throw CLI::ParseError("unknown command '" + std::string(argv[1]) + "'", 2);
+    }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

@@ -12,8 +12,20 @@
 namespace lokal {
 
 namespace {
-constexpr int kSpinIters = 1 << 16;
+// Workers poll for new work this many times (with a pause, then yielding the core) before
+// sleeping on the condition variable. The waiting caller yields too: on a loaded 2-core
+// machine a pure spin would burn the time slice the worker needs.
+constexpr int kSpinIters = 1 << 12;
+constexpr int kYieldIters = 1 << 10;
+
+inline void backoff(int& spins) {
+  if (++spins < kSpinIters) {
+    LOKAL_PAUSE();
+  } else {
+    std::this_thread::yield();
+  }
 }
+}  // namespace
 
 int ThreadPool::default_threads() {
   unsigned n = std::thread::hardware_concurrency();
@@ -39,9 +51,8 @@ void ThreadPool::worker(int id) {
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
     int spins = 0;
-    while (g == seen && spins < kSpinIters) {
-      LOKAL_PAUSE();
-      ++spins;
+    while (g == seen && spins < kSpinIters + kYieldIters) {
+      backoff(spins);
       g = generation_.load(std::memory_order_acquire);
     }
     if (g == seen) {
@@ -71,7 +82,8 @@ void ThreadPool::dispatch(const std::function<void(int)>& job) {
     cv_.notify_all();
   }
   job(0);
-  while (pending_.load(std::memory_order_acquire) != 0) LOKAL_PAUSE();
+  int spins = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) backoff(spins);
   job_ = nullptr;
 }
 

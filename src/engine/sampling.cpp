@@ -10,24 +10,34 @@
 namespace lokal {
 
 void SamplingParams::validate() const {
-  auto bad = [](const std::string& what) { throw Error("invalid sampling parameter: " + what); };
-  if (!std::isfinite(temperature) || temperature < 0) bad("temperature must be >= 0");
-  if (top_k < 0) bad("top_k must be >= 0");
-  if (!(top_p > 0.0f && top_p <= 1.0f)) bad("top_p must be in (0, 1]");
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) bad("min_p must be in [0, 1]");
-  if (!std::isfinite(repeat_penalty) || repeat_penalty <= 0) bad("repeat_penalty must be > 0");
-  if (repeat_last_n < 0) bad("repeat_last_n must be >= 0");
-  if (!std::isfinite(presence_penalty) || !std::isfinite(frequency_penalty)) bad("penalties must be finite");
+  auto bad = [](const char* name, double v, const char* rule) {
+    throw Error(std::string("invalid sampling parameter ") + name + " = " + std::to_string(v) + ": " + rule);
+  };
+  if (!std::isfinite(temperature)) bad("temperature", temperature, "must be a finite number (<= 0 means greedy)");
+  if (top_k < 0) bad("top_k", top_k, "must be >= 0 (0 turns top-k off)");
+  if (!(top_p > 0.0f && top_p <= 1.0f)) bad("top_p", top_p, "must be in (0, 1] (1 turns top-p off)");
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) bad("min_p", min_p, "must be in [0, 1] (0 turns min-p off)");
+  if (!(std::isfinite(repeat_penalty) && repeat_penalty > 0.0f))
+    bad("repeat_penalty", repeat_penalty, "must be a finite number > 0 (1 turns it off)");
+  if (repeat_last_n < 0) bad("repeat_last_n", repeat_last_n, "must be >= 0 (0 turns penalties off)");
+  if (!std::isfinite(presence_penalty)) bad("presence_penalty", presence_penalty, "must be a finite number");
+  if (!std::isfinite(frequency_penalty)) bad("frequency_penalty", frequency_penalty, "must be a finite number");
 }
 
 namespace {
+
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
+
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
+
 }  // namespace
 
 Sampler::Sampler(const SamplingParams& p) : p_(p) {
@@ -37,12 +47,12 @@ Sampler::Sampler(const SamplingParams& p) : p_(p) {
 
 void Sampler::reset() {
   uint64_t s = p_.seed;
-  for (auto& r : rng_) r = splitmix64(s);
+  for (auto& r : rng_) r = splitmix64(s);  // never all zero: splitmix64 is a bijection of distinct inputs
   history_.clear();
   counts_.clear();
 }
 
-double Sampler::next_uniform() {  // xoshiro256** step
+uint64_t Sampler::next_u64() {  // xoshiro256**
   const uint64_t result = rotl(rng_[1] * 5, 7) * 9;
   const uint64_t t = rng_[1] << 17;
   rng_[2] ^= rng_[0];
@@ -51,91 +61,159 @@ double Sampler::next_uniform() {  // xoshiro256** step
   rng_[0] ^= rng_[3];
   rng_[2] ^= t;
   rng_[3] = rotl(rng_[3], 45);
-  return static_cast<double>(result >> 11) * 0x1.0p-53;
+  return result;
 }
+
+double Sampler::next_uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
 
 void Sampler::accept(int32_t token) {
   if (p_.repeat_last_n == 0) return;
   history_.push_back(token);
   counts_[token]++;
-  while (static_cast<int>(history_.size()) > p_.repeat_last_n) {
-    int32_t old = history_.front();
+  while (history_.size() > static_cast<size_t>(p_.repeat_last_n)) {
+    const int32_t old = history_.front();
     history_.pop_front();
     if (--counts_[old] == 0) counts_.erase(old);
   }
 }
 
-int32_t Sampler::sample(const float* logits, int n_vocab) {
-  if (n_vocab <= 0) throw Error("cannot sample from an empty vocabulary");
-  const float ninf = -std::numeric_limits<float>::infinity();
-  cand_.resize(static_cast<size_t>(n_vocab));
-  for (int i = 0; i < n_vocab; ++i) cand_[static_cast<size_t>(i)] = {i, std::isnan(logits[i]) ? ninf : logits[i], 0.0f};
+double Sampler::prepare(const float* logits, int n_vocab) {
+  if (n_vocab <= 0) throw Error("sampling: the vocabulary is empty (n_vocab = " + std::to_string(n_vocab) + ")");
+  if (!logits) throw Error("sampling: no logits");
+  const size_t nv = static_cast<size_t>(n_vocab);
 
-  // Penalties on tokens seen in the window (llama.cpp semantics for repeat_penalty; OpenAI's
-  // presence/frequency: logit -= presence + count * frequency).
-  for (const auto& [tok, cnt] : counts_) {
-    if (tok < 0 || tok >= n_vocab) continue;
-    float& l = cand_[static_cast<size_t>(tok)].logit;
-    if (p_.repeat_penalty != 1.0f) l = l <= 0 ? l * p_.repeat_penalty : l / p_.repeat_penalty;
-    l -= p_.presence_penalty + static_cast<float>(cnt) * p_.frequency_penalty;
+  // Candidates indexed by token id; NaN counts as -inf.
+  cand_.resize(nv);
+  for (size_t i = 0; i < nv; ++i) {
+    const float l = logits[i];
+    cand_[i] = {static_cast<int32_t>(i), std::isnan(l) ? kNegInf : l, 0.0};
   }
 
-  if (p_.temperature <= 0.0f) {  // greedy: first maximum
-    int32_t best = 0;
-    for (int i = 1; i < n_vocab; ++i)
-      if (cand_[static_cast<size_t>(i)].logit > cand_[static_cast<size_t>(best)].logit) best = i;
-    if (cand_[static_cast<size_t>(best)].logit == ninf) throw Error("all logits are -inf or NaN; cannot sample");
-    return best;
-  }
-
-  auto by_logit = [](const Cand& a, const Cand& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
-  size_t n = cand_.size();
-  // top-k: partial sort keeps only the k best, sorted.
-  if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < n) {
-    std::partial_sort(cand_.begin(), cand_.begin() + p_.top_k, cand_.end(), by_logit);
-    n = static_cast<size_t>(p_.top_k);
-  } else {
-    std::sort(cand_.begin(), cand_.end(), by_logit);
-  }
-  while (n > 0 && cand_[n - 1].logit == ninf) --n;
-  if (n == 0) throw Error("all logits are -inf or NaN; cannot sample");
-
-  // Probabilities (softmax at temperature 1) of the survivors, for top-p and min-p.
-  auto normalize = [&](float temp) {
-    const float mx = cand_[0].logit;
-    double sum = 0;
-    for (size_t i = 0; i < n; ++i) {
-      cand_[i].p = std::exp((cand_[i].logit - mx) / temp);
-      sum += cand_[i].p;
+  // 1. Penalties on the tokens of the history window.
+  const bool penalize = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f;
+  if (penalize) {
+    for (const auto& [tok, cnt] : counts_) {
+      if (tok < 0 || tok >= n_vocab) continue;
+      float& l = cand_[static_cast<size_t>(tok)].logit;
+      if (l == kNegInf) continue;
+      l = l <= 0.0f ? l * p_.repeat_penalty : l / p_.repeat_penalty;
+      l -= p_.presence_penalty + static_cast<float>(cnt) * p_.frequency_penalty;
+      if (std::isnan(l)) l = kNegInf;  // inf - inf
     }
-    for (size_t i = 0; i < n; ++i) cand_[i].p = static_cast<float>(cand_[i].p / sum);
-  };
-  normalize(1.0f);
-  if (p_.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
-    double cum = 0;
-    size_t keep = n;
+  }
+
+  // Greedy: first maximum of the penalized logits.
+  if (p_.temperature <= 0.0f) {
+    size_t best = 0;
+    for (size_t i = 1; i < nv; ++i)
+      if (cand_[i].logit > cand_[best].logit) best = i;
+    if (cand_[best].logit == kNegInf) throw Error("sampling: every logit is -inf or NaN; no token can be chosen");
+    cand_[0] = cand_[best];
+    cand_[0].w = 1.0;
+    cand_.resize(1);
+    return 1.0;
+  }
+
+  // Drop impossible tokens (stable, so the order stays by id). If any logit is +inf, only those remain,
+  // equally likely.
+  float mx = kNegInf;
+  for (const Cand& c : cand_) mx = std::max(mx, c.logit);
+  if (mx == kNegInf) throw Error("sampling: every logit is -inf or NaN; no token can be chosen");
+  size_t n = 0;
+  for (size_t i = 0; i < nv; ++i) {
+    Cand c = cand_[i];
+    if (c.logit == kNegInf || (mx == kPosInf && c.logit != kPosInf)) continue;
+    if (mx == kPosInf) c.logit = 0.0f;
+    cand_[n++] = c;
+  }
+  cand_.resize(n);
+  if (mx == kPosInf) mx = 0.0f;
+
+  // Ranking: larger logit first, then lower id. A strict total order, so every sort agrees.
+  auto better = [](const Cand& a, const Cand& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
+  size_t sorted = 0;  // cand_[0, sorted) is sorted and ranks above everything after it
+
+  // 2. top-k.
+  if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < n) {
+    n = static_cast<size_t>(p_.top_k);
+    std::partial_sort(cand_.begin(), cand_.begin() + static_cast<ptrdiff_t>(n), cand_.end(), better);
+    cand_.resize(n);
+    sorted = n;
+  }
+
+  // 3. top-p needs the softmax normalizer (temperature 1) over what top-k kept.
+  double z = 0.0;
+  if (p_.top_p < 1.0f)
+    for (const Cand& c : cand_) z += std::exp(static_cast<double>(c.logit) - mx);
+
+  // 4. min-p, done before top-p: both keep a prefix of the same ranking, so the result is the shorter
+  // prefix whichever runs first, and this way top-p sorts fewer candidates.
+  // p >= min_p * p_max  <=>  logit >= max_logit + log(min_p).
+  if (p_.min_p > 0.0f) {
+    const double cut = static_cast<double>(mx) + std::log(static_cast<double>(p_.min_p));
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (static_cast<double>(cand_[i].logit) >= cut) cand_[k++] = cand_[i];
+    n = k;  // the maximum always survives
+    cand_.resize(n);
+    sorted = std::min(sorted, n);  // a sorted set stays sorted (stable compaction)
+  }
+
+  // top-p on the (lazily) sorted ranking: the smallest prefix whose mass reaches top_p.
+  if (p_.top_p < 1.0f) {
+    const double target = static_cast<double>(p_.top_p) * z;
+    double cum = 0.0;
     for (size_t i = 0; i < n; ++i) {
-      cum += cand_[i].p;
-      if (cum >= p_.top_p) {
-        keep = i + 1;
+      if (i >= sorted) {  // sort the next chunk (geometric growth)
+        const size_t upto = std::min(n, std::max<size_t>(i + 1, std::max<size_t>(64, 2 * sorted)));
+        std::partial_sort(cand_.begin() + static_cast<ptrdiff_t>(sorted), cand_.begin() + static_cast<ptrdiff_t>(upto),
+                          cand_.begin() + static_cast<ptrdiff_t>(n), better);
+        sorted = upto;
+      }
+      cum += std::exp(static_cast<double>(cand_[i].logit) - mx);
+      if (cum >= target) {
+        n = i + 1;
         break;
       }
     }
-    n = keep;
+    cand_.resize(n);
   }
-  if (p_.min_p > 0.0f) {  // drop tokens whose probability is below min_p * p(best)
-    const float cut = cand_[0].p * p_.min_p;
-    size_t keep = 1;
-    while (keep < n && cand_[keep].p >= cut) ++keep;
-    n = keep;
+
+  // 5. Temperature.
+  const double inv_t = 1.0 / static_cast<double>(p_.temperature);
+  double total = 0.0;
+  for (Cand& c : cand_) {
+    c.w = std::exp((static_cast<double>(c.logit) - mx) * inv_t);
+    total += c.w;
   }
-  normalize(p_.temperature);
-  double r = next_uniform(), cum = 0;
-  for (size_t i = 0; i < n; ++i) {
-    cum += cand_[i].p;
-    if (r < cum) return cand_[i].id;
+  return total;  // >= 1: the maximum has weight exp(0)
+}
+
+int32_t Sampler::sample(const float* logits, int n_vocab) {
+  const double total = prepare(logits, n_vocab);
+  if (cand_.size() == 1) return cand_[0].id;
+  // 6. Draw: the first candidate whose cumulative weight exceeds u * total.
+  const double r = next_uniform() * total;
+  double cum = 0.0;
+  for (const Cand& c : cand_) {
+    cum += c.w;
+    if (r < cum) return c.id;
   }
-  return cand_[n - 1].id;
+  // Rounding left r at the very top: the last candidate with any weight.
+  for (size_t i = cand_.size(); i-- > 0;)
+    if (cand_[i].w > 0.0) return cand_[i].id;
+  return cand_[0].id;
+}
+
+std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int n_vocab) {
+  const double total = prepare(logits, n_vocab);
+  std::vector<std::pair<int32_t, double>> out;
+  out.reserve(cand_.size());
+  for (const Cand& c : cand_) out.emplace_back(c.id, c.w / total);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.second > b.second || (a.second == b.second && a.first < b.first);
+  });
+  return out;
 }
 
 }  // namespace lokal

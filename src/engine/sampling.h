@@ -1,57 +1,84 @@
 // engine/sampling.h - turning logits into the next token.
 //
-// Chain, in llama.cpp's default order: repetition/presence/frequency penalties -> top-k ->
-// top-p -> min-p -> temperature -> draw. temperature <= 0 is greedy (argmax; the first
-// maximum on ties, like llama.cpp). The random draw uses our own splitmix64/xoshiro-style
-// generator and arithmetic, so the same seed gives the same tokens on every platform.
+// The chain, in llama.cpp's default order:
+//   penalties -> top-k -> top-p -> min-p -> temperature -> random draw.
+// * penalties, on tokens seen among the last repeat_last_n accepted tokens: repetition penalty as in
+//   llama.cpp (a positive logit is divided by repeat_penalty, a negative or zero one multiplied by it),
+//   then OpenAI's presence/frequency penalties: logit -= presence_penalty + count * frequency_penalty.
+// * top-k keeps the k largest logits (0: off). top-p keeps the smallest set of most likely tokens whose
+//   probability (softmax at temperature 1 over what top-k left) reaches top_p (1: off). min-p keeps
+//   tokens whose probability is at least min_p times the most likely one's (0: off). Every filter keeps
+//   at least the most likely token. Ties are ranked by token id (lower id first), so results do not
+//   depend on the sort implementation.
+// * temperature <= 0 is greedy: the argmax of the penalized logits, the first (lowest id) maximum on ties.
+//   Otherwise p(token) ~ exp(logit / temperature) over the survivors, and one draw picks the token.
+// * Logits are not modified. NaN logits are ignored (treated as -inf: never sampled). If some logits
+//   are +inf, the draw is uniform among those. If no token has a logit above -inf, sample() throws
+//   lokal::Error.
+// * The generator is our own xoshiro256** seeded through splitmix64, and the draw is our own arithmetic
+//   (no std:: distributions), so a seed gives the same tokens on every platform and standard library
+//   (up to last-bit differences of std::exp between math libraries).
+// * Cost: O(n_vocab) per token plus O(n_vocab log k) for top-k. top-p without top-k sorts only the
+//   prefix it needs (growing geometrically), and min-p is applied before any sorting (the kept set is
+//   the same as applying it after top-p: both keep a prefix of the same ranking).
 #pragma once
 #include <cstdint>
 #include <deque>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace lokal {
 
 struct SamplingParams {
-  float temperature = 0.8f;
-  int top_k = 40;              // 0: off
-  float top_p = 0.95f;         // 1: off
-  float min_p = 0.05f;         // 0: off
-  float repeat_penalty = 1.0f; // 1: off; > 1 discourages tokens seen in the last repeat_last_n
-  int repeat_last_n = 64;      // 0: penalties off
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  uint64_t seed = 0;
+  float temperature = 0.8f;     // <= 0: greedy; must be finite
+  int top_k = 40;               // 0: off; must be >= 0
+  float top_p = 0.95f;          // 1: off; must be in (0, 1]
+  float min_p = 0.05f;          // 0: off; must be in [0, 1]
+  float repeat_penalty = 1.0f;  // 1: off; > 1 discourages recently seen tokens; must be > 0
+  int repeat_last_n = 64;       // how many accepted tokens the penalties look at (0: penalties off)
+  float presence_penalty = 0.0f;   // 0: off
+  float frequency_penalty = 0.0f;  // 0: off
+  uint64_t seed = 0;            // every value is valid; same seed, same draws
 
-  // Throws lokal::Error naming the bad parameter.
+  // Throws lokal::Error naming the bad parameter and its value.
   void validate() const;
 };
 
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& p);
+  explicit Sampler(const SamplingParams& p);  // validates p
 
-  // Picks a token from n_vocab logits (not modified). NaN logits are treated as -inf; if no
-  // finite logit remains, throws lokal::Error.
+  // Picks a token from n_vocab logits (read only). Throws lokal::Error if n_vocab <= 0 or if every logit
+  // is -inf or NaN.
   int32_t sample(const float* logits, int n_vocab);
+  // The distribution sample() would draw from (after penalties, filters and temperature): (token,
+  // probability) pairs summing to 1, most likely first (ties by id); greedy gives one pair. For tests and
+  // inspection (it sorts what survives); does not advance the random generator.
+  std::vector<std::pair<int32_t, double>> distribution(const float* logits, int n_vocab);
+
   // Records a token (prompt or generated) for the penalties.
   void accept(int32_t token);
+  // Forgets the history and restarts the generator from the seed.
   void reset();
 
   const SamplingParams& params() const { return p_; }
 
  private:
-  double next_uniform();  // [0, 1), 53 bits
+  struct Cand {
+    int32_t id;
+    float logit;
+    double w;  // unnormalized probability after temperature
+  };
+  // Fills cand_[0, n) with the surviving candidates and their weights; returns their total weight.
+  double prepare(const float* logits, int n_vocab);
+  uint64_t next_u64();
+  double next_uniform();  // [0, 1), 53 random bits
 
   SamplingParams p_;
   uint64_t rng_[4];
   std::deque<int32_t> history_;
   std::unordered_map<int32_t, int> counts_;  // occurrences within history_
-  struct Cand {
-    int32_t id;
-    float logit;
-    float p;
-  };
   std::vector<Cand> cand_;
 };
 

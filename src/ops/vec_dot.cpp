@@ -8,6 +8,9 @@
 #include "ops/vec_dot.h"
 
 #include <atomic>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -208,7 +211,9 @@ float dot_q2_k(int64_t n, const void* w, const void* a) {
   float s = 0.0f;
   int8_t codes[QK_K];
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    for (int e = 0; e < QK_K; ++e) codes[e] = static_cast<int8_t>((x[i].qs[(e >> 7) * 32 + (e & 31)] >> (2 * ((e >> 5) & 3))) & 3);
+    for (int g = 0; g < 2; ++g)
+      for (int c = 0; c < 4; ++c)
+        for (int p = 0; p < 32; ++p) codes[128 * g + 32 * c + p] = static_cast<int8_t>((x[i].qs[32 * g + p] >> (2 * c)) & 3);
     int isum = 0, summs = 0;
     for (int j = 0; j < 16; ++j) {
       isum += (x[i].scales[j] & 15) * dot16(codes + 16 * j, y[i].qs + 16 * j);
@@ -233,12 +238,13 @@ float dot_q3_k(int64_t n, const void* w, const void* a) {
   float s = 0.0f;
   int8_t codes[QK_K];
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    for (int e = 0; e < QK_K; ++e) {
-      const int g = e >> 7, c = (e >> 5) & 3, p = e & 31;
-      const int lo = (x[i].qs[g * 32 + p] >> (2 * c)) & 3;
-      const int high = (x[i].hmask[p] >> (g * 4 + c)) & 1;
-      codes[e] = static_cast<int8_t>(lo - (high ? 0 : 4));
-    }
+    for (int g = 0; g < 2; ++g)
+      for (int c = 0; c < 4; ++c)
+        for (int p = 0; p < 32; ++p) {
+          const int lo = (x[i].qs[32 * g + p] >> (2 * c)) & 3;
+          const int high = (x[i].hmask[p] >> (4 * g + c)) & 1;
+          codes[128 * g + 32 * c + p] = static_cast<int8_t>(lo + 4 * high - 4);
+        }
     int isum = 0;
     for (int j = 0; j < 16; ++j) isum += q3k_scale(x[i].scales, j) * dot16(codes + 16 * j, y[i].qs + 16 * j);
     s += (h2f(x[i].d) * y[i].d) * static_cast<float>(isum);
@@ -263,12 +269,16 @@ float dot_q45_k(int64_t n, const void* w, const void* a) {
   float s = 0.0f;
   int8_t codes[QK_K];
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    for (int e = 0; e < QK_K; ++e) {
-      const int j = e >> 5, l = e & 31;
-      int v = (x[i].qs[(j >> 1) * 32 + l] >> ((j & 1) * 4)) & 15;
-      if constexpr (Five) v |= ((x[i].qh[l] >> j) & 1) << 4;
-      codes[e] = static_cast<int8_t>(v);
-    }
+    for (int g = 0; g < 4; ++g)
+      for (int l = 0; l < 32; ++l) {
+        int lo = x[i].qs[32 * g + l] & 15, hi = x[i].qs[32 * g + l] >> 4;
+        if constexpr (Five) {
+          lo |= ((x[i].qh[l] >> (2 * g)) & 1) << 4;
+          hi |= ((x[i].qh[l] >> (2 * g + 1)) & 1) << 4;
+        }
+        codes[64 * g + l] = static_cast<int8_t>(lo);
+        codes[64 * g + 32 + l] = static_cast<int8_t>(hi);
+      }
     int isum = 0, summs = 0;
     for (int j = 0; j < 8; ++j) {
       int sc, mn;
@@ -289,12 +299,15 @@ float dot_q6_k(int64_t n, const void* w, const void* a) {
   float s = 0.0f;
   int8_t codes[QK_K];
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    for (int e = 0; e < QK_K; ++e) {
-      const int g = e >> 7, c = (e >> 5) & 3, p = e & 31;
-      const int lo = (x[i].ql[g * 64 + (c & 1) * 32 + p] >> ((c >> 1) * 4)) & 15;
-      const int hi = (x[i].qh[g * 32 + p] >> (2 * c)) & 3;
-      codes[e] = static_cast<int8_t>((lo | (hi << 4)) - 32);
-    }
+    for (int g = 0; g < 2; ++g)
+      for (int p = 0; p < 32; ++p) {
+        const uint8_t l0 = x[i].ql[64 * g + p], l1 = x[i].ql[64 * g + 32 + p], h = x[i].qh[32 * g + p];
+        int8_t* c = codes + 128 * g + p;
+        c[0] = static_cast<int8_t>(((l0 & 15) | ((h & 3) << 4)) - 32);
+        c[32] = static_cast<int8_t>(((l1 & 15) | (((h >> 2) & 3) << 4)) - 32);
+        c[64] = static_cast<int8_t>(((l0 >> 4) | (((h >> 4) & 3) << 4)) - 32);
+        c[96] = static_cast<int8_t>(((l1 >> 4) | (((h >> 6) & 3) << 4)) - 32);
+      }
     int isum = 0;
     for (int j = 0; j < 16; ++j) isum += x[i].scales[j] * dot16(codes + 16 * j, y[i].qs + 16 * j);
     s += (h2f(x[i].d) * y[i].d) * static_cast<float>(isum);
@@ -315,10 +328,19 @@ const detail::KernelSet& scalar_set() {
   return ks;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// F16C is CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports does not know "f16c").
+bool cpu_has_f16c() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  return (ecx >> 29) & 1u;
+}
+#endif
+
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  __builtin_cpu_init();  // the builtins also check that the OS saves the YMM/ZMM state
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 #else
   return false;
 #endif
@@ -328,7 +350,8 @@ bool cpu_has_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
 #else
   return false;
 #endif

@@ -20,7 +20,7 @@ struct KernelSet {
   QuantActFn quant[kMaxTypeId] = {};  // activation quantizer for weight type id
 };
 
-inline int tid(DType t) { return static_cast<int>(t); }
+static inline int tid(DType t) { return static_cast<int>(t); }
 
 // Scalar reference kernels (vec_dot.cpp).
 void fill_scalar(KernelSet& ks);

@@ -283,89 +283,75 @@ void act_q8_k(const float* x, void* dst, int64_t n) {
 // 32-element block formats
 // ---------------------------------------------------------------------------------------------
 
+// Eight consecutive fp16 fields (at the same offset in eight consecutive blocks) as floats.
+// The halves are combined in scalar registers (cheap, off the vector ports) and converted once.
+template <typename Block, uint16_t Block::*Field>
+inline __m256 halves8(const Block* b) {
+  uint64_t lo = 0, hi = 0;
+  for (int k = 0; k < 4; ++k) {
+    lo |= static_cast<uint64_t>(b[k].*Field) << (16 * k);
+    hi |= static_cast<uint64_t>(b[k + 4].*Field) << (16 * k);
+  }
+  return _mm256_cvtph_ps(_mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo)));
+}
+
+inline __m256 lane_bcast(__m256 v, int k) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(k)); }
+
+// Per-format integer block dot products (8 int32 lanes whose sum is the block's integer dot).
+inline __m256i block_q4_0(const BlockQ4_0& x, const BlockQ8_0& y) {
+  return dot_s8s8(_mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8)), load256(y.qs));
+}
+inline __m256i block_q4_1(const BlockQ4_1& x, const BlockQ8_1& y) { return dot_u8s8(nibbles(x.qs), load256(y.qs)); }
+inline __m256i block_q5_0(const BlockQ5_0& x, const BlockQ8_0& y) {
+  const __m256i hb = _mm256_and_si256(bits_to_bytes(load_u32(x.qh)), _mm256_set1_epi8(0x10));
+  return dot_s8s8(_mm256_sub_epi8(_mm256_or_si256(nibbles(x.qs), hb), _mm256_set1_epi8(16)), load256(y.qs));
+}
+inline __m256i block_q5_1(const BlockQ5_1& x, const BlockQ8_1& y) {
+  const __m256i hb = _mm256_and_si256(bits_to_bytes(load_u32(x.qh)), _mm256_set1_epi8(0x10));
+  return dot_u8s8(_mm256_or_si256(nibbles(x.qs), hb), load256(y.qs));
+}
+inline __m256i block_q8_0(const BlockQ8_0& x, const BlockQ8_0& y) { return dot_s8s8(load256(x.qs), load256(y.qs)); }
+
+// sum_b d_x[b] * d_y[b] * intdot(b)  (+ sum_b m_x[b] * s_y[b] for the formats with a min).
+template <typename BX, typename BY, __m256i (*BlockDot)(const BX&, const BY&), bool WithMin>
+float dot_blocks32(int64_t n, const void* w, const void* a) {
+  const auto* x = static_cast<const BX*>(w);
+  const auto* y = static_cast<const BY*>(a);
+  const int64_t nb = n / 32;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    const __m256 dd = _mm256_mul_ps(halves8<BX, &BX::d>(x + i), halves8<BY, &BY::d>(y + i));
+    if constexpr (WithMin)
+      acc_m = _mm256_fmadd_ps(halves8<BX, &BX::m>(x + i), halves8<BY, &BY::s>(y + i), acc_m);
+    for (int k = 0; k < 8; k += 2) {
+      acc0 = _mm256_fmadd_ps(lane_bcast(dd, k), _mm256_cvtepi32_ps(BlockDot(x[i + k], y[i + k])), acc0);
+      acc1 = _mm256_fmadd_ps(lane_bcast(dd, k + 1), _mm256_cvtepi32_ps(BlockDot(x[i + k + 1], y[i + k + 1])), acc1);
+    }
+  }
+  float tail = 0.0f;
+  for (; i < nb; ++i) {
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), _mm256_cvtepi32_ps(BlockDot(x[i], y[i])),
+                           acc0);
+    if constexpr (WithMin) tail += half(x[i].m) * half(y[i].s);
+  }
+  return hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), acc_m)) + tail;
+}
+
 float dot_q4_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockQ4_0*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / 32;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const __m256i eight = _mm256_set1_epi8(8);
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256i q0 = _mm256_sub_epi8(nibbles(x[i].qs), eight);
-    const __m256i q1 = _mm256_sub_epi8(nibbles(x[i + 1].qs), eight);
-    const __m256 p0 = _mm256_cvtepi32_ps(dot_s8s8(q0, load256(y[i].qs)));
-    const __m256 p1 = _mm256_cvtepi32_ps(dot_s8s8(q1, load256(y[i + 1].qs)));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p0, acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i + 1].d) * half(y[i + 1].d)), p1, acc1);
-  }
-  for (; i < nb; ++i) {
-    const __m256i q0 = _mm256_sub_epi8(nibbles(x[i].qs), eight);
-    const __m256 p0 = _mm256_cvtepi32_ps(dot_s8s8(q0, load256(y[i].qs)));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p0, acc0);
-  }
-  return hsum(_mm256_add_ps(acc0, acc1));
+  return dot_blocks32<BlockQ4_0, BlockQ8_0, block_q4_0, false>(n, w, a);
 }
-
 float dot_q4_1(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockQ4_1*>(w);
-  const auto* y = static_cast<const BlockQ8_1*>(a);
-  __m256 acc = _mm256_setzero_ps();
-  float summs = 0.0f;
-  for (int64_t i = 0; i < n / 32; ++i) {
-    const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(nibbles(x[i].qs), load256(y[i].qs)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p, acc);
-    summs += half(x[i].m) * half(y[i].s);
-  }
-  return hsum(acc) + summs;
+  return dot_blocks32<BlockQ4_1, BlockQ8_1, block_q4_1, true>(n, w, a);
 }
-
 float dot_q5_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockQ5_0*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  __m256 acc = _mm256_setzero_ps();
-  const __m256i hi_bit = _mm256_set1_epi8(0x10), sixteen = _mm256_set1_epi8(16);
-  for (int64_t i = 0; i < n / 32; ++i) {
-    const __m256i hb = _mm256_and_si256(bits_to_bytes(load_u32(x[i].qh)), hi_bit);
-    const __m256i q = _mm256_sub_epi8(_mm256_or_si256(nibbles(x[i].qs), hb), sixteen);
-    const __m256 p = _mm256_cvtepi32_ps(dot_s8s8(q, load256(y[i].qs)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p, acc);
-  }
-  return hsum(acc);
+  return dot_blocks32<BlockQ5_0, BlockQ8_0, block_q5_0, false>(n, w, a);
 }
-
 float dot_q5_1(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockQ5_1*>(w);
-  const auto* y = static_cast<const BlockQ8_1*>(a);
-  __m256 acc = _mm256_setzero_ps();
-  float summs = 0.0f;
-  const __m256i hi_bit = _mm256_set1_epi8(0x10);
-  for (int64_t i = 0; i < n / 32; ++i) {
-    const __m256i hb = _mm256_and_si256(bits_to_bytes(load_u32(x[i].qh)), hi_bit);
-    const __m256i q = _mm256_or_si256(nibbles(x[i].qs), hb);
-    const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(q, load256(y[i].qs)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p, acc);
-    summs += half(x[i].m) * half(y[i].s);
-  }
-  return hsum(acc) + summs;
+  return dot_blocks32<BlockQ5_1, BlockQ8_1, block_q5_1, true>(n, w, a);
 }
-
 float dot_q8_0(int64_t n, const void* w, const void* a) {
-  const auto* x = static_cast<const BlockQ8_0*>(w);
-  const auto* y = static_cast<const BlockQ8_0*>(a);
-  const int64_t nb = n / 32;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m256 p0 = _mm256_cvtepi32_ps(dot_s8s8(load256(x[i].qs), load256(y[i].qs)));
-    const __m256 p1 = _mm256_cvtepi32_ps(dot_s8s8(load256(x[i + 1].qs), load256(y[i + 1].qs)));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p0, acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i + 1].d) * half(y[i + 1].d)), p1, acc1);
-  }
-  for (; i < nb; ++i) {
-    const __m256 p0 = _mm256_cvtepi32_ps(dot_s8s8(load256(x[i].qs), load256(y[i].qs)));
-    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half(x[i].d) * half(y[i].d)), p0, acc0);
-  }
-  return hsum(_mm256_add_ps(acc0, acc1));
+  return dot_blocks32<BlockQ8_0, BlockQ8_0, block_q8_0, false>(n, w, a);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <memory>
 
 #include "core/error.h"
 #include "tokenizer/unicode.h"
@@ -65,7 +66,8 @@ bool is_one_of(std::string_view name, std::initializer_list<std::string_view> na
 }
 
 // llama.cpp's \s is the Unicode White_Space property. PCRE2's \s differs in both directions (it
-// lacks U+0085 and has U+180E), so \s and \S are rewritten to spell the property out.
+// lacks U+0085 and has U+180E), so \s and \S are rewritten to spell the property out. (split()
+// turns non-ASCII whitespace into U+000B anyway; the non-ASCII part matters for U+180E only.)
 constexpr const char* kWhiteSpace = R"(\t-\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 
 std::string spell_out_whitespace(const std::string& re) {
@@ -172,7 +174,8 @@ std::vector<size_t> RegexSplitter::split(const std::vector<uint32_t>& cps) const
   std::vector<size_t> pieces;  // lengths
   if (!cps.empty()) pieces.push_back(cps.size());
   for (const auto& re : regexes_) {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(re->code, nullptr);
+    const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
+        pcre2_match_data_create_from_pattern(re->code, nullptr), &pcre2_match_data_free);
     if (!md) throw Error("out of memory in the pre-tokenizer");
     std::vector<size_t> next;
     next.reserve(pieces.size() * 2);
@@ -186,16 +189,16 @@ std::vector<size_t> RegexSplitter::split(const std::vector<uint32_t>& cps) const
       while (pos < n_bytes) {
         // PCRE2_NOTEMPTY: none of the expressions can match the empty string anyway.
         const uint32_t opts = PCRE2_NOTEMPTY | PCRE2_NO_UTF_CHECK;
-        int rc = pcre2_match(re->code, base, n_bytes, pos, opts, md, nullptr);
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(re->code, base, n_bytes, pos, opts | PCRE2_NO_JIT, md, nullptr);
+        int rc = pcre2_match(re->code, base, n_bytes, pos, opts, md.get(), nullptr);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // the interpreter keeps its backtracking state on the heap
+          rc = pcre2_match(re->code, base, n_bytes, pos, opts | PCRE2_NO_JIT, md.get(), nullptr);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
           PCRE2_UCHAR msg[256];
           pcre2_get_error_message(rc, msg, sizeof(msg));
-          pcre2_match_data_free(md);
           throw Error(std::string("pre-tokenizer regex match failed: ") + reinterpret_cast<const char*>(msg));
         }
-        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
         const size_t m_begin = cp_index(offset[begin] + ov[0]);
         const size_t m_end = cp_index(offset[begin] + ov[1]);
         if (m_begin > done) next.push_back(m_begin - done);
@@ -206,7 +209,6 @@ std::vector<size_t> RegexSplitter::split(const std::vector<uint32_t>& cps) const
       if (end > done) next.push_back(end - done);
       begin = end;
     }
-    pcre2_match_data_free(md);
     pieces = std::move(next);
   }
   return pieces;

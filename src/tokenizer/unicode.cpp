@@ -16,33 +16,32 @@ size_t utf8_len_from_lead(uint8_t lead) {
 std::vector<uint32_t> decode_lenient(std::string_view s) {
   std::vector<uint32_t> out;
   out.reserve(s.size());
-  auto cont = [&](size_t i) { return i < s.size() && (static_cast<uint8_t>(s[i]) & 0xC0) == 0x80; };
   size_t i = 0;
   while (i < s.size()) {
     const uint8_t b = static_cast<uint8_t>(s[i]);
-    size_t n = 0;  // continuation bytes needed
-    uint32_t cp = 0;
-    if (b < 0x80) {
-      out.push_back(b);
-      ++i;
-      continue;
-    } else if ((b & 0xE0) == 0xC0) {
-      n = 1, cp = b & 0x1F;
+    size_t n_cont = 0;  // continuation bytes the lead byte asks for
+    uint32_t cp = b;
+    if ((b & 0xE0) == 0xC0) {
+      n_cont = 1, cp = b & 0x1F;
     } else if ((b & 0xF0) == 0xE0) {
-      n = 2, cp = b & 0x0F;
+      n_cont = 2, cp = b & 0x0F;
     } else if ((b & 0xF8) == 0xF0) {
-      n = 3, cp = b & 0x07;
-    }
-    bool ok = n > 0;
-    for (size_t k = 1; ok && k <= n; ++k) ok = cont(i + k);
-    if (!ok) {
+      n_cont = 3, cp = b & 0x07;
+    } else if (b >= 0x80) {  // a stray continuation byte or 0xF8..0xFF
       out.push_back(kReplacementChar);
       ++i;
       continue;
     }
-    for (size_t k = 1; k <= n; ++k) cp = (cp << 6) | (static_cast<uint8_t>(s[i + k]) & 0x3F);
+    bool complete = i + n_cont < s.size();
+    for (size_t k = 1; complete && k <= n_cont; ++k) complete = (static_cast<uint8_t>(s[i + k]) & 0xC0) == 0x80;
+    if (!complete) {
+      out.push_back(kReplacementChar);
+      ++i;
+      continue;
+    }
+    for (size_t k = 1; k <= n_cont; ++k) cp = (cp << 6) | (static_cast<uint8_t>(s[i + k]) & 0x3F);
     out.push_back(cp);
-    i += n + 1;
+    i += n_cont + 1;
   }
   return out;
 }

@@ -36,6 +36,13 @@ std::string to_lower_ascii(std::string s) {
   return s;
 }
 
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
 bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
 
 // Printable form of bytes for log messages.
@@ -88,7 +95,6 @@ void load_tokens(VocabData& d, const GGUFFile& f) {
                   std::to_string(n) + " tokens");
   }
 
-  d.n_tok = static_cast<int32_t>(n);
   d.scores.assign(n, 0.0f);
   d.attrs.assign(n, kAttrNormal);
   d.symbols.reserve(n);
@@ -428,9 +434,8 @@ std::string Vocab::token_to_piece(int32_t id, bool render_special) const {
     replace_all(out, kSpaceMarker, " ");
     return out;
   }
-  if (attr & kAttrByte) {  // "<0xNN>"
-    auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
-    const int hi = text.size() == 6 ? hex(text[3]) : -1, lo = text.size() == 6 ? hex(text[4]) : -1;
+  if ((attr & kAttrByte) && text.size() == 6) {  // "<0xNN>"
+    const int hi = hex_digit(text[3]), lo = hex_digit(text[4]);
     if (hi >= 0 && lo >= 0) return std::string(1, static_cast<char>(hi * 16 + lo));
   }
   return {};

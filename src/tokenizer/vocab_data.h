@@ -33,7 +33,6 @@ struct VocabData {
 
   // Token texts by id; lookup by text finds, for duplicated texts, the last id (as llama.cpp).
   SymbolTable symbols;
-  int32_t n_tok = 0;
   std::vector<float> scores;   // per token
   std::vector<uint16_t> attrs;  // per token, TokenAttr bits
   size_t max_token_len = 0;  // bytes
@@ -54,7 +53,7 @@ struct VocabData {
 
   mutable std::atomic<bool> warned_unknown{false};
 
-  int32_t n_tokens() const { return n_tok; }
+  int32_t n_tokens() const { return static_cast<int32_t>(symbols.size()); }
   const std::string& text(int32_t id) const { return symbols.text(id); }
   int32_t find(std::string_view s) const { return symbols.find(s); }  // token with text `s`, or -1
   // Logs the "unknown character" warning the first time it is needed.
