@@ -8,6 +8,11 @@ namespace lokal::cli {
 // process exit code in *rc.
 void register_run(CLI::App& app, int* rc);
 void register_info(CLI::App& app, int* rc);
+void register_perplexity(CLI::App& app, int* rc);
+void register_compare(CLI::App& app, int* rc);
+
+// The whole file as bytes; throws lokal::Error naming it if it cannot be read.
+std::string read_text_file(const std::string& path);
 
 // "1.23 MiB" / "512 B"
 std::string format_bytes(double bytes);

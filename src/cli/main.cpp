@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   int rc = 0;
   lokal::cli::register_run(app, &rc);
   lokal::cli::register_info(app, &rc);
+  lokal::cli::register_perplexity(app, &rc);
+  lokal::cli::register_compare(app, &rc);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       bool known = false;

@@ -14,6 +14,11 @@ namespace {
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little endian
 constexpr int kMaxArrayDepth = 8;
 constexpr uint32_t kMaxDims = 4;
+// Counts read from the file are only checked against the bytes left, which for a multi-GB model still
+// allows claims worth gigabytes of parsed structures (a 48-byte GGUFValue per 8-byte string entry, ...).
+// So never reserve more than this many elements up front; vectors grow with what is actually parsed.
+constexpr uint64_t kMaxReserve = 4096;
+size_t reserve_count(uint64_t n) { return static_cast<size_t>(std::min(n, kMaxReserve)); }
 
 size_t scalar_size(GGUFType t) {
   switch (t) {
@@ -103,10 +108,10 @@ GGUFValue read_value(Cursor& c, GGUFType type, int depth, const std::string& key
       if (v.arr_n > c.remaining() / min_elem)
         c.fail("key '" + key + "': array length " + std::to_string(v.arr_n) + " exceeds the rest of the file");
       if (v.arr_type == GGUFType::STRING) {
-        v.arr_str.reserve(static_cast<size_t>(v.arr_n));
+        v.arr_str.reserve(reserve_count(v.arr_n));
         for (uint64_t k = 0; k < v.arr_n; ++k) v.arr_str.push_back(c.read_str("string array element"));
       } else if (v.arr_type == GGUFType::ARRAY) {
-        v.arr_nested.reserve(static_cast<size_t>(v.arr_n));
+        v.arr_nested.reserve(reserve_count(v.arr_n));
         for (uint64_t k = 0; k < v.arr_n; ++k) v.arr_nested.push_back(read_value(c, GGUFType::ARRAY, depth + 1, key));
       } else {
         v.arr_data = c.ptr();
@@ -244,7 +249,7 @@ void GGUFFile::parse_all() {
   if (n_tensors > c.remaining() / 24)
     c.fail("tensor count " + std::to_string(n_tensors) + " is larger than the file could hold");
 
-  kv_.reserve(static_cast<size_t>(n_kv));
+  kv_.reserve(reserve_count(n_kv));
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key(c.read_str("metadata key"));
     uint32_t t = c.read<uint32_t>("metadata value type");
@@ -261,7 +266,7 @@ void GGUFFile::parse_all() {
     alignment_ = static_cast<uint32_t>(a->u);
   }
 
-  tensors_.reserve(static_cast<size_t>(n_tensors));
+  tensors_.reserve(reserve_count(n_tensors));
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GGUFTensorInfo ti;
     ti.name = std::string(c.read_str("tensor name"));

@@ -317,7 +317,7 @@ void GGUFWriter::set_version(uint32_t version) {
 // ---------------------------------------------------------------------------------------------
 // GGUFWriter: tensors
 
-size_t GGUFWriter::tensor_nbytes(const std::string& name, DType type, const std::vector<int64_t>& ne) {
+size_t GGUFWriter::tensor_size(DType type, const std::vector<int64_t>& ne, const std::string& name) {
   const TypeInfo* info = type_info(type);
   if (!info) writer_error("tensor '" + name + "' has unknown type id " + std::to_string(static_cast<uint32_t>(type)));
   if (ne.size() > kMaxDims)
@@ -345,7 +345,7 @@ void GGUFWriter::add(Tensor t) {
 
 void GGUFWriter::add_tensor(std::string name, DType type, std::vector<int64_t> ne, const void* data, size_t nbytes) {
   Tensor t;
-  t.nbytes = tensor_nbytes(name, type, ne);
+  t.nbytes = tensor_size(type, ne, name);
   if (nbytes != t.nbytes)
     writer_error("tensor '" + name + "': " + std::to_string(nbytes) + " bytes of data given, but a " + type_name(type) +
                  " tensor of this shape has " + std::to_string(t.nbytes));
@@ -360,7 +360,7 @@ void GGUFWriter::add_tensor(std::string name, DType type, std::vector<int64_t> n
 void GGUFWriter::add_tensor(std::string name, DType type, std::vector<int64_t> ne, Producer produce) {
   if (!produce) writer_error("tensor '" + name + "': empty producer");
   Tensor t;
-  t.nbytes = tensor_nbytes(name, type, ne);
+  t.nbytes = tensor_size(type, ne, name);
   t.name = std::move(name);
   t.type = type;
   t.ne = std::move(ne);

@@ -163,6 +163,8 @@ class GGUFWriter {
   // A tensor of a parsed file, data borrowed from it (the GGUFFile must outlive write()).
   void add_tensor(const GGUFTensorInfo& t);
   const std::vector<Tensor>& tensors() const { return tensors_; }
+  // Bytes of a tensor of this type and shape; throws lokal::Error (naming `name`) if the writer would refuse it.
+  static size_t tensor_size(DType type, const std::vector<int64_t>& ne, const std::string& name = "(unnamed)");
 
   // --- layout (valid once all metadata and tensors are added) ---
   uint64_t data_offset() const;           // start of the tensor data section
@@ -180,7 +182,6 @@ class GGUFWriter {
   // Streams the whole file to `out`; `name` (the path) is used in error messages.
   void write_all(const Sink& out, const std::string& name) const;
   void validate() const;
-  static size_t tensor_nbytes(const std::string& name, DType type, const std::vector<int64_t>& ne);
   void add(Tensor t);
 
   uint32_t version_ = 3;
