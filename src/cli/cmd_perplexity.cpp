@@ -44,6 +44,12 @@ void perplexity(const PplArgs& a) {
   po.n_batch = a.batch;
   po.allow_long_ctx = a.allow_long_ctx;
   const PerplexityPlan plan = plan_perplexity(*model, text, a.text_file, po);
+  std::unique_ptr<LogProbWriter> writer;  // before any output: a bad path is the only error line
+  std::vector<ScoredRowSink*> sinks;
+  if (!a.save_logits.empty()) {
+    writer = std::make_unique<LogProbWriter>(a.save_logits, plan);
+    sinks.push_back(writer.get());
+  }
   ThreadPool pool(a.threads > 0 ? a.threads : ThreadPool::default_threads());
 
   std::fprintf(stderr, "model: %s (%s), load %.1f ms, kernels %s, %d threads\n", a.model.c_str(),
@@ -54,12 +60,6 @@ void perplexity(const PplArgs& a) {
                plan.bos_replaced ? " (first token = BOS)" : "");
   std::fflush(stderr);
 
-  std::unique_ptr<LogProbWriter> writer;
-  std::vector<ScoredRowSink*> sinks;
-  if (!a.save_logits.empty()) {
-    writer = std::make_unique<LogProbWriter>(a.save_logits, plan);
-    sinks.push_back(writer.get());
-  }
   PerplexityResult r = run_perplexity(*model, plan, pool, a.batch, sinks, [](int64_t c, int64_t n, double ppl) {
     std::fprintf(stderr, "[%lld/%lld] PPL = %.4f\n", static_cast<long long>(c), static_cast<long long>(n), ppl);
     std::fflush(stderr);

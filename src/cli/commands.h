@@ -10,6 +10,9 @@ void register_run(CLI::App& app, int* rc);
 void register_info(CLI::App& app, int* rc);
 void register_perplexity(CLI::App& app, int* rc);
 void register_compare(CLI::App& app, int* rc);
+void register_quantize(CLI::App& app, int* rc);
+void register_synth(CLI::App& app, int* rc);
+void register_bench(CLI::App& app, int* rc);
 
 // The whole file as bytes; throws lokal::Error naming it if it cannot be read.
 std::string read_text_file(const std::string& path);

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   lokal::cli::register_info(app, &rc);
   lokal::cli::register_perplexity(app, &rc);
   lokal::cli::register_compare(app, &rc);
+  lokal::cli::register_quantize(app, &rc);
+  lokal::cli::register_synth(app, &rc);
+  lokal::cli::register_bench(app, &rc);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       bool known = false;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <random>
 
 #include "core/error.h"
@@ -172,7 +173,6 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
-  ThreadPool pool(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
   std::vector<CompareRow> out;
   const int n_models = static_cast<int>(paths.size());
   auto chunk_progress = [&](int64_t c, int64_t n, double p) {
@@ -181,32 +181,33 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
     say(b);
   };
 
-  // Every model must share the base's vocabulary: check all of them (metadata only) before
-  // spending time on any evaluation.
-  {
-    auto base_file = GGUFFile::open(paths[0]);
-    auto base_vocab = Vocab::from_gguf(*base_file);
-    for (int i = 1; i < n_models; ++i) {
-      const std::string& path = paths[static_cast<size_t>(i)];
-      auto f = GGUFFile::open(path);
-      auto v = Vocab::from_gguf(*f);
-      check_same_vocab(*base_vocab, paths[0], *v, path);
-    }
+  // Check everything that can be checked from the files (vocabulary, context) before any output
+  // or evaluation, so a bad model list fails at once with one message.
+  auto base = Model::load(paths[0]);
+  PerplexityPlan plan = plan_perplexity(*base, text, text_name, opt.ppl);
+  for (int i = 1; i < n_models; ++i) {
+    const std::string& path = paths[static_cast<size_t>(i)];
+    auto f = GGUFFile::open(path);
+    auto v = Vocab::from_gguf(*f);
+    check_same_vocab(base->vocab(), paths[0], *v, path);
+    const ModelConfig c = ModelConfig::from_gguf(*f);
+    if (!opt.ppl.allow_long_ctx && c.n_ctx_train > 0 && plan.n_ctx > c.n_ctx_train)
+      throw Error(path + ": a context of " + std::to_string(plan.n_ctx) + " tokens exceeds the model's trained context of " +
+                  std::to_string(c.n_ctx_train) + " tokens (use a smaller -c, or --allow-long-ctx to evaluate it anyway)");
   }
 
-  // Base: plan, perplexity, log-probs to a temporary file, decode speed.
+  // Base: perplexity, log-probs to a temporary file, decode speed.
   TempFile tmp{make_temp_path(opt.temp_dir)};
-  PerplexityPlan plan;
+  auto writer = std::make_unique<LogProbWriter>(tmp.path, plan);
+  ThreadPool pool(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
   std::vector<int32_t> prompt;
   {
     say("model 1/" + std::to_string(n_models) + " (base): " + paths[0]);
-    auto base = Model::load(paths[0]);
-    plan = plan_perplexity(*base, text, text_name, opt.ppl);
     prompt.assign(plan.tokens.begin(), plan.tokens.begin() + std::clamp<int64_t>(opt.decode_prompt, 1, plan.n_ctx));
-    LogProbWriter writer(tmp.path, plan);
-    std::vector<ScoredRowSink*> sinks{&writer};
+    std::vector<ScoredRowSink*> sinks{writer.get()};
     PerplexityResult r = run_perplexity(*base, plan, pool, opt.ppl.n_batch, sinks, chunk_progress);
-    writer.finish();
+    writer->finish();
+    writer.reset();
     CompareRow row;
     describe(*base, paths[0], &row);
     row.ppl = r.ppl;
@@ -217,6 +218,7 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
     row.prefill_tps = r.prefill_tps();
     row.decode_tps = decode_speed(*base, pool, prompt, opt.decode_tokens);
     out.push_back(row);
+    base.reset();  // one model in memory at a time
   }
 
   for (int mi = 1; mi < n_models; ++mi) {

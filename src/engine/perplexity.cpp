@@ -225,19 +225,11 @@ LogProbWriter::LogProbWriter(const std::string& path, const PerplexityPlan& plan
   put_u32(h + 24, to_u32(plan.first, "first"));
   put_u32(h + 28, to_u32(plan.n_scored, "n_scored"));
   put_u32(h + 32, plan.bos_replaced ? 1u : 0u);
-  f_ = std::fopen(path.c_str(), "wb");
+  f_.reset(std::fopen(path.c_str(), "wb"));
   if (!f_) throw Error(path + ": cannot create the log-probability file");
-  bool ok = std::fwrite(h, 1, sizeof h, f_) == sizeof h;
-  ok = ok && std::fwrite(plan.tokens.data(), sizeof(int32_t), plan.tokens.size(), f_) == plan.tokens.size();
-  if (!ok) {
-    std::fclose(f_);
-    f_ = nullptr;
-    throw Error(path + ": write error");
-  }
-}
-
-LogProbWriter::~LogProbWriter() {
-  if (f_) std::fclose(f_);
+  bool ok = std::fwrite(h, 1, sizeof h, f_.get()) == sizeof h;
+  ok = ok && std::fwrite(plan.tokens.data(), sizeof(int32_t), plan.tokens.size(), f_.get()) == plan.tokens.size();
+  if (!ok) throw Error(path + ": write error");
 }
 
 void LogProbWriter::consume(const ScoredRows& rows, ThreadPool& pool) {
@@ -257,16 +249,15 @@ void LogProbWriter::consume(const ScoredRows& rows, ThreadPool& pool) {
     put_u32(buf_.data() + 8, static_cast<uint32_t>(e.argmax));
     put_f32(buf_.data() + 12, e.nll);
     std::memcpy(buf_.data() + kRowHeaderBytes, e.code.data(), 2 * e.code.size());
-    if (std::fwrite(buf_.data(), 1, row_bytes, f_) != row_bytes) throw Error(path_ + ": write error");
+    if (std::fwrite(buf_.data(), 1, row_bytes, f_.get()) != row_bytes) throw Error(path_ + ": write error");
   }
   written_ += rows.n;
 }
 
 void LogProbWriter::finish() {
   if (!f_) return;
-  const bool ok = std::fflush(f_) == 0;
-  const bool closed = std::fclose(f_) == 0;
-  f_ = nullptr;
+  const bool ok = std::fflush(f_.get()) == 0;
+  const bool closed = std::fclose(f_.release()) == 0;
   if (!ok || !closed) throw Error(path_ + ": write error");
   if (written_ != expected_)
     throw Error(path_ + ": incomplete log-probability file (" + std::to_string(written_) + " of " +
@@ -276,11 +267,12 @@ void LogProbWriter::finish() {
 // ---- reader -------------------------------------------------------------------------------
 
 LogProbReader::LogProbReader(const std::string& path) : path_(path) {
-  f_ = std::fopen(path.c_str(), "rb");
+  f_.reset(std::fopen(path.c_str(), "rb"));
   if (!f_) throw Error(path + ": cannot open the log-probability file");
+  std::FILE* f = f_.get();
   auto fail = [&](const std::string& what) -> Error { return Error(path + ": " + what); };
   uint8_t h[kHeaderBytes];
-  if (std::fread(h, 1, sizeof h, f_) != sizeof h) throw fail("too short for a log-probability file");
+  if (std::fread(h, 1, sizeof h, f) != sizeof h) throw fail("too short for a log-probability file");
   if (std::memcmp(h, kMagic, 8) != 0) throw fail("not a lokal log-probability file (bad magic)");
   const uint32_t version = get_u32(h + 8);
   if (version != kVersion) throw fail("unsupported log-probability file version " + std::to_string(version));
@@ -298,28 +290,24 @@ LogProbReader::LogProbReader(const std::string& path) : path_(path) {
                              4.0L * plan_.n_ctx * plan_.n_chunks +
                              static_cast<long double>(plan_.n_chunks) * plan_.n_scored *
                                  (kRowHeaderBytes + 2.0L * plan_.n_vocab);
-  if (std::fseek(f_, 0, SEEK_END) != 0) throw fail("cannot seek");
-  const long size = std::ftell(f_);
+  if (std::fseek(f, 0, SEEK_END) != 0) throw fail("cannot seek");
+  const long size = std::ftell(f);
   if (size < 0 || static_cast<long double>(size) != expect)
     throw fail("size " + std::to_string(size) + " bytes does not match its header (truncated or corrupt)");
-  if (std::fseek(f_, static_cast<long>(kHeaderBytes), SEEK_SET) != 0) throw fail("cannot seek");
+  if (std::fseek(f, static_cast<long>(kHeaderBytes), SEEK_SET) != 0) throw fail("cannot seek");
   plan_.tokens.resize(static_cast<size_t>(plan_.n_ctx * plan_.n_chunks));
-  if (std::fread(plan_.tokens.data(), sizeof(int32_t), plan_.tokens.size(), f_) != plan_.tokens.size())
+  if (std::fread(plan_.tokens.data(), sizeof(int32_t), plan_.tokens.size(), f) != plan_.tokens.size())
     throw fail("short read");
   for (int32_t t : plan_.tokens)
     if (t < 0 || t >= plan_.n_vocab) throw fail("token id " + std::to_string(t) + " outside the vocabulary");
   plan_.n_text_tokens = static_cast<int64_t>(plan_.tokens.size());
 }
 
-LogProbReader::~LogProbReader() {
-  if (f_) std::fclose(f_);
-}
-
 void LogProbReader::next(LogProbRow* row) {
   if (read_ >= plan_.total_scored()) throw Error(path_ + ": no more rows");
   const size_t row_bytes = kRowHeaderBytes + 2 * static_cast<size_t>(plan_.n_vocab);
   buf_.resize(row_bytes);
-  if (std::fread(buf_.data(), 1, row_bytes, f_) != row_bytes) throw Error(path_ + ": short read");
+  if (std::fread(buf_.data(), 1, row_bytes, f_.get()) != row_bytes) throw Error(path_ + ": short read");
   row->lo = get_f32(buf_.data());
   row->step = get_f32(buf_.data() + 4);
   row->argmax = static_cast<int32_t>(get_u32(buf_.data() + 8));

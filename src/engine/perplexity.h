@@ -64,6 +64,11 @@
 
 namespace lokal {
 
+struct FileCloser {
+  void operator()(std::FILE* f) const { if (f) std::fclose(f); }
+};
+using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
+
 struct PerplexityOptions {
   int64_t n_ctx = 0;           // tokens per chunk; 0: min(512, the model's trained context)
   int64_t n_chunks = -1;       // < 0: every full chunk of the text
@@ -158,14 +163,13 @@ class LogProbWriter : public ScoredRowSink {
  public:
   // Creates `path` and writes the header and tokens. Throws lokal::Error if it cannot.
   LogProbWriter(const std::string& path, const PerplexityPlan& plan);
-  ~LogProbWriter() override;
   void consume(const ScoredRows& rows, ThreadPool& pool) override;
   // Flushes and closes; throws lokal::Error on a write error or if rows are missing.
   void finish();
 
  private:
   std::string path_;
-  std::FILE* f_ = nullptr;
+  FilePtr f_;
   int64_t n_vocab_ = 0, expected_ = 0, written_ = 0;
   std::vector<LogProbRow> enc_;
   std::vector<uint8_t> buf_;
@@ -175,7 +179,6 @@ class LogProbWriter : public ScoredRowSink {
 class LogProbReader {
  public:
   explicit LogProbReader(const std::string& path);
-  ~LogProbReader();
   LogProbReader(const LogProbReader&) = delete;
   LogProbReader& operator=(const LogProbReader&) = delete;
 
@@ -186,7 +189,7 @@ class LogProbReader {
 
  private:
   std::string path_;
-  std::FILE* f_ = nullptr;
+  FilePtr f_;
   PerplexityPlan plan_;
   int64_t read_ = 0;
   std::vector<uint8_t> buf_;

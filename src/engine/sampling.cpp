@@ -164,10 +164,12 @@ double Sampler::prepare(const float* logits, int n_vocab) {
     const double target = static_cast<double>(p_.top_p) * z;
     double cum = 0.0;
     for (size_t i = 0; i < n; ++i) {
-      if (i >= sorted) {  // sort the next chunk (geometric growth)
-        const size_t upto = std::min(n, std::max<size_t>(i + 1, std::max<size_t>(64, 2 * sorted)));
-        std::partial_sort(cand_.begin() + static_cast<ptrdiff_t>(sorted), cand_.begin() + static_cast<ptrdiff_t>(upto),
-                          cand_.begin() + static_cast<ptrdiff_t>(n), better);
+      if (i >= sorted) {  // rank the next chunk (geometric growth): select it in O(rest), then sort it
+        const size_t upto = std::min(n, std::max<size_t>(64, 4 * sorted));
+        const auto first = cand_.begin() + static_cast<ptrdiff_t>(sorted);
+        const auto mid = cand_.begin() + static_cast<ptrdiff_t>(upto);
+        if (upto < n) std::nth_element(first, mid, cand_.begin() + static_cast<ptrdiff_t>(n), better);
+        std::sort(first, mid, better);
         sorted = upto;
       }
       cum += std::exp(static_cast<double>(cand_[i].logit) - mx);

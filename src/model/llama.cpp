@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "model/model.h"
+#include "ops/attention.h"
 
 namespace lokal {
 
@@ -33,7 +34,6 @@ Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t ma
   attn_.resize(static_cast<size_t>(B * c_.n_head * c_.head_dim_v));
   gate_.resize(static_cast<size_t>(B * c_.n_ff));
   up_.resize(static_cast<size_t>(B * c_.n_ff));
-  scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
 }
 
 size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads) {
@@ -69,31 +69,15 @@ void Forward::eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logi
 }
 
 void Forward::attention(int64_t layer, int64_t n, int64_t pos0) {
-  const int64_t H = c_.n_head, hd = c_.head_dim, hdv = c_.head_dim_v;
-  const int64_t group = c_.n_head / c_.n_head_kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int64_t n_ctx = kv_.n_ctx();
-  pool_.parallel_for(n * H, [&](int64_t item, int tid) {
-    const int64_t t = item / H, h = item % H;
-    const int64_t g = h / group;
-    const int64_t pos = pos0 + t;  // attends to cache positions [0, pos]
-    const float* q = q_.data() + t * c_.n_embd_q() + h * hd;
-    float* s = scores_.data() + static_cast<int64_t>(tid) * n_ctx;
-    for (int64_t j = 0; j <= pos; ++j) {
-      const float* kr = kv_.k(layer, j) + g * hd;
-      float acc = 0.0f;
-      for (int64_t d = 0; d < hd; ++d) acc += q[d] * kr[d];
-      s[j] = acc * scale;
-    }
-    softmax(s, pos + 1);
-    float* out = attn_.data() + t * H * hdv + h * hdv;
-    std::fill(out, out + hdv, 0.0f);
-    for (int64_t j = 0; j <= pos; ++j) {
-      const float* vr = kv_.v(layer, j) + g * hdv;
-      const float w = s[j];
-      for (int64_t d = 0; d < hdv; ++d) out[d] += w * vr[d];
-    }
-  });
+  AttentionShape as;
+  as.n_head = static_cast<int>(c_.n_head);
+  as.n_head_kv = static_cast<int>(c_.n_head_kv);
+  as.head_dim = static_cast<int>(c_.head_dim);
+  as.head_dim_v = static_cast<int>(c_.head_dim_v);
+  as.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+  KVRows K{DType::F32, reinterpret_cast<const uint8_t*>(kv_.k(layer, 0)), static_cast<size_t>(c_.n_embd_k()) * sizeof(float)};
+  KVRows V{DType::F32, reinterpret_cast<const uint8_t*>(kv_.v(layer, 0)), static_cast<size_t>(c_.n_embd_v()) * sizeof(float)};
+  lokal::attention(pool_, as, q_.data(), n, pos0, K, V, attn_.data(), scores_);
 }
 
 void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {

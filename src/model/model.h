@@ -102,7 +102,8 @@ class Forward {
   KVCache kv_;
   int64_t max_batch_;
   // Scratch, sized for max_batch tokens.
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, scores_;
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_;
+  std::vector<float> scores_;  // attention scratch (per-thread tiles)
   std::vector<uint8_t> act_;
 };
 

@@ -1,0 +1,226 @@
+// `lokal bench`: prefill / decode speed, load time, peak memory and memory-bandwidth efficiency of a model.
+// Markdown table (like llama-bench's) by default; --json prints llama-bench's JSON fields plus lokal's extras.
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "engine/bench.h"
+
+namespace lokal::cli {
+
+namespace {
+struct BenchArgs {
+  std::string model;
+  std::vector<int> n_prompt{512}, n_gen{128}, threads{0};
+  std::vector<int64_t> depth{0};
+  int reps = 5;
+  int64_t batch = 512;
+  bool json = false;
+  bool no_mmap = false;
+  bool no_bw = false;
+  int bw_mib = 1024;
+  bool quiet = false;
+};
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
+  nlohmann::ordered_json j;
+  // llama-bench's fields (same names and meanings; GPU fields fixed for a CPU-only runtime).
+  j["build_commit"] = "lokal";
+  j["build_number"] = 0;
+  j["cpu_info"] = r.cpu_info;
+  j["gpu_info"] = "";
+  j["backends"] = "CPU";
+  j["model_filename"] = r.model_filename;
+  j["model_type"] = r.model_type;
+  j["model_size"] = r.model_size;
+  j["model_n_params"] = r.model_n_params;
+  j["n_batch"] = r.n_batch;
+  j["n_ubatch"] = r.n_batch;
+  j["n_threads"] = t.n_threads;
+  j["cpu_mask"] = "0x0";
+  j["cpu_strict"] = false;
+  j["poll"] = 50;
+  j["type_k"] = "f32";
+  j["type_v"] = "f32";
+  j["n_gpu_layers"] = 0;
+  j["split_mode"] = "layer";
+  j["main_gpu"] = 0;
+  j["no_kv_offload"] = false;
+  j["flash_attn"] = false;
+  j["tensor_split"] = "0.00";
+  j["use_mmap"] = r.use_mmap;
+  j["embeddings"] = false;
+  j["n_prompt"] = t.n_prompt;
+  j["n_gen"] = t.n_gen;
+  j["n_depth"] = t.depth;
+  j["test_time"] = t.test_time;
+  j["avg_ns"] = static_cast<uint64_t>(std::llround(t.avg_ns));
+  j["stddev_ns"] = static_cast<uint64_t>(std::llround(t.stddev_ns));
+  j["avg_ts"] = t.avg_ts;
+  j["stddev_ts"] = t.stddev_ts;
+  nlohmann::ordered_json sns = nlohmann::ordered_json::array();
+  for (double v : t.samples_ns) sns.push_back(static_cast<uint64_t>(std::llround(v)));
+  j["samples_ns"] = sns;
+  j["samples_ts"] = t.samples_ts;
+  // lokal's extras.
+  j["test"] = t.name;
+  j["first_ns"] = static_cast<uint64_t>(std::llround(t.first_ns));
+  j["first_ts"] = t.first_ts;
+  j["load_ms"] = r.load_ms;
+  j["peak_rss_bytes"] = r.peak_rss_bytes;
+  j["decode_bytes_per_token"] = r.decode_bytes_per_token;
+  j["decode_gbps"] = t.decode_gbps;
+  j["mem_bw_gbps"] = t.mem_bw_gbps;
+  j["mem_bw_pct"] = t.mem_bw_pct;
+  j["kernels"] = r.kernels;
+  return j;
+}
+
+std::string params_str(uint64_t n) {
+  if (n >= 1000000000ULL) return fmt("%.2f B", static_cast<double>(n) * 1e-9);
+  if (n >= 1000000ULL) return fmt("%.2f M", static_cast<double>(n) * 1e-6);
+  return fmt("%.2f K", static_cast<double>(n) * 1e-3);
+}
+
+void print_markdown(const BenchReport& r) {
+  struct Row {
+    std::vector<std::string> cells;
+  };
+  const std::vector<std::string> head = {"model", "size", "params", "backend", "threads", "test", "t/s",
+                                         "first t/s", "load ms", "peak RSS", "GB/s", "% mem bw"};
+  const std::vector<bool> right = {false, true, true, false, true, true, true, true, true, true, true, true};
+  std::vector<Row> rows;
+  for (const BenchTest& t : r.tests) {
+    Row row;
+    row.cells = {r.model_type,
+                 format_bytes(static_cast<double>(r.model_size)),
+                 params_str(r.model_n_params),
+                 "CPU",
+                 std::to_string(t.n_threads),
+                 t.name,
+                 fmt("%.2f", t.avg_ts) + " ± " + fmt("%.2f", t.stddev_ts),
+                 fmt("%.2f", t.first_ts),
+                 fmt("%.1f", r.load_ms),
+                 fmt("%.0f MiB", static_cast<double>(r.peak_rss_bytes) / (1024.0 * 1024.0)),
+                 t.n_gen > 0 ? fmt("%.2f", t.decode_gbps) : "-",
+                 t.n_gen > 0 && t.mem_bw_gbps > 0 ? fmt("%.1f%%", t.mem_bw_pct) : "-"};
+    rows.push_back(std::move(row));
+  }
+  // Display width (the ± sign is one column but two bytes).
+  auto width = [](const std::string& s) {
+    size_t w = 0;
+    for (unsigned char ch : s) w += (ch & 0xC0) != 0x80;
+    return w;
+  };
+  std::vector<size_t> w(head.size());
+  for (size_t i = 0; i < head.size(); ++i) {
+    w[i] = std::max<size_t>(width(head[i]), 3);
+    for (const Row& row : rows) w[i] = std::max(w[i], width(row.cells[i]));
+  }
+  auto cell = [&](const std::string& s, size_t i) {
+    const std::string pad(w[i] - width(s), ' ');
+    return right[i] ? pad + s : s + pad;
+  };
+  std::string line = "|";
+  for (size_t i = 0; i < head.size(); ++i) line.append(" ").append(cell(head[i], i)).append(" |");
+  std::printf("%s\n", line.c_str());
+  line = "|";
+  for (size_t i = 0; i < head.size(); ++i) {
+    std::string dashes(w[i], '-');
+    if (right[i]) dashes.back() = ':';
+    line.append(" ").append(dashes).append(" |");
+  }
+  std::printf("%s\n", line.c_str());
+  for (const Row& row : rows) {
+    line = "|";
+    for (size_t i = 0; i < head.size(); ++i) line.append(" ").append(cell(row.cells[i], i)).append(" |");
+    std::printf("%s\n", line.c_str());
+  }
+  std::printf("\n");
+  std::printf("decode reads %s of weights per token; ", format_bytes(static_cast<double>(r.decode_bytes_per_token)).c_str());
+  if (r.mem_bw_gbps.empty()) {
+    std::printf("memory bandwidth not measured\n");
+  } else {
+    std::string bw;
+    for (const auto& [nt, gbps] : r.mem_bw_gbps)
+      bw += (bw.empty() ? "" : ", ") + fmt("%.1f GB/s", gbps) + " with " + std::to_string(nt) + " threads";
+    std::printf("measured memory read bandwidth: %s\n", bw.c_str());
+  }
+  std::printf("kernels: %s; cpu: %s; first t/s: the first (cold) run, not in the mean of the %zu warm runs\n",
+              r.kernels.c_str(), r.cpu_info.empty() ? "unknown" : r.cpu_info.c_str(),
+              r.tests.empty() ? size_t{0} : r.tests[0].samples_ts.size());
+}
+
+void bench(const BenchArgs& a) {
+  set_log_level(LogLevel::Warn);
+  if (std::filesystem::is_directory(a.model)) throw Error(a.model + ": is a directory, not a model file");
+  BenchOptions o;
+  o.model = a.model;
+  o.n_prompt = a.n_prompt;
+  o.n_gen = a.n_gen;
+  o.n_threads = a.threads;
+  o.depth = a.depth;
+  o.reps = a.reps;
+  o.n_batch = a.batch;
+  o.use_mmap = !a.no_mmap;
+  o.measure_bandwidth = !a.no_bw;
+  o.bandwidth_bytes = static_cast<size_t>(a.bw_mib) << 20;
+  const bool tty = isatty(fileno(stderr));
+  if (!a.quiet) {
+    o.log = [tty](const std::string& s) {
+      std::fprintf(stderr, tty ? "\r%-70s" : "%s\n", s.c_str());
+      std::fflush(stderr);
+    };
+  }
+  const BenchReport r = run_bench(o);
+  if (!a.quiet && tty) std::fprintf(stderr, "\r%-70s\r", "");
+  if (a.json) {
+    nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+    for (const BenchTest& t : r.tests) arr.push_back(to_json(r, t));
+    std::printf("%s\n", arr.dump(2).c_str());
+  } else {
+    print_markdown(r);
+  }
+}
+}  // namespace
+
+void register_bench(CLI::App& app, int* rc) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed (llama-bench style)");
+  cmd->add_option("-m,--model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens per prefill test (comma list; 0: none)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("-n,--n-gen", a->n_gen, "Tokens per decode test (comma list; 0: none)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("-r,--repetitions", a->reps, "Warm runs per test (after one first run)")
+      ->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("-t,--threads", a->threads, "Threads (comma list; 0: all)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("-d,--depth", a->depth, "Tokens of context before each test (comma list)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 22));
+  cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward micro-batch")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+  cmd->add_flag("--json", a->json, "Print a JSON array of results (llama-bench's field names)");
+  cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  cmd->add_flag("--no-mem-bw", a->no_bw, "Skip the memory bandwidth measurement");
+  cmd->add_option("--mem-bw-mib", a->bw_mib, "Buffer size of the memory bandwidth measurement (MiB)")
+      ->capture_default_str()->check(CLI::Range(16, 1 << 20));
+  cmd->add_flag("-q,--quiet", a->quiet, "No progress lines on stderr");
+  cmd->callback([a, rc] {
+    bench(*a);
+    *rc = 0;
+  });
+}
+
+}  // namespace lokal::cli

@@ -1,0 +1,44 @@
+// ops/attention.h - causal multi-head attention over a KV cache, read in place.
+//
+// Flash-attention style: keys/values are visited in tiles of kTile positions with an online
+// softmax (running max m, running sum l, rescaled accumulator), so memory traffic is one pass
+// over the cache and no [n_ctx] score row is materialized per head. Grouped-query aware: the
+// query heads sharing a KV head are processed together, so each K/V row is loaded once per
+// group, not once per query head.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "core/threadpool.h"
+#include "core/types.h"
+
+namespace lokal {
+
+// One layer's cache as rows: row j (position j) holds n_head_kv heads of head_dim elements.
+struct KVRows {
+  DType type = DType::F32;   // F32 or F16
+  const uint8_t* base = nullptr;
+  size_t row_bytes = 0;
+  const uint8_t* row(int64_t j) const { return base + static_cast<size_t>(j) * row_bytes; }
+};
+
+struct AttentionShape {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;    // q/k
+  int head_dim_v = 0;  // v
+  float scale = 1.0f;  // usually 1/sqrt(head_dim)
+};
+
+// out[t][h*head_dim_v + d] = sum_j softmax_j(scale * q[t,h] . K[j,g]) V[j,g][d] over
+// j in [0, pos0 + t], g = h / (n_head / n_head_kv). q is [n_tok][n_head*head_dim].
+// `scratch` is grown as needed and reused between calls.
+void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
+               const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch);
+
+// Straightforward two-pass reference (full score row, exact softmax), for tests.
+void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0, const KVRows& K,
+                   const KVRows& V, float* out);
+
+}  // namespace lokal
