@@ -8,7 +8,10 @@
 
 #include "core/quant.h"
 #include "core/threadpool.h"
+#include "core/fp16.h"
+#include "ops/attention.h"
 #include "ops/ops.h"
+#include "ops/vecf.h"
 #include "ops/vec_dot.h"
 
 using namespace lokal;
@@ -115,5 +118,68 @@ TEST(Ops, MatmulEqualsReferenceDots) {
         }
       }
     }
+  }
+}
+
+// The tiled online-softmax attention equals the two-pass double-precision reference for
+// GQA and MHA shapes, F32 and F16 caches, contexts shorter and longer than one tile, batched
+// queries at an offset. Bound: 2e-5 relative to the largest |V| (float accumulation of
+// softmax-weighted values; the reference is exact double).
+TEST(Ops, AttentionMatchesReference) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool(2);
+  struct Case { int n_head, n_head_kv, hd; int64_t n_tok, pos0; DType type; };
+  for (const Case c : {Case{4, 2, 64, 1, 0, DType::F32}, Case{4, 2, 64, 3, 130, DType::F32}, Case{8, 8, 32, 5, 7, DType::F32},
+                       Case{6, 1, 16, 1, 200, DType::F16}, Case{4, 2, 64, 9, 60, DType::F16}}) {
+    const int64_t n_ctx = c.pos0 + c.n_tok;
+    const int kvw = c.n_head_kv * c.hd;
+    const size_t es = c.type == DType::F32 ? 4 : 2;
+    std::vector<uint8_t> kb(static_cast<size_t>(n_ctx * kvw) * es), vb(kb.size());
+    for (int64_t i = 0; i < n_ctx * kvw; ++i) {
+      const float k = nd(rng) , v = nd(rng);
+      if (c.type == DType::F32) {
+        reinterpret_cast<float*>(kb.data())[i] = k;
+        reinterpret_cast<float*>(vb.data())[i] = v;
+      } else {
+        reinterpret_cast<uint16_t*>(kb.data())[i] = fp32_to_fp16(k);
+        reinterpret_cast<uint16_t*>(vb.data())[i] = fp32_to_fp16(v);
+      }
+    }
+    std::vector<float> q(static_cast<size_t>(c.n_tok * c.n_head * c.hd));
+    for (auto& v : q) v = nd(rng);
+    AttentionShape s{c.n_head, c.n_head_kv, c.hd, c.hd, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+    KVRows K{c.type, kb.data(), static_cast<size_t>(kvw) * es}, V{c.type, vb.data(), static_cast<size_t>(kvw) * es};
+    std::vector<float> out(q.size()), ref(q.size()), scratch;
+    attention(pool, s, q.data(), c.n_tok, c.pos0, K, V, out.data(), scratch);
+    attention_ref(s, q.data(), c.n_tok, c.pos0, K, V, ref.data());
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5f * 5.0f) << "case hd=" << c.hd << " i=" << i;
+  }
+}
+
+// Dispatched float vector kernels vs the scalar reference (odd lengths exercise the tails).
+// Bound: 1e-5 relative to sum |a_i b_i| (float summation in another order).
+TEST(Ops, VecFKernelsMatchReference) {
+  const VecF& f = vecf();
+  const VecF& r = vecf_ref();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 64, 100, 257}) {
+    std::vector<float> a(n), b(n), y1(n), y2(n);
+    std::vector<uint16_t> h(n);
+    double mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = nd(rng), b[i] = nd(rng), y1[i] = y2[i] = nd(rng), h[i] = fp32_to_fp16(nd(rng));
+      mag += std::fabs(a[i] * b[i]) + std::fabs(a[i] * fp16_to_fp32(h[i]));
+    }
+    EXPECT_NEAR(f.dot(a.data(), b.data(), n), r.dot(a.data(), b.data(), n), 1e-5 * mag) << f.name << " n=" << n;
+    EXPECT_NEAR(f.dot_f16(a.data(), h.data(), n), r.dot_f16(a.data(), h.data(), n), 1e-5 * mag) << n;
+    f.axpy(0.37f, a.data(), y1.data(), n);
+    r.axpy(0.37f, a.data(), y2.data(), n);
+    f.axpy_f16(-1.5f, h.data(), y1.data(), n);
+    r.axpy_f16(-1.5f, h.data(), y2.data(), n);
+    f.scale(y1.data(), 0.5f, n);
+    r.scale(y2.data(), 0.5f, n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 1e-5f * (1 + std::fabs(y2[i])));
   }
 }
