@@ -78,13 +78,13 @@ void info(const InfoArgs& a) {
               8.0 * static_cast<double>(model->weight_bytes()) / static_cast<double>(n_params));
 
   const int64_t n_ctx = a.ctx > 0 ? a.ctx : std::min<int64_t>(c.n_ctx_train, 4096);
-  const double kv = static_cast<double>(c.n_layer * n_ctx * (c.n_embd_k() + c.n_embd_v()) * 4);
+  const double kv = static_cast<double>(KVCache::bytes_for(c, n_ctx, DType::F16, DType::F16));
   const double scratch = static_cast<double>(Forward::scratch_bytes_for(c, 256, n_ctx, ThreadPool::default_threads()));
   const double logits = static_cast<double>(c.n_vocab * 4);
   const double w = static_cast<double>(model->weight_bytes());
   std::printf("\nmemory at context %lld\n", static_cast<long long>(n_ctx));
   std::printf("  weights        %s (memory-mapped)\n", format_bytes(w).c_str());
-  std::printf("  kv cache       %s (f32, %lld layers x %lld cells)\n", format_bytes(kv).c_str(),
+  std::printf("  kv cache       %s (f16, %lld layers x %lld cells)\n", format_bytes(kv).c_str(),
               static_cast<long long>(c.n_layer), static_cast<long long>(n_ctx));
   std::printf("  compute        %s (batch 256)\n", format_bytes(scratch + logits).c_str());
   std::printf("  total          %s\n", format_bytes(w + kv + scratch + logits).c_str());

@@ -32,7 +32,15 @@ struct RunArgs {
   bool no_mmap = false;
   bool mlock = false;
   bool verbose = false;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
 };
+
+DType parse_cache_type(const std::string& name, const char* flag) {
+  auto t = type_from_name(name);
+  if (!t || (*t != DType::F32 && *t != DType::F16))
+    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16)");
+  return *t;
+}
 
 void run(const RunArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
@@ -52,6 +60,8 @@ void run(const RunArgs& a) {
   so.n_ctx = a.ctx;
   so.n_threads = a.threads;
   so.n_batch = a.batch;
+  so.cache_type_k = parse_cache_type(a.cache_type_k, "--cache-type-k");
+  so.cache_type_v = parse_cache_type(a.cache_type_v, "--cache-type-v");
   Session session(*model, so);
 
   SamplingParams sp;
@@ -74,8 +84,9 @@ void run(const RunArgs& a) {
   std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
                ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
-  std::fprintf(stderr, "context %lld tokens, %d threads, kernels %s, seed %llu\n",
-               static_cast<long long>(session.n_ctx()), session.n_threads(), vec_dot_isa(),
+  std::fprintf(stderr, "context %lld tokens, kv cache %s (K %s, V %s), %d threads, kernels %s, seed %llu\n",
+               static_cast<long long>(session.n_ctx()), format_bytes(static_cast<double>(session.kv_bytes())).c_str(),
+               type_name(so.cache_type_k), type_name(so.cache_type_v), session.n_threads(), vec_dot_isa(),
                static_cast<unsigned long long>(sp.seed));
   std::fflush(stderr);
 
@@ -117,6 +128,8 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16")->capture_default_str();
+  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16")->capture_default_str();
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--mlock", a->mlock, "Lock the model in RAM");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");

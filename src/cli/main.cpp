@@ -2,6 +2,8 @@
 // every failure as one clear line on stderr with a non-zero exit status.
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -19,6 +21,13 @@ int main(int argc, char** argv) {
   lokal::cli::register_quantize(app, &rc);
   lokal::cli::register_synth(app, &rc);
   lokal::cli::register_bench(app, &rc);
+  // llama.cpp spells some long options with one dash (-ctk, -ctv); accept those too.
+  std::vector<std::string> args(argv, argv + argc);
+  for (auto& a : args)
+    if (a == "-ctk" || a == "-ctv") a = "-" + a;
+  std::vector<char*> argp;
+  for (auto& a : args) argp.push_back(a.data());
+  argv = argp.data();
   try {
     if (argc > 1 && argv[1][0] != '-') {
       bool known = false;

@@ -29,7 +29,8 @@ const char* stop_reason_name(StopReason r) {
 Session::Session(const Model& model, const SessionOptions& opt)
     : model_(model),
       pool_(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads()),
-      fwd_(model, pick_ctx(model, opt.n_ctx), pool_, std::max<int64_t>(1, opt.n_batch)),
+      fwd_(model, pick_ctx(model, opt.n_ctx), pool_, std::max<int64_t>(1, opt.n_batch), opt.cache_type_k,
+           opt.cache_type_v),
       logits_(static_cast<size_t>(model.config().n_vocab)) {}
 
 void Session::feed(const std::vector<int32_t>& tokens) {

@@ -15,6 +15,8 @@ struct SessionOptions {
   int64_t n_ctx = 0;     // 0: the model's trained context, capped at 4096
   int n_threads = 0;     // 0: all hardware threads
   int64_t n_batch = 256; // prompt tokens per forward micro-batch
+  DType cache_type_k = DType::F16;  // KV cache element types (f32 or f16; f16 like llama.cpp)
+  DType cache_type_v = DType::F16;
 };
 
 enum class StopReason { Length, EndOfGeneration, ContextFull, Stopped };

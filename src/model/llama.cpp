@@ -19,12 +19,16 @@
 
 #include "core/error.h"
 #include "model/model.h"
-#include "ops/attention.h"
 
 namespace lokal {
 
-Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch)
-    : m_(model), c_(model.config()), pool_(pool), kv_(model.config(), n_ctx), max_batch_(std::max<int64_t>(1, max_batch)) {
+Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch, DType cache_type_k,
+                 DType cache_type_v)
+    : m_(model),
+      c_(model.config()),
+      pool_(pool),
+      kv_(model.config(), n_ctx, cache_type_k, cache_type_v),
+      max_batch_(std::max<int64_t>(1, max_batch)) {
   const int64_t B = max_batch_;
   x_.resize(static_cast<size_t>(B * c_.n_embd));
   xn_.resize(static_cast<size_t>(B * std::max(c_.n_embd, c_.n_ff)));
@@ -37,8 +41,11 @@ Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t ma
 }
 
 size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads) {
+  (void)n_ctx;  // attention works in fixed-size tiles: its scratch does not grow with the context
+  const int64_t group = c.n_head / c.n_head_kv;
   const int64_t floats = B * c.n_embd + B * std::max(c.n_embd, c.n_ff) + B * c.n_embd_q() + B * c.n_embd_k() +
-                         B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff + n_threads * n_ctx;
+                         B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff +
+                         n_threads * group * (64 + 2 + c.head_dim_v);
   // Activation buffer for the quantized copy of the widest input (<= 4 bytes per element).
   const int64_t act = B * std::max(c.n_embd, c.n_ff) * 4;
   return static_cast<size_t>(floats) * sizeof(float) + static_cast<size_t>(act);
@@ -75,9 +82,7 @@ void Forward::attention(int64_t layer, int64_t n, int64_t pos0) {
   as.head_dim = static_cast<int>(c_.head_dim);
   as.head_dim_v = static_cast<int>(c_.head_dim_v);
   as.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
-  KVRows K{DType::F32, reinterpret_cast<const uint8_t*>(kv_.k(layer, 0)), static_cast<size_t>(c_.n_embd_k()) * sizeof(float)};
-  KVRows V{DType::F32, reinterpret_cast<const uint8_t*>(kv_.v(layer, 0)), static_cast<size_t>(c_.n_embd_v()) * sizeof(float)};
-  lokal::attention(pool_, as, q_.data(), n, pos0, K, V, attn_.data(), scores_);
+  lokal::attention(pool_, as, q_.data(), n, pos0, kv_.k_rows(layer), kv_.v_rows(layer), attn_.data(), scores_);
 }
 
 void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {
@@ -108,8 +113,7 @@ void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool al
       if (L.bv) add_inplace(v, L.bv, nv);
       rope(q, static_cast<int>(c_.n_head), static_cast<int>(c_.head_dim), pos0 + t, rp);
       rope(k, static_cast<int>(c_.n_head_kv), static_cast<int>(c_.head_dim), pos0 + t, rp);
-      std::memcpy(kv_.k(l, pos0 + t), k, static_cast<size_t>(nk) * sizeof(float));
-      std::memcpy(kv_.v(l, pos0 + t), v, static_cast<size_t>(nv) * sizeof(float));
+      kv_.store(l, pos0 + t, k, v);
     }
     attention(l, n, pos0);
     matmul(pool_, L.wo, attn_.data(), n, xn_.data(), d, act_);

@@ -112,11 +112,35 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   return m;
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx)
-    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()) {
+namespace {
+void check_cache_type(DType t) {
+  if (t != DType::F32 && t != DType::F16)
+    throw Error(std::string("KV cache type ") + type_name(t) + " is not supported (supported: f32, f16)");
+}
+}  // namespace
+
+size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v) {
+  return static_cast<size_t>(cfg.n_layer * n_ctx) * (row_size(type_k, cfg.n_embd_k()) + row_size(type_v, cfg.n_embd_v()));
+}
+
+KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v)
+    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()), type_k_(type_k), type_v_(type_v) {
   if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
-  k_.assign(static_cast<size_t>(cfg.n_layer * n_ctx * n_embd_k_), 0.0f);
-  v_.assign(static_cast<size_t>(cfg.n_layer * n_ctx * n_embd_v_), 0.0f);
+  check_cache_type(type_k);
+  check_cache_type(type_v);
+  row_k_ = row_size(type_k, n_embd_k_);
+  row_v_ = row_size(type_v, n_embd_v_);
+  layer_k_ = row_k_ * static_cast<size_t>(n_ctx);
+  layer_v_ = row_v_ * static_cast<size_t>(n_ctx);
+  k_.assign(layer_k_ * static_cast<size_t>(cfg.n_layer), 0);
+  v_.assign(layer_v_ * static_cast<size_t>(cfg.n_layer), 0);
+}
+
+void KVCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
+  uint8_t* kd = k_.data() + static_cast<size_t>(layer) * layer_k_ + static_cast<size_t>(pos) * row_k_;
+  uint8_t* vd = v_.data() + static_cast<size_t>(layer) * layer_v_ + static_cast<size_t>(pos) * row_v_;
+  quantize_row(type_k_, k, kd, n_embd_k_);
+  quantize_row(type_v_, v, vd, n_embd_v_);
 }
 
 }  // namespace lokal

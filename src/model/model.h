@@ -8,6 +8,7 @@
 #include "core/gguf.h"
 #include "core/threadpool.h"
 #include "model/config.h"
+#include "ops/attention.h"
 #include "ops/ops.h"
 #include "tokenizer/vocab.h"
 
@@ -62,24 +63,35 @@ class Model {
   bool mlocked_ = false;
 };
 
-// Key/value cache for one sequence: per layer, n_ctx rows of n_embd_k (K) / n_embd_v (V) floats.
+// Key/value cache for one sequence: per layer, n_ctx rows (one per position) holding the
+// n_head_kv heads of K (n_embd_k values) and V (n_embd_v values). Element type F32 or F16,
+// chosen separately for K and V; attention reads the rows in place (ops/attention.h).
 class KVCache {
  public:
-  KVCache(const ModelConfig& cfg, int64_t n_ctx);
+  KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k = DType::F32, DType type_v = DType::F32);
   int64_t n_ctx() const { return n_ctx_; }
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
-  float* k(int64_t layer, int64_t pos) { return k_.data() + (layer * n_ctx_ + pos) * n_embd_k_; }
-  float* v(int64_t layer, int64_t pos) { return v_.data() + (layer * n_ctx_ + pos) * n_embd_v_; }
+  DType type_k() const { return type_k_; }
+  DType type_v() const { return type_v_; }
+  size_t bytes() const { return k_.size() + v_.size(); }
+  // Exact bytes a cache of these settings allocates (for planning before loading).
+  static size_t bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v);
+  KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, row_k_}; }
+  KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, row_v_}; }
+  // Converts and stores the K and V rows of position `pos`.
+  void store(int64_t layer, int64_t pos, const float* k, const float* v);
 
  private:
   int64_t n_ctx_, n_embd_k_, n_embd_v_;
-  std::vector<float> k_, v_;
+  DType type_k_, type_v_;
+  size_t row_k_, row_v_, layer_k_, layer_v_;
+  std::vector<uint8_t> k_, v_;
 };
 
 // Runs the forward pass of a llama-family model (llama, qwen2) over a batch of tokens.
 class Forward {
  public:
-  Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch = 256);
+  Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch = 256,
+          DType cache_type_k = DType::F32, DType cache_type_v = DType::F32);
 
   // Process tokens[0..n) at positions pos0..pos0+n-1 (causal attention over the cache).
   // If all_logits, writes n rows of n_vocab logits to `logits`; otherwise only the last row.
@@ -88,6 +100,7 @@ class Forward {
 
   int64_t n_ctx() const { return kv_.n_ctx(); }
   size_t kv_bytes() const { return kv_.bytes(); }
+  const KVCache& kv() const { return kv_; }
   size_t scratch_bytes() const;
   // Bytes of working memory eval() needs for a batch of n tokens at context n_ctx (for planning).
   static size_t scratch_bytes_for(const ModelConfig& cfg, int64_t n_batch, int64_t n_ctx, int n_threads);
