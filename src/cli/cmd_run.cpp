@@ -84,9 +84,19 @@ void run(const RunArgs& a) {
   std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
                ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
-  std::fprintf(stderr, "context %lld tokens, kv cache %s (K %s, V %s), %d threads, kernels %s, seed %llu\n",
-               static_cast<long long>(session.n_ctx()), format_bytes(static_cast<double>(session.kv_bytes())).c_str(),
-               type_name(so.cache_type_k), type_name(so.cache_type_v), session.n_threads(), vec_dot_isa(),
+  const ModelConfig& mc = model->config();
+  const double mib = 1024.0 * 1024.0;
+  const size_t kb = static_cast<size_t>(mc.n_layer * session.n_ctx()) * row_size(so.cache_type_k, mc.n_embd_k());
+  const size_t vb = static_cast<size_t>(mc.n_layer * session.n_ctx()) * row_size(so.cache_type_v, mc.n_embd_v());
+  std::fprintf(stderr, "kv cache: %.2f MiB (%lld cells, %lld layers, 1 seq), K (%s): %.2f MiB, V (%s): %.2f MiB\n",
+               static_cast<double>(session.kv_bytes()) / mib, static_cast<long long>(session.n_ctx()),
+               static_cast<long long>(mc.n_layer), type_name(so.cache_type_k), static_cast<double>(kb) / mib,
+               type_name(so.cache_type_v), static_cast<double>(vb) / mib);
+  std::fprintf(stderr, "memory: weights %.2f MiB (%s), kv cache %.2f MiB, compute %.2f MiB\n",
+               static_cast<double>(model->weight_bytes()) / mib, lo.use_mmap ? "memory-mapped" : "read into RAM",
+               static_cast<double>(session.kv_bytes()) / mib,
+               static_cast<double>(session.scratch_bytes() + session.logits().size() * sizeof(float)) / mib);
+  std::fprintf(stderr, "%d threads, kernels %s, seed %llu\n", session.n_threads(), vec_dot_isa(),
                static_cast<unsigned long long>(sp.seed));
   std::fflush(stderr);
 
