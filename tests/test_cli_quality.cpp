@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <sstream>
 
 #include "engine/perplexity.h"
@@ -62,10 +61,11 @@ void expect_one_line_error(const Result& r, const std::string& must_contain) {
 
 // "PPL = 127.2531 +/- 18.17554 over ..." -> {ppl, err}
 std::pair<double, double> parse_ppl(const std::string& out) {
-  std::smatch m;
-  static const std::regex re(R"(^PPL = ([0-9.]+) \+/- ([0-9.]+) over (\d+) scored tokens)");
-  if (!std::regex_search(out, m, re)) throw std::runtime_error("no PPL line in: " + out);
-  return {std::stod(m[1]), std::stod(m[2])};
+  double ppl = 0, err = 0;
+  long long n = 0;
+  if (std::sscanf(out.c_str(), "PPL = %lf +/- %lf over %lld scored tokens", &ppl, &err, &n) != 3)
+    throw std::runtime_error("no PPL line in: " + out);
+  return {ppl, err};
 }
 
 const json& golden_entry(const json& g, const std::string& model, const std::string& text) {

@@ -37,8 +37,8 @@ struct RunArgs {
 
 DType parse_cache_type(const std::string& name, const char* flag) {
   auto t = type_from_name(name);
-  if (!t || (*t != DType::F32 && *t != DType::F16))
-    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16)");
+  if (!t || !kv_cache_type_supported(*t))
+    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16, bf16, q8_0, q4_0)");
   return *t;
 }
 
@@ -138,8 +138,8 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
-  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16")->capture_default_str();
-  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16")->capture_default_str();
+  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--mlock", a->mlock, "Lock the model in RAM");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");

@@ -6,6 +6,8 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "core/quant.h"
+#include "ops/vec_dot.h"
 #include "ops/vecf.h"
 
 namespace lokal {
@@ -13,29 +15,55 @@ namespace lokal {
 namespace {
 constexpr int kTile = 64;
 
-inline float kdot(const VecF& vf, DType t, const float* q, const uint8_t* row, int64_t off, int64_t n) {
-  if (t == DType::F32) return vf.dot(q, reinterpret_cast<const float*>(row) + off, n);
-  return vf.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + off, n);
+// Byte offset of element `off` in a row of type t (off is a multiple of the block size).
+inline size_t elem_offset(DType t, int64_t off) { return off == 0 ? 0 : row_size(t, off); }
+
+// q . K[off .. off+n). For block-quantized K, `qq` holds q converted to K's partner type
+// (ops/vec_dot.h) and the product runs in integers, as for weights.
+inline float kdot(const VecF& vf, DType t, const float* q, const void* qq, const uint8_t* row, int64_t off, int64_t n) {
+  switch (t) {
+    case DType::F32: return vf.dot(q, reinterpret_cast<const float*>(row) + off, n);
+    case DType::F16: return vf.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + off, n);
+    default: return vec_dot(t, n, row + elem_offset(t, off), qq);
+  }
 }
-inline void vaxpy(const VecF& vf, DType t, float w, const uint8_t* row, int64_t off, float* acc, int64_t n) {
-  if (t == DType::F32) vf.axpy(w, reinterpret_cast<const float*>(row) + off, acc, n);
-  else vf.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + off, acc, n);
+// acc += w * V[off .. off+n); quantized rows are dequantized into `tmp` first.
+inline void vaxpy(const VecF& vf, DType t, float w, const uint8_t* row, int64_t off, float* acc, int64_t n, float* tmp) {
+  switch (t) {
+    case DType::F32: vf.axpy(w, reinterpret_cast<const float*>(row) + off, acc, n); break;
+    case DType::F16: vf.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + off, acc, n); break;
+    default:
+      dequantize_row(t, row + elem_offset(t, off), tmp, n);
+      vf.axpy(w, tmp, acc, n);
+  }
 }
-void check_types(const KVRows& K, const KVRows& V) {
-  for (DType t : {K.type, V.type})
-    if (t != DType::F32 && t != DType::F16)
-      throw Error(std::string("attention: KV cache type ") + type_name(t) + " is not supported");
+void check_types(const AttentionShape& s, const KVRows& K, const KVRows& V) {
+  for (auto [t, hd] : {std::pair{K.type, s.head_dim}, std::pair{V.type, s.head_dim_v}}) {
+    if (!kv_cache_type_supported(t))
+      throw Error(std::string("KV cache type ") + type_name(t) + " is not supported (supported: f32, f16, bf16, q8_0, q4_0)");
+    if (hd % type_info(t)->block_size != 0)
+      throw Error(std::string("KV cache type ") + type_name(t) + " needs a head size that is a multiple of " +
+                  std::to_string(type_info(t)->block_size) + ", this model's is " + std::to_string(hd));
+  }
 }
 }  // namespace
 
+bool kv_cache_type_supported(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
+}
+
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
                const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch) {
-  check_types(K, V);
+  check_types(s, K, V);
   const VecF& vf = vecf();
   const int group = s.n_head / s.n_head_kv;
   const int hd = s.head_dim, hdv = s.head_dim_v;
-  // Per thread: scores [group][kTile], running max/sum [group] x2, accumulators [group][hdv].
-  const size_t per_thread = static_cast<size_t>(group) * (kTile + 2 + hdv);
+  const bool k_quant = K.type != DType::F32 && K.type != DType::F16;
+  // Floats per group head needed for q in K's partner type (<= 4 bytes per element), if any.
+  const size_t qq_floats = k_quant ? (row_size(vec_dot_type(K.type), hd) + 3) / 4 : 0;
+  // Per thread: scores [group][kTile], running max/sum [group] x2, accumulators [group][hdv],
+  // converted queries [group][qq_floats], one dequantized V segment [hdv].
+  const size_t per_thread = static_cast<size_t>(group) * (kTile + 2 + hdv + qq_floats) + static_cast<size_t>(hdv);
   scratch.resize(per_thread * static_cast<size_t>(pool.size()));
   const int64_t n_items = n_tok * s.n_head_kv;
   pool.parallel_for(n_items, [&](int64_t item, int tid) {
@@ -46,7 +74,11 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     float* m = sc + static_cast<size_t>(group) * kTile;
     float* l = m + group;
     float* acc = l + group;
+    float* qq = acc + static_cast<size_t>(group) * hdv;
+    float* vtmp = qq + static_cast<size_t>(group) * qq_floats;
     const float* qg = q + t * s.n_head * hd + static_cast<int64_t>(g) * group * hd;
+    if (k_quant)
+      for (int h = 0; h < group; ++h) quantize_activation(K.type, qg + h * hd, qq + h * qq_floats, hd);
     std::fill(m, m + group, -std::numeric_limits<float>::infinity());
     std::fill(l, l + group, 0.0f);
     std::fill(acc, acc + static_cast<size_t>(group) * hdv, 0.0f);
@@ -56,7 +88,7 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
       for (int jj = 0; jj < nt; ++jj) {
         const uint8_t* kr = K.row(j0 + jj);
         for (int h = 0; h < group; ++h)
-          sc[h * kTile + jj] = s.scale * kdot(vf, K.type, qg + h * hd, kr, static_cast<int64_t>(g) * hd, hd);
+          sc[h * kTile + jj] = s.scale * kdot(vf, K.type, qg + h * hd, qq + h * qq_floats, kr, static_cast<int64_t>(g) * hd, hd);
       }
       // Online softmax update per head.
       for (int h = 0; h < group; ++h) {
@@ -76,7 +108,7 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
       for (int jj = 0; jj < nt; ++jj) {
         const uint8_t* vr = V.row(j0 + jj);
         for (int h = 0; h < group; ++h)
-          vaxpy(vf, V.type, sc[h * kTile + jj], vr, static_cast<int64_t>(g) * hdv, acc + static_cast<size_t>(h) * hdv, hdv);
+          vaxpy(vf, V.type, sc[h * kTile + jj], vr, static_cast<int64_t>(g) * hdv, acc + static_cast<size_t>(h) * hdv, hdv, vtmp);
       }
     }
     float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
@@ -89,12 +121,15 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
 
 void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0, const KVRows& K,
                    const KVRows& V, float* out) {
-  check_types(K, V);
+  check_types(s, K, V);
   const int group = s.n_head / s.n_head_kv;
-  auto load = [](const KVRows& R, int64_t j, int64_t i) {
-    const uint8_t* r = R.row(j);
-    return R.type == DType::F32 ? reinterpret_cast<const float*>(r)[i] : fp16_to_fp32(reinterpret_cast<const uint16_t*>(r)[i]);
-  };
+  const int64_t n_ctx = pos0 + n_tok;
+  const int64_t kw = static_cast<int64_t>(s.n_head_kv) * s.head_dim, vw = static_cast<int64_t>(s.n_head_kv) * s.head_dim_v;
+  std::vector<float> kf(static_cast<size_t>(n_ctx * kw)), vfl(static_cast<size_t>(n_ctx * vw));
+  for (int64_t j = 0; j < n_ctx; ++j) {
+    dequantize_row(K.type, K.row(j), kf.data() + j * kw, kw);
+    dequantize_row(V.type, V.row(j), vfl.data() + j * vw, vw);
+  }
   for (int64_t t = 0; t < n_tok; ++t) {
     const int64_t n_pos = pos0 + t + 1;
     std::vector<double> p(static_cast<size_t>(n_pos));
@@ -104,7 +139,7 @@ void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64
       double mx = -INFINITY;
       for (int64_t j = 0; j < n_pos; ++j) {
         double d = 0;
-        for (int i = 0; i < s.head_dim; ++i) d += static_cast<double>(qh[i]) * load(K, j, static_cast<int64_t>(g) * s.head_dim + i);
+        for (int i = 0; i < s.head_dim; ++i) d += static_cast<double>(qh[i]) * kf[static_cast<size_t>(j * kw + g * s.head_dim + i)];
         p[static_cast<size_t>(j)] = d * s.scale;
         mx = std::max(mx, p[static_cast<size_t>(j)]);
       }
@@ -112,7 +147,7 @@ void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64
       for (auto& v : p) sum += (v = std::exp(v - mx));
       for (int d = 0; d < s.head_dim_v; ++d) {
         double o = 0;
-        for (int64_t j = 0; j < n_pos; ++j) o += p[static_cast<size_t>(j)] * load(V, j, static_cast<int64_t>(g) * s.head_dim_v + d);
+        for (int64_t j = 0; j < n_pos; ++j) o += p[static_cast<size_t>(j)] * vfl[static_cast<size_t>(j * vw + g * s.head_dim_v + d)];
         out[(t * s.n_head + h) * s.head_dim_v + d] = static_cast<float>(o / sum);
       }
     }

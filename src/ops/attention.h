@@ -17,11 +17,15 @@ namespace lokal {
 
 // One layer's cache as rows: row j (position j) holds n_head_kv heads of head_dim elements.
 struct KVRows {
-  DType type = DType::F32;   // F32 or F16
+  DType type = DType::F32;   // F32, F16, BF16, Q8_0 or Q4_0 (kv_cache_type_supported)
   const uint8_t* base = nullptr;
   size_t row_bytes = 0;
   const uint8_t* row(int64_t j) const { return base + static_cast<size_t>(j) * row_bytes; }
 };
+
+// Element types attention can read in place. Quantized K is multiplied in integers against
+// the query converted to K's partner type; quantized V rows are dequantized per head segment.
+bool kv_cache_type_supported(DType t);
 
 struct AttentionShape {
   int n_head = 0;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 #include "core/error.h"
@@ -110,22 +112,53 @@ void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok
     act = dst;
   }
   const uint8_t* A = static_cast<const uint8_t*>(act);
-  // Work items: blocks of rows; each item multiplies its rows with every token so the weight
-  // rows stay in cache while the (small) activation block is reused.
-  const int64_t rows_per_item = std::max<int64_t>(1, std::min<int64_t>(64, W.rows / (pool.size() * 8)));
-  const int64_t n_items = (W.rows + rows_per_item - 1) / rows_per_item;
-  const int64_t tok_block = 8;
-  pool.parallel_for(n_items, [&](int64_t item, int) {
-    const int64_t r0 = item * rows_per_item;
-    const int64_t r1 = std::min(W.rows, r0 + rows_per_item);
-    for (int64_t t0 = 0; t0 < n_tok; t0 += tok_block) {
-      const int64_t t1 = std::min(n_tok, t0 + tok_block);
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* wr = W.row(r);
-        for (int64_t t = t0; t < t1; ++t)
-          Y[t * ldy + r] = vec_dot(W.type, W.cols, wr, A + static_cast<size_t>(t) * act_row);
+  const int64_t nth = pool.size();
+  // LOKAL_GEMM=0 keeps the per-pair path for prefill too (A/B comparisons).
+  static const bool use_tiles = [] {
+    const char* e = std::getenv("LOKAL_GEMM");
+    return !(e && std::string(e) == "0");
+  }();
+  if (n_tok == 1 || !use_tiles) {
+    // Decode (one activation row) and the per-pair path: blocks of at most 64 rows (at least 8
+    // items per thread so a slow thread does not hold the others up), each multiplied with
+    // every token, tokens in blocks of 8, one vec_dot per (row, token).
+    const int64_t rows_per_item = std::max<int64_t>(1, std::min<int64_t>(64, W.rows / (nth * 8)));
+    const int64_t n_items = (W.rows + rows_per_item - 1) / rows_per_item;
+    const int64_t tok_block = 8;
+    pool.parallel_for(n_items, [&](int64_t item, int) {
+      const int64_t r0 = item * rows_per_item;
+      const int64_t r1 = std::min(W.rows, r0 + rows_per_item);
+      for (int64_t t0 = 0; t0 < n_tok; t0 += tok_block) {
+        const int64_t t1 = std::min(n_tok, t0 + tok_block);
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t* wr = W.row(r);
+          for (int64_t t = t0; t < t1; ++t)
+            Y[t * ldy + r] = vec_dot(W.type, W.cols, wr, A + static_cast<size_t>(t) * act_row);
+        }
       }
-    }
+    });
+    return;
+  }
+  // Prefill: cache-blocked product. Work items are (token tile, row block) pairs, token tiles
+  // outermost so consecutive items share the token tile's activations (kept in L2: at most
+  // kTokTile rows of the partner type, ~150 KB for 2048 Q8_K columns). Inside an item the tile
+  // kernel walks groups of 4 tokens (in L1) over the item's weight rows (a row block of at
+  // most 32 rows, ~36 KB at 2048 Q4_K columns, in L1/L2), decoding each weight block once per
+  // 4 tokens. Each weight row is thus streamed from memory once per token tile.
+  constexpr int64_t kTokTile = 64;
+  const int64_t tok_tile = std::min(n_tok, kTokTile);
+  const int64_t n_tt = (n_tok + tok_tile - 1) / tok_tile;
+  // Row block: 32 rows, smaller (a multiple of 4, at least 4) until there are >= 8 items per
+  // thread, so both cores stay busy for small matrices and few tokens.
+  int64_t rb = 32;
+  while (rb > 4 && ((W.rows + rb - 1) / rb) * n_tt < 8 * nth) rb /= 2;
+  const int64_t n_rb = (W.rows + rb - 1) / rb;
+  pool.parallel_for(n_rb * n_tt, [&](int64_t item, int) {
+    const int64_t tt = item / n_rb, bi = item % n_rb;
+    const int64_t t0 = tt * tok_tile, t1 = std::min(n_tok, t0 + tok_tile);
+    const int64_t r0 = bi * rb, r1 = std::min(W.rows, r0 + rb);
+    vec_dot_tile(W.type, W.cols, W.row(r0), W.row_bytes, r1 - r0, A + static_cast<size_t>(t0) * act_row, act_row,
+                 t1 - t0, Y + t0 * ldy + r0, ldy);
   });
 }
 

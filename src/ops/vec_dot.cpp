@@ -497,6 +497,40 @@ float vec_dot(DType w, int64_t n, const void* wrow, const void* act) {
   return f(n, wrow, act);
 }
 
+namespace {
+void tile_by_pairs(detail::VecDotFn f, int64_t n, const void* w, size_t ws, int64_t nr, const void* a, size_t as,
+                   int64_t nt, float* y, int64_t ldy) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ab = static_cast<const uint8_t*>(a);
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t r = 0; r < nr; ++r) y[t * ldy + r] = f(n, wb + r * ws, ab + t * as);
+}
+}  // namespace
+
+void vec_dot_tile_ref(DType w, int64_t n, const void* wrows, size_t w_stride, int64_t nr, const void* act,
+                      size_t a_stride, int64_t nt, float* y, int64_t ldy) {
+  const int id = checked_id(w);
+  check_n(w, n);
+  const detail::VecDotFn f = scalar_set().dot[id];
+  if (!f) unsupported(w);
+  tile_by_pairs(f, n, wrows, w_stride, nr, act, a_stride, nt, y, ldy);
+}
+
+void vec_dot_tile(DType w, int64_t n, const void* wrows, size_t w_stride, int64_t nr, const void* act,
+                  size_t a_stride, int64_t nt, float* y, int64_t ldy) {
+  const int id = checked_id(w);
+  const detail::KernelSet* ks = active().load(std::memory_order_relaxed);
+  if (const detail::VecDotTileFn t = ks->tile[id]) return t(n, wrows, w_stride, nr, act, a_stride, nt, y, ldy);
+  const detail::VecDotFn f = ks->dot[id];
+  if (!f) unsupported(w);
+  tile_by_pairs(f, n, wrows, w_stride, nr, act, a_stride, nt, y, ldy);
+}
+
+bool vec_dot_has_tile(DType w) {
+  const auto id = static_cast<uint32_t>(w);
+  return id < static_cast<uint32_t>(detail::kMaxTypeId) && active().load(std::memory_order_relaxed)->tile[id];
+}
+
 const char* vec_dot_isa() { return active().load(std::memory_order_relaxed)->name; }
 
 bool set_vec_dot_isa(const char* name) {

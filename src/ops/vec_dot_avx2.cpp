@@ -6,6 +6,9 @@
 
 namespace lokal::detail {
 
-void fill_avx2(KernelSet& ks) { fill_x86_common(ks); }
+void fill_avx2(KernelSet& ks) {
+  fill_x86_common(ks);
+  fill_avx2_gemm(ks);
+}
 
 }  // namespace lokal::detail

@@ -3,6 +3,7 @@
 // Each instruction-set file (vec_dot_avx2.cpp, vec_dot_avx512.cpp) fills a KernelSet; entries it
 // leaves null fall back to the scalar reference. Tables are indexed by the weight type id.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "core/types.h"
@@ -11,6 +12,10 @@ namespace lokal::detail {
 
 using VecDotFn = float (*)(int64_t n, const void* wrow, const void* act);
 using QuantActFn = void (*)(const float* x, void* dst, int64_t n);
+// Multi-token tile: y[t * ldy + r] = dot(w + r * w_stride, a + t * a_stride) for r in [0, nr),
+// t in [0, nt) (any nr, nt >= 1). Decodes each weight block once per group of tokens.
+using VecDotTileFn = void (*)(int64_t n, const void* w, size_t w_stride, int64_t nr, const void* a, size_t a_stride,
+                              int64_t nt, float* y, int64_t ldy);
 
 constexpr int kMaxTypeId = 40;
 
@@ -18,6 +23,7 @@ struct KernelSet {
   const char* name = "scalar";
   VecDotFn dot[kMaxTypeId] = {};
   QuantActFn quant[kMaxTypeId] = {};  // activation quantizer for weight type id
+  VecDotTileFn tile[kMaxTypeId] = {};  // multi-token kernels (null: per-pair loop over dot)
 };
 
 static inline int tid(DType t) { return static_cast<int>(t); }
@@ -30,5 +36,8 @@ void fill_scalar(KernelSet& ks);
 // They must only be called when the CPU supports the ISA.
 void fill_avx2(KernelSet& ks);
 void fill_avx512(KernelSet& ks);
+// Multi-token (prefill) kernels: gemm_avx2.cpp, gemm_avx512.cpp (called by fill_avx2/fill_avx512).
+void fill_avx2_gemm(KernelSet& ks);
+void fill_avx512_gemm(KernelSet& ks);
 
 }  // namespace lokal::detail
