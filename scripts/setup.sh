@@ -9,6 +9,7 @@ PACKAGES=(
   libgtest-dev                                         # tests (GoogleTest under ctest)
   xz-utils tar                                         # test fixtures ship as .tar.xz
   clang libclang-rt-14-dev                             # libFuzzer target
+  jq                                                   # bench/compare.sh (joins lokal and llama-bench JSON)
 )
 
 missing=()

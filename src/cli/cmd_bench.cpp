@@ -1,5 +1,7 @@
 // `lokal bench`: prefill / decode speed, load time, peak memory and memory-bandwidth efficiency of a model.
 // Markdown table (like llama-bench's) by default; --json prints llama-bench's JSON fields plus lokal's extras.
+#include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/bench.h"
+#include "ops/attention.h"
 
 namespace lokal::cli {
 
@@ -20,12 +23,25 @@ struct BenchArgs {
   std::vector<int64_t> depth{0};
   int reps = 5;
   int64_t batch = 512;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
   bool json = false;
   bool no_mmap = false;
   bool no_bw = false;
   int bw_mib = 1024;
   bool quiet = false;
 };
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+DType parse_cache_type(const std::string& name, const char* flag) {
+  auto t = type_from_name(name);
+  if (!t || !kv_cache_type_supported(*t))
+    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16, bf16, q8_0, q4_0)");
+  return *t;
+}
 
 std::string fmt(const char* f, double v) {
   char buf[64];
@@ -51,8 +67,8 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["cpu_mask"] = "0x0";
   j["cpu_strict"] = false;
   j["poll"] = 50;
-  j["type_k"] = "f32";
-  j["type_v"] = "f32";
+  j["type_k"] = lower(type_name(r.cache_type_k));
+  j["type_v"] = lower(type_name(r.cache_type_v));
   j["n_gpu_layers"] = 0;
   j["split_mode"] = "layer";
   j["main_gpu"] = 0;
@@ -173,6 +189,8 @@ void bench(const BenchArgs& a) {
   o.depth = a.depth;
   o.reps = a.reps;
   o.n_batch = a.batch;
+  o.cache_type_k = parse_cache_type(a.cache_type_k, "--cache-type-k");
+  o.cache_type_v = parse_cache_type(a.cache_type_v, "--cache-type-v");
   o.use_mmap = !a.no_mmap;
   o.measure_bandwidth = !a.no_bw;
   o.bandwidth_bytes = static_cast<size_t>(a.bw_mib) << 20;
@@ -211,6 +229,10 @@ void register_bench(CLI::App& app, int* rc) {
       ->delimiter(',')->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 22));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward micro-batch")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")
+      ->capture_default_str();
+  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print a JSON array of results (llama-bench's field names)");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--no-mem-bw", a->no_bw, "Skip the memory bandwidth measurement");

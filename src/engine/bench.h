@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "core/types.h"
+
 namespace lokal {
 
 struct BenchOptions {
@@ -27,6 +29,8 @@ struct BenchOptions {
   std::vector<int64_t> depth{0};     // tokens already in the context
   int reps = 5;                      // warm runs per test (after one first run)
   int64_t n_batch = 512;             // prompt tokens per forward micro-batch
+  DType cache_type_k = DType::F16;   // KV cache element types (as `lokal run`, and llama-bench's default f16)
+  DType cache_type_v = DType::F16;
   bool use_mmap = true;
   bool measure_bandwidth = true;
   size_t bandwidth_bytes = size_t{1} << 30;
@@ -62,6 +66,7 @@ struct BenchReport {
   std::string cpu_info;
   std::string kernels;      // SIMD level of the dot products
   int64_t n_batch = 0;
+  DType cache_type_k = DType::F16, cache_type_v = DType::F16;
   bool use_mmap = true;
   std::vector<BenchTest> tests;
 };

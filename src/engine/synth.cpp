@@ -170,7 +170,7 @@ DType matrix_type(const QuantFileType& ft, bool pure, const SynthPreset& p, Role
     const bool output = role == Role::Output || (role == Role::TokEmbd && p.tied);
     if (output) {
       if (ne0 % block_of(t) != 0) return DType::Q8_0;
-      return t == DType::Q8_0 ? DType::Q8_0 : DType::Q6_K;
+      return row_fallback(t == DType::Q8_0 ? DType::Q8_0 : DType::Q6_K, ne0);
     }
     switch (role) {
       case Role::AttnV:
