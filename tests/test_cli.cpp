@@ -16,27 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int rc;
-  std::string out, err;
-};
-
-Result run_lokal(const std::string& args) {
-  const std::string bin = lokal::test::binary_dir() + "/src/lokal";
-  const std::string err_file = (fs::temp_directory_path() / ("lokal_cli_err_" + std::to_string(::getpid()))).string();
-  const std::string cmd = "'" + bin + "' " + args + " 2>'" + err_file + "'";
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("popen failed");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = ::pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  r.err = lokal::test::read_file(err_file);
-  fs::remove(err_file);
-  return r;
-}
+using Result = lokal::test::CliResult;
+using lokal::test::run_lokal;
 
 std::string model(const char* rel) { return "'" + lokal::test::data_path(rel) + "'"; }
 

@@ -197,27 +197,8 @@ int ftype_of(const std::string& type) { return find_quant_file_type(type)->ftype
 // ---------------------------------------------------------------------------------------------
 // Runs of the lokal binary.
 
-struct CliResult {
-  int rc;
-  std::string out, err;
-};
-
-CliResult run_lokal(const std::string& args) {
-  const std::string bin = test::binary_dir() + "/src/lokal";
-  const std::string err_file = (fs::temp_directory_path() / ("lokal_qz_err_" + std::to_string(::getpid()))).string();
-  const std::string cmd = "'" + bin + "' " + args + " 2>'" + err_file + "'";
-  CliResult r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("popen failed");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  r.err = test::read_file(err_file);
-  fs::remove(err_file);
-  return r;
-}
+using lokal::test::CliResult;
+using lokal::test::run_lokal;
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 

@@ -1,5 +1,12 @@
 #include "support/test_data.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -48,6 +55,25 @@ std::string read_file(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+CliResult run_lokal(const std::string& args) {
+  static std::atomic<int> counter{0};
+  const std::string bin = binary_dir() + "/src/lokal";
+  const std::string err_file = (fs::temp_directory_path() / ("lokal_cli_err_" + std::to_string(::getpid()) + "_" +
+                                                             std::to_string(counter++))).string();
+  const std::string cmd = "'" + bin + "' " + args + " 2>'" + err_file + "'";
+  CliResult r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("popen failed");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+  r.err = read_file(err_file);
+  fs::remove(err_file);
+  return r;
 }
 
 }  // namespace lokal::test

@@ -15,4 +15,12 @@ std::string binary_dir();                          // the CMake build directory
 std::string vocab_dir();
 std::string read_file(const std::string& path);
 
+// Runs the built `lokal` binary with `args` (a shell-quoted argument string) and captures
+// its exit status, stdout and stderr.
+struct CliResult {
+  int rc;
+  std::string out, err;
+};
+CliResult run_lokal(const std::string& args);
+
 }  // namespace lokal::test
