@@ -76,10 +76,7 @@ void run(const RunArgs& a) {
   sp.seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : std::random_device{}();
 
   // Refuse a prompt that cannot fit before printing anything else.
-  const size_t n_prompt = model->vocab().tokenize(prompt, true, false).size();
-  if (static_cast<int64_t>(n_prompt) > session.n_ctx())
-    throw Error("prompt of " + std::to_string(n_prompt) + " tokens does not fit in the context of " +
-                std::to_string(session.n_ctx()) + " tokens; use -c to enlarge it");
+  const std::vector<int32_t> prompt_tokens = session.prepare_prompt(prompt);
   const int ft = model->config().file_type;
   std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
                ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
@@ -100,7 +97,7 @@ void run(const RunArgs& a) {
                static_cast<unsigned long long>(sp.seed));
   std::fflush(stderr);
 
-  auto res = session.generate(prompt, a.n_predict, sp, [](const std::string& text) {
+  auto res = session.generate(prompt_tokens, a.n_predict, sp, [](const std::string& text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
     return true;

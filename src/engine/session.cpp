@@ -43,16 +43,26 @@ void Session::feed(const std::vector<int32_t>& tokens) {
   n_past_ += n;
 }
 
+std::vector<int32_t> Session::prepare_prompt(const std::string& prompt) const {
+  std::vector<int32_t> toks = model_.vocab().tokenize(prompt, true, false);
+  if (toks.empty()) throw Error("the prompt is empty and the model adds no BOS token; nothing to condition on");
+  const int64_t n = static_cast<int64_t>(toks.size());
+  if (n_past_ + n > n_ctx())
+    throw Error("prompt of " + std::to_string(n) + " tokens does not fit in the context of " + std::to_string(n_ctx()) +
+                " tokens (" + std::to_string(n_past_) + " already used); use -c to enlarge it");
+  return toks;
+}
+
 GenerationResult Session::generate(const std::string& prompt, int n_predict, const SamplingParams& sp,
+                                   const std::function<bool(const std::string&)>& on_text) {
+  return generate(prepare_prompt(prompt), n_predict, sp, on_text);
+}
+
+GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predict, const SamplingParams& sp,
                                    const std::function<bool(const std::string&)>& on_text) {
   const Vocab& vocab = model_.vocab();
   GenerationResult res;
-  std::vector<int32_t> toks = vocab.tokenize(prompt, true, false);
-  if (toks.empty()) throw Error("the prompt is empty and the model adds no BOS token; nothing to condition on");
   res.n_prompt = static_cast<int64_t>(toks.size());
-  if (n_past_ + res.n_prompt > n_ctx())
-    throw Error("prompt of " + std::to_string(res.n_prompt) + " tokens does not fit in the context of " +
-                std::to_string(n_ctx()) + " tokens (" + std::to_string(n_past_) + " already used); use -c to enlarge it");
 
   Sampler sampler(sp);
   for (int32_t t : toks) sampler.accept(t);

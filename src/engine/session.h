@@ -54,6 +54,12 @@ class Session {
   // Tokenize `prompt` (adding BOS per the vocabulary), run it, then sample up to n_predict
   // tokens. on_text receives decoded UTF-8 text as soon as it is complete; returning false
   // stops generation. Stops at an end-of-generation token or when the context is full.
+  // Tokenizes a prompt (BOS per the vocabulary) and checks it fits the free context; throws
+  // lokal::Error with the numbers otherwise.
+  std::vector<int32_t> prepare_prompt(const std::string& prompt) const;
+  // The same, from tokens already prepared with prepare_prompt.
+  GenerationResult generate(const std::vector<int32_t>& prompt_tokens, int n_predict, const SamplingParams& sp,
+                            const std::function<bool(const std::string&)>& on_text);
   GenerationResult generate(const std::string& prompt, int n_predict, const SamplingParams& sp,
                             const std::function<bool(const std::string&)>& on_text);
 
