@@ -36,12 +36,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-DType parse_cache_type(const std::string& name, const char* flag) {
-  auto t = type_from_name(name);
-  if (!t || !kv_cache_type_supported(*t))
-    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16, bf16, q8_0, q4_0)");
-  return *t;
-}
 
 std::string fmt(const char* f, double v) {
   char buf[64];
@@ -189,8 +183,8 @@ void bench(const BenchArgs& a) {
   o.depth = a.depth;
   o.reps = a.reps;
   o.n_batch = a.batch;
-  o.cache_type_k = parse_cache_type(a.cache_type_k, "--cache-type-k");
-  o.cache_type_v = parse_cache_type(a.cache_type_v, "--cache-type-v");
+  o.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
+  o.cache_type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
   o.use_mmap = !a.no_mmap;
   o.measure_bandwidth = !a.no_bw;
   o.bandwidth_bytes = static_cast<size_t>(a.bw_mib) << 20;

@@ -22,7 +22,30 @@ struct CompareArgs {
   bool json = false;
   bool allow_long_ctx = false;
   bool quiet = false;
+  std::vector<std::string> kv;  // --kv: KV cache types, "T" (K and V) or "K/V"
 };
+
+std::pair<DType, DType> parse_kv_pair(const std::string& s) {
+  const size_t slash = s.find('/');
+  if (slash == std::string::npos) {
+    const DType t = parse_kv_type(s, "--kv");
+    return {t, t};
+  }
+  return {parse_kv_type(s.substr(0, slash), "--kv"), parse_kv_type(s.substr(slash + 1), "--kv")};
+}
+
+std::string kv_label_one(DType t) {
+  std::string k = type_name(t);
+  for (char& ch : k) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return k;
+}
+
+std::string kv_label(const CompareRow& r) {
+  std::string k = type_name(r.cache_type_k), v = type_name(r.cache_type_v);
+  for (auto* x : {&k, &v})
+    for (char& ch : *x) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return k == v ? k : k + "/" + v;
+}
 
 std::string fmt(const char* f, double v) {
   char b[64];
@@ -37,13 +60,14 @@ std::string fmt_kl(double v) {
 }
 
 void print_markdown(const std::vector<CompareRow>& rows) {
-  std::printf("| model | type | size (MiB) | bpw | PPL | ΔPPL | ΔPPL %% | KL mean | KL p99 | top-1 %% | prefill t/s | decode t/s |\n");
-  std::printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+  std::printf("| model | type | KV cache | size (MiB) | bpw | PPL | ΔPPL | ΔPPL %% | KL mean | KL p99 | top-1 %% | prefill t/s | decode t/s |\n");
+  std::printf("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
   for (size_t i = 0; i < rows.size(); ++i) {
     const CompareRow& r = rows[i];
     const std::string name = std::filesystem::path(r.path).filename().string() + (i == 0 ? " (base)" : "");
     const bool base = i == 0;
-    std::printf("| %s | %s | %s | %s | %s ± %s | %s | %s | %s | %s | %s | %s | %s |\n", name.c_str(), r.file_type.c_str(),
+    std::printf("| %s | %s | %s | %s | %s | %s ± %s | %s | %s | %s | %s | %s | %s | %s |\n", name.c_str(),
+                r.file_type.c_str(), kv_label(r).c_str(),
                 fmt("%.2f", static_cast<double>(r.file_bytes) / (1024.0 * 1024.0)).c_str(),
                 fmt("%.2f", r.bits_per_weight).c_str(), fmt("%.4f", r.ppl).c_str(), fmt("%.4f", r.ppl_err).c_str(),
                 base ? "-" : fmt("%+.4f", r.delta_ppl).c_str(), base ? "-" : fmt("%+.2f%%", r.delta_ppl_pct).c_str(),
@@ -59,6 +83,8 @@ void print_json(const std::vector<CompareRow>& rows) {
     arr.push_back({{"model", r.path},
                    {"base", i == 0},
                    {"file_type", r.file_type},
+                   {"cache_type_k", kv_label_one(r.cache_type_k)},
+                   {"cache_type_v", kv_label_one(r.cache_type_v)},
                    {"file_bytes", r.file_bytes},
                    {"file_mib", static_cast<double>(r.file_bytes) / (1024.0 * 1024.0)},
                    {"n_params", r.n_params},
@@ -80,7 +106,8 @@ void print_json(const std::vector<CompareRow>& rows) {
 
 void compare(const CompareArgs& a) {
   set_log_level(LogLevel::Warn);
-  if (a.models.size() < 2) throw Error("compare needs a base model and at least one other model");
+  if (a.models.size() < 2 && a.kv.size() < 2)
+    throw Error("compare needs a base model and at least one other model (or one model and --kv with two or more types)");
   const std::string text = read_text_file(a.text_file);
   CompareOptions o;
   o.ppl.n_ctx = a.ctx;
@@ -88,6 +115,8 @@ void compare(const CompareArgs& a) {
   o.ppl.n_batch = a.batch;
   o.ppl.allow_long_ctx = a.allow_long_ctx;
   o.n_threads = a.threads;
+  for (const auto& k : a.kv) o.kv_types.push_back(parse_kv_pair(k));
+  if (o.kv_types.empty()) o.ppl.cache_type_k = o.ppl.cache_type_v = DType::F16;  // llama.cpp's default
   const bool quiet = a.quiet;
   auto rows = compare_models(a.models, text, a.text_file, o, [quiet](const std::string& msg) {
     if (quiet) return;
@@ -104,6 +133,9 @@ void register_compare(CLI::App& app, int* rc) {
   auto a = std::make_shared<CompareArgs>();
   CLI::App* cmd = app.add_subcommand("compare", "Compare models with a base model: PPL, KL-divergence, top-1, speed");
   cmd->add_option("models", a->models, "BASE.gguf OTHER.gguf... (same vocabulary)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--kv", a->kv, "KV cache types to evaluate every model with, comma-separated, each T or K/V "
+                                 "(e.g. f16,q8_0,q4_0); the base with the first is the reference (default: f16)")
+      ->delimiter(',');
   cmd->add_option("-f,--file", a->text_file, "Text file to score")->required()->check(CLI::ExistingFile);
   cmd->add_option("-c,--ctx-size", a->ctx, "Tokens per chunk (0: min(512, base model's trained context))")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/log.h"
+#include "engine/plan.h"
 #include "engine/session.h"
 
 namespace lokal::cli {
@@ -77,17 +78,19 @@ void info(const InfoArgs& a) {
   std::printf("  parameters     %lld (%.2f M), %.2f bits per weight\n", static_cast<long long>(n_params), n_params / 1e6,
               8.0 * static_cast<double>(model->weight_bytes()) / static_cast<double>(n_params));
 
-  const int64_t n_ctx = a.ctx > 0 ? a.ctx : std::min<int64_t>(c.n_ctx_train, 4096);
-  const double kv = static_cast<double>(KVCache::bytes_for(c, n_ctx, DType::F16, DType::F16));
-  const double scratch = static_cast<double>(Forward::scratch_bytes_for(c, 256, n_ctx, ThreadPool::default_threads()));
-  const double logits = static_cast<double>(c.n_vocab * 4);
-  const double w = static_cast<double>(model->weight_bytes());
-  std::printf("\nmemory at context %lld\n", static_cast<long long>(n_ctx));
-  std::printf("  weights        %s (memory-mapped)\n", format_bytes(w).c_str());
-  std::printf("  kv cache       %s (f16, %lld layers x %lld cells)\n", format_bytes(kv).c_str(),
-              static_cast<long long>(c.n_layer), static_cast<long long>(n_ctx));
-  std::printf("  compute        %s (batch 256)\n", format_bytes(scratch + logits).c_str());
-  std::printf("  total          %s\n", format_bytes(w + kv + scratch + logits).c_str());
+  // The same prediction as `lokal plan` (engine/plan.h) for run's defaults at this context.
+  RunSettings rs;
+  rs.n_ctx = a.ctx > 0 ? a.ctx : std::min<int64_t>(c.n_ctx_train, 4096);
+  rs.n_threads = ThreadPool::default_threads();
+  const MemoryEstimate e = estimate_memory(ModelFacts::from_gguf(f, a.model), rs);
+  std::printf("\nmemory at context %lld (lokal run's defaults; see lokal plan)\n", static_cast<long long>(rs.n_ctx));
+  std::printf("  weights        %s (memory-mapped, paged in at load)\n", format_bytes(static_cast<double>(e.weights_bytes)).c_str());
+  std::printf("  kv cache       %s (f16, %lld layers x %lld cells)\n", format_bytes(static_cast<double>(e.kv_bytes)).c_str(),
+              static_cast<long long>(c.n_layer), static_cast<long long>(rs.n_ctx));
+  std::printf("  compute        %s (batch %lld)\n", format_bytes(static_cast<double>(e.compute_bytes)).c_str(),
+              static_cast<long long>(rs.n_batch));
+  std::printf("  overhead       %s (process, tokenizer, threads)\n", format_bytes(static_cast<double>(e.overhead_bytes)).c_str());
+  std::printf("  total          %s\n", format_bytes(static_cast<double>(e.total_bytes)).c_str());
 
   if (a.all_kv) {
     std::printf("\nmetadata\n");

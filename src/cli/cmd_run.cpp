@@ -8,6 +8,8 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "engine/bench.h"
+#include "engine/plan.h"
 #include "engine/session.h"
 #include "ops/vec_dot.h"
 
@@ -33,14 +35,19 @@ struct RunArgs {
   bool mlock = false;
   bool verbose = false;
   std::string cache_type_k = "f16", cache_type_v = "f16";
+  bool ctk_given = false, ctv_given = false, ctx_given = false, batch_given = false;
+  std::string ram;            // --ram: plan the settings for this budget (engine/plan.h)
+  bool context_shift = false;
+  int64_t n_keep = 0;
 };
 
-DType parse_cache_type(const std::string& name, const char* flag) {
-  auto t = type_from_name(name);
-  if (!t || !kv_cache_type_supported(*t))
-    throw Error(std::string(flag) + ": unsupported KV cache type '" + name + "' (supported: f32, f16, bf16, q8_0, q4_0)");
-  return *t;
+std::string mib_bytes(uint64_t b) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f MiB (%llu bytes)", static_cast<double>(b) / (1024.0 * 1024.0),
+                static_cast<unsigned long long>(b));
+  return buf;
 }
+
 
 void run(const RunArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
@@ -52,17 +59,51 @@ void run(const RunArgs& a) {
     ss << f.rdbuf();
     prompt = ss.str();
   }
+  SessionOptions so;
+  so.n_ctx = a.ctx;
+  so.n_threads = a.threads > 0 ? a.threads : ThreadPool::default_threads();
+  so.n_batch = a.batch;
+  so.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
+  so.cache_type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
+  so.overflow = a.context_shift ? SessionOptions::Overflow::Shift : SessionOptions::Overflow::Stop;
+  so.n_keep = a.n_keep;
+
+  // --ram: plan before loading. Settings the user gave stay fixed; the others are chosen to fit, and a model that
+  // cannot fit is refused with the numbers.
+  if (!a.ram.empty()) {
+    PlanRequest req;
+    req.models.push_back(ModelFacts::read(a.model));
+    req.ram_bytes = parse_byte_size(a.ram);
+    req.n_ctx = a.ctx_given ? a.ctx : 0;
+    if (a.ctk_given) req.type_k = so.cache_type_k;
+    if (a.ctv_given) req.type_v = so.cache_type_v;
+    req.n_batch = a.batch_given ? a.batch : 0;
+    req.n_threads = so.n_threads;
+    req.mlock = a.mlock;
+    req.mlock_limit_bytes = mlock_limit_bytes();
+    const Plan plan = make_plan(req);
+    if (!plan.fits) throw Error("--ram " + a.ram + ": " + plan.reason);
+    so.n_ctx = plan.chosen.settings.n_ctx;
+    so.cache_type_k = plan.chosen.settings.type_k;
+    so.cache_type_v = plan.chosen.settings.type_v;
+    so.n_batch = plan.chosen.settings.n_batch;
+    std::fprintf(stderr, "plan: %s\n", plan.reason.c_str());
+    for (const auto& n : plan.notes) std::fprintf(stderr, "plan: note: %s\n", n.c_str());
+  }
+
   LoadOptions lo;
   lo.use_mmap = !a.no_mmap;
   lo.mlock = a.mlock;
   auto model = Model::load(a.model, lo);
-  SessionOptions so;
-  so.n_ctx = a.ctx;
-  so.n_threads = a.threads;
-  so.n_batch = a.batch;
-  so.cache_type_k = parse_cache_type(a.cache_type_k, "--cache-type-k");
-  so.cache_type_v = parse_cache_type(a.cache_type_v, "--cache-type-v");
   Session session(*model, so);
+  // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
+  RunSettings rs;
+  rs.n_ctx = session.n_ctx();
+  rs.type_k = so.cache_type_k;
+  rs.type_v = so.cache_type_v;
+  rs.n_batch = so.n_batch;
+  rs.n_threads = session.n_threads();
+  const MemoryEstimate predicted = estimate_memory(ModelFacts::from_gguf(model->gguf(), a.model), rs);
 
   SamplingParams sp;
   sp.temperature = a.temp;
@@ -82,17 +123,21 @@ void run(const RunArgs& a) {
                ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
   const ModelConfig& mc = model->config();
-  const double mib = 1024.0 * 1024.0;
-  const size_t kb = static_cast<size_t>(mc.n_layer * session.n_ctx()) * row_size(so.cache_type_k, mc.n_embd_k());
-  const size_t vb = static_cast<size_t>(mc.n_layer * session.n_ctx()) * row_size(so.cache_type_v, mc.n_embd_v());
+  const KVCache& kv = session.kv();
   std::fprintf(stderr, "kv cache: %.2f MiB (%lld cells, %lld layers, 1 seq), K (%s): %.2f MiB, V (%s): %.2f MiB\n",
-               static_cast<double>(session.kv_bytes()) / mib, static_cast<long long>(session.n_ctx()),
-               static_cast<long long>(mc.n_layer), type_name(so.cache_type_k), static_cast<double>(kb) / mib,
-               type_name(so.cache_type_v), static_cast<double>(vb) / mib);
-  std::fprintf(stderr, "memory: weights %.2f MiB (%s), kv cache %.2f MiB, compute %.2f MiB\n",
-               static_cast<double>(model->weight_bytes()) / mib, lo.use_mmap ? "memory-mapped" : "read into RAM",
-               static_cast<double>(session.kv_bytes()) / mib,
-               static_cast<double>(session.scratch_bytes() + session.logits().size() * sizeof(float)) / mib);
+               static_cast<double>(kv.bytes()) / (1024.0 * 1024.0), static_cast<long long>(session.n_ctx()),
+               static_cast<long long>(mc.n_layer), kv_type_label(kv.type_k()).c_str(),
+               static_cast<double>(kv.bytes_k()) / (1024.0 * 1024.0), kv_type_label(kv.type_v()).c_str(),
+               static_cast<double>(kv.bytes_v()) / (1024.0 * 1024.0));
+  const char* how = !lo.use_mmap ? "read into RAM" : model->mlocked() ? "memory-mapped, locked" : "memory-mapped, paged in";
+  std::fprintf(stderr, "memory: weights %s, %s\n", mib_bytes(model->gguf().file_size()).c_str(), how);
+  std::fprintf(stderr, "memory: kv cache %s\n", mib_bytes(kv.bytes()).c_str());
+  std::fprintf(stderr, "memory: compute  %s (batch %lld)\n",
+               mib_bytes(session.scratch_bytes() + session.logits().size() * sizeof(float)).c_str(),
+               static_cast<long long>(so.n_batch));
+  std::fprintf(stderr, "memory: total    %s predicted peak (lokal plan; incl. %.2f MiB runtime overhead)\n",
+               mib_bytes(predicted.total_bytes).c_str(),
+               static_cast<double>(predicted.overhead_bytes) / (1024.0 * 1024.0));
   std::fprintf(stderr, "%d threads, kernels %s, seed %llu\n", session.n_threads(), vec_dot_isa(),
                static_cast<unsigned long long>(sp.seed));
   std::fflush(stderr);
@@ -108,8 +153,16 @@ void run(const RunArgs& a) {
                res.prompt_seconds * 1e3, res.prompt_tps());
   std::fprintf(stderr, "generation: %zu tokens in %.1f ms (%.2f tokens/s), stop: %s\n", res.tokens.size(),
                res.gen_seconds * 1e3, res.gen_tps(), stop_reason_name(res.stop));
+  if (session.n_shifts() > 0)
+    std::fprintf(stderr, "context: shifted %lld times (kept the first %lld tokens, dropped the older half of the rest)\n",
+                 static_cast<long long>(session.n_shifts()), static_cast<long long>(a.n_keep));
+  if (const uint64_t peak = peak_rss_bytes()) {
+    std::fprintf(stderr, "memory: peak RSS %s measured (VmHWM), %s predicted (%+.1f%%)\n", mib_bytes(peak).c_str(),
+                 mib_bytes(predicted.total_bytes).c_str(),
+                 100.0 * (static_cast<double>(predicted.total_bytes) / static_cast<double>(peak) - 1.0));
+  }
   if (res.stop == StopReason::ContextFull)
-    std::fprintf(stderr, "warning: generation stopped because the context of %lld tokens is full (use -c)\n",
+    std::fprintf(stderr, "warning: generation stopped because the context of %lld tokens is full (use -c, or --context-shift)\n",
                  static_cast<long long>(session.n_ctx()));
 }
 }  // namespace
@@ -135,12 +188,22 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
-  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
-  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  auto* ctk = cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  auto* ctv = cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  cmd->add_option("--ram", a->ram, "Fit the run into this much RAM (e.g. 2GiB): context, KV types and batch not given "
+                                   "are planned (lokal plan); refused with the numbers if it cannot fit");
+  cmd->add_flag("--context-shift", a->context_shift, "When the context is full, drop the older half (after --keep "
+                                                     "tokens) and go on, instead of stopping");
+  cmd->add_option("--keep", a->n_keep, "Tokens at the start kept by --context-shift (BOS is always kept)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--mlock", a->mlock, "Lock the model in RAM");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
-  cmd->callback([a, rc] {
+  cmd->callback([a, rc, cmd, ctk, ctv] {
+    a->ctk_given = ctk->count() > 0;
+    a->ctv_given = ctv->count() > 0;
+    a->ctx_given = cmd->get_option("--ctx-size")->count() > 0;
+    a->batch_given = cmd->get_option("--batch-size")->count() > 0;
     run(*a);
     *rc = 0;
   });

@@ -72,7 +72,17 @@ void MappedFile::prefetch(size_t offset, size_t len) const {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   size_t start = offset / page * page;
   size_t end = std::min(size_, offset + len);
-  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_WILLNEED);
+  uint8_t* base = const_cast<uint8_t*>(data_) + start;
+  ::madvise(base, end - start, MADV_WILLNEED);
+  // Map every page now (read it from disk if needed), so the first tokens take no page faults and the
+  // process's resident size is known from the start (what `lokal plan` predicts).
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux >= 5.14
+#endif
+  if (::madvise(base, end - start, MADV_POPULATE_READ) == 0) return;
+  volatile uint8_t sink = 0;  // older kernels: touch one byte per page
+  for (size_t o = start; o < end; o += page) sink = static_cast<uint8_t>(sink ^ data_[o]);
+  (void)sink;
 }
 
 bool MappedFile::lock(std::string* why) {

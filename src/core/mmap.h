@@ -21,7 +21,7 @@ class MappedFile {
   const std::string& path() const { return path_; }
   bool is_mapped() const { return mapped_; }
 
-  // Hint the kernel to read ahead [offset, offset+len) (no-op without mmap).
+  // Read [offset, offset+len) ahead and map its pages into this process (no-op without mmap).
   void prefetch(size_t offset, size_t len) const;
   // Try to lock the pages in RAM; returns false (with errno text in *why) if refused.
   bool lock(std::string* why);

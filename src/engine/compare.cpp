@@ -95,10 +95,11 @@ class KLSink : public ScoredRowSink {
 };
 
 // Greedy decoding speed: run a short prompt, then time n single-token steps.
-double decode_speed(const Model& m, ThreadPool& pool, const std::vector<int32_t>& prompt, int n) {
+double decode_speed(const Model& m, ThreadPool& pool, const std::vector<int32_t>& prompt, int n, DType type_k,
+                    DType type_v) {
   if (n <= 0 || prompt.empty()) return 0;
   const int64_t np = static_cast<int64_t>(prompt.size());
-  Forward fwd(m, np + n, pool, np);
+  Forward fwd(m, np + n, pool, np, type_k, type_v);
   std::vector<float> logits(static_cast<size_t>(m.config().n_vocab));
   fwd.eval(prompt.data(), np, 0, false, logits.data());
   int32_t tok = argmax_of(logits.data(), m.config().n_vocab);
@@ -196,36 +197,67 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
                   std::to_string(c.n_ctx_train) + " tokens (use a smaller -c, or --allow-long-ctx to evaluate it anyway)");
   }
 
+  // One row per (model, KV types); the first is the base.
+  struct Entry {
+    std::string path;
+    DType k, v;
+  };
+  std::vector<std::pair<DType, DType>> kvs = opt.kv_types;
+  if (kvs.empty()) kvs.emplace_back(opt.ppl.cache_type_k, opt.ppl.cache_type_v);
+  std::vector<Entry> entries;
+  for (const auto& p : paths)
+    for (const auto& kv : kvs) entries.push_back({p, kv.first, kv.second});
+  const int n_rows = static_cast<int>(entries.size());
+  auto label = [&](int i) {
+    const Entry& e = entries[static_cast<size_t>(i)];
+    std::string l = "model " + std::to_string(i + 1) + "/" + std::to_string(n_rows) + (i == 0 ? " (base): " : ": ") + e.path;
+    if (opt.kv_types.size() > 0) l += std::string(", KV ") + type_name(e.k) + "/" + type_name(e.v);
+    return l;
+  };
+
   // Base: perplexity, log-probs to a temporary file, decode speed.
   TempFile tmp{make_temp_path(opt.temp_dir)};
   auto writer = std::make_unique<LogProbWriter>(tmp.path, plan);
   ThreadPool pool(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
   std::vector<int32_t> prompt;
   {
-    say("model 1/" + std::to_string(n_models) + " (base): " + paths[0]);
+    say(label(0));
     prompt.assign(plan.tokens.begin(), plan.tokens.begin() + std::clamp<int64_t>(opt.decode_prompt, 1, plan.n_ctx));
     std::vector<ScoredRowSink*> sinks{writer.get()};
+    plan.cache_type_k = entries[0].k;
+    plan.cache_type_v = entries[0].v;
     PerplexityResult r = run_perplexity(*base, plan, pool, opt.ppl.n_batch, sinks, chunk_progress);
     writer->finish();
     writer.reset();
     CompareRow row;
     describe(*base, paths[0], &row);
+    row.cache_type_k = entries[0].k;
+    row.cache_type_v = entries[0].v;
     row.ppl = r.ppl;
     row.ppl_err = r.ppl_err;
     row.kl_mean = row.kl_p99 = row.kl_max = 0.0;  // KL(base || base) = 0 by definition
     row.top1_agreement = 100.0;
     row.n_scored = r.n_scored;
     row.prefill_tps = r.prefill_tps();
-    row.decode_tps = decode_speed(*base, pool, prompt, opt.decode_tokens);
+    row.decode_tps = decode_speed(*base, pool, prompt, opt.decode_tokens, entries[0].k, entries[0].v);
     out.push_back(row);
     base.reset();  // one model in memory at a time
   }
 
-  for (int mi = 1; mi < n_models; ++mi) {
-    const std::string& path = paths[static_cast<size_t>(mi)];
-    say("model " + std::to_string(mi + 1) + "/" + std::to_string(n_models) + ": " + path);
-    auto m = Model::load(path);
+  std::unique_ptr<Model> m;
+  std::string loaded;
+  for (int mi = 1; mi < n_rows; ++mi) {
+    const Entry& e = entries[static_cast<size_t>(mi)];
+    const std::string& path = e.path;
+    say(label(mi));
+    if (!m || loaded != path) {
+      m.reset();
+      m = Model::load(path);
+      loaded = path;
+    }
     check_plan_fits(*m, path, plan, opt.ppl.allow_long_ctx);
+    plan.cache_type_k = e.k;
+    plan.cache_type_v = e.v;
 
     LogProbReader reader(tmp.path);
     KLSink kl(reader, plan.n_vocab, pool.size());
@@ -233,6 +265,8 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
     PerplexityResult r = run_perplexity(*m, plan, pool, opt.ppl.n_batch, sinks, chunk_progress);
     CompareRow row;
     describe(*m, path, &row);
+    row.cache_type_k = e.k;
+    row.cache_type_v = e.v;
     row.ppl = r.ppl;
     row.ppl_err = r.ppl_err;
     row.delta_ppl = r.ppl - out[0].ppl;
@@ -246,7 +280,7 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
     row.top1_agreement = r.n_scored > 0 ? 100.0 * static_cast<double>(kl.n_agree()) / static_cast<double>(r.n_scored) : 0;
     row.n_scored = r.n_scored;
     row.prefill_tps = r.prefill_tps();
-    row.decode_tps = decode_speed(*m, pool, prompt, opt.decode_tokens);
+    row.decode_tps = decode_speed(*m, pool, prompt, opt.decode_tokens, e.k, e.v);
     out.push_back(row);
   }
   return out;

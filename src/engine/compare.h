@@ -26,11 +26,15 @@ struct CompareOptions {
   int decode_prompt = 16;    // tokens of the text used as the decode prompt
   int decode_tokens = 32;    // greedy tokens generated for the decode speed
   std::string temp_dir;      // where the base log-probs go ("" = the system temp folder)
+  // KV cache types (K, V) to evaluate every model with: one row per model and pair, the base model with the first
+  // pair being the reference. Empty: one row per model with ppl.cache_type_k/v.
+  std::vector<std::pair<DType, DType>> kv_types;
 };
 
 struct CompareRow {
   std::string path;
   std::string file_type;       // "Q4_K - Medium", or the dominant tensor type if the key is absent
+  DType cache_type_k = DType::F32, cache_type_v = DType::F32;  // KV cache types of the evaluation
   uint64_t file_bytes = 0;
   int64_t n_params = 0;
   double bits_per_weight = 0;
@@ -46,7 +50,7 @@ struct CompareRow {
 // Human-readable progress ("model 2/4: x.gguf", chunk updates).
 using CompareProgress = std::function<void(const std::string&)>;
 
-// paths[0] is the base. Every model must have the base's vocabulary (same size and token texts);
+// paths[0] is the base (with the first of opt.kv_types, if given). Every model must have the base's vocabulary (same size and token texts);
 // otherwise lokal::Error names the file. Throws lokal::Error for unreadable files or a short text.
 std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, const std::string& text,
                                        const std::string& text_name, const CompareOptions& opt,

@@ -91,6 +91,8 @@ PerplexityPlan plan_perplexity(const Model& model, const std::string& text, cons
   p.tokens.assign(toks.begin(), toks.begin() + p.n_chunks * p.n_ctx);
   if (p.bos_replaced)
     for (int64_t ch = 0; ch < p.n_chunks; ++ch) p.tokens[static_cast<size_t>(ch * p.n_ctx)] = v.bos();
+  p.cache_type_k = opt.cache_type_k;
+  p.cache_type_v = opt.cache_type_v;
   return p;
 }
 
@@ -110,14 +112,16 @@ void ppl_from_sums(double sum_nll, double sum_nll2, int64_t n, double* ppl, doub
 }
 
 PerplexityResult run_perplexity(const Model& model, const PerplexityPlan& plan, ThreadPool& pool, int64_t n_batch,
-                                const std::vector<ScoredRowSink*>& sinks, const PerplexityProgress& progress) {
+                                const std::vector<ScoredRowSink*>& sinks, const PerplexityProgress& progress,
+                                const MatmulObserver& observer) {
   const int64_t n_vocab = model.config().n_vocab;
   if (n_vocab != plan.n_vocab) throw Error("perplexity plan made for another vocabulary size");
   const int64_t n_ctx = plan.n_ctx;
   const int64_t B = std::clamp<int64_t>(n_batch, 1, n_ctx);
   const auto t_start = Clock::now();
 
-  Forward fwd(model, n_ctx, pool, B);
+  Forward fwd(model, n_ctx, pool, B, plan.cache_type_k, plan.cache_type_v);
+  if (observer) fwd.set_matmul_observer(observer);
   std::vector<float> logits(static_cast<size_t>(B * n_vocab));
   std::vector<double> nll(static_cast<size_t>(B));
   std::vector<int32_t> targets(static_cast<size_t>(B));

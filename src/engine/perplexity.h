@@ -74,12 +74,16 @@ struct PerplexityOptions {
   int64_t n_chunks = -1;       // < 0: every full chunk of the text
   int64_t n_batch = 512;       // tokens per forward micro-batch (capped at n_ctx)
   bool allow_long_ctx = false; // accept n_ctx above the model's trained context
+  DType cache_type_k = DType::F32;  // KV cache types of the evaluation (F32: no rounding; llama.cpp's
+  DType cache_type_v = DType::F32;  // perplexity uses f16, which moves its figures by < 0.1%)
 };
 
 // What will be evaluated: the chunks of tokens (BOS already substituted) and their geometry.
 struct PerplexityPlan {
   int64_t n_vocab = 0;
   int64_t n_ctx = 0;
+  DType cache_type_k = DType::F32;   // from PerplexityOptions
+  DType cache_type_v = DType::F32;
   int64_t n_chunks = 0;
   int64_t first = 0;             // first scored position in a chunk
   int64_t n_scored = 0;          // scored tokens per chunk
@@ -134,10 +138,11 @@ struct PerplexityResult {
 using PerplexityProgress = std::function<void(int64_t, int64_t, double)>;
 
 // Evaluates every chunk of `plan` and returns the perplexity. `sinks` (may be empty) see every
-// scored row. n_batch: forward micro-batch (capped at n_ctx).
+// scored row. n_batch: forward micro-batch (capped at n_ctx). `observer` (optional) sees the input of every
+// weight-matrix product (`lokal imatrix`).
 PerplexityResult run_perplexity(const Model& model, const PerplexityPlan& plan, ThreadPool& pool, int64_t n_batch,
                                 const std::vector<ScoredRowSink*>& sinks = {},
-                                const PerplexityProgress& progress = {});
+                                const PerplexityProgress& progress = {}, const MatmulObserver& observer = {});
 
 // exp(mean) and llama.cpp's +/- from the sums of nll and nll^2 over n tokens.
 void ppl_from_sums(double sum_nll, double sum_nll2, int64_t n, double* ppl, double* ppl_err, double* nll_mean,

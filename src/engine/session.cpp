@@ -28,8 +28,10 @@ const char* stop_reason_name(StopReason r) {
 
 Session::Session(const Model& model, const SessionOptions& opt)
     : model_(model),
+      opt_(opt),
       pool_(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads()),
-      fwd_(model, pick_ctx(model, opt.n_ctx), pool_, std::max<int64_t>(1, opt.n_batch), opt.cache_type_k,
+      fwd_(model, pick_ctx(model, opt.n_ctx), pool_,
+           std::clamp<int64_t>(opt.n_batch, 1, pick_ctx(model, opt.n_ctx)), opt.cache_type_k,
            opt.cache_type_v),
       logits_(static_cast<size_t>(model.config().n_vocab)) {}
 
@@ -41,6 +43,21 @@ void Session::feed(const std::vector<int32_t>& tokens) {
                 " new tokens exceed the context size of " + std::to_string(n_ctx()) + " (use -c to enlarge it)");
   fwd_.eval(tokens.data(), n, n_past_, false, logits_.data());
   n_past_ += n;
+  history_.insert(history_.end(), tokens.begin(), tokens.end());
+}
+
+void Session::shift_context() {
+  const bool bos = model_.vocab().add_bos() && !history_.empty() && history_[0] == model_.vocab().bos();
+  const int64_t keep = std::min<int64_t>(std::max<int64_t>(opt_.n_keep, bos ? 1 : 0), n_past_ - 1);
+  const int64_t n_discard = (n_past_ - keep) / 2;
+  if (keep < 0 || n_discard <= 0)
+    throw Error("context full and nothing can be dropped (n_keep " + std::to_string(opt_.n_keep) + ", context " +
+                std::to_string(n_ctx()) + " tokens)");
+  std::vector<int32_t> kept(history_.begin(), history_.begin() + keep);
+  kept.insert(kept.end(), history_.begin() + keep + n_discard, history_.end());
+  reset();
+  feed(kept);
+  ++n_shifts_;
 }
 
 std::vector<int32_t> Session::prepare_prompt(const std::string& prompt) const {
@@ -88,8 +105,11 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
     }
     if (n_predict >= 0 && i + 1 >= n_predict) break;
     if (n_past_ >= n_ctx()) {
-      res.stop = StopReason::ContextFull;
-      break;
+      if (opt_.overflow != SessionOptions::Overflow::Shift) {
+        res.stop = StopReason::ContextFull;
+        break;
+      }
+      shift_context();
     }
     feed({tok});
   }

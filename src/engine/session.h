@@ -17,6 +17,13 @@ struct SessionOptions {
   int64_t n_batch = 256; // prompt tokens per forward micro-batch
   DType cache_type_k = DType::F16;  // KV cache element types (f32 or f16; f16 like llama.cpp)
   DType cache_type_v = DType::F16;
+  // What generate() does when the context is full:
+  //   stop  (default) end with StopReason::ContextFull;
+  //   shift keep the first n_keep tokens (the BOS token is always kept), drop the older half of the rest, and
+  //         re-evaluate what is kept (a full prefill of at most n_ctx/2 + n_keep tokens; exact, no RoPE
+  //         re-rotation of cached keys), then continue. The dropped text is forgotten by the model.
+  enum class Overflow { Stop, Shift } overflow = Overflow::Stop;
+  int64_t n_keep = 0;
 };
 
 enum class StopReason { Length, EndOfGeneration, ContextFull, Stopped };
@@ -44,20 +51,24 @@ class Session {
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const { return fwd_.kv_bytes(); }
   size_t scratch_bytes() const { return fwd_.scratch_bytes(); }
+  const KVCache& kv() const { return fwd_.kv(); }
 
   // Append tokens to the context and compute the logits of the last one.
   // Throws lokal::Error with the numbers if they do not fit in the context.
   void feed(const std::vector<int32_t>& tokens);
   const std::vector<float>& logits() const { return logits_; }
-  void reset() { n_past_ = 0; }
+  void reset() {
+    n_past_ = 0;
+    history_.clear();
+  }
+  int64_t n_shifts() const { return n_shifts_; }  // context shifts done by generate()
 
-  // Tokenize `prompt` (adding BOS per the vocabulary), run it, then sample up to n_predict
-  // tokens. on_text receives decoded UTF-8 text as soon as it is complete; returning false
-  // stops generation. Stops at an end-of-generation token or when the context is full.
   // Tokenizes a prompt (BOS per the vocabulary) and checks it fits the free context; throws
   // lokal::Error with the numbers otherwise.
   std::vector<int32_t> prepare_prompt(const std::string& prompt) const;
-  // The same, from tokens already prepared with prepare_prompt.
+  // Run the prompt, then sample up to n_predict tokens (n_predict < 0: no limit). on_text receives decoded UTF-8
+  // text as soon as it is complete; returning false stops generation. Stops at an end-of-generation token, or when
+  // the context is full (unless SessionOptions::overflow is Shift). The string form tokenizes with prepare_prompt.
   GenerationResult generate(const std::vector<int32_t>& prompt_tokens, int n_predict, const SamplingParams& sp,
                             const std::function<bool(const std::string&)>& on_text);
   GenerationResult generate(const std::string& prompt, int n_predict, const SamplingParams& sp,
@@ -65,9 +76,15 @@ class Session {
 
  private:
   const Model& model_;
+  SessionOptions opt_;
   ThreadPool pool_;
   Forward fwd_;
+  // Drops the older half of the context after the first n_keep tokens and re-evaluates the rest.
+  void shift_context();
+
   int64_t n_past_ = 0;
+  int64_t n_shifts_ = 0;
+  std::vector<int32_t> history_;  // the tokens in the KV cache, in order
   std::vector<float> logits_;
 };
 

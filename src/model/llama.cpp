@@ -38,17 +38,25 @@ Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t ma
   attn_.resize(static_cast<size_t>(B * c_.n_head * c_.head_dim_v));
   gate_.resize(static_cast<size_t>(B * c_.n_ff));
   up_.resize(static_cast<size_t>(B * c_.n_ff));
+  // Allocated once, at its final size, so the memory plan is exact (matmul would otherwise grow it geometrically).
+  act_.resize(model.max_act_row_bytes() * static_cast<size_t>(B));
 }
 
-size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads) {
+size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads, DType type_k,
+                                  size_t max_act_row_bytes) {
   (void)n_ctx;  // attention works in fixed-size tiles: its scratch does not grow with the context
-  const int64_t group = c.n_head / c.n_head_kv;
+  AttentionShape as;
+  as.n_head = static_cast<int>(c.n_head);
+  as.n_head_kv = static_cast<int>(c.n_head_kv);
+  as.head_dim = static_cast<int>(c.head_dim);
+  as.head_dim_v = static_cast<int>(c.head_dim_v);
   const int64_t floats = B * c.n_embd + B * std::max(c.n_embd, c.n_ff) + B * c.n_embd_q() + B * c.n_embd_k() +
-                         B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff +
-                         n_threads * group * (64 + 2 + c.head_dim_v);
-  // Activation buffer for the quantized copy of the widest input (<= 4 bytes per element).
-  const int64_t act = B * std::max(c.n_embd, c.n_ff) * 4;
-  return static_cast<size_t>(floats) * sizeof(float) + static_cast<size_t>(act);
+                         B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff;
+  // The quantized copy of a micro-batch of the widest input, in the activation type of its matrix.
+  const size_t act_row =
+      max_act_row_bytes != SIZE_MAX ? max_act_row_bytes : static_cast<size_t>(std::max(c.n_embd, c.n_ff)) * 4;
+  return (static_cast<size_t>(floats) + attention_scratch_floats(as, type_k, n_threads)) * sizeof(float) +
+         act_row * static_cast<size_t>(B);
 }
 
 size_t Forward::scratch_bytes() const {
@@ -101,6 +109,9 @@ void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool al
     const LayerWeights& L = m_.layers[static_cast<size_t>(l)];
     // --- attention block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.attn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    observe(L.wq, xn_.data(), n);
+    observe(L.wk, xn_.data(), n);
+    observe(L.wv, xn_.data(), n);
     matmul(pool_, L.wq, xn_.data(), n, q_.data(), nq, act_);
     matmul(pool_, L.wk, xn_.data(), n, k_.data(), nk, act_);
     matmul(pool_, L.wv, xn_.data(), n, v_.data(), nv, act_);
@@ -116,14 +127,18 @@ void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool al
       kv_.store(l, pos0 + t, k, v);
     }
     attention(l, n, pos0);
+    observe(L.wo, attn_.data(), n);
     matmul(pool_, L.wo, attn_.data(), n, xn_.data(), d, act_);
     for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
 
     // --- feed-forward block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.ffn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    observe(L.w_gate, xn_.data(), n);
+    observe(L.w_up, xn_.data(), n);
     matmul(pool_, L.w_gate, xn_.data(), n, gate_.data(), ff, act_);
     matmul(pool_, L.w_up, xn_.data(), n, up_.data(), ff, act_);
     for (int64_t t = 0; t < n; ++t) swiglu(gate_.data() + t * ff, up_.data() + t * ff, gate_.data() + t * ff, ff);
+    observe(L.w_down, gate_.data(), n);
     matmul(pool_, L.w_down, gate_.data(), n, xn_.data(), d, act_);
     for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
   }
@@ -132,6 +147,7 @@ void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool al
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t n_out = n - first;
   for (int64_t t = first; t < n; ++t) rms_norm(x + t * d, m_.output_norm, xn_.data() + (t - first) * d, d, c_.rms_eps);
+  observe(m_.output, xn_.data(), n_out);
   matmul(pool_, m_.output, xn_.data(), n_out, logits, c_.n_vocab, act_);
 }
 

@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/error.h"
@@ -96,8 +97,13 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
     L.w_down = m->matrix(p + "ffn_down.weight", c.n_ff, c.n_embd);
   }
 
+  auto act = [&](const WeightView& w) { m->max_act_row_ = std::max(m->max_act_row_, matmul_scratch_row_bytes(w.type, w.cols)); };
+  act(m->output);
+  for (const LayerWeights& L : m->layers)
+    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) act(*w);
+
   if (const MappedFile* mf = f.mapped()) {
-    if (opt.prefetch && mf->is_mapped()) mf->prefetch(f.data_offset(), f.file_size() - f.data_offset());
+    if (opt.prefetch && mf->is_mapped()) mf->prefetch(0, f.file_size());
   }
   if (opt.mlock) {
     std::string why;

@@ -1,6 +1,8 @@
 // model/model.h - a loaded model: config, tokenizer and weight views into the mapped GGUF,
 // plus the per-context state (KV cache, scratch) and the forward pass.
 #pragma once
+#include <functional>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +42,8 @@ class Model {
   const GGUFFile& gguf() const { return *gguf_; }
   double load_seconds() const { return load_seconds_; }
   size_t weight_bytes() const { return weight_bytes_; }   // bytes of all tensor data
+  // The largest matmul_scratch_row_bytes of the matrices the forward pass multiplies with.
+  size_t max_act_row_bytes() const { return max_act_row_; }
   bool mlocked() const { return mlocked_; }
 
   WeightView tok_embd;
@@ -60,6 +64,7 @@ class Model {
   std::vector<std::unique_ptr<float[]>> owned_;  // non-F32 norm/bias vectors converted at load
   double load_seconds_ = 0;
   size_t weight_bytes_ = 0;
+  size_t max_act_row_ = 0;
   bool mlocked_ = false;
 };
 
@@ -73,6 +78,8 @@ class KVCache {
   DType type_k() const { return type_k_; }
   DType type_v() const { return type_v_; }
   size_t bytes() const { return k_.size() + v_.size(); }
+  size_t bytes_k() const { return k_.size(); }
+  size_t bytes_v() const { return v_.size(); }
   // Exact bytes a cache of these settings allocates (for planning before loading).
   static size_t bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v);
   KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, row_k_}; }
@@ -86,6 +93,10 @@ class KVCache {
   size_t row_k_, row_v_, layer_k_, layer_v_;
   std::vector<uint8_t> k_, v_;
 };
+
+// Sees the input of a weight-matrix product before it runs: `x` holds n_tok rows of W.cols floats (W is the
+// model's view; W.data identifies the tensor). For activation statistics such as `lokal imatrix`.
+using MatmulObserver = std::function<void(const WeightView& W, const float* x, int64_t n_tok)>;
 
 // Runs the forward pass of a llama-family model (llama, qwen2) over a batch of tokens.
 class Forward {
@@ -103,11 +114,20 @@ class Forward {
   const KVCache& kv() const { return kv_; }
   size_t scratch_bytes() const;
   // Bytes of working memory eval() needs for a batch of n tokens at context n_ctx (for planning).
-  static size_t scratch_bytes_for(const ModelConfig& cfg, int64_t n_batch, int64_t n_ctx, int n_threads);
+  // type_k: the K cache type (attention converts queries to its partner type); max_act_row_bytes: the largest
+  // quantized-activation row of any weight matrix (Model::max_act_row_bytes), SIZE_MAX for the bound of
+  // 4 bytes per element.
+  static size_t scratch_bytes_for(const ModelConfig& cfg, int64_t n_batch, int64_t n_ctx, int n_threads,
+                                  DType type_k = DType::F16, size_t max_act_row_bytes = SIZE_MAX);
+  // Called before every weight-matrix product of eval() (empty: none, the default).
+  void set_matmul_observer(MatmulObserver obs) { observer_ = std::move(obs); }
 
  private:
   void eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits);
   void attention(int64_t layer, int64_t n, int64_t pos0);
+  void observe(const WeightView& W, const float* x, int64_t n) const {
+    if (observer_) observer_(W, x, n);
+  }
 
   const Model& m_;
   const ModelConfig& c_;
@@ -118,6 +138,7 @@ class Forward {
   std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_;
   std::vector<float> scores_;  // attention scratch (per-thread tiles)
   std::vector<uint8_t> act_;
+  MatmulObserver observer_;
 };
 
 }  // namespace lokal

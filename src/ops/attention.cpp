@@ -52,6 +52,18 @@ bool kv_cache_type_supported(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
 }
 
+size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {
+  const size_t group = static_cast<size_t>(s.n_head / s.n_head_kv);
+  const bool k_quant = k_type != DType::F32 && k_type != DType::F16;
+  // Floats per group head needed for q in K's partner type (<= 4 bytes per element), if any.
+  const size_t qq_floats = k_quant ? (row_size(vec_dot_type(k_type), s.head_dim) + 3) / 4 : 0;
+  // Per thread: scores [group][kTile], running max/sum [group] x2, accumulators [group][hdv],
+  // converted queries [group][qq_floats], one dequantized V segment [hdv].
+  const size_t per_thread = group * (kTile + 2 + static_cast<size_t>(s.head_dim_v) + qq_floats) +
+                            static_cast<size_t>(s.head_dim_v);
+  return per_thread * static_cast<size_t>(std::max(1, n_threads));
+}
+
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
                const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch) {
   check_types(s, K, V);
@@ -59,12 +71,10 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
   const int group = s.n_head / s.n_head_kv;
   const int hd = s.head_dim, hdv = s.head_dim_v;
   const bool k_quant = K.type != DType::F32 && K.type != DType::F16;
-  // Floats per group head needed for q in K's partner type (<= 4 bytes per element), if any.
+  const bool v_direct = V.type == DType::F32 || V.type == DType::F16;  // axpy straight from the row
   const size_t qq_floats = k_quant ? (row_size(vec_dot_type(K.type), hd) + 3) / 4 : 0;
-  // Per thread: scores [group][kTile], running max/sum [group] x2, accumulators [group][hdv],
-  // converted queries [group][qq_floats], one dequantized V segment [hdv].
-  const size_t per_thread = static_cast<size_t>(group) * (kTile + 2 + hdv + qq_floats) + static_cast<size_t>(hdv);
-  scratch.resize(per_thread * static_cast<size_t>(pool.size()));
+  const size_t per_thread = attention_scratch_floats(s, K.type, 1);
+  scratch.resize(attention_scratch_floats(s, K.type, pool.size()));
   const int64_t n_items = n_tok * s.n_head_kv;
   pool.parallel_for(n_items, [&](int64_t item, int tid) {
     const int64_t t = item / s.n_head_kv;
@@ -107,8 +117,14 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
       }
       for (int jj = 0; jj < nt; ++jj) {
         const uint8_t* vr = V.row(j0 + jj);
-        for (int h = 0; h < group; ++h)
-          vaxpy(vf, V.type, sc[h * kTile + jj], vr, static_cast<int64_t>(g) * hdv, acc + static_cast<size_t>(h) * hdv, hdv, vtmp);
+        if (v_direct) {
+          for (int h = 0; h < group; ++h)
+            vaxpy(vf, V.type, sc[h * kTile + jj], vr, static_cast<int64_t>(g) * hdv, acc + static_cast<size_t>(h) * hdv, hdv, vtmp);
+        } else {
+          // Dequantize this row's segment once for all heads of the group.
+          dequantize_row(V.type, vr + elem_offset(V.type, static_cast<int64_t>(g) * hdv), vtmp, hdv);
+          for (int h = 0; h < group; ++h) vf.axpy(sc[h * kTile + jj], vtmp, acc + static_cast<size_t>(h) * hdv, hdv);
+        }
       }
     }
     float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;

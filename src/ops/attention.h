@@ -38,6 +38,9 @@ struct AttentionShape {
 // out[t][h*head_dim_v + d] = sum_j softmax_j(scale * q[t,h] . K[j,g]) V[j,g][d] over
 // j in [0, pos0 + t], g = h / (n_head / n_head_kv). q is [n_tok][n_head*head_dim].
 // `scratch` is grown as needed and reused between calls.
+// Floats of `scratch` that attention() uses for this shape, K type and pool size (for memory planning).
+size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads);
+
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
                const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch);
 

@@ -93,6 +93,11 @@ void get_row(const WeightView& W, int64_t r, float* out) {
   dequantize_row(W.type, W.row(r), out, W.cols);
 }
 
+size_t matmul_scratch_row_bytes(DType w, int64_t cols) {
+  const DType at = vec_dot_type(w);
+  return at == DType::F32 ? 0 : row_size(at, cols);
+}
+
 void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
             std::vector<uint8_t>& scratch) {
   const DType at = vec_dot_type(W.type);

@@ -53,6 +53,8 @@ void get_row(const WeightView& W, int64_t r, float* out);
 // Y is n_tok x W.rows (row-major, stride ldy). The activations are first converted to W's
 // partner type (ops/vec_dot.h), once per call; rows are split across the pool.
 // `scratch` is reused between calls to avoid allocations.
+// Bytes of `scratch` matmul() needs per activation row for a weight of this type and row length (0: none).
+size_t matmul_scratch_row_bytes(DType w, int64_t cols);
 void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
             std::vector<uint8_t>& scratch);
 

@@ -1,0 +1,207 @@
+// `lokal plan`: which of the given model files, context, KV-cache types and batch fit a RAM budget, with the
+// byte breakdown of each option tried (engine/plan.h). Exit status 0 when every budget has a fitting option,
+// 1 when one does not (the numbers of the smallest option are printed).
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "engine/plan.h"
+
+namespace lokal::cli {
+
+namespace {
+struct PlanArgs {
+  std::vector<std::string> models;
+  std::string draft;
+  std::vector<std::string> ram;
+  std::string vram;
+  int64_t ctx = 0;
+  int64_t batch = 0;
+  int threads = 0;
+  std::string ctk, ctv;
+  bool mlock = false;
+  bool no_mmap = false;
+  bool json = false;
+};
+
+std::string mib(uint64_t b) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
+  return buf;
+}
+
+std::string base(const std::string& p) { return std::filesystem::path(p).filename().string(); }
+
+nlohmann::ordered_json breakdown_json(const MemoryEstimate& e) {
+  nlohmann::ordered_json j;
+  j["weights_bytes"] = e.weights_bytes;
+  j["kv_bytes"] = e.kv_bytes;
+  j["kv_k_bytes"] = e.kv_k_bytes;
+  j["kv_v_bytes"] = e.kv_v_bytes;
+  j["compute_bytes"] = e.compute_bytes;
+  j["overhead_bytes"] = e.overhead_bytes;
+  j["total_bytes"] = e.total_bytes;
+  return j;
+}
+
+nlohmann::ordered_json settings_json(const RunSettings& s) {
+  nlohmann::ordered_json j;
+  j["n_ctx"] = s.n_ctx;
+  j["cache_type_k"] = kv_type_label(s.type_k);
+  j["cache_type_v"] = kv_type_label(s.type_v);
+  j["n_batch"] = s.n_batch;
+  j["n_threads"] = s.n_threads;
+  j["n_gpu_layers"] = 0;
+  return j;
+}
+
+nlohmann::ordered_json plan_json(const PlanRequest& req, const Plan& p) {
+  const PlanCandidate& c = p.chosen;
+  nlohmann::ordered_json j;
+  j["ram_bytes"] = p.ram_bytes;
+  j["vram_bytes"] = req.vram_bytes;
+  j["fits"] = p.fits;
+  j["model"] = req.models[c.model].path;
+  j["file_type"] = req.models[c.model].type_label;
+  j["settings"] = settings_json(c.settings);
+  // The whole process: the model's breakdown plus the draft's (if any).
+  MemoryEstimate sum = c.mem;
+  sum.weights_bytes += c.draft_mem.weights_bytes;
+  sum.kv_bytes += c.draft_mem.kv_bytes;
+  sum.kv_k_bytes += c.draft_mem.kv_k_bytes;
+  sum.kv_v_bytes += c.draft_mem.kv_v_bytes;
+  sum.compute_bytes += c.draft_mem.compute_bytes;
+  sum.overhead_bytes += c.draft_mem.overhead_bytes;
+  sum.total_bytes = c.total_bytes;
+  const nlohmann::ordered_json b = breakdown_json(sum);
+  for (auto it = b.begin(); it != b.end(); ++it) j[it.key()] = it.value();
+  if (req.draft) {
+    j["draft"] = req.draft->path;
+    j["draft_breakdown"] = breakdown_json(c.draft_mem);
+  }
+  j["reason"] = p.reason;
+  j["notes"] = p.notes;
+  nlohmann::ordered_json tried = nlohmann::ordered_json::array();
+  for (const auto& t : p.tried) {
+    nlohmann::ordered_json o;
+    o["model"] = req.models[t.model].path;
+    o["settings"] = settings_json(t.settings);
+    o["total_bytes"] = t.total_bytes;
+    o["fits"] = t.fits;
+    tried.push_back(o);
+  }
+  j["tried"] = tried;
+  return j;
+}
+
+void print_plan(const PlanRequest& req, const Plan& p) {
+  std::printf("budget: %s of RAM", mib(p.ram_bytes).c_str());
+  if (req.vram_bytes) std::printf(", %s of VRAM", mib(req.vram_bytes).c_str());
+  std::printf("\n");
+  std::printf("  %-34s %-14s %6s %-11s %5s %11s %11s %10s %10s %11s  %s\n", "model", "type", "ctx", "K/V", "batch",
+              "weights", "kv cache", "compute", "overhead", "total", "fits");
+  // The options tried, at their largest batch (smaller batches only change the compute column), and the choice.
+  for (size_t i = 0; i < p.tried.size(); ++i) {
+    const PlanCandidate& t = p.tried[i];
+    const bool chosen = p.fits && i + 1 == p.tried.size();
+    if (!chosen && i > 0 && p.tried[i - 1].model == t.model && p.tried[i - 1].settings.n_ctx == t.settings.n_ctx &&
+        p.tried[i - 1].settings.type_k == t.settings.type_k && p.tried[i - 1].settings.type_v == t.settings.type_v)
+      continue;
+    const ModelFacts& m = req.models[t.model];
+    const std::string kv = kv_type_label(t.settings.type_k) + "/" + kv_type_label(t.settings.type_v);
+    std::printf("  %-34s %-14s %6lld %-11s %5lld %11s %11s %10s %10s %11s  %s\n", base(m.path).substr(0, 34).c_str(),
+                m.type_label.substr(0, 14).c_str(), static_cast<long long>(t.settings.n_ctx), kv.c_str(),
+                static_cast<long long>(t.settings.n_batch),
+                mib(t.mem.weights_bytes + t.draft_mem.weights_bytes).c_str(),
+                mib(t.mem.kv_bytes + t.draft_mem.kv_bytes).c_str(),
+                mib(t.mem.compute_bytes + t.draft_mem.compute_bytes).c_str(),
+                mib(t.mem.overhead_bytes + t.draft_mem.overhead_bytes).c_str(), mib(t.total_bytes).c_str(),
+                chosen ? "yes  <- chosen" : (t.fits ? "yes" : "no"));
+  }
+  const PlanCandidate& c = p.chosen;
+  if (p.fits) {
+    const RunSettings& s = c.settings;
+    std::printf("recommendation: %s\n", p.reason.c_str());
+    std::printf("  kv cache: %s (%lld cells, %lld layers, 1 seq), K (%s): %s, V (%s): %s\n", mib(c.mem.kv_bytes).c_str(),
+                static_cast<long long>(s.n_ctx), static_cast<long long>(req.models[c.model].cfg.n_layer),
+                kv_type_label(s.type_k).c_str(), mib(c.mem.kv_k_bytes).c_str(), kv_type_label(s.type_v).c_str(), mib(c.mem.kv_v_bytes).c_str());
+    std::printf("  run it:   lokal run -m %s -c %lld --ctk %s --ctv %s -b %lld -t %d%s\n",
+                req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
+                kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, req.mlock ? " --mlock" : "");
+  } else {
+    std::printf("refused: %s\n", p.reason.c_str());
+  }
+  for (const auto& n : p.notes) std::printf("  note: %s\n", n.c_str());
+}
+
+int run_plan(const PlanArgs& a) {
+  PlanRequest req;
+  for (const auto& m : a.models) req.models.push_back(ModelFacts::read(m));
+  if (!a.draft.empty()) req.draft = ModelFacts::read(a.draft);
+  if (!a.vram.empty()) req.vram_bytes = parse_byte_size(a.vram);
+  req.n_ctx = a.ctx;
+  req.n_batch = a.batch;
+  req.n_threads = a.threads > 0 ? a.threads : ThreadPool::default_threads();
+  if (!a.ctk.empty()) req.type_k = parse_kv_type(a.ctk, "--cache-type-k");
+  if (!a.ctv.empty()) req.type_v = parse_kv_type(a.ctv, "--cache-type-v");
+  req.mlock = a.mlock;
+  req.mlock_limit_bytes = mlock_limit_bytes();
+  (void)a.no_mmap;  // same bytes either way (see the flag's help)
+
+  std::vector<uint64_t> budgets;
+  for (const auto& r : a.ram) budgets.push_back(parse_byte_size(r));
+  if (budgets.empty()) {
+    const uint64_t avail = available_ram_bytes();
+    if (avail == 0) throw Error("plan: cannot read MemAvailable from /proc/meminfo; give the budget with --ram");
+    budgets.push_back(avail);
+    if (!a.json) std::printf("no --ram given: planning for the memory available now (MemAvailable)\n");
+  }
+
+  bool all_fit = true;
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    req.ram_bytes = budgets[i];
+    const Plan p = make_plan(req);
+    all_fit = all_fit && p.fits;
+    if (a.json) {
+      out.push_back(plan_json(req, p));
+    } else {
+      if (i) std::printf("\n");
+      print_plan(req, p);
+    }
+  }
+  if (a.json) std::printf("%s\n", (budgets.size() == 1 ? out[0] : out).dump(2).c_str());
+  return all_fit ? 0 : 1;
+}
+}  // namespace
+
+void register_plan(CLI::App& app, int* rc) {
+  auto a = std::make_shared<PlanArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "plan", "Fit model weights + KV cache + compute buffers into a RAM budget and say how (nothing is loaded)");
+  cmd->add_option("-m,--model", a->models, "GGUF model file; repeat to choose among several (e.g. quantizations)")
+      ->required()->check(CLI::ExistingFile);
+  cmd->add_option("--ram", a->ram, "RAM budget, e.g. 2GiB, 1500M, 8GB; several (comma-separated) give one plan each "
+                                   "(default: MemAvailable)")->delimiter(',');
+  cmd->add_option("--vram", a->vram, "VRAM budget (reported; this build has no GPU backend)");
+  cmd->add_option("-c,--ctx-size", a->ctx, "Context size to plan for (0: the largest that fits, up to the model's "
+                                            "trained context or 4096)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("--cache-type-k,--ctk", a->ctk, "Fix the K cache type (default: f16, else q8_0, else q4_0)");
+  cmd->add_option("--cache-type-v,--ctv", a->ctv, "Fix the V cache type (default: f16, else q8_0, else q4_0)");
+  cmd->add_option("-b,--batch-size", a->batch, "Fix the prompt batch (0: 256, smaller if needed)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("--draft", a->draft, "A draft model (speculative decoding) that must fit too")->check(CLI::ExistingFile);
+  cmd->add_flag("--no-mmap", a->no_mmap, "Plan for reading the weights into RAM (the same bytes as mapping them; "
+                                         "mapped pages are file cache the kernel can drop, read ones are not)");
+  cmd->add_flag("--mlock", a->mlock, "Check that the weights can be locked in RAM (ulimit -l)");
+  cmd->add_flag("--json", a->json, "JSON: the breakdown in bytes and the chosen settings");
+  cmd->callback([a, rc] { *rc = run_plan(*a); });
+}
+
+}  // namespace lokal::cli
