@@ -35,27 +35,9 @@ using namespace lokal;
 
 namespace {
 
-// A fresh folder per test (tests may run in parallel processes), removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string(info->test_suite_name()) + "_" + info->name();
-    for (char& c : name)
-      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-    path_ = fs::temp_directory_path() / ("lokal_qz_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  size_t n_files() const { return static_cast<size_t>(std::distance(fs::directory_iterator(path_), fs::directory_iterator())); }
-
- private:
-  fs::path path_;
+// A fresh folder per test, removed at the end (tests/support).
+struct TempDir : lokal::test::TempDir {
+  TempDir() : lokal::test::TempDir("lokal_qz") {}
 };
 
 std::string synth(const std::string& t) { return test::data_path("models/synth/synth-llama-" + t + ".gguf"); }
@@ -489,14 +471,19 @@ TEST(Quantize, RequantizingNeedsTheFlag) {
   EXPECT_EQ(compare_with_reference(dir.file("same.gguf"), synth("q8_0")), 0);
 }
 
-TEST(Quantize, ImportanceHookIsNotImplementedYetAndFailsBeforeWriting) {
+TEST(Quantize, ImportanceHookWeightsTheQuantizersAndNullImportanceIsTheReference) {
   TempDir dir;
   std::vector<float> ones(4096, 1.0f);
   QuantizeOptions o = options("Q4_K_M");
-  o.importance = [&](const GGUFTensorInfo&) -> const float* { return ones.data(); };
+  // A wrong size for the tensor is refused before anything is written.
+  o.importance = [&](const GGUFTensorInfo&) -> ImportanceView { return {ones.data(), 7}; };
   EXPECT_THROW(quantize_model(synth("f32"), dir.file("imp.gguf"), o), Error);
   EXPECT_EQ(dir.n_files(), 0u);
-  // quantize_rows without importance is the reference quantizer.
+  o.importance = [&](const GGUFTensorInfo& t) -> ImportanceView {
+    return {ones.data(), static_cast<size_t>(t.ne[0] * t.ne[2])};
+  };
+  EXPECT_NO_THROW(quantize_model(synth("f32"), dir.file("imp.gguf"), o));
+  // quantize_rows without importance is the reference quantizer; with importance, the weighted one.
   std::vector<float> x(512);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i));
   std::vector<uint8_t> a(row_size(DType::Q4_K, 256) * 2), b(a.size());
@@ -504,7 +491,10 @@ TEST(Quantize, ImportanceHookIsNotImplementedYetAndFailsBeforeWriting) {
   quantize_row(DType::Q4_K, x.data(), b.data(), 256);
   quantize_row(DType::Q4_K, x.data() + 256, b.data() + row_size(DType::Q4_K, 256), 256);
   EXPECT_EQ(a, b);
-  EXPECT_THROW(quantize_rows(DType::Q4_K, x.data(), a.data(), 2, 256, ones.data()), Error);
+  quantize_rows(DType::Q4_K, x.data(), a.data(), 2, 256, ones.data());
+  quantize_row_weighted(DType::Q4_K, x.data(), b.data(), 256, ones.data());
+  quantize_row_weighted(DType::Q4_K, x.data() + 256, b.data() + row_size(DType::Q4_K, 256), 256, ones.data());
+  EXPECT_EQ(a, b);
 }
 
 TEST(Quantize, NonFiniteWeightsAreRefusedAndNothingIsWritten) {

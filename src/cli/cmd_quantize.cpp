@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "engine/imatrix.h"
 #include "engine/quantize.h"
 
 namespace lokal::cli {
@@ -14,7 +15,7 @@ namespace lokal::cli {
 namespace {
 
 struct QuantizeArgs {
-  std::string input, output, type;
+  std::string input, output, type, imatrix;
   int threads = 0;
   bool allow_requantize = false;
   bool keep_output_f16 = false;
@@ -74,6 +75,12 @@ void run(const QuantizeArgs& a) {
   opt.keep_output_f16 = a.keep_output_f16;
   opt.pure = a.pure;
   opt.dry_run = a.dry_run;
+  if (!a.imatrix.empty()) {
+    const ImportanceMatrix m = read_imatrix(a.imatrix);
+    use_imatrix(opt, m, a.imatrix);
+    std::fprintf(stderr, "imatrix: %s, %zu entries, %d chunks%s%s\n", a.imatrix.c_str(), m.entries.size(), m.chunks,
+                 m.dataset.empty() ? "" : ", dataset ", m.dataset.c_str());
+  }
 
   size_t width = 0;
   opt.on_plan = [&](const QuantizePlan& p) {
@@ -126,6 +133,8 @@ void register_quantize(CLI::App& app, int* rc) {
   cmd->add_flag("--keep-output-f16", a->keep_output_f16, "Store the output matrix (token_embd when tied) as F16");
   cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan and the resulting size; write nothing");
   cmd->add_flag("--pure", a->pure, "No mix: every weight matrix gets TYPE's base type");
+  cmd->add_option("--imatrix", a->imatrix, "Importance matrix (lokal imatrix / llama-imatrix .dat) to weight rounding errors")
+      ->check(CLI::ExistingFile);
   cmd->callback([a, rc] {
     run(*a);
     *rc = 0;

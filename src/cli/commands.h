@@ -13,6 +13,7 @@ void register_info(CLI::App& app, int* rc);
 void register_perplexity(CLI::App& app, int* rc);
 void register_compare(CLI::App& app, int* rc);
 void register_quantize(CLI::App& app, int* rc);
+void register_imatrix(CLI::App& app, int* rc);
 void register_synth(CLI::App& app, int* rc);
 void register_bench(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);

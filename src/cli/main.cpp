@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   lokal::cli::register_perplexity(app, &rc);
   lokal::cli::register_compare(app, &rc);
   lokal::cli::register_quantize(app, &rc);
+  lokal::cli::register_imatrix(app, &rc);
   lokal::cli::register_synth(app, &rc);
   lokal::cli::register_bench(app, &rc);
   lokal::cli::register_plan(app, &rc);

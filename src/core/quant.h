@@ -39,4 +39,19 @@ void dequantize_row(DType type, const void* src, float* dst, int64_t n);
 // quantize_row_*_ref for the same input.
 void quantize_row(DType type, const float* src, void* dst, int64_t n);
 
+// Importance-weighted quantization of one row of n elements (core/quant_imatrix.cpp): `importance` holds n
+// finite non-negative floats (an importance matrix row: mean squared activation per column). Minimizes, block by
+// block, sum_j w_j (x_j - q_j)^2 with w = importance_weights(x, importance), and never writes a block with a higher
+// weighted error than quantize_row's. Same block layouts as quantize_row. Q8_0 (and a null importance) give
+// exactly quantize_row's bytes. Throws lokal::Error for a row length that is not a multiple of the block size or
+// a bad importance value.
+void quantize_row_weighted(DType type, const float* src, void* dst, int64_t n, const float* importance);
+
+// The per-element error weights of quantize_row_weighted: w_j = max(imp_j, 1e-6 * max imp) * sqrt(sigma2 + x_j^2),
+// sigma2 = mean of x^2 over the row (the x-dependent factor puts more weight on large weights, as llama.cpp does).
+void importance_weights(const float* x, const float* importance, int64_t n, float* w);
+
+// sum_j w_j (x_j - dequantized_j)^2 for a quantized row of n elements.
+float quant_weighted_error(DType type, const void* row, const float* x, const float* w, int64_t n);
+
 }  // namespace lokal

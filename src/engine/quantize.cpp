@@ -106,18 +106,15 @@ bool is_weight_matrix(const GGUFTensorInfo& t) {
   return n != "position_embd.weight" && n != "token_types.weight";
 }
 
-// Model facts the mix rules depend on.
-struct ModelFacts {
-  std::string arch;
-  int n_layer = 0;
-  int64_t n_head = 0, n_head_kv = 0;
-  int n_expert = 0;
-  int n_attention_wv = 0;   // tensors named *attn_v.weight, *attn_qkv.weight, *attn_kv_b.weight
-  bool has_output = false;  // an output.weight tensor exists (else token_embd is the output: tied)
-  bool is_70b = false;      // llama.cpp's LLM_TYPE_70B
-  bool has_imatrix = false;
-  int64_t n_gqa() const { return n_head_kv > 0 ? n_head / n_head_kv : 0; }
-};
+using ModelFacts = MixModelInfo;
+
+// llama.cpp's LLM_TYPE_70B (80 layers, not 8 experts; llama with GQA, or one of a few architectures).
+bool is_70b(const ModelFacts& m) {
+  if (m.n_layer != 80 || m.n_expert == 8) return false;
+  if (m.arch == "llama") return m.n_head != m.n_head_kv;
+  return m.arch == "deci" || m.arch == "qwen2" || m.arch == "qwen2vl" || m.arch == "olmo";
+}
+int64_t n_gqa(const ModelFacts& m) { return m.n_head_kv > 0 ? m.n_head / m.n_head_kv : 0; }
 
 // First value of an integer key that may also be a per-layer integer array.
 std::optional<int64_t> first_int(const GGUFFile& f, const std::string& key) {
@@ -129,33 +126,6 @@ std::optional<int64_t> first_int(const GGUFFile& f, const std::string& key) {
     return a[0];
   }
   return f.opt_int(key);
-}
-
-ModelFacts model_facts(const GGUFFile& f, bool has_imatrix) {
-  ModelFacts m;
-  m.arch = f.opt_str("general.architecture").value_or("");
-  const std::string a = m.arch + ".";
-  auto layers = f.opt_int(a + "block_count");
-  if (!layers) {  // not a known architecture's file: count the blocks
-    int n = 0;
-    for (const auto& t : f.tensors())
-      if (auto l = layer_of(t.name)) n = std::max(n, *l + 1);
-    layers = n;
-  }
-  m.n_layer = static_cast<int>(*layers);
-  m.n_head = first_int(f, a + "attention.head_count").value_or(0);
-  m.n_head_kv = first_int(f, a + "attention.head_count_kv").value_or(m.n_head);
-  m.n_expert = static_cast<int>(f.opt_int(a + "expert_count").value_or(0));
-  m.has_output = f.find_tensor("output.weight") != nullptr;
-  for (const auto& t : f.tensors())
-    if (contains(t.name, "attn_v.weight") || contains(t.name, "attn_qkv.weight") || contains(t.name, "attn_kv_b.weight"))
-      ++m.n_attention_wv;
-  m.has_imatrix = has_imatrix;
-  if (m.n_layer == 80 && m.n_expert != 8) {
-    if (m.arch == "llama") m.is_70b = m.n_head != m.n_head_kv;
-    else m.is_70b = m.arch == "deci" || m.arch == "qwen2" || m.arch == "qwen2vl" || m.arch == "olmo";
-  }
-  return m;
 }
 
 // Position of a tensor among the tensors of its kind, counted in llama.cpp's processing order.
@@ -220,13 +190,13 @@ DType mix_type(const ModelFacts& m, MixCounters& c, const GGUFTensorInfo& t, DTy
     // no rule for these file types
   } else if (contains(name, "attn_v.weight")) {
     const int i = c.i_attention_wv;
-    if (ft == FT_Q2_K) type = m.n_gqa() >= 4 ? DType::Q4_K : DType::Q3_K;
+    if (ft == FT_Q2_K) type = n_gqa(m) >= 4 ? DType::Q4_K : DType::Q3_K;
     else if (ft == FT_Q3_K_M) type = i < 2 ? DType::Q5_K : DType::Q4_K;
     else if (ft == FT_Q3_K_L) type = DType::Q5_K;
     else if ((ft == FT_Q4_K_M || ft == FT_Q5_K_M) && use_more_bits(i, m.n_attention_wv)) type = DType::Q6_K;
     else if (ft == FT_Q4_K_S && i < 4) type = DType::Q5_K;
     // 70B-class models share each attn_v among 8 heads: it is small, so more bits are cheap.
-    if (m.is_70b && (type == DType::Q3_K || type == DType::Q4_K)) type = DType::Q5_K;
+    if (is_70b(m) && (type == DType::Q3_K || type == DType::Q4_K)) type = DType::Q5_K;
     if (m.n_expert == 8) type = DType::Q8_0;
     ++c.i_attention_wv;
   } else if (contains(name, "attn_k.weight")) {
@@ -293,8 +263,6 @@ std::string type_counts(const std::map<DType, int>& counts) {
   return s;
 }
 
-// Whether quantize_rows can use an importance vector for this type.
-bool importance_supported(DType t) { return !is_block_quantized(t); }
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -408,12 +376,53 @@ std::string quant_file_type_list() {
   return s;
 }
 
+MixModelInfo mix_model_info(const GGUFFile& f, bool has_imatrix) {
+  MixModelInfo m;
+  m.arch = f.opt_str("general.architecture").value_or("");
+  const std::string a = m.arch + ".";
+  auto layers = f.opt_int(a + "block_count");
+  if (!layers) {  // not a known architecture's file: count the blocks
+    int n = 0;
+    for (const auto& t : f.tensors())
+      if (auto l = layer_of(t.name)) n = std::max(n, *l + 1);
+    layers = n;
+  }
+  m.n_layer = static_cast<int>(*layers);
+  m.n_head = first_int(f, a + "attention.head_count").value_or(0);
+  m.n_head_kv = first_int(f, a + "attention.head_count_kv").value_or(m.n_head);
+  m.n_expert = static_cast<int>(f.opt_int(a + "expert_count").value_or(0));
+  m.has_output = f.find_tensor("output.weight") != nullptr;
+  m.n_attention_wv = 0;
+  for (const auto& t : f.tensors())
+    if (contains(t.name, "attn_v.weight") || contains(t.name, "attn_qkv.weight") || contains(t.name, "attn_kv_b.weight"))
+      ++m.n_attention_wv;
+  m.has_imatrix = has_imatrix;
+  return m;
+}
+
+DType mix_tensor_type(const QuantFileType& ft, const MixModelInfo& m, const std::string& name, int64_t ne0,
+                      int kind_index, bool pure, std::string* why) {
+  DType to = ft.base;
+  if (!is_block_quantized(to)) return to;
+  std::string reason;
+  GGUFTensorInfo t;
+  t.name = name;
+  t.ne[0] = ne0;
+  MixCounters c{kind_index, kind_index, kind_index, kind_index};
+  if (!pure) to = mix_type(m, c, t, to, ft.ftype, &reason);
+  to = fallback_type(to, ne0, &reason);
+  if (why) *why = reason;
+  return to;
+}
+
 void quantize_rows(DType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* importance) {
-  if (importance && !importance_supported(type))
-    throw Error(std::string("importance-weighted quantization to ") + type_name(type) + " is not implemented yet");
   const size_t rs = row_size(type, n_per_row);
   auto* d = static_cast<uint8_t*>(dst);
-  for (int64_t r = 0; r < nrows; ++r) quantize_row(type, src + r * n_per_row, d + static_cast<size_t>(r) * rs, n_per_row);
+  for (int64_t r = 0; r < nrows; ++r) {
+    void* out = d + static_cast<size_t>(r) * rs;
+    if (importance && is_block_quantized(type)) quantize_row_weighted(type, src + r * n_per_row, out, n_per_row, importance);
+    else quantize_row(type, src + r * n_per_row, out, n_per_row);
+  }
 }
 
 QuantizePlan plan_quantization(const GGUFFile& in, const QuantizeOptions& opt) {
@@ -422,7 +431,7 @@ QuantizePlan plan_quantization(const GGUFFile& in, const QuantizeOptions& opt) {
   if (in.opt_int("split.count").value_or(1) > 1)
     throw Error(in.name() + ": is one part of a split model; merge the parts first (split models are not supported)");
 
-  const ModelFacts m = model_facts(in, static_cast<bool>(opt.importance));
+  const ModelFacts m = mix_model_info(in, static_cast<bool>(opt.importance));
   const auto& ts = in.tensors();
   QuantizePlan plan;
   plan.file_type = ft;
@@ -499,16 +508,32 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
   QuantizePlan& plan = res.plan;
   const auto& ts = in->tensors();
 
-  // Importance vectors, looked up before anything is written so that a missing quantizer fails early.
+  // Importance vectors, looked up (and their sizes checked) before anything is written.
   std::vector<const float*> importance(ts.size(), nullptr);
-  if (opt.importance)
+  if (opt.importance) {
+    std::vector<std::string> missing;
     for (size_t i = 0; i < ts.size(); ++i) {
       const TensorPlan& p = plan.tensors[i];
-      if (!p.matrix || !p.converted()) continue;
-      importance[i] = opt.importance(ts[i]);
-      if (importance[i] && !importance_supported(p.to))
-        throw Error(std::string("importance-weighted quantization to ") + type_name(p.to) + " is not implemented yet");
+      if (!p.matrix || !p.converted() || !is_block_quantized(p.to)) continue;
+      const ImportanceView v = opt.importance(ts[i]);
+      if (!v.data) {
+        missing.push_back(p.name);
+        continue;
+      }
+      const uint64_t want = static_cast<uint64_t>(ts[i].ne[0]) * static_cast<uint64_t>(ts[i].ne[2]);
+      if (v.size != want)
+        throw Error("importance matrix: the entry for '" + p.name + "' has " + std::to_string(v.size) +
+                    " values, but the tensor " + ts[i].shape_str() + " needs " + std::to_string(want) +
+                    " (one per column); was it computed for another model?");
+      importance[i] = v.data;
     }
+    if (!missing.empty()) {
+      std::string list;
+      for (size_t k = 0; k < missing.size(); ++k) list += (k ? ", " : "") + missing[k];
+      plan.notes.push_back("warning: the importance matrix has no entry for " + std::to_string(missing.size()) +
+                           " matri" + (missing.size() == 1 ? "x" : "ces") + " (quantized without importance): " + list);
+    }
+  }
 
   GGUFWriter w;
   w.copy_metadata(*in);
@@ -517,6 +542,13 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
   w.remove("split.tensors.count");
   w.set_u32("general.quantization_version", 2);
   w.set_u32("general.file_type", static_cast<uint32_t>(plan.file_type.ftype));
+  if (opt.importance && !opt.imatrix_meta.file.empty()) {
+    const ImatrixMetadata& im = opt.imatrix_meta;
+    w.set_str("quantize.imatrix.file", im.file);
+    if (!im.dataset.empty()) w.set_str("quantize.imatrix.dataset", im.dataset);
+    w.set_i32("quantize.imatrix.entries_count", im.entries);
+    if (im.chunks > 0) w.set_i32("quantize.imatrix.chunks_count", im.chunks);
+  }
 
   std::unique_ptr<TensorConverter> conv;
   if (!opt.dry_run) conv = std::make_unique<TensorConverter>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());

@@ -38,7 +38,9 @@
 //
 // Quantization uses the reference round-to-nearest quantizers of core/quant.h, which produce the same bytes as
 // llama.cpp's without an importance matrix, so for the same mix the output's tensor data is byte-identical to
-// llama-quantize's.
+// llama-quantize's. With an importance matrix (QuantizeOptions::importance, engine/imatrix.h) the matrices that
+// have an entry go through the importance-weighted quantizers (core/quant.h, quantize_row_weighted; their bytes
+// are lokal's own, in the standard block layouts), and the quantize.imatrix.* keys are added.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -69,16 +71,52 @@ std::optional<QuantFileType> find_quant_file_type(std::string_view name);
 // "F32, F16, BF16, Q8_0, ..." for error messages.
 std::string quant_file_type_list();
 
-// Importance of each column of a matrix (an importance matrix, "imatrix"): for a tensor of shape
-// [ne0, ne1, ne2], ne0 * ne2 floats (one row of ne0 weights per ne2 slice), or nullptr for none.
-// The pointer must stay valid until quantize_model returns.
-using ImportanceFn = std::function<const float*(const GGUFTensorInfo& tensor)>;
+// Importance of each column of a matrix (an importance matrix, "imatrix", engine/imatrix.h): for a tensor of
+// shape [ne0, ne1, ne2], ne0 * ne2 floats (one row of ne0 weights per ne2 slice), or {nullptr, 0} for none.
+// The data must stay valid until quantize_model returns. Any other size is an error (lokal::Error).
+struct ImportanceView {
+  const float* data = nullptr;
+  size_t size = 0;
+};
+using ImportanceFn = std::function<ImportanceView(const GGUFTensorInfo& tensor)>;
+
+// Where an importance matrix came from, recorded in the output's metadata like llama-quantize does:
+// quantize.imatrix.file (string), .dataset (string, if non-empty), .entries_count (i32), .chunks_count (i32, if > 0).
+struct ImatrixMetadata {
+  std::string file, dataset;
+  int32_t entries = 0, chunks = 0;
+};
 
 // Quantizes `nrows` rows of `n_per_row` floats into `dst` (nrows * row_size(type, n_per_row) bytes).
-// `importance` (n_per_row floats, may be null) weights each column's rounding error. Without importance this is
-// the reference quantizer of core/quant.h. Importance-weighted quantization is not implemented yet: a non-null
-// `importance` for a block-quantized type throws lokal::Error (this is where an imatrix quantizer plugs in).
+// `importance` (n_per_row floats, may be null) weights each column's rounding error: the importance-weighted
+// quantizers of core/quant.h (quantize_row_weighted; Q8_0 and float types ignore it). Without importance this is
+// the reference quantizer of core/quant.h (llama.cpp's bytes).
 void quantize_rows(DType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* importance);
+
+// ---- per-tensor type mix (llama-quantize's llama_tensor_get_type) --------------------------------------------
+
+// Model facts the mix rules depend on.
+struct MixModelInfo {
+  std::string arch;          // general.architecture ("llama", "qwen2", "falcon", ...)
+  int n_layer = 0;
+  int64_t n_head = 0, n_head_kv = 0;
+  int n_expert = 0;
+  int n_attention_wv = 0;    // number of tensors named *attn_v.weight / *attn_qkv.weight / *attn_kv_b.weight
+  bool has_output = true;    // an output.weight tensor exists (false: tied embeddings, token_embd is the output)
+  bool has_imatrix = false;  // an importance matrix is used (changes the Q4_0/Q5_0 ffn_down rule)
+};
+
+// The facts of a GGUF model file.
+MixModelInfo mix_model_info(const GGUFFile& f, bool has_imatrix);
+
+// The type of one weight matrix `name` (row length ne0) of a model quantized to file type `ft`: the mix rule,
+// then the fallback for rows the type's blocks do not divide (`why`, if given, receives the reason for a
+// fallback). `kind_index` is the tensor's position among the tensors of its kind (attn_v, ffn_down, ffn_gate,
+// ffn_up) in llama.cpp's order (by layer, then name): for a dense model, its layer number. `pure`: no mix, only
+// the fallback. Float file types return their type. Throws lokal::Error for a mixture-of-experts tensor whose
+// name has no valid layer number.
+DType mix_tensor_type(const QuantFileType& ft, const MixModelInfo& m, const std::string& name, int64_t ne0,
+                      int kind_index, bool pure = false, std::string* why = nullptr);
 
 struct TensorPlan {
   std::string name;
@@ -123,7 +161,9 @@ struct QuantizeOptions {
   bool keep_output_f16 = false;   // the output matrix (token_embd when tied) becomes / stays F16
   bool pure = false;              // no mix: every matrix gets the base type (fallbacks still apply)
   bool dry_run = false;           // plan only; nothing is written
-  ImportanceFn importance;        // optional per-tensor importance (see quantize_rows)
+  ImportanceFn importance;        // optional per-tensor importance (see quantize_rows); also selects llama.cpp's
+                                  // imatrix variant of the mix (Q4_0/Q5_0: the first n_layer/8 ffn_down get Q4_1/Q5_1)
+  ImatrixMetadata imatrix_meta;   // written to the output when `importance` is set and imatrix_meta.file is non-empty
   // Called once the plan is made and every check has passed, before any data is converted or written.
   std::function<void(const QuantizePlan&)> on_plan;
   std::function<void(const TensorProgress&)> on_tensor;    // after each tensor is written

@@ -138,64 +138,17 @@ std::vector<float> llama3_rope_factors(const SynthPreset& p) {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Tensor types: llama-quantize's per-tensor mixes (the same rules as engine/quantize, for the two
-// architectures synth writes), then the fallback for rows a type's blocks do not divide.
+// Tensor types: llama-quantize's per-tensor mixes, from engine/quantize (mix_tensor_type).
 
-enum class Role { TokEmbd, Output, AttnQ, AttnK, AttnV, AttnOut, FfnGate, FfnUp, FfnDown };
-
-bool more_bits_layer(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
-int64_t block_of(DType t) { return type_info(t)->block_size; }
-bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
-
-DType row_fallback(DType t, int64_t ne0) {
-  if (ne0 % block_of(t) == 0) return t;
-  DType f = DType::F16;
-  switch (t) {
-    case DType::Q2_K: case DType::Q3_K: f = DType::Q4_0; break;  // llama.cpp: IQ4_NL (not in lokal)
-    case DType::Q4_K: f = DType::Q5_0; break;
-    case DType::Q5_K: f = DType::Q5_1; break;
-    case DType::Q6_K: f = DType::Q8_0; break;
-    default: break;
-  }
-  if (ne0 % block_of(f) != 0) f = DType::F16;
-  return f;
-}
-
-DType matrix_type(const QuantFileType& ft, bool pure, const SynthPreset& p, Role role, int64_t layer, int64_t ne0) {
-  DType t = ft.base;
-  if (is_float(t)) return t;
-  if (!pure) {
-    const int f = ft.ftype;
-    const int64_t n = p.n_layer;
-    const bool output = role == Role::Output || (role == Role::TokEmbd && p.tied);
-    if (output) {
-      if (ne0 % block_of(t) != 0) return DType::Q8_0;
-      return row_fallback(t == DType::Q8_0 ? DType::Q8_0 : DType::Q6_K, ne0);
-    }
-    switch (role) {
-      case Role::AttnV:
-        if (f == 10) t = p.n_head / p.n_head_kv >= 4 ? DType::Q4_K : DType::Q3_K;   // Q2_K
-        else if (f == 12) t = layer < 2 ? DType::Q5_K : DType::Q4_K;                  // Q3_K_M
-        else if (f == 13) t = DType::Q5_K;                                            // Q3_K_L
-        else if ((f == 15 || f == 17) && more_bits_layer(layer, n)) t = DType::Q6_K;  // Q4_K_M, Q5_K_M
-        else if (f == 14 && layer < 4) t = DType::Q5_K;                               // Q4_K_S
-        break;
-      case Role::FfnDown:
-        if (f == 10) t = DType::Q3_K;
-        else if (f == 12) t = layer < n / 16 ? DType::Q5_K : DType::Q4_K;
-        else if (f == 13) t = DType::Q5_K;
-        else if ((f == 15 || f == 17) && more_bits_layer(layer, n)) t = DType::Q6_K;
-        else if (f == 14 && layer < n / 8) t = DType::Q5_K;
-        break;
-      case Role::AttnOut:
-        if (f == 10) t = DType::Q3_K;
-        else if (f == 12) t = DType::Q4_K;
-        else if (f == 13) t = DType::Q5_K;
-        break;
-      default: break;
-    }
-  }
-  return row_fallback(t, ne0);
+MixModelInfo mix_info(const SynthPreset& p) {
+  MixModelInfo m;
+  m.arch = p.arch;
+  m.n_layer = static_cast<int>(p.n_layer);
+  m.n_head = p.n_head;
+  m.n_head_kv = p.n_head_kv;
+  m.n_attention_wv = static_cast<int>(p.n_layer);  // one attn_v per layer
+  m.has_output = !p.tied;
+  return m;
 }
 
 uint64_t tensor_bytes(DType t, const std::vector<int64_t>& ne) {
@@ -533,28 +486,31 @@ SynthPlan synth_plan(const SynthOptions& opt) {
     plan.tensors.push_back(std::move(t));
   };
   using I = SynthTensorPlan::Init;
-  auto mat = [&](std::string name, int64_t cols, int64_t rows, Role role, int64_t layer) {
-    add(std::move(name), {cols, rows}, matrix_type(ft, opt.pure, p, role, layer, cols), I::Normal);
+  const MixModelInfo mix = mix_info(p);
+  // layer: the tensor's layer (its index among the tensors of its kind), -1 outside the blocks.
+  auto mat = [&](std::string name, int64_t cols, int64_t rows, int64_t layer) {
+    const DType type = mix_tensor_type(ft, mix, name, cols, static_cast<int>(std::max<int64_t>(layer, 0)), opt.pure);
+    add(std::move(name), {cols, rows}, type, I::Normal);
   };
   if (p.rope_scale_factor > 0 && opt.rope_freqs) add("rope_freqs.weight", {hd / 2}, DType::F32, I::RopeFreqs);
-  mat("token_embd.weight", p.n_embd, p.n_vocab, Role::TokEmbd, -1);
+  mat("token_embd.weight", p.n_embd, p.n_vocab, -1);
   for (int64_t l = 0; l < p.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     add(b + "attn_norm.weight", {p.n_embd}, DType::F32, I::Norm);
-    mat(b + "attn_q.weight", p.n_embd, n_q, Role::AttnQ, l);
+    mat(b + "attn_q.weight", p.n_embd, n_q, l);
     if (p.qkv_bias) add(b + "attn_q.bias", {n_q}, DType::F32, I::Normal);
-    mat(b + "attn_k.weight", p.n_embd, n_kv, Role::AttnK, l);
+    mat(b + "attn_k.weight", p.n_embd, n_kv, l);
     if (p.qkv_bias) add(b + "attn_k.bias", {n_kv}, DType::F32, I::Normal);
-    mat(b + "attn_v.weight", p.n_embd, n_kv, Role::AttnV, l);
+    mat(b + "attn_v.weight", p.n_embd, n_kv, l);
     if (p.qkv_bias) add(b + "attn_v.bias", {n_kv}, DType::F32, I::Normal);
-    mat(b + "attn_output.weight", n_q, p.n_embd, Role::AttnOut, l);
+    mat(b + "attn_output.weight", n_q, p.n_embd, l);
     add(b + "ffn_norm.weight", {p.n_embd}, DType::F32, I::Norm);
-    mat(b + "ffn_gate.weight", p.n_embd, p.n_ff, Role::FfnGate, l);
-    mat(b + "ffn_up.weight", p.n_embd, p.n_ff, Role::FfnUp, l);
-    mat(b + "ffn_down.weight", p.n_ff, p.n_embd, Role::FfnDown, l);
+    mat(b + "ffn_gate.weight", p.n_embd, p.n_ff, l);
+    mat(b + "ffn_up.weight", p.n_embd, p.n_ff, l);
+    mat(b + "ffn_down.weight", p.n_ff, p.n_embd, l);
   }
   add("output_norm.weight", {p.n_embd}, DType::F32, I::Norm);
-  if (!p.tied) mat("output.weight", p.n_embd, p.n_vocab, Role::Output, -1);
+  if (!p.tied) mat("output.weight", p.n_embd, p.n_vocab, -1);
   return plan;
 }
 

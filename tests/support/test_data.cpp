@@ -3,8 +3,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cstdio>
 
 #include <cstdlib>
@@ -74,6 +77,25 @@ CliResult run_lokal(const std::string& args) {
   r.err = read_file(err_file);
   fs::remove(err_file);
   return r;
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "global";
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  path_ = fs::temp_directory_path() / (prefix + "_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(path_);
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+size_t TempDir::n_files() const {
+  return static_cast<size_t>(std::distance(fs::directory_iterator(path_), fs::directory_iterator()));
 }
 
 }  // namespace lokal::test

@@ -4,6 +4,7 @@
 // LOKAL_TEST_DATA (default ../shared beside the checkout). If the folder is missing the
 // tests FAIL (never skip): test_data_dir() throws, which gtest reports as a failure.
 #pragma once
+#include <filesystem>
 #include <string>
 
 namespace lokal::test {
@@ -22,5 +23,21 @@ struct CliResult {
   std::string out, err;
 };
 CliResult run_lokal(const std::string& args);
+
+// A fresh folder for the running test (named after it and the process, so parallel test processes never share
+// one), removed with everything in it when the object goes away.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "lokal");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const std::filesystem::path& path() const { return path_; }
+  size_t n_files() const;
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace lokal::test
