@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the GGUF parser fuzzer (clang++, libFuzzer + AddressSanitizer + UBSan) in build-fuzz and runs it.
+# Builds the GGUF parser fuzzer (clang++, libFuzzer + AddressSanitizer + UBSan) in build-fuzz and runs it, then
+# the safetensors header parser fuzzer for $FUZZ_SAFETENSORS_SECONDS (default 10) seconds.
 #
 # Usage: scripts/fuzz.sh [SECONDS]     (default: $FUZZ_SECONDS, else 60)
 # Seeds: a few small synthetic GGUF files, shrunk copies of every shared model (valid files of a few KB)
@@ -19,7 +20,7 @@ fi
 
 CXX="${FUZZ_CXX:-clang++}" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER="${FUZZ_CXX:-clang++}" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOKAL_FUZZ=ON -DLOKAL_BUILD_TESTS=OFF -DLOKAL_TEST_DATA="$DATA" >/dev/null
-cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds
+cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds fuzz_safetensors
 
 SEEDS="$BUILD/fuzz-seeds"
 CORPUS="$BUILD/fuzz-corpus"
@@ -36,3 +37,22 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" "$BUILD/fuzz/fuzz_gguf" \
   -max_total_time="$RUN_SECONDS" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
   -dict=fuzz/gguf.dict -artifact_prefix="$ARTIFACTS/" -print_final_stats=1 ${FUZZ_FLAGS:-} \
   "$CORPUS" "$SEEDS"
+
+# safetensors: seeds are a few small valid files; inputs that find new coverage go to build-fuzz/fuzz-corpus-st.
+ST_SEEDS="$BUILD/fuzz-seeds-st"
+ST_CORPUS="$BUILD/fuzz-corpus-st"
+rm -rf "$ST_SEEDS"
+mkdir -p "$ST_SEEDS" "$ST_CORPUS"
+st_seed() {  # st_seed NAME HEADER DATA_BYTES
+  local n=${#2}
+  { printf "\\x$(printf %02x $((n & 255)))\\x$(printf %02x $((n >> 8)))\\0\\0\\0\\0\\0\\0"; printf '%s' "$2"; head -c "$3" /dev/zero; } >"$ST_SEEDS/$1"
+}
+st_seed one '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}' 8
+st_seed meta '{"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]},"b":{"dtype":"F16","shape":[3],"data_offsets":[12,18]}}' 18
+st_seed empty '{}' 0
+ST_SECONDS="${FUZZ_SAFETENSORS_SECONDS:-10}"
+echo "fuzzing SafeTensorsFile::parse for ${ST_SECONDS}s"
+# shellcheck disable=SC2086
+ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" "$BUILD/fuzz/fuzz_safetensors" \
+  -max_total_time="$ST_SECONDS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+  -artifact_prefix="$ARTIFACTS/" -print_final_stats=1 ${FUZZ_FLAGS:-} "$ST_CORPUS" "$ST_SEEDS"

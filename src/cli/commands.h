@@ -16,6 +16,8 @@ void register_quantize(CLI::App& app, int* rc);
 void register_imatrix(CLI::App& app, int* rc);
 void register_synth(CLI::App& app, int* rc);
 void register_bench(CLI::App& app, int* rc);
+void register_convert(CLI::App& app, int* rc);
+void register_export_hf(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);
 
 // The whole file as bytes; throws lokal::Error naming it if it cannot be read.

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   lokal::cli::register_imatrix(app, &rc);
   lokal::cli::register_synth(app, &rc);
   lokal::cli::register_bench(app, &rc);
+  lokal::cli::register_convert(app, &rc);
+  lokal::cli::register_export_hf(app, &rc);
   lokal::cli::register_plan(app, &rc);
   // llama.cpp spells some long options with one dash (-ctk, -ctv); accept those too.
   std::vector<std::string> args(argv, argv + argc);
