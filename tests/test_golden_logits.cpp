@@ -169,9 +169,10 @@ void check_greedy(const std::string& name, const std::string& model_id, const Gr
               same < got.tokens.size() ? (" (diverges where our top-2 gap is " + std::to_string(got.gaps[same]) + ")").c_str() : "");
   const bool must_match = model_id.rfind("stories260K", 0) == 0 || model_id == "babyllama-936K-f32" ||
                           (model_id.rfind("tinytales", 0) == 0 && (contains(model_id, "f32") || contains(model_id, "f16")));
-  if (must_match && same < got.tokens.size())
+  if (must_match && same < got.tokens.size()) {
     EXPECT_LT(got.gaps[same], tol) << "greedy continuation differs from llama.cpp at step " << same
                                    << " although the top-2 gap there is " << got.gaps[same];
+  }
 }
 
 TEST_P(GoldenLogits, GreedyContinuation) {

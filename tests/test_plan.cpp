@@ -150,7 +150,9 @@ TEST(Plan, PrefersQualityThenContextThenKvType) {
   EXPECT_EQ(p.chosen.settings.n_ctx, 4096);
   EXPECT_EQ(p.chosen.settings.type_k, DType::F16);
   for (const auto& c : p.tried) {
-    if (c.model == 1) EXPECT_GE(c.settings.n_ctx, 2048) << "tier 1 must not shrink the context below 2048";
+    if (c.model == 1) {
+      EXPECT_GE(c.settings.n_ctx, 2048) << "tier 1 must not shrink the context below 2048";
+    }
     EXPECT_EQ(c.fits, c.total_bytes <= r.ram_bytes);
   }
   // The same request gives the same plan (pure).

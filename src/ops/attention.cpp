@@ -18,25 +18,6 @@ constexpr int kTile = 64;
 // Byte offset of element `off` in a row of type t (off is a multiple of the block size).
 inline size_t elem_offset(DType t, int64_t off) { return off == 0 ? 0 : row_size(t, off); }
 
-// q . K[off .. off+n). For block-quantized K, `qq` holds q converted to K's partner type
-// (ops/vec_dot.h) and the product runs in integers, as for weights.
-inline float kdot(const VecF& vf, DType t, const float* q, const void* qq, const uint8_t* row, int64_t off, int64_t n) {
-  switch (t) {
-    case DType::F32: return vf.dot(q, reinterpret_cast<const float*>(row) + off, n);
-    case DType::F16: return vf.dot_f16(q, reinterpret_cast<const uint16_t*>(row) + off, n);
-    default: return vec_dot(t, n, row + elem_offset(t, off), qq);
-  }
-}
-// acc += w * V[off .. off+n); quantized rows are dequantized into `tmp` first.
-inline void vaxpy(const VecF& vf, DType t, float w, const uint8_t* row, int64_t off, float* acc, int64_t n, float* tmp) {
-  switch (t) {
-    case DType::F32: vf.axpy(w, reinterpret_cast<const float*>(row) + off, acc, n); break;
-    case DType::F16: vf.axpy_f16(w, reinterpret_cast<const uint16_t*>(row) + off, acc, n); break;
-    default:
-      dequantize_row(t, row + elem_offset(t, off), tmp, n);
-      vf.axpy(w, tmp, acc, n);
-  }
-}
 void check_types(const AttentionShape& s, const KVRows& K, const KVRows& V) {
   for (auto [t, hd] : {std::pair{K.type, s.head_dim}, std::pair{V.type, s.head_dim_v}}) {
     if (!kv_cache_type_supported(t))
@@ -53,26 +34,36 @@ bool kv_cache_type_supported(DType t) {
 }
 
 size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {
+  (void)k_type;  // every K type is converted to f32 a tile at a time
   const size_t group = static_cast<size_t>(s.n_head / s.n_head_kv);
-  const bool k_quant = k_type != DType::F32 && k_type != DType::F16;
-  // Floats per group head needed for q in K's partner type (<= 4 bytes per element), if any.
-  const size_t qq_floats = k_quant ? (row_size(vec_dot_type(k_type), s.head_dim) + 3) / 4 : 0;
-  // Per thread: scores [group][kTile], running max/sum [group] x2, accumulators [group][hdv],
-  // converted queries [group][qq_floats], one dequantized V segment [hdv].
-  const size_t per_thread = group * (kTile + 2 + static_cast<size_t>(s.head_dim_v) + qq_floats) +
-                            static_cast<size_t>(s.head_dim_v);
+  const size_t nb8 = (group + 7) / 8;
+  const size_t hd = static_cast<size_t>(s.head_dim), hdv = static_cast<size_t>(s.head_dim_v);
+  // Per thread: transposed queries [nb8][hd][8], scores [nb8][kTile][8], running max / sum / correction
+  // [nb8][8] x3, accumulators [nb8*8][hdv], one tile of K [kTile][hd] and of V [kTile][hdv] in f32.
+  const size_t per_thread = nb8 * hd * 8 + nb8 * kTile * 8 + nb8 * 8 * 3 + nb8 * 8 * hdv + kTile * hd + kTile * hdv;
   return per_thread * static_cast<size_t>(std::max(1, n_threads));
 }
 
+namespace {
+// Converts n values of a KV row starting at element `off` to f32.
+inline void row_to_f32(const VecF& vf, DType t, const uint8_t* row, int64_t off, float* dst, int64_t n) {
+  if (t == DType::F16) vf.f16_to_f32(reinterpret_cast<const uint16_t*>(row) + off, dst, n);
+  else if (t == DType::Q8_0) vf.q8_0_to_f32(row + elem_offset(t, off), dst, n);
+  else dequantize_row(t, row + elem_offset(t, off), dst, n);
+}
+}  // namespace
+
+// Per (token, KV head): the group of query heads that share the KV head is processed in blocks of 8 "lanes".
+// Per tile of kTile cache positions: the K and V segments are converted to f32 once (F32 rows are read in
+// place), scores for all lanes come from one small GEMM (qk_tile8), the online softmax runs on 8 lanes at once
+// (softmax_tile8), and the weighted V rows are accumulated per head (pv_tile8).
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
                const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch) {
   check_types(s, K, V);
   const VecF& vf = vecf();
   const int group = s.n_head / s.n_head_kv;
-  const int hd = s.head_dim, hdv = s.head_dim_v;
-  const bool k_quant = K.type != DType::F32 && K.type != DType::F16;
-  const bool v_direct = V.type == DType::F32 || V.type == DType::F16;  // axpy straight from the row
-  const size_t qq_floats = k_quant ? (row_size(vec_dot_type(K.type), hd) + 3) / 4 : 0;
+  const int nb8 = (group + 7) / 8;
+  const int64_t hd = s.head_dim, hdv = s.head_dim_v;
   const size_t per_thread = attention_scratch_floats(s, K.type, 1);
   scratch.resize(attention_scratch_floats(s, K.type, pool.size()));
   const int64_t n_items = n_tok * s.n_head_kv;
@@ -80,57 +71,58 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     const int64_t t = item / s.n_head_kv;
     const int g = static_cast<int>(item % s.n_head_kv);
     const int64_t n_pos = pos0 + t + 1;
-    float* sc = scratch.data() + per_thread * static_cast<size_t>(tid);
-    float* m = sc + static_cast<size_t>(group) * kTile;
-    float* l = m + group;
-    float* acc = l + group;
-    float* qq = acc + static_cast<size_t>(group) * hdv;
-    float* vtmp = qq + static_cast<size_t>(group) * qq_floats;
+    float* qt = scratch.data() + per_thread * static_cast<size_t>(tid);
+    float* sc = qt + nb8 * hd * 8;
+    float* m = sc + nb8 * kTile * 8;
+    float* l = m + nb8 * 8;
+    float* corr = l + nb8 * 8;
+    float* acc = corr + nb8 * 8;
+    float* ktile = acc + nb8 * 8 * hdv;
+    float* vtile = ktile + kTile * hd;
     const float* qg = q + t * s.n_head * hd + static_cast<int64_t>(g) * group * hd;
-    if (k_quant)
-      for (int h = 0; h < group; ++h) quantize_activation(K.type, qg + h * hd, qq + h * qq_floats, hd);
-    std::fill(m, m + group, -std::numeric_limits<float>::infinity());
-    std::fill(l, l + group, 0.0f);
-    std::fill(acc, acc + static_cast<size_t>(group) * hdv, 0.0f);
+    // Queries transposed into lanes, scaled; lanes past the group are zero.
+    for (int b = 0; b < nb8; ++b)
+      for (int64_t d = 0; d < hd; ++d)
+        for (int i = 0; i < 8; ++i) {
+          const int h = b * 8 + i;
+          qt[(b * hd + d) * 8 + i] = h < group ? qg[h * hd + d] * s.scale : 0.0f;
+        }
+    std::fill(m, m + nb8 * 8, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + nb8 * 8, 0.0f);
+    std::fill(acc, acc + nb8 * 8 * hdv, 0.0f);
+    const int64_t koff = static_cast<int64_t>(g) * hd, voff = static_cast<int64_t>(g) * hdv;
     for (int64_t j0 = 0; j0 < n_pos; j0 += kTile) {
-      const int nt = static_cast<int>(std::min<int64_t>(kTile, n_pos - j0));
-      // Scores for the tile, all heads of the group (each K row read once).
-      for (int jj = 0; jj < nt; ++jj) {
-        const uint8_t* kr = K.row(j0 + jj);
-        for (int h = 0; h < group; ++h)
-          sc[h * kTile + jj] = s.scale * kdot(vf, K.type, qg + h * hd, qq + h * qq_floats, kr, static_cast<int64_t>(g) * hd, hd);
+      const int64_t nt = std::min<int64_t>(kTile, n_pos - j0);
+      const float* kp = ktile;
+      int64_t ldk = hd;
+      if (K.type == DType::F32) {
+        kp = reinterpret_cast<const float*>(K.row(j0)) + koff;
+        ldk = static_cast<int64_t>(K.row_bytes / sizeof(float));
+      } else {
+        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, K.type, K.row(j0 + jj), koff, ktile + jj * hd, hd);
       }
-      // Online softmax update per head.
-      for (int h = 0; h < group; ++h) {
-        float* sh = sc + h * kTile;
-        float tmax = m[h];
-        for (int jj = 0; jj < nt; ++jj) tmax = std::max(tmax, sh[jj]);
-        const float corr = std::exp(m[h] - tmax);  // 0 on the first tile (m = -inf)
-        float sum = 0.0f;
-        for (int jj = 0; jj < nt; ++jj) {
-          sh[jj] = std::exp(sh[jj] - tmax);
-          sum += sh[jj];
-        }
-        if (corr != 1.0f) vf.scale(acc + static_cast<size_t>(h) * hdv, corr, hdv);
-        l[h] = l[h] * corr + sum;
-        m[h] = tmax;
+      const float* vp = vtile;
+      int64_t ldv = hdv;
+      if (V.type == DType::F32) {
+        vp = reinterpret_cast<const float*>(V.row(j0)) + voff;
+        ldv = static_cast<int64_t>(V.row_bytes / sizeof(float));
+      } else {
+        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, V.type, V.row(j0 + jj), voff, vtile + jj * hdv, hdv);
       }
-      for (int jj = 0; jj < nt; ++jj) {
-        const uint8_t* vr = V.row(j0 + jj);
-        if (v_direct) {
-          for (int h = 0; h < group; ++h)
-            vaxpy(vf, V.type, sc[h * kTile + jj], vr, static_cast<int64_t>(g) * hdv, acc + static_cast<size_t>(h) * hdv, hdv, vtmp);
-        } else {
-          // Dequantize this row's segment once for all heads of the group.
-          dequantize_row(V.type, vr + elem_offset(V.type, static_cast<int64_t>(g) * hdv), vtmp, hdv);
-          for (int h = 0; h < group; ++h) vf.axpy(sc[h * kTile + jj], vtmp, acc + static_cast<size_t>(h) * hdv, hdv);
-        }
+      for (int b = 0; b < nb8; ++b) {
+        float* sb = sc + b * kTile * 8;
+        vf.qk_tile8(qt + b * hd * 8, kp, ldk, hd, nt, sb);
+        vf.softmax_tile8(sb, nt, m + b * 8, l + b * 8, corr + b * 8);
+        const int nh = std::min(8, group - b * 8);
+        for (int i = 0; i < nh; ++i)
+          if (corr[b * 8 + i] != 1.0f) vf.scale(acc + (b * 8 + i) * hdv, corr[b * 8 + i], hdv);
+        vf.pv_tile8(sb, nh, vp, ldv, nt, hdv, acc + b * 8 * hdv, hdv);
       }
     }
     float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
     for (int h = 0; h < group; ++h) {
       const float inv = 1.0f / l[h];
-      for (int d = 0; d < hdv; ++d) o[h * hdv + d] = acc[static_cast<size_t>(h) * hdv + d] * inv;
+      for (int64_t d = 0; d < hdv; ++d) o[h * hdv + d] = acc[h * hdv + d] * inv;
     }
   });
 }

@@ -23,8 +23,8 @@ struct KVRows {
   const uint8_t* row(int64_t j) const { return base + static_cast<size_t>(j) * row_bytes; }
 };
 
-// Element types attention can read in place. Quantized K is multiplied in integers against
-// the query converted to K's partner type; quantized V rows are dequantized per head segment.
+// Element types attention can read in place: F32 rows are used as they are; F16, BF16, Q8_0 and Q4_0 rows
+// are converted to f32 one tile (64 positions) of one KV head at a time, never as a whole-cache copy.
 bool kv_cache_type_supported(DType t);
 
 struct AttentionShape {
