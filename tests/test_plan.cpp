@@ -19,14 +19,6 @@ using namespace lokal;
 using lokal::test::data_path;
 using lokal::test::run_lokal;
 
-#if defined(__SANITIZE_ADDRESS__)
-#define LOKAL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LOKAL_ASAN 1
-#endif
-#endif
-
 namespace {
 
 constexpr uint64_t MiB = 1024 * 1024;
@@ -299,9 +291,8 @@ void check_rss(const RssCase& c) {
 }  // namespace
 
 TEST(PlanRss, PredictedPeakWithinFivePercentOfMeasured) {
-#ifdef LOKAL_ASAN
-  GTEST_SKIP() << "AddressSanitizer adds shadow memory and redzones to the RSS; this is checked in the Release run";
-#else
+  if (lokal::test::kAddressSanitizer)
+    GTEST_SKIP() << "AddressSanitizer adds shadow memory and redzones to the RSS; this is checked in the Release run";
   // A TinyLlama-1.1B-shaped model (random weights, Q4_0) at context 8192 with a q8_0 cache.
   const std::string big = (fs::temp_directory_path() / ("lokal_plan_" + std::to_string(::getpid()) + "_tl.gguf")).string();
   struct Remove {
@@ -320,7 +311,6 @@ TEST(PlanRss, PredictedPeakWithinFivePercentOfMeasured) {
   check_rss({big, "-c 2048 --ctk f16 --ctv q4_0 -b 128 --no-mmap"});
   check_rss({data_path("models/real/tinytales-4m-f32.gguf"), "-c 256 --ctk f16 --ctv f16 -b 256"});
   check_rss({data_path("models/real/llama-2-tiny-random-f16.gguf"), "-c 1024 --ctk bf16 --ctv f16 -b 64"});
-#endif
 }
 
 // Context overflow: stop with a reason by default; with the shift policy, generation goes on past the context and
