@@ -32,13 +32,7 @@ std::string patched_copy(const std::string& src, const std::string& from, const 
   return out;
 }
 
-void expect_one_line_error(const Result& r, const std::string& must_contain) {
-  EXPECT_NE(r.rc, 0);
-  ASSERT_FALSE(r.err.empty());
-  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "expected exactly one line, got: " << r.err;
-  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(must_contain), std::string::npos) << "message: " << r.err;
-}
+using lokal::test::expect_one_line_error;
 
 TEST(Cli, GreedyRunMatchesLlamaCppText) {
   auto g = nlohmann::json::parse(lokal::test::read_file(lokal::test::data_path("golden/logits/stories260K.p1.json")));

@@ -31,13 +31,9 @@ std::string shared_arg(const std::string& rel) {
   return q;
 }
 
-void expect_one_line_error(const Result& r, const std::string& must_contain) {
-  EXPECT_NE(r.rc, 0);
-  ASSERT_FALSE(r.err.empty());
-  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "expected exactly one line, got: " << r.err;
-  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(must_contain), std::string::npos) << "message: " << r.err;
-  EXPECT_TRUE(r.out.empty()) << r.out;
+// Every failure of the CLI here must also leave stdout empty.
+void expect_failure(const lokal::test::CliResult& r, const std::string& must_contain) {
+  lokal::test::expect_one_line_error(r, must_contain, true);
 }
 
 // "PPL = 127.2531 +/- 18.17554 over ..." -> {ppl, err}
@@ -127,23 +123,23 @@ TEST(CliPerplexity, SaveLogitsWritesTheDocumentedFile) {
 TEST(CliPerplexity, BadInputsGiveOneClearLine) {
   const std::string stories = shared_arg("models/real/stories260K.gguf");
   const std::string text = shared_arg("golden/ppl-text.txt");
-  expect_one_line_error(run_lokal("perplexity -m /nonexistent.gguf -f " + text), "nonexistent.gguf");
-  expect_one_line_error(run_lokal("perplexity -m " + stories + " -f /nonexistent.txt"), "nonexistent.txt");
-  expect_one_line_error(run_lokal("perplexity -m " + stories), "--file");
+  expect_failure(run_lokal("perplexity -m /nonexistent.gguf -f " + text), "nonexistent.gguf");
+  expect_failure(run_lokal("perplexity -m " + stories + " -f /nonexistent.txt"), "nonexistent.txt");
+  expect_failure(run_lokal("perplexity -m " + stories), "--file");
   // Too short a text for the context: the numbers are named.
   const std::string short_text = (fs::temp_directory_path() / ("lokal_cliq_short_" + std::to_string(::getpid()))).string();
   std::ofstream(short_text) << "Once upon a time there was a little cat.\n";
-  expect_one_line_error(run_lokal("perplexity -m " + stories + " -f '" + short_text + "' -c 64"), "at least 128");
+  expect_failure(run_lokal("perplexity -m " + stories + " -f '" + short_text + "' -c 64"), "at least 128");
   fs::remove(short_text);
   // Above the trained context (tinytales: 256) without --allow-long-ctx.
   const std::string books = shared_arg("golden/ppl-text-books.txt");
-  expect_one_line_error(run_lokal("perplexity -m " + shared_arg("models/real/tinytales-4m-q8_0.gguf") + " -f " + books + " -c 512"),
+  expect_failure(run_lokal("perplexity -m " + shared_arg("models/real/tinytales-4m-q8_0.gguf") + " -f " + books + " -c 512"),
                         "trained context of 256");
-  expect_one_line_error(run_lokal("perplexity -m " + stories + " -f " + text + " --chunks 0"), "chunks");
-  expect_one_line_error(run_lokal("perplexity -m " + stories + " -f " + text + " -c 2"), "at least 4");
-  expect_one_line_error(run_lokal("perplexity -m " + stories + " -f " + text + " -c 128 --save-logits /nonexistent/dir/x.lpf"),
+  expect_failure(run_lokal("perplexity -m " + stories + " -f " + text + " --chunks 0"), "chunks");
+  expect_failure(run_lokal("perplexity -m " + stories + " -f " + text + " -c 2"), "at least 4");
+  expect_failure(run_lokal("perplexity -m " + stories + " -f " + text + " -c 128 --save-logits /nonexistent/dir/x.lpf"),
                         "/nonexistent/dir/x.lpf");
-  expect_one_line_error(run_lokal("perplexity -m " + shared_arg("golden/prompts.json") + " -f " + text), "not a GGUF file");
+  expect_failure(run_lokal("perplexity -m " + shared_arg("golden/prompts.json") + " -f " + text), "not a GGUF file");
 }
 
 TEST(CliPerplexity, LongContextNeedsTheFlag) {
@@ -208,12 +204,12 @@ TEST(CliCompare, MarkdownTable) {
 
 TEST(CliCompare, BadInputsGiveOneClearLine) {
   const std::string books = shared_arg("golden/ppl-text-books.txt");
-  expect_one_line_error(run_lokal("compare " + tinytales("f32") + " " +
+  expect_failure(run_lokal("compare " + tinytales("f32") + " " +
                                   shared_arg("models/real/tinytales-draft-v1024-f32.gguf") + " -f " + books + " -c 256"),
                         "tinytales-draft-v1024-f32.gguf: its vocabulary has 1024 tokens");
-  expect_one_line_error(run_lokal("compare " + tinytales("f32") + " -f " + books), "at least one other model");
-  expect_one_line_error(run_lokal("compare " + tinytales("f32") + " /nonexistent.gguf -f " + books), "nonexistent.gguf");
-  expect_one_line_error(run_lokal("compare " + tinytales("f32") + " " + tinytales("q8_0") + " -f " + books + " -c 512"),
+  expect_failure(run_lokal("compare " + tinytales("f32") + " -f " + books), "at least one other model");
+  expect_failure(run_lokal("compare " + tinytales("f32") + " /nonexistent.gguf -f " + books), "nonexistent.gguf");
+  expect_failure(run_lokal("compare " + tinytales("f32") + " " + tinytales("q8_0") + " -f " + books + " -c 512"),
                         "trained context of 256");
 }
 

@@ -184,13 +184,7 @@ using lokal::test::run_lokal;
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 
-void expect_one_line_error(const CliResult& r, const std::string& must_contain) {
-  EXPECT_NE(r.rc, 0);
-  ASSERT_FALSE(r.err.empty());
-  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "expected exactly one line, got: " << r.err;
-  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(must_contain), std::string::npos) << "message: " << r.err;
-}
+using lokal::test::expect_one_line_error;
 
 }  // namespace
 

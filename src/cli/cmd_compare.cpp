@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/compare.h"
+#include "engine/plan.h"
 
 namespace lokal::cli {
 
@@ -34,16 +35,8 @@ std::pair<DType, DType> parse_kv_pair(const std::string& s) {
   return {parse_kv_type(s.substr(0, slash), "--kv"), parse_kv_type(s.substr(slash + 1), "--kv")};
 }
 
-std::string kv_label_one(DType t) {
-  std::string k = type_name(t);
-  for (char& ch : k) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return k;
-}
-
 std::string kv_label(const CompareRow& r) {
-  std::string k = type_name(r.cache_type_k), v = type_name(r.cache_type_v);
-  for (auto* x : {&k, &v})
-    for (char& ch : *x) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::string k = kv_type_label(r.cache_type_k), v = kv_type_label(r.cache_type_v);
   return k == v ? k : k + "/" + v;
 }
 
@@ -83,8 +76,8 @@ void print_json(const std::vector<CompareRow>& rows) {
     arr.push_back({{"model", r.path},
                    {"base", i == 0},
                    {"file_type", r.file_type},
-                   {"cache_type_k", kv_label_one(r.cache_type_k)},
-                   {"cache_type_v", kv_label_one(r.cache_type_v)},
+                   {"cache_type_k", kv_type_label(r.cache_type_k)},
+                   {"cache_type_v", kv_type_label(r.cache_type_v)},
                    {"file_bytes", r.file_bytes},
                    {"file_mib", static_cast<double>(r.file_bytes) / (1024.0 * 1024.0)},
                    {"n_params", r.n_params},

@@ -115,10 +115,6 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
 
 namespace {
 
-bool kv_type_ok(DType t, int64_t head_dim) {
-  return kv_cache_type_supported(t) && head_dim % type_info(t)->block_size == 0;
-}
-
 std::string settings_str(const ModelFacts& m, const RunSettings& s) {
   std::ostringstream o;
   o << m.path << " (" << m.type_label << "), ctx " << s.n_ctx << ", KV " << kv_type_label(s.type_k) << "/"
@@ -141,10 +137,10 @@ Plan make_plan(const PlanRequest& req) {
   });
 
   for (const auto& m : req.models) {
-    if (req.type_k && !kv_type_ok(*req.type_k, m.cfg.head_dim))
+    if (req.type_k && !kv_cache_type_fits(*req.type_k, m.cfg.head_dim))
       throw Error(std::string("KV cache type ") + kv_type_label(*req.type_k) + " does not fit " + m.path +
                   ": its head size " + std::to_string(m.cfg.head_dim) + " is not a multiple of the type's block");
-    if (req.type_v && !kv_type_ok(*req.type_v, m.cfg.head_dim_v))
+    if (req.type_v && !kv_cache_type_fits(*req.type_v, m.cfg.head_dim_v))
       throw Error(std::string("KV cache type ") + kv_type_label(*req.type_v) + " does not fit " + m.path +
                   ": its value head size " + std::to_string(m.cfg.head_dim_v) + " is not a multiple of the type's block");
     if (req.n_ctx > 0 && req.n_ctx > m.cfg.n_ctx_train && m.cfg.n_ctx_train > 0)
@@ -158,7 +154,7 @@ Plan make_plan(const PlanRequest& req) {
     for (DType t : {DType::F16, DType::Q8_0, DType::Q4_0}) {
       if (t == DType::Q4_0 && !allow_q4) continue;
       const DType k = req.type_k.value_or(t), v = req.type_v.value_or(t);
-      if (!kv_type_ok(k, m.cfg.head_dim) || !kv_type_ok(v, m.cfg.head_dim_v)) continue;
+      if (!kv_cache_type_fits(k, m.cfg.head_dim) || !kv_cache_type_fits(v, m.cfg.head_dim_v)) continue;
       if (std::find(out.begin(), out.end(), std::make_pair(k, v)) == out.end()) out.emplace_back(k, v);
     }
     return out;

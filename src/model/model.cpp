@@ -118,15 +118,6 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   return m;
 }
 
-namespace {
-void check_cache_type(DType t, int64_t head_dim) {
-  if (!kv_cache_type_supported(t))
-    throw Error(std::string("KV cache type ") + type_name(t) + " is not supported (supported: f32, f16, bf16, q8_0, q4_0)");
-  if (head_dim % type_info(t)->block_size != 0)
-    throw Error(std::string("KV cache type ") + type_name(t) + " needs a head size that is a multiple of " +
-                std::to_string(type_info(t)->block_size) + "; this model's is " + std::to_string(head_dim));
-}
-}  // namespace
 
 size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v) {
   return static_cast<size_t>(cfg.n_layer * n_ctx) * (row_size(type_k, cfg.n_embd_k()) + row_size(type_v, cfg.n_embd_v()));
@@ -135,8 +126,8 @@ size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, D
 KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v)
     : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()), type_k_(type_k), type_v_(type_v) {
   if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
-  check_cache_type(type_k, cfg.head_dim);
-  check_cache_type(type_v, cfg.head_dim_v);
+  check_kv_cache_type(type_k, cfg.head_dim);
+  check_kv_cache_type(type_v, cfg.head_dim_v);
   row_k_ = row_size(type_k, n_embd_k_);
   row_v_ = row_size(type_v, n_embd_v_);
   layer_k_ = row_k_ * static_cast<size_t>(n_ctx);

@@ -19,18 +19,25 @@ constexpr int kTile = 64;
 inline size_t elem_offset(DType t, int64_t off) { return off == 0 ? 0 : row_size(t, off); }
 
 void check_types(const AttentionShape& s, const KVRows& K, const KVRows& V) {
-  for (auto [t, hd] : {std::pair{K.type, s.head_dim}, std::pair{V.type, s.head_dim_v}}) {
-    if (!kv_cache_type_supported(t))
-      throw Error(std::string("KV cache type ") + type_name(t) + " is not supported (supported: f32, f16, bf16, q8_0, q4_0)");
-    if (hd % type_info(t)->block_size != 0)
-      throw Error(std::string("KV cache type ") + type_name(t) + " needs a head size that is a multiple of " +
-                  std::to_string(type_info(t)->block_size) + ", this model's is " + std::to_string(hd));
-  }
+  check_kv_cache_type(K.type, s.head_dim);
+  check_kv_cache_type(V.type, s.head_dim_v);
 }
 }  // namespace
 
 bool kv_cache_type_supported(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0;
+}
+
+bool kv_cache_type_fits(DType t, int64_t head_dim) {
+  return kv_cache_type_supported(t) && head_dim % type_info(t)->block_size == 0;
+}
+
+void check_kv_cache_type(DType t, int64_t head_dim) {
+  if (!kv_cache_type_supported(t))
+    throw Error(std::string("KV cache type ") + type_name(t) + " is not supported (supported: f32, f16, bf16, q8_0, q4_0)");
+  if (head_dim % type_info(t)->block_size != 0)
+    throw Error(std::string("KV cache type ") + type_name(t) + " needs a head size that is a multiple of " +
+                std::to_string(type_info(t)->block_size) + "; this model's is " + std::to_string(head_dim));
 }
 
 size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {

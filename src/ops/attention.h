@@ -26,6 +26,10 @@ struct KVRows {
 // Element types attention can read in place: F32 rows are used as they are; F16, BF16, Q8_0 and Q4_0 rows
 // are converted to f32 one tile (64 positions) of one KV head at a time, never as a whole-cache copy.
 bool kv_cache_type_supported(DType t);
+// Whether a cache of type t can hold heads of head_dim values (supported, and the block divides the head).
+bool kv_cache_type_fits(DType t, int64_t head_dim);
+// Throws lokal::Error saying which of the two fails.
+void check_kv_cache_type(DType t, int64_t head_dim);
 
 struct AttentionShape {
   int n_head = 0;

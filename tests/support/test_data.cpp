@@ -79,6 +79,17 @@ CliResult run_lokal(const std::string& args) {
   return r;
 }
 
+void expect_one_line_error(const CliResult& r, const std::string& must_contain, bool no_stdout) {
+  EXPECT_NE(r.rc, 0);
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "expected exactly one line, got: " << r.err;
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << "message: " << r.err;
+  if (no_stdout) {
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
 TempDir::TempDir(const std::string& prefix) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "global";

@@ -37,6 +37,10 @@ struct CliResult {
 };
 CliResult run_lokal(const std::string& args);
 
+// Checks a failed command: non-zero status, exactly one stderr line "error: ...", containing `must_contain`;
+// with no_stdout, nothing on stdout either.
+void expect_one_line_error(const CliResult& r, const std::string& must_contain, bool no_stdout = false);
+
 // A fresh folder for the running test (named after it and the process, so parallel test processes never share
 // one), removed with everything in it when the object goes away.
 class TempDir {
