@@ -74,6 +74,7 @@ class GGUFFile {
   size_t file_size() const { return size_; }
   const uint8_t* buffer() const { return base_; }
   const MappedFile* mapped() const { return file_.get(); }
+  MappedFile* mapped() { return file_.get(); }  // null for parse()d buffers
 
   // Metadata, in file order.
   const std::vector<std::pair<std::string, GGUFValue>>& kv() const { return kv_; }

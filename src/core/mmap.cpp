@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 #include "core/error.h"
 
@@ -36,7 +37,7 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
     return;
   }
   if (use_mmap) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       int e = errno;
       ::close(fd);
@@ -83,6 +84,24 @@ void MappedFile::prefetch(size_t offset, size_t len) const {
   volatile uint8_t sink = 0;  // older kernels: touch one byte per page
   for (size_t o = start; o < end; o += page) sink = static_cast<uint8_t>(sink ^ data_[o]);
   (void)sink;
+}
+
+uint8_t* MappedFile::writable(size_t offset, size_t len) {
+  if (offset > size_ || len > size_ - offset)
+    throw Error(path_ + ": writable range [" + std::to_string(offset) + ", +" + std::to_string(len) + ") is outside the file");
+  if (!mapped_) return buffer_.data() + offset;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t start = offset / page * page;
+  uint8_t* base = const_cast<uint8_t*>(data_) + start;
+  if (len > 0 && ::mprotect(base, offset + len - start, PROT_READ | PROT_WRITE) != 0)
+    throw Error(path_ + ": cannot make the mapping writable: " + std::strerror(errno));
+  // Fault the pages in as this process's private copies in one call: copying each page on its first
+  // write instead would replace a read-only mapping per page (a TLB flush across threads each time).
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux >= 5.14
+#endif
+  if (len > 0) (void)::madvise(base, offset + len - start, MADV_POPULATE_WRITE);
+  return const_cast<uint8_t*>(data_) + offset;
 }
 
 bool MappedFile::lock(std::string* why) {

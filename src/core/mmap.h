@@ -9,7 +9,7 @@ namespace lokal {
 
 class MappedFile {
  public:
-  // Maps `path` read-only. With use_mmap=false the file is read into memory instead.
+  // Maps `path` read-only (private mapping). With use_mmap=false the file is read into memory instead.
   // Throws lokal::Error naming the file on any failure (missing, directory, unreadable).
   explicit MappedFile(const std::string& path, bool use_mmap = true);
   ~MappedFile();
@@ -23,6 +23,10 @@ class MappedFile {
 
   // Read [offset, offset+len) ahead and map its pages into this process (no-op without mmap).
   void prefetch(size_t offset, size_t len) const;
+  // Writable pointer to [offset, offset+len) for rewriting weights in place (the model loader's
+  // repacking). The mapping is private: written pages become this process's own copies, the file
+  // on disk never changes. Throws lokal::Error if the pages cannot be made writable.
+  uint8_t* writable(size_t offset, size_t len);
   // Try to lock the pages in RAM; returns false (with errno text in *why) if refused.
   bool lock(std::string* why);
 

@@ -1,11 +1,14 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "core/quant.h"
+#include "ops/packed.h"
 
 namespace lokal {
 
@@ -49,6 +52,48 @@ const float* Model::vector(const std::string& name, int64_t n, bool required) {
   owned_.emplace_back(new float[static_cast<size_t>(n)]);
   dequantize_row(t->type, t->data, owned_.back().get(), n);
   return owned_.back().get();
+}
+
+void Model::repack_weights() {
+  MappedFile* mf = gguf_->mapped();
+  if (!mf) return;
+  std::vector<WeightView*> todo;
+  for (LayerWeights& L : layers)
+    for (WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) todo.push_back(w);
+  todo.push_back(&output);  // tied: the same bytes as tok_embd, whose rows get_row then unpacks
+  std::vector<WeightView*> go;
+  for (WeightView* w : todo)
+    if (w->data && pack_worthwhile(w->type, w->rows, w->cols)) go.push_back(w);
+  if (go.empty()) return;
+  // Each matrix is rewritten group by group in place; matrices are spread over the CPU's threads.
+  std::atomic<size_t> next{0};
+  std::exception_ptr err;
+  std::atomic<bool> failed{false};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < go.size();) {
+      WeightView& w = *go[i];
+      try {
+        const size_t bytes = w.row_bytes * static_cast<size_t>(w.rows);
+        uint8_t* p = mf->writable(static_cast<size_t>(w.data - mf->data()), bytes);
+        pack_matrix_inplace(w.type, w.rows, w.cols, p);
+      } catch (...) {
+        if (!failed.exchange(true)) err = std::current_exception();
+        return;
+      }
+    }
+  };
+  const unsigned nth = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> ts;
+  for (unsigned t = 1; t < nth; ++t) ts.emplace_back(work);
+  work();
+  for (auto& t : ts) t.join();
+  if (err) std::rethrow_exception(err);
+  for (WeightView* w : go) {
+    w->packed = true;
+    ++packed_tensors_;
+    packed_bytes_ += w->row_bytes * static_cast<size_t>(w->rows);
+  }
+  if (tied_output) tok_embd.packed = output.packed;
 }
 
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
@@ -102,6 +147,8 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   for (const LayerWeights& L : m->layers)
     for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) act(*w);
 
+  // Packed matrices first (their pages are faulted in as private copies), then the rest of the file.
+  if (opt.repack) m->repack_weights();
   if (const MappedFile* mf = f.mapped()) {
     if (opt.prefetch && mf->is_mapped()) mf->prefetch(0, f.file_size());
   }

@@ -20,6 +20,9 @@ struct LoadOptions {
   bool use_mmap = true;
   bool mlock = false;
   bool prefetch = true;   // ask the kernel to read the weights ahead (avoids first-token page faults)
+  // Rewrite Q4_0 / Q8_0 matrices in place into the 16-row interleaved layout of ops/packed.h when the
+  // CPU has a kernel for it (same memory; the file on disk is not changed). LOKAL_REPACK=0 disables.
+  bool repack = true;
 };
 
 struct LayerWeights {
@@ -45,6 +48,9 @@ class Model {
   // The largest matmul_scratch_row_bytes of the matrices the forward pass multiplies with.
   size_t max_act_row_bytes() const { return max_act_row_; }
   bool mlocked() const { return mlocked_; }
+  // Matrices rewritten into the packed layout at load, and their bytes.
+  int64_t packed_tensors() const { return packed_tensors_; }
+  size_t packed_bytes() const { return packed_bytes_; }
 
   WeightView tok_embd;
   WeightView output;                 // == tok_embd when embeddings are tied
@@ -57,6 +63,7 @@ class Model {
   Model() = default;
   WeightView matrix(const std::string& name, int64_t cols, int64_t rows, bool required = true);
   const float* vector(const std::string& name, int64_t n, bool required = true);
+  void repack_weights();
 
   ModelConfig cfg_;
   std::unique_ptr<GGUFFile> gguf_;
@@ -66,6 +73,8 @@ class Model {
   size_t weight_bytes_ = 0;
   size_t max_act_row_ = 0;
   bool mlocked_ = false;
+  int64_t packed_tensors_ = 0;
+  size_t packed_bytes_ = 0;
 };
 
 // Key/value cache for one sequence: per layer, n_ctx rows (one per position) holding the

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/quant.h"
+#include "ops/packed.h"
 #include "ops/vec_dot.h"
 
 namespace lokal {
@@ -90,16 +91,65 @@ void add_inplace(float* y, const float* x, int64_t n) {
 
 void get_row(const WeightView& W, int64_t r, float* out) {
   if (r < 0 || r >= W.rows) throw Error("row index " + std::to_string(r) + " out of range");
+  if (W.packed) {
+    thread_local std::vector<uint8_t> row;
+    row.resize(W.row_bytes);
+    unpack_row(W.type, W.cols, W.data, r, row.data());
+    dequantize_row(W.type, row.data(), out, W.cols);
+    return;
+  }
   dequantize_row(W.type, W.row(r), out, W.cols);
 }
 
 size_t matmul_scratch_row_bytes(DType w, int64_t cols) {
   const DType at = vec_dot_type(w);
-  return at == DType::F32 ? 0 : row_size(at, cols);
+  size_t b = at == DType::F32 ? 0 : row_size(at, cols);
+  if (pack_supported(w) && cols % 32 == 0) b = std::max(b, packed_act_row_size(cols));  // the loader may pack w
+  return b;
 }
+
+namespace {
+
+// Packed weights (ops/packed.h): groups of 16 rows, every token of the call against each group.
+void matmul_packed(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
+                   std::vector<uint8_t>& scratch) {
+  const size_t act_row = packed_act_row_size(W.cols);
+  if (scratch.size() < act_row * static_cast<size_t>(n_tok)) scratch.resize(act_row * static_cast<size_t>(n_tok));
+  uint8_t* A = scratch.data();
+  if (n_tok >= 4) {
+    pool.parallel_for(n_tok, [&](int64_t t, int) {
+      quantize_activation_packed(W.type, X + t * W.cols, A + static_cast<size_t>(t) * act_row, W.cols);
+    });
+  } else {
+    for (int64_t t = 0; t < n_tok; ++t)
+      quantize_activation_packed(W.type, X + t * W.cols, A + static_cast<size_t>(t) * act_row, W.cols);
+  }
+  const int64_t nth = pool.size();
+  const int64_t ng = W.rows / kPackRows;
+  const size_t gs = W.row_bytes * kPackRows;
+  // Token tiles of at most 64 (their activations stay in L2) outermost, so consecutive items share
+  // them; an item is a few groups (each 16 rows, ~18 KB at 2048 Q4_0 columns) x one token tile.
+  // Groups per item: up to 4, fewer until there are >= 8 items per thread (both cores busy).
+  constexpr int64_t kTokTile = 64;
+  const int64_t tok_tile = std::min(n_tok, kTokTile);
+  const int64_t n_tt = (n_tok + tok_tile - 1) / tok_tile;
+  int64_t gpi = 4;
+  while (gpi > 1 && ((ng + gpi - 1) / gpi) * n_tt < 8 * nth) gpi /= 2;
+  const int64_t n_gi = (ng + gpi - 1) / gpi;
+  pool.parallel_for(n_gi * n_tt, [&](int64_t item, int) {
+    const int64_t tt = item / n_gi, gi = item % n_gi;
+    const int64_t t0 = tt * tok_tile, t1 = std::min(n_tok, t0 + tok_tile);
+    const int64_t g0 = gi * gpi, g1 = std::min(ng, g0 + gpi);
+    vec_dot_packed(W.type, W.cols, W.data + static_cast<size_t>(g0) * gs, gs, g1 - g0, A + static_cast<size_t>(t0) * act_row,
+                   act_row, t1 - t0, Y + t0 * ldy + g0 * kPackRows, ldy);
+  });
+}
+
+}  // namespace
 
 void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
             std::vector<uint8_t>& scratch) {
+  if (W.packed) return matmul_packed(pool, W, X, n_tok, Y, ldy, scratch);
   const DType at = vec_dot_type(W.type);
   const size_t act_row = row_size(at, W.cols);
   const void* act = X;

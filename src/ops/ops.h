@@ -12,12 +12,15 @@ namespace lokal {
 
 // A 2-D weight matrix as stored in GGUF: n_rows rows of `cols` elements each, of type `type`,
 // row-major, rows `row_bytes` apart. Points into the mapped file (no copy).
+// packed: the loader rewrote the rows in place into the 16-row interleaved layout of ops/packed.h
+// (same bytes in all; row(r) is then not a canonical row: use get_row / unpack_row).
 struct WeightView {
   DType type = DType::F32;
   int64_t cols = 0;     // ne[0]: input features
   int64_t rows = 0;     // ne[1]: output features
   size_t row_bytes = 0;
   const uint8_t* data = nullptr;
+  bool packed = false;
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
 };
 

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/quant.h"
+#include "ops/packed.h"
 #include "ops/vec_dot_impl.h"
 
 namespace lokal {
@@ -529,6 +530,19 @@ void vec_dot_tile(DType w, int64_t n, const void* wrows, size_t w_stride, int64_
 bool vec_dot_has_tile(DType w) {
   const auto id = static_cast<uint32_t>(w);
   return id < static_cast<uint32_t>(detail::kMaxTypeId) && active().load(std::memory_order_relaxed)->tile[id];
+}
+
+void vec_dot_packed(DType w, int64_t n, const void* groups, size_t g_stride, int64_t ng, const void* act,
+                    size_t a_stride, int64_t nt, float* y, int64_t ldy) {
+  const int id = checked_id(w);
+  if (const detail::PackedFn f = active().load(std::memory_order_relaxed)->packed[id])
+    return f(n, groups, g_stride, ng, act, a_stride, nt, y, ldy);
+  vec_dot_packed_ref(w, n, groups, g_stride, ng, act, a_stride, nt, y, ldy);
+}
+
+bool vec_dot_has_packed(DType w) {
+  const auto id = static_cast<uint32_t>(w);
+  return id < static_cast<uint32_t>(detail::kMaxTypeId) && active().load(std::memory_order_relaxed)->packed[id];
 }
 
 const char* vec_dot_isa() { return active().load(std::memory_order_relaxed)->name; }

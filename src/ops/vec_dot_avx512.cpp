@@ -243,6 +243,7 @@ void fill_avx512(KernelSet& ks) {
   ks.dot[tid(DType::Q5_K)] = dot_q5_k_512;
   ks.dot[tid(DType::Q6_K)] = dot_q6_k_512;
   fill_avx512_gemm(ks);
+  fill_avx512_packed(ks);
 }
 
 }  // namespace lokal::detail

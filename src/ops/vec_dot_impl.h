@@ -17,6 +17,11 @@ using QuantActFn = void (*)(const float* x, void* dst, int64_t n);
 using VecDotTileFn = void (*)(int64_t n, const void* w, size_t w_stride, int64_t nr, const void* a, size_t a_stride,
                               int64_t nt, float* y, int64_t ldy);
 
+// Packed (16-row interleaved, ops/packed.h) groups x tokens: y[t * ldy + 16 g + i] for g in [0, ng),
+// t in [0, nt); activations are BlockQ8S rows.
+using PackedFn = void (*)(int64_t n, const void* groups, size_t g_stride, int64_t ng, const void* a, size_t a_stride,
+                          int64_t nt, float* y, int64_t ldy);
+
 constexpr int kMaxTypeId = 40;
 
 struct KernelSet {
@@ -24,6 +29,7 @@ struct KernelSet {
   VecDotFn dot[kMaxTypeId] = {};
   QuantActFn quant[kMaxTypeId] = {};  // activation quantizer for weight type id
   VecDotTileFn tile[kMaxTypeId] = {};  // multi-token kernels (null: per-pair loop over dot)
+  PackedFn packed[kMaxTypeId] = {};    // packed-layout kernels (null: the scalar reference)
 };
 
 static inline int tid(DType t) { return static_cast<int>(t); }
@@ -39,5 +45,7 @@ void fill_avx512(KernelSet& ks);
 // Multi-token (prefill) kernels: gemm_avx2.cpp, gemm_avx512.cpp (called by fill_avx2/fill_avx512).
 void fill_avx2_gemm(KernelSet& ks);
 void fill_avx512_gemm(KernelSet& ks);
+// Packed-layout kernels: packed_avx512.cpp (called by fill_avx512).
+void fill_avx512_packed(KernelSet& ks);
 
 }  // namespace lokal::detail

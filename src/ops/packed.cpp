@@ -1,0 +1,136 @@
+// ops/packed.cpp - packed (16-row interleaved) Q4_0 / Q8_0 layouts: packing, unpacking, the
+// activation format and the scalar reference product. See ops/packed.h for the layout.
+#include "ops/packed.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "core/quant.h"
+#include "ops/vec_dot.h"
+
+namespace lokal {
+
+namespace {
+
+// Bytes of one canonical block and of one block's codes.
+size_t block_bytes(DType w) { return w == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0); }
+int code_bytes(DType w) { return w == DType::Q4_0 ? 16 : 32; }
+
+void check_packable(DType w, int64_t rows, int64_t cols) {
+  if (!pack_supported(w)) throw Error(std::string("no packed layout for tensor type ") + type_name(w));
+  if (rows % kPackRows != 0 || cols % 32 != 0 || cols <= 0)
+    throw Error("packed layout needs rows % 16 == 0 and cols % 32 == 0, got " + std::to_string(rows) + " x " +
+                std::to_string(cols));
+}
+
+// One group: 16 canonical rows (src, row_bytes apart) -> packed bytes (dst). Copies 4 code bytes
+// at a time (Q8_0's flipped as one 32-bit XOR).
+void pack_group(DType w, int64_t nb, const uint8_t* src, size_t row_bytes, uint8_t* dst) {
+  const size_t bb = block_bytes(w);
+  const int chunks = code_bytes(w) / 4;
+  const uint32_t flip = w == DType::Q8_0 ? 0x80808080u : 0u;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* o = dst + static_cast<size_t>(b) * kPackRows * bb;
+    for (int r = 0; r < kPackRows; ++r) {
+      const uint8_t* blk = src + static_cast<size_t>(r) * row_bytes + static_cast<size_t>(b) * bb;
+      std::memcpy(o + 2 * r, blk, 2);  // fp16 d is the first member of both block types
+      for (int c = 0; c < chunks; ++c) {
+        uint32_t v;
+        std::memcpy(&v, blk + 2 + 4 * c, 4);
+        v ^= flip;
+        std::memcpy(o + 32 + 64 * c + 4 * r, &v, 4);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool pack_supported(DType w) { return w == DType::Q4_0 || w == DType::Q8_0; }
+
+bool pack_worthwhile(DType w, int64_t rows, int64_t cols) {
+  static const bool disabled = [] {
+    const char* e = std::getenv("LOKAL_REPACK");
+    return e && std::string(e) == "0";
+  }();
+  return !disabled && pack_supported(w) && rows > 0 && rows % kPackRows == 0 && cols > 0 && cols % 32 == 0 &&
+         vec_dot_has_packed(w);
+}
+
+void pack_matrix_inplace(DType w, int64_t rows, int64_t cols, uint8_t* data) {
+  check_packable(w, rows, cols);
+  const size_t rb = row_size(w, cols);
+  const int64_t nb = cols / 32;
+  std::vector<uint8_t> tmp(rb * kPackRows);
+  for (int64_t g = 0; g < rows / kPackRows; ++g) {
+    uint8_t* grp = data + static_cast<size_t>(g) * kPackRows * rb;
+    std::memcpy(tmp.data(), grp, tmp.size());
+    pack_group(w, nb, tmp.data(), rb, grp);
+  }
+}
+
+void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* dst) {
+  check_packable(w, kPackRows, cols);
+  const size_t rb = row_size(w, cols);
+  const size_t bb = block_bytes(w);
+  const int cb = code_bytes(w);
+  const uint8_t flip = w == DType::Q8_0 ? 0x80 : 0x00;
+  const int64_t nb = cols / 32;
+  const uint8_t* grp = data + static_cast<size_t>(r / kPackRows) * kPackRows * rb;
+  const int i = static_cast<int>(r % kPackRows);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = grp + static_cast<size_t>(b) * kPackRows * bb;
+    uint8_t* blk = dst + static_cast<size_t>(b) * bb;
+    std::memcpy(blk, p + 2 * i, 2);
+    for (int c = 0; c < cb / 4; ++c)
+      for (int k = 0; k < 4; ++k) blk[2 + 4 * c + k] = static_cast<uint8_t>(p[32 + 64 * c + 4 * i + k] ^ flip);
+  }
+}
+
+size_t packed_act_row_size(int64_t cols) { return static_cast<size_t>(cols / 32) * sizeof(BlockQ8S); }
+
+void quantize_activation_packed(DType w, const float* x, void* dst, int64_t n) {
+  if (!pack_supported(w)) throw Error(std::string("no packed layout for tensor type ") + type_name(w));
+  // The canonical Q8_0 activation (dispatched kernel), then each block widened: the same codes and
+  // scale, plus the offset correction.
+  thread_local std::vector<uint8_t> q8;
+  q8.resize(row_size(DType::Q8_0, n));
+  quantize_activation(w, x, q8.data(), n);
+  const int32_t c = w == DType::Q4_0 ? 8 : 128;
+  const auto* src = reinterpret_cast<const BlockQ8_0*>(q8.data());
+  auto* out = static_cast<BlockQ8S*>(dst);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) s += src[b].qs[j];
+    out[b].d = fp16_to_fp32(src[b].d);
+    out[b].bias = -c * s;
+    std::memcpy(out[b].qs, src[b].qs, 32);
+  }
+}
+
+void vec_dot_packed_ref(DType w, int64_t n, const void* groups, size_t g_stride, int64_t ng, const void* act,
+                        size_t a_stride, int64_t nt, float* y, int64_t ldy) {
+  check_packable(w, kPackRows, n);
+  std::vector<uint8_t> row(row_size(w, n));
+  std::vector<BlockQ8_0> a8(static_cast<size_t>(n / 32));
+  const auto* gb = static_cast<const uint8_t*>(groups);
+  const auto* ab = static_cast<const uint8_t*>(act);
+  for (int64_t t = 0; t < nt; ++t) {
+    const auto* at = reinterpret_cast<const BlockQ8S*>(ab + static_cast<size_t>(t) * a_stride);
+    for (int64_t b = 0; b < n / 32; ++b) {
+      a8[static_cast<size_t>(b)].d = fp32_to_fp16(at[b].d);  // exact: d came from an fp16
+      std::memcpy(a8[static_cast<size_t>(b)].qs, at[b].qs, 32);
+    }
+    for (int64_t g = 0; g < ng; ++g)
+      for (int i = 0; i < kPackRows; ++i) {
+        unpack_row(w, n, gb + static_cast<size_t>(g) * g_stride, i, row.data());
+        y[t * ldy + g * kPackRows + i] = vec_dot_ref(w, n, row.data(), a8.data());
+      }
+  }
+}
+
+}  // namespace lokal

@@ -1,0 +1,100 @@
+// ops/packed_avx512.cpp - AVX-512 VNNI kernels for the packed (16-row interleaved) Q4_0 / Q8_0
+// layouts of ops/packed.h. This file alone is compiled with those flags and is only called after a
+// CPUID check (vec_dot.cpp).
+//
+// One group of 16 rows x up to 4 tokens per call. Per 32-element block: the 16 rows' codes are 8
+// vectors (chunk k: 4 codes of each row, lined up with activation codes 4k .. 4k+3), decoded once and
+// used for every token; per token 8 vpdpbusd with the activation's 4-byte groups broadcast give the
+// 16 rows' exact block sums (the offset correction -C * sum(y) is the accumulator's start value),
+// then one float step for 16 rows: acc += (d_w * d_y) * sum. No horizontal reductions.
+// Each row's float steps are vec_dot_ref's, in its order: the results equal the scalar reference bit
+// for bit (tests/test_gemm.cpp checks that).
+// Exactness: unsigned weight bytes <= 255, signed activation codes in [-127, 127]: a block sum is
+// below 2^20 in magnitude, exact in int32 (vpdpbusd does not saturate).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "ops/packed.h"
+#include "ops/vec_dot_impl.h"
+
+namespace lokal::detail {
+
+namespace {
+
+inline int32_t ld32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+template <int T, bool Q8>
+void group_xT(int64_t nb, const uint8_t* g, const uint8_t* a, size_t as, float* y, int64_t ldy) {
+  constexpr size_t kBlock = Q8 ? 16 * 34 : 16 * 18;  // bytes of one block of 16 rows
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = g + static_cast<size_t>(b) * kBlock;
+    const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    __m512i w[8];
+    if constexpr (Q8) {
+      for (int k = 0; k < 8; ++k) w[k] = _mm512_loadu_si512(p + 32 + 64 * k);
+    } else {
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(p + 32 + 64 * c);
+        w[c] = _mm512_and_si512(v, m4);                          // elements 4c .. 4c+3
+        w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);  // elements 16+4c .. 16+4c+3
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const auto* yb = reinterpret_cast<const BlockQ8S*>(a + static_cast<size_t>(t) * as) + b;
+      __m512i s0 = _mm512_set1_epi32(yb->bias), s1 = _mm512_setzero_si512();
+      for (int k = 0; k < 8; k += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[k], _mm512_set1_epi32(ld32(yb->qs + 4 * k)));
+        s1 = _mm512_dpbusd_epi32(s1, w[k + 1], _mm512_set1_epi32(ld32(yb->qs + 4 * k + 4)));
+      }
+      // acc += (d_w * d_y) * sum, rounded after each step exactly as vec_dot_ref does (this file is
+      // compiled with -ffp-contract=off so the multiply and add stay separate): bit-identical results.
+      const __m512 dd = _mm512_mul_ps(dx, _mm512_set1_ps(yb->d));
+      acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1))));
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+template <bool Q8>
+void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt,
+                 float* y, int64_t ldy) {
+  const auto* gb = static_cast<const uint8_t*>(groups);
+  const auto* ab = static_cast<const uint8_t*>(act);
+  const int64_t nb = n / 32;
+  for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+    const int64_t T = nt - t0 < 4 ? nt - t0 : 4;
+    const uint8_t* at = ab + static_cast<size_t>(t0) * as;
+    float* yt = y + t0 * ldy;
+    for (int64_t g = 0; g < ng; ++g) {
+      const uint8_t* gp = gb + static_cast<size_t>(g) * gs;
+      float* yg = yt + g * kPackRows;
+      switch (T) {
+        case 4: group_xT<4, Q8>(nb, gp, at, as, yg, ldy); break;
+        case 3: group_xT<3, Q8>(nb, gp, at, as, yg, ldy); break;
+        case 2: group_xT<2, Q8>(nb, gp, at, as, yg, ldy); break;
+        default: group_xT<1, Q8>(nb, gp, at, as, yg, ldy); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void fill_avx512_packed(KernelSet& ks) {
+  ks.packed[tid(DType::Q4_0)] = packed_tile<false>;
+  ks.packed[tid(DType::Q8_0)] = packed_tile<true>;
+}
+
+}  // namespace lokal::detail
