@@ -221,7 +221,7 @@ TEST_P(GemmIsa, MatmulMatchesReference) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Packed (16-row interleaved) Q4_0 / Q8_0 layouts (ops/packed.h)
+// Packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0 layouts (ops/packed.h)
 // ---------------------------------------------------------------------------------------------
 
 // Packs a copy of `rows` canonical rows (stride ws) into a compact packed matrix.
@@ -236,7 +236,7 @@ std::vector<uint8_t> packed_copy(DType w, const Mats& m) {
 TEST(Packed, UnpackGivesBackEveryCanonicalRow) {
   std::mt19937 rng(9);
   std::uniform_int_distribution<int> byte(0, 255);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
     for (int64_t cols : {32, 96, 2048}) {
       for (int64_t rows : {16, 48}) {
         const size_t rb = row_size(w, cols);
@@ -261,7 +261,7 @@ TEST(Packed, UnpackGivesBackEveryCanonicalRow) {
 TEST(Packed, ActivationsAreTheCanonicalQ8_0CodesWithOffset) {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 2.0f);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
     const int64_t n = 96;
     std::vector<float> x(static_cast<size_t>(n));
     for (auto& v : x) v = nd(rng);
@@ -274,7 +274,7 @@ TEST(Packed, ActivationsAreTheCanonicalQ8_0CodesWithOffset) {
       EXPECT_EQ(0, std::memcmp(p[b].qs, canon[b].qs, 32));
       int s = 0;
       for (int8_t q : canon[b].qs) s += q;
-      EXPECT_EQ(p[b].bias, -(w == DType::Q4_0 ? 8 : 128) * s);
+      EXPECT_EQ(p[b].bias, -(w == DType::Q4_0 ? 8 : w == DType::Q5_0 ? 16 : 128) * s);
     }
   }
 }
@@ -286,7 +286,7 @@ TEST_P(GemmIsa, PackedMatchesReference) {
   IsaGuard g(GetParam());
   ASSERT_TRUE(g.ok);
   std::mt19937 rng(41);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
     for (int64_t blocks : {1, 2, 3, 9, 64}) {
       const int64_t n = 32 * blocks;
       const Mats m = make_mats(w, n, 48, 9, rng, blocks % 2 ? 0.05f : 0.5f);
@@ -323,7 +323,7 @@ TEST_P(GemmIsa, PackedIntegerPartsExact) {
   std::mt19937 rng(8);
   std::uniform_int_distribution<int> byte(0, 255), small(-20, 20);
   const uint16_t h_one = fp32_to_fp16(1.0f);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
     for (int64_t blocks : {1, 5, 16}) {
       const int64_t n = 32 * blocks, rows = 32, toks = 6;
       const size_t rb = row_size(w, n), as = row_size(DType::Q8_0, n), pas = packed_act_row_size(n);
@@ -356,7 +356,7 @@ TEST_P(GemmIsa, PackedMatmulAndGetRow) {
   ASSERT_TRUE(g.ok);
   std::mt19937 rng(17);
   ThreadPool pool1(1), pool2(2);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
     for (int64_t rows : {16, 48, 320}) {
       const int64_t n = 32 * 11;
       const Mats m = make_mats(w, n, rows, 0, rng, 0.2f);
@@ -402,7 +402,7 @@ TEST(Gemm, HotTypesHaveTileKernels) {
   if (!set_vec_dot_isa("avx512")) GTEST_SKIP() << "no AVX-512";
   for (DType w : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::F16, DType::BF16, DType::F32})
     EXPECT_TRUE(vec_dot_has_tile(w)) << type_name(w);
-  for (DType w : {DType::Q4_0, DType::Q8_0}) EXPECT_TRUE(vec_dot_has_packed(w)) << type_name(w);
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) EXPECT_TRUE(vec_dot_has_packed(w)) << type_name(w);
   set_vec_dot_isa("best");
 }
 

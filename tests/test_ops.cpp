@@ -238,6 +238,15 @@ TEST(Ops, AttentionTileKernelsMatchReference) {
       f.f16_to_f32(h.data(), y1.data(), hd);
       r.f16_to_f32(h.data(), y2.data(), hd);
       ASSERT_EQ(y1, y2);
+      for (int64_t rows : {1, 5}) {  // strided tile: 3 rows' worth of halves between row starts
+        std::vector<uint16_t> hx(static_cast<size_t>(rows * hd * 3));
+        for (auto& x : hx) x = fp32_to_fp16(nd(rng));
+        std::vector<float> t1(static_cast<size_t>(rows * hd), -7.0f), t2(static_cast<size_t>(rows * hd), 7.0f);
+        f.f16_rows_to_f32(hx.data() + 1, 3 * hd * 2, rows, hd, t1.data());
+        r.f16_rows_to_f32(hx.data() + 1, 3 * hd * 2, rows, hd, t2.data());
+        ASSERT_EQ(t1, t2);
+        for (int64_t i = 0; i < hd; ++i) ASSERT_EQ(t2[static_cast<size_t>((rows - 1) * hd + i)], fp16_to_fp32(hx[static_cast<size_t>((rows - 1) * 3 * hd + 1 + i)]));
+      }
       if (hd % 32 == 0) {
         std::vector<float> x(hd);
         for (auto& e : x) e = nd(rng);

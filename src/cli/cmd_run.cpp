@@ -122,6 +122,10 @@ void run(const RunArgs& a) {
   std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
                ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
+  if (model->packed_tensors() > 0)
+    std::fprintf(stderr, "weights: %lld matrices (%s) repacked at load for the %s kernels (LOKAL_REPACK=0: off)\n",
+                 static_cast<long long>(model->packed_tensors()),
+                 format_bytes(static_cast<double>(model->packed_bytes())).c_str(), vec_dot_isa());
   const ModelConfig& mc = model->config();
   const KVCache& kv = session.kv();
   std::fprintf(stderr, "kv cache: %.2f MiB (%lld cells, %lld layers, 1 seq), K (%s): %.2f MiB, V (%s): %.2f MiB\n",

@@ -98,13 +98,23 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     std::fill(l, l + nb8 * 8, 0.0f);
     std::fill(acc, acc + nb8 * 8 * hdv, 0.0f);
     const int64_t koff = static_cast<int64_t>(g) * hd, voff = static_cast<int64_t>(g) * hdv;
+    const size_t kseg = row_size(K.type, hd), vseg = row_size(V.type, hdv);
+    const size_t kbyte = elem_offset(K.type, koff), vbyte = elem_offset(V.type, voff);
     for (int64_t j0 = 0; j0 < n_pos; j0 += kTile) {
       const int64_t nt = std::min<int64_t>(kTile, n_pos - j0);
+      // Ask for the next tile's K and V segments now (rows are a whole KV row apart: the hardware
+      // prefetchers do not follow that stride far enough ahead at long contexts).
+      for (int64_t jj = j0 + kTile; jj < std::min<int64_t>(n_pos, j0 + 2 * kTile); ++jj) {
+        for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.row(jj) + kbyte + o);
+        for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.row(jj) + vbyte + o);
+      }
       const float* kp = ktile;
       int64_t ldk = hd;
       if (K.type == DType::F32) {
         kp = reinterpret_cast<const float*>(K.row(j0)) + koff;
         ldk = static_cast<int64_t>(K.row_bytes / sizeof(float));
+      } else if (K.type == DType::F16) {
+        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(K.row(j0)) + koff, K.row_bytes, nt, hd, ktile);
       } else {
         for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, K.type, K.row(j0 + jj), koff, ktile + jj * hd, hd);
       }
@@ -113,6 +123,8 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
       if (V.type == DType::F32) {
         vp = reinterpret_cast<const float*>(V.row(j0)) + voff;
         ldv = static_cast<int64_t>(V.row_bytes / sizeof(float));
+      } else if (V.type == DType::F16) {
+        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(V.row(j0)) + voff, V.row_bytes, nt, hdv, vtile);
       } else {
         for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, V.type, V.row(j0 + jj), voff, vtile + jj * hdv, hdv);
       }

@@ -16,9 +16,15 @@ namespace lokal {
 
 namespace {
 
-// Bytes of one canonical block and of one block's codes.
-size_t block_bytes(DType w) { return w == DType::Q4_0 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0); }
-int code_bytes(DType w) { return w == DType::Q4_0 ? 16 : 32; }
+// Per type: bytes of one canonical block, of its code bytes (qs), where qs starts in the canonical
+// block, and where the code chunks start in a packed block of 16 rows (after 16 fp16 scales, and
+// for Q5_0 the 16 rows' 32-bit qh words).
+size_t block_bytes(DType w) {
+  return w == DType::Q4_0 ? sizeof(BlockQ4_0) : w == DType::Q5_0 ? sizeof(BlockQ5_0) : sizeof(BlockQ8_0);
+}
+int code_bytes(DType w) { return w == DType::Q8_0 ? 32 : 16; }
+int qs_offset(DType w) { return w == DType::Q5_0 ? 6 : 2; }
+int packed_code_offset(DType w) { return w == DType::Q5_0 ? 96 : 32; }
 
 void check_packable(DType w, int64_t rows, int64_t cols) {
   if (!pack_supported(w)) throw Error(std::string("no packed layout for tensor type ") + type_name(w));
@@ -31,18 +37,19 @@ void check_packable(DType w, int64_t rows, int64_t cols) {
 // at a time (Q8_0's flipped as one 32-bit XOR).
 void pack_group(DType w, int64_t nb, const uint8_t* src, size_t row_bytes, uint8_t* dst) {
   const size_t bb = block_bytes(w);
-  const int chunks = code_bytes(w) / 4;
+  const int chunks = code_bytes(w) / 4, qo = qs_offset(w), po = packed_code_offset(w);
   const uint32_t flip = w == DType::Q8_0 ? 0x80808080u : 0u;
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* o = dst + static_cast<size_t>(b) * kPackRows * bb;
     for (int r = 0; r < kPackRows; ++r) {
       const uint8_t* blk = src + static_cast<size_t>(r) * row_bytes + static_cast<size_t>(b) * bb;
-      std::memcpy(o + 2 * r, blk, 2);  // fp16 d is the first member of both block types
+      std::memcpy(o + 2 * r, blk, 2);  // fp16 d is the first member of every block type here
+      if (w == DType::Q5_0) std::memcpy(o + 32 + 4 * r, blk + 2, 4);  // qh
       for (int c = 0; c < chunks; ++c) {
         uint32_t v;
-        std::memcpy(&v, blk + 2 + 4 * c, 4);
+        std::memcpy(&v, blk + qo + 4 * c, 4);
         v ^= flip;
-        std::memcpy(o + 32 + 64 * c + 4 * r, &v, 4);
+        std::memcpy(o + po + 64 * c + 4 * r, &v, 4);
       }
     }
   }
@@ -50,7 +57,7 @@ void pack_group(DType w, int64_t nb, const uint8_t* src, size_t row_bytes, uint8
 
 }  // namespace
 
-bool pack_supported(DType w) { return w == DType::Q4_0 || w == DType::Q8_0; }
+bool pack_supported(DType w) { return w == DType::Q4_0 || w == DType::Q5_0 || w == DType::Q8_0; }
 
 bool pack_worthwhile(DType w, int64_t rows, int64_t cols) {
   static const bool disabled = [] {
@@ -77,8 +84,8 @@ void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* 
   check_packable(w, kPackRows, cols);
   const size_t rb = row_size(w, cols);
   const size_t bb = block_bytes(w);
-  const int cb = code_bytes(w);
-  const uint8_t flip = w == DType::Q8_0 ? 0x80 : 0x00;
+  const int chunks = code_bytes(w) / 4, qo = qs_offset(w), po = packed_code_offset(w);
+  const uint32_t flip = w == DType::Q8_0 ? 0x80808080u : 0u;
   const int64_t nb = cols / 32;
   const uint8_t* grp = data + static_cast<size_t>(r / kPackRows) * kPackRows * rb;
   const int i = static_cast<int>(r % kPackRows);
@@ -86,8 +93,13 @@ void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* 
     const uint8_t* p = grp + static_cast<size_t>(b) * kPackRows * bb;
     uint8_t* blk = dst + static_cast<size_t>(b) * bb;
     std::memcpy(blk, p + 2 * i, 2);
-    for (int c = 0; c < cb / 4; ++c)
-      for (int k = 0; k < 4; ++k) blk[2 + 4 * c + k] = static_cast<uint8_t>(p[32 + 64 * c + 4 * i + k] ^ flip);
+    if (w == DType::Q5_0) std::memcpy(blk + 2, p + 32 + 4 * i, 4);
+    for (int c = 0; c < chunks; ++c) {
+      uint32_t v;
+      std::memcpy(&v, p + po + 64 * c + 4 * i, 4);
+      v ^= flip;
+      std::memcpy(blk + qo + 4 * c, &v, 4);
+    }
   }
 }
 
@@ -100,7 +112,7 @@ void quantize_activation_packed(DType w, const float* x, void* dst, int64_t n) {
   thread_local std::vector<uint8_t> q8;
   q8.resize(row_size(DType::Q8_0, n));
   quantize_activation(w, x, q8.data(), n);
-  const int32_t c = w == DType::Q4_0 ? 8 : 128;
+  const int32_t c = w == DType::Q4_0 ? 8 : w == DType::Q5_0 ? 16 : 128;
   const auto* src = reinterpret_cast<const BlockQ8_0*>(q8.data());
   auto* out = static_cast<BlockQ8S*>(dst);
   for (int64_t b = 0; b < n / 32; ++b) {

@@ -1,6 +1,6 @@
 // ops/packed.h - interleaved ("packed") weight layouts for the fastest integer kernels.
 //
-// GGUF stores a matrix row after row. For Q4_0 and Q8_0 the model loader rewrites, in place and
+// GGUF stores a matrix row after row. For Q4_0, Q5_0 and Q8_0 the model loader rewrites, in place and
 // byte for byte the same size, every group of 16 consecutive rows into one interleaved group, so
 // that one 512-bit load holds 4 bytes of the same block of 16 different rows: a VNNI dot product
 // (vpdpbusd) then yields 16 rows' partial sums in the 16 int32 lanes at once, with no horizontal
@@ -11,11 +11,12 @@
 //     16 x fp16 scales d (row 0 .. 15), then
 //     Q4_0: 4 chunks c = 0..3 of 64 bytes: bytes 4r .. 4r+3 = row r's qs[4c .. 4c+3] (low nibbles are
 //           elements 4c..4c+3, high nibbles elements 16+4c..16+4c+3)
+//     Q5_0: 16 x the rows' 32-bit qh words (64 bytes), then the 4 chunks as Q4_0
 //     Q8_0: 8 chunks c = 0..7 of 64 bytes: bytes 4r .. 4r+3 = row r's qs[4c .. 4c+3] XOR 0x80 (the
 //           code + 128 as an unsigned byte, so it can be vpdpbusd's unsigned operand)
 // The partner activation format is BlockQ8S: the Q8_0 activation block (same codes, same fp16 scale,
 // bit for bit what the canonical path multiplies with) plus the block's offset correction
-// bias = -C * sum(qs) (C = 8 for Q4_0's codes u - 8, 128 for Q8_0's u - 128), so every integer sum is
+// bias = -C * sum(qs) (C = 8 for Q4_0's codes u - 8, 16 for Q5_0's, 128 for Q8_0's u - 128), so every integer sum is
 // exact and equal to the canonical kernel's.
 #pragma once
 #include <cstddef>
@@ -34,7 +35,7 @@ struct BlockQ8S {
 };
 static_assert(sizeof(BlockQ8S) == 40, "BlockQ8S is 40 bytes");
 
-// Types with a packed layout (Q4_0, Q8_0).
+// Types with a packed layout (Q4_0, Q5_0, Q8_0).
 bool pack_supported(DType w);
 // True when a matrix of this type and shape should be packed at load: the type has a layout, rows
 // is a multiple of 16, cols of 32, and the active kernel set has a SIMD kernel for it (packing for

@@ -1,4 +1,4 @@
-// ops/packed_avx512.cpp - AVX-512 VNNI kernels for the packed (16-row interleaved) Q4_0 / Q8_0
+// ops/packed_avx512.cpp - AVX-512 VNNI kernels for the packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0
 // layouts of ops/packed.h. This file alone is compiled with those flags and is only called after a
 // CPUID check (vec_dot.cpp).
 //
@@ -32,23 +32,45 @@ inline int32_t ld32(const void* p) {
   return v;
 }
 
-template <int T, bool Q8>
+enum class Kind { Q4_0, Q5_0, Q8_0 };
+
+template <int T, Kind K>
 void group_xT(int64_t nb, const uint8_t* g, const uint8_t* a, size_t as, float* y, int64_t ldy) {
-  constexpr size_t kBlock = Q8 ? 16 * 34 : 16 * 18;  // bytes of one block of 16 rows
+  // Bytes of one block of 16 rows, and where its code chunks start.
+  constexpr size_t kBlock = K == Kind::Q8_0 ? 16 * 34 : K == Kind::Q5_0 ? 16 * 22 : 16 * 18;
+  constexpr int kCodes = K == Kind::Q5_0 ? 96 : 32;
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   const __m512i m4 = _mm512_set1_epi8(0x0f);
+  // Q5_0: weight vector k holds elements 4k .. 4k+3 of every row (k < 4: low nibbles of chunk k,
+  // k >= 4: high nibbles of chunk k - 4 = elements 16 + 4(k-4)), whose fifth bits are bits 4k .. 4k+3
+  // of the row's qh word: byte k/2, nibble k%2. Replicate that byte over the dword, test one bit per byte.
+  __m512i qh_byte[4], qh_bit[2];
+  if constexpr (K == Kind::Q5_0) {
+    // vpshufb indexes within 128-bit lanes: dword j of a lane takes byte 4j + i.
+    const __m512i dword_base = _mm512_broadcast_i32x4(_mm_setr_epi32(0x00000000, 0x04040404, 0x08080808, 0x0c0c0c0c));
+    for (int i = 0; i < 4; ++i) qh_byte[i] = _mm512_add_epi8(dword_base, _mm512_set1_epi32(0x01010101 * i));
+    qh_bit[0] = _mm512_set1_epi32(0x08040201);
+    qh_bit[1] = _mm512_set1_epi32(static_cast<int>(0x80402010u));
+  }
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* p = g + static_cast<size_t>(b) * kBlock;
     const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     __m512i w[8];
-    if constexpr (Q8) {
-      for (int k = 0; k < 8; ++k) w[k] = _mm512_loadu_si512(p + 32 + 64 * k);
+    if constexpr (K == Kind::Q8_0) {
+      for (int k = 0; k < 8; ++k) w[k] = _mm512_loadu_si512(p + kCodes + 64 * k);
     } else {
       for (int c = 0; c < 4; ++c) {
-        const __m512i v = _mm512_loadu_si512(p + 32 + 64 * c);
+        const __m512i v = _mm512_loadu_si512(p + kCodes + 64 * c);
         w[c] = _mm512_and_si512(v, m4);                          // elements 4c .. 4c+3
         w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);  // elements 16+4c .. 16+4c+3
+      }
+      if constexpr (K == Kind::Q5_0) {
+        const __m512i qh = _mm512_loadu_si512(p + 32);
+        for (int k = 0; k < 8; ++k) {
+          const __mmask64 hi = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, qh_byte[k / 2]), qh_bit[k % 2]);
+          w[k] = _mm512_mask_add_epi8(w[k], hi, w[k], _mm512_set1_epi8(0x10));
+        }
       }
     }
     for (int t = 0; t < T; ++t) {
@@ -67,7 +89,7 @@ void group_xT(int64_t nb, const uint8_t* g, const uint8_t* a, size_t as, float* 
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-template <bool Q8>
+template <Kind K>
 void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt,
                  float* y, int64_t ldy) {
   const auto* gb = static_cast<const uint8_t*>(groups);
@@ -81,10 +103,10 @@ void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const voi
       const uint8_t* gp = gb + static_cast<size_t>(g) * gs;
       float* yg = yt + g * kPackRows;
       switch (T) {
-        case 4: group_xT<4, Q8>(nb, gp, at, as, yg, ldy); break;
-        case 3: group_xT<3, Q8>(nb, gp, at, as, yg, ldy); break;
-        case 2: group_xT<2, Q8>(nb, gp, at, as, yg, ldy); break;
-        default: group_xT<1, Q8>(nb, gp, at, as, yg, ldy); break;
+        case 4: group_xT<4, K>(nb, gp, at, as, yg, ldy); break;
+        case 3: group_xT<3, K>(nb, gp, at, as, yg, ldy); break;
+        case 2: group_xT<2, K>(nb, gp, at, as, yg, ldy); break;
+        default: group_xT<1, K>(nb, gp, at, as, yg, ldy); break;
       }
     }
   }
@@ -93,8 +115,9 @@ void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const voi
 }  // namespace
 
 void fill_avx512_packed(KernelSet& ks) {
-  ks.packed[tid(DType::Q4_0)] = packed_tile<false>;
-  ks.packed[tid(DType::Q8_0)] = packed_tile<true>;
+  ks.packed[tid(DType::Q4_0)] = packed_tile<Kind::Q4_0>;
+  ks.packed[tid(DType::Q5_0)] = packed_tile<Kind::Q5_0>;
+  ks.packed[tid(DType::Q8_0)] = packed_tile<Kind::Q8_0>;
 }
 
 }  // namespace lokal::detail

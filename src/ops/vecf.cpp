@@ -62,8 +62,12 @@ void pv_tile8_ref(const float* p, int nh, const float* v, int64_t ldv, int64_t n
     for (int64_t j = 0; j < nt; ++j)
       for (int64_t d = 0; d < hdv; ++d) acc[h * ldacc + d] += p[j * 8 + h] * v[j * ldv + d];
 }
+void f16_rows_to_f32_ref(const uint16_t* x, size_t x_stride, int64_t rows, int64_t n, float* y) {
+  for (int64_t r = 0; r < rows; ++r)
+    f16_to_f32_ref(reinterpret_cast<const uint16_t*>(reinterpret_cast<const uint8_t*>(x) + r * x_stride), y + r * n, n);
+}
 const VecF kRef = {dot_ref,         dot_f16_ref,  axpy_ref,          axpy_f16_ref, scale_ref, f16_to_f32_ref,
-                   q8_0_to_f32_ref, qk_tile8_ref, softmax_tile8_ref, pv_tile8_ref, "scalar"};
+                   q8_0_to_f32_ref, f16_rows_to_f32_ref, qk_tile8_ref, softmax_tile8_ref, pv_tile8_ref, "scalar"};
 }  // namespace
 
 const VecF& vecf_ref() { return kRef; }

@@ -3,6 +3,7 @@
 // (the scalar one is used when the CPU lacks AVX2 or LOKAL_FORCE_SCALAR / set_vec_dot_isa
 // selected "scalar").
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace lokal {
@@ -15,6 +16,8 @@ struct VecF {
   void (*scale)(float* y, float s, int64_t n);                          // y *= s
   void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
   void (*q8_0_to_f32)(const void* blocks, float* y, int64_t n);         // n: a multiple of 32 (Q8_0 blocks)
+  // A tile of F16 row segments: y[r*n + i] = x[r*x_stride/2 + i] for r < rows, i < n (x_stride in bytes).
+  void (*f16_rows_to_f32)(const uint16_t* x, size_t x_stride, int64_t rows, int64_t n, float* y);
 
   // Attention tiles for a block of up to 8 query heads that share one KV head ("lanes" = heads):
   // qk_tile8: s[j*8 + h] = sum_d k[j*ldk + d] * qt[d*8 + h] for j < nt (qt: the queries transposed, [hd][8]).
