@@ -171,23 +171,26 @@ size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, D
 }
 
 KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v)
-    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()), type_k_(type_k), type_v_(type_v) {
+    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()), n_head_kv_(cfg.n_head_kv),
+      head_dim_k_(cfg.head_dim), head_dim_v_(cfg.head_dim_v), type_k_(type_k), type_v_(type_v) {
   if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
   check_kv_cache_type(type_k, cfg.head_dim);
   check_kv_cache_type(type_v, cfg.head_dim_v);
-  row_k_ = row_size(type_k, n_embd_k_);
-  row_v_ = row_size(type_v, n_embd_v_);
-  layer_k_ = row_k_ * static_cast<size_t>(n_ctx);
-  layer_v_ = row_v_ * static_cast<size_t>(n_ctx);
+  seg_k_ = row_size(type_k, head_dim_k_);
+  seg_v_ = row_size(type_v, head_dim_v_);
+  // Same total as position-major rows (blocks never straddle heads): n_head_kv segments per position.
+  layer_k_ = seg_k_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
+  layer_v_ = seg_v_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
   k_.assign(layer_k_ * static_cast<size_t>(cfg.n_layer), 0);
   v_.assign(layer_v_ * static_cast<size_t>(cfg.n_layer), 0);
 }
 
 void KVCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
-  uint8_t* kd = k_.data() + static_cast<size_t>(layer) * layer_k_ + static_cast<size_t>(pos) * row_k_;
-  uint8_t* vd = v_.data() + static_cast<size_t>(layer) * layer_v_ + static_cast<size_t>(pos) * row_v_;
-  quantize_row(type_k_, k, kd, n_embd_k_);
-  quantize_row(type_v_, v, vd, n_embd_v_);
+  const KVRows K = k_rows(layer), V = v_rows(layer);
+  for (int64_t g = 0; g < n_head_kv_; ++g) {
+    quantize_row(type_k_, k + g * head_dim_k_, const_cast<uint8_t*>(K.seg(pos, g, head_dim_k_)), head_dim_k_);
+    quantize_row(type_v_, v + g * head_dim_v_, const_cast<uint8_t*>(V.seg(pos, g, head_dim_v_)), head_dim_v_);
+  }
 }
 
 }  // namespace lokal

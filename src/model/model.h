@@ -91,15 +91,16 @@ class KVCache {
   size_t bytes_v() const { return v_.size(); }
   // Exact bytes a cache of these settings allocates (for planning before loading).
   static size_t bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v);
-  KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, row_k_}; }
-  KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, row_v_}; }
+  // Head-major (ops/attention.h): per layer, each KV head's segments of all positions are contiguous.
+  KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, seg_k_, seg_k_ * static_cast<size_t>(n_ctx_)}; }
+  KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, seg_v_, seg_v_ * static_cast<size_t>(n_ctx_)}; }
   // Converts and stores the K and V rows of position `pos`.
   void store(int64_t layer, int64_t pos, const float* k, const float* v);
 
  private:
-  int64_t n_ctx_, n_embd_k_, n_embd_v_;
+  int64_t n_ctx_, n_embd_k_, n_embd_v_, n_head_kv_, head_dim_k_, head_dim_v_;
   DType type_k_, type_v_;
-  size_t row_k_, row_v_, layer_k_, layer_v_;
+  size_t seg_k_, seg_v_, layer_k_, layer_v_;  // bytes of one head at one position; of one layer
   std::vector<uint8_t> k_, v_;
 };
 

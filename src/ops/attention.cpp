@@ -15,9 +15,6 @@ namespace lokal {
 namespace {
 constexpr int kTile = 64;
 
-// Byte offset of element `off` in a row of type t (off is a multiple of the block size).
-inline size_t elem_offset(DType t, int64_t off) { return off == 0 ? 0 : row_size(t, off); }
-
 void check_types(const AttentionShape& s, const KVRows& K, const KVRows& V) {
   check_kv_cache_type(K.type, s.head_dim);
   check_kv_cache_type(V.type, s.head_dim_v);
@@ -52,11 +49,11 @@ size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_thr
 }
 
 namespace {
-// Converts n values of a KV row starting at element `off` to f32.
-inline void row_to_f32(const VecF& vf, DType t, const uint8_t* row, int64_t off, float* dst, int64_t n) {
-  if (t == DType::F16) vf.f16_to_f32(reinterpret_cast<const uint16_t*>(row) + off, dst, n);
-  else if (t == DType::Q8_0) vf.q8_0_to_f32(row + elem_offset(t, off), dst, n);
-  else dequantize_row(t, row + elem_offset(t, off), dst, n);
+// Converts one head segment (n values) of a KV row to f32.
+inline void row_to_f32(const VecF& vf, DType t, const uint8_t* seg, float* dst, int64_t n) {
+  if (t == DType::F16) vf.f16_to_f32(reinterpret_cast<const uint16_t*>(seg), dst, n);
+  else if (t == DType::Q8_0) vf.q8_0_to_f32(seg, dst, n);
+  else dequantize_row(t, seg, dst, n);
 }
 }  // namespace
 
@@ -97,36 +94,36 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     std::fill(m, m + nb8 * 8, -std::numeric_limits<float>::infinity());
     std::fill(l, l + nb8 * 8, 0.0f);
     std::fill(acc, acc + nb8 * 8 * hdv, 0.0f);
-    const int64_t koff = static_cast<int64_t>(g) * hd, voff = static_cast<int64_t>(g) * hdv;
     const size_t kseg = row_size(K.type, hd), vseg = row_size(V.type, hdv);
-    const size_t kbyte = elem_offset(K.type, koff), vbyte = elem_offset(V.type, voff);
     for (int64_t j0 = 0; j0 < n_pos; j0 += kTile) {
       const int64_t nt = std::min<int64_t>(kTile, n_pos - j0);
-      // Ask for the next tile's K and V segments now (rows are a whole KV row apart: the hardware
-      // prefetchers do not follow that stride far enough ahead at long contexts).
+      // Ask for the next tile's K and V segments now (position-major rows are a whole KV row apart: the
+      // hardware prefetchers do not follow that stride far enough ahead at long contexts).
       for (int64_t jj = j0 + kTile; jj < std::min<int64_t>(n_pos, j0 + 2 * kTile); ++jj) {
-        for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.row(jj) + kbyte + o);
-        for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.row(jj) + vbyte + o);
+        for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.seg(jj, g, hd) + o);
+        for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.seg(jj, g, hdv) + o);
       }
+      const uint8_t* k0 = K.seg(j0, g, hd);
+      const uint8_t* v0 = V.seg(j0, g, hdv);
       const float* kp = ktile;
       int64_t ldk = hd;
       if (K.type == DType::F32) {
-        kp = reinterpret_cast<const float*>(K.row(j0)) + koff;
+        kp = reinterpret_cast<const float*>(k0);
         ldk = static_cast<int64_t>(K.row_bytes / sizeof(float));
       } else if (K.type == DType::F16) {
-        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(K.row(j0)) + koff, K.row_bytes, nt, hd, ktile);
+        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(k0), K.row_bytes, nt, hd, ktile);
       } else {
-        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, K.type, K.row(j0 + jj), koff, ktile + jj * hd, hd);
+        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, K.type, k0 + jj * K.row_bytes, ktile + jj * hd, hd);
       }
       const float* vp = vtile;
       int64_t ldv = hdv;
       if (V.type == DType::F32) {
-        vp = reinterpret_cast<const float*>(V.row(j0)) + voff;
+        vp = reinterpret_cast<const float*>(v0);
         ldv = static_cast<int64_t>(V.row_bytes / sizeof(float));
       } else if (V.type == DType::F16) {
-        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(V.row(j0)) + voff, V.row_bytes, nt, hdv, vtile);
+        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(v0), V.row_bytes, nt, hdv, vtile);
       } else {
-        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, V.type, V.row(j0 + jj), voff, vtile + jj * hdv, hdv);
+        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, V.type, v0 + jj * V.row_bytes, vtile + jj * hdv, hdv);
       }
       for (int b = 0; b < nb8; ++b) {
         float* sb = sc + b * kTile * 8;
@@ -153,10 +150,11 @@ void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64
   const int64_t n_ctx = pos0 + n_tok;
   const int64_t kw = static_cast<int64_t>(s.n_head_kv) * s.head_dim, vw = static_cast<int64_t>(s.n_head_kv) * s.head_dim_v;
   std::vector<float> kf(static_cast<size_t>(n_ctx * kw)), vfl(static_cast<size_t>(n_ctx * vw));
-  for (int64_t j = 0; j < n_ctx; ++j) {
-    dequantize_row(K.type, K.row(j), kf.data() + j * kw, kw);
-    dequantize_row(V.type, V.row(j), vfl.data() + j * vw, vw);
-  }
+  for (int64_t j = 0; j < n_ctx; ++j)
+    for (int g = 0; g < s.n_head_kv; ++g) {
+      dequantize_row(K.type, K.seg(j, g, s.head_dim), kf.data() + j * kw + g * s.head_dim, s.head_dim);
+      dequantize_row(V.type, V.seg(j, g, s.head_dim_v), vfl.data() + j * vw + g * s.head_dim_v, s.head_dim_v);
+    }
   for (int64_t t = 0; t < n_tok; ++t) {
     const int64_t n_pos = pos0 + t + 1;
     std::vector<double> p(static_cast<size_t>(n_pos));

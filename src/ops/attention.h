@@ -15,12 +15,22 @@
 
 namespace lokal {
 
-// One layer's cache as rows: row j (position j) holds n_head_kv heads of head_dim elements.
+// One layer's cache. Two layouts:
+// - position-major (head_bytes == 0): row j (position j) holds the n_head_kv heads of head_dim elements
+//   side by side, rows row_bytes apart;
+// - head-major (head_bytes > 0): each KV head's segments for all positions are contiguous, row_bytes
+//   (one head's segment) apart, heads head_bytes apart. The model's KVCache uses this one: a tile of
+//   positions of one head is then one sequential run of memory.
 struct KVRows {
   DType type = DType::F32;   // F32, F16, BF16, Q8_0 or Q4_0 (kv_cache_type_supported)
   const uint8_t* base = nullptr;
   size_t row_bytes = 0;
-  const uint8_t* row(int64_t j) const { return base + static_cast<size_t>(j) * row_bytes; }
+  size_t head_bytes = 0;
+  // Segment of KV head g (head_dim elements) at position j.
+  const uint8_t* seg(int64_t j, int64_t g, int64_t head_dim) const {
+    if (head_bytes) return base + static_cast<size_t>(g) * head_bytes + static_cast<size_t>(j) * row_bytes;
+    return base + static_cast<size_t>(j) * row_bytes + (g == 0 ? 0 : row_size(type, g * head_dim));
+  }
 };
 
 // Element types attention can read in place: F32 rows are used as they are; F16, BF16, Q8_0 and Q4_0 rows
