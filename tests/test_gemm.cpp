@@ -221,8 +221,11 @@ TEST_P(GemmIsa, MatmulMatchesReference) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0 layouts (ops/packed.h)
+// Packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0 / Q4_K layouts (ops/packed.h)
 // ---------------------------------------------------------------------------------------------
+
+// Elements per block of a packable type (the unit of a packed row).
+int64_t unit(DType w) { return type_info(w)->block_size; }
 
 // Packs a copy of `rows` canonical rows (stride ws) into a compact packed matrix.
 std::vector<uint8_t> packed_copy(DType w, const Mats& m) {
@@ -236,8 +239,8 @@ std::vector<uint8_t> packed_copy(DType w, const Mats& m) {
 TEST(Packed, UnpackGivesBackEveryCanonicalRow) {
   std::mt19937 rng(9);
   std::uniform_int_distribution<int> byte(0, 255);
-  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
-    for (int64_t cols : {32, 96, 2048}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K}) {
+    for (int64_t cols : {unit(w), 3 * unit(w), int64_t{2048}}) {
       for (int64_t rows : {16, 48}) {
         const size_t rb = row_size(w, cols);
         std::vector<uint8_t> canon(rb * static_cast<size_t>(rows));
@@ -255,7 +258,7 @@ TEST(Packed, UnpackGivesBackEveryCanonicalRow) {
   }
   std::vector<uint8_t> buf(row_size(DType::Q4_0, 64) * 8);
   EXPECT_THROW(pack_matrix_inplace(DType::Q4_0, 8, 64, buf.data()), Error);  // rows not a multiple of 16
-  EXPECT_THROW(pack_matrix_inplace(DType::Q4_K, 16, 256, buf.data()), Error);  // no packed layout
+  EXPECT_THROW(pack_matrix_inplace(DType::Q6_K, 16, 256, buf.data()), Error);  // no packed layout
 }
 
 TEST(Packed, ActivationsAreTheCanonicalQ8_0CodesWithOffset) {
@@ -286,13 +289,13 @@ TEST_P(GemmIsa, PackedMatchesReference) {
   IsaGuard g(GetParam());
   ASSERT_TRUE(g.ok);
   std::mt19937 rng(41);
-  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
-    for (int64_t blocks : {1, 2, 3, 9, 64}) {
-      const int64_t n = 32 * blocks;
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K}) {
+    for (int64_t blocks : {1, 2, 3, 9, 16}) {
+      const int64_t n = unit(w) * blocks;
       const Mats m = make_mats(w, n, 48, 9, rng, blocks % 2 ? 0.05f : 0.5f);
       const std::vector<uint8_t> p = packed_copy(w, m);
       const size_t gs = row_size(w, n) * kPackRows;
-      const size_t as = packed_act_row_size(n) + 8;
+      const size_t as = packed_act_row_size(w, n) + 8;
       std::vector<uint8_t> qa(as * 9);
       for (int64_t t = 0; t < 9; ++t) quantize_activation_packed(w, m.xa.data() + t * n, qa.data() + t * as, n);
       for (int64_t ng : {1, 2, 3}) {
@@ -323,13 +326,16 @@ TEST_P(GemmIsa, PackedIntegerPartsExact) {
   std::mt19937 rng(8);
   std::uniform_int_distribution<int> byte(0, 255), small(-20, 20);
   const uint16_t h_one = fp32_to_fp16(1.0f);
-  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K}) {
     for (int64_t blocks : {1, 5, 16}) {
-      const int64_t n = 32 * blocks, rows = 32, toks = 6;
-      const size_t rb = row_size(w, n), as = row_size(DType::Q8_0, n), pas = packed_act_row_size(n);
+      const int64_t n = unit(w) * blocks, rows = 32, toks = 6;
+      const size_t rb = row_size(w, n), as = row_size(vec_dot_type(w), n), pas = packed_act_row_size(w, n);
       std::vector<uint8_t> qw(rb * rows);
       for (auto& b : qw) b = static_cast<uint8_t>(byte(rng));
-      for (size_t off = 0; off < qw.size(); off += type_info(w)->type_size) std::memcpy(qw.data() + off, &h_one, 2);
+      for (size_t off = 0; off < qw.size(); off += type_info(w)->type_size) {
+        std::memcpy(qw.data() + off, &h_one, 2);
+        if (w == DType::Q4_K) std::memcpy(qw.data() + off + 2, &h_one, 2);  // dmin
+      }
       std::vector<uint8_t> qa(as * toks), pa(pas * toks);
       std::vector<float> xa(static_cast<size_t>(n));
       for (int64_t t = 0; t < toks; ++t) {
@@ -356,9 +362,9 @@ TEST_P(GemmIsa, PackedMatmulAndGetRow) {
   ASSERT_TRUE(g.ok);
   std::mt19937 rng(17);
   ThreadPool pool1(1), pool2(2);
-  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) {
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K}) {
     for (int64_t rows : {16, 48, 320}) {
-      const int64_t n = 32 * 11;
+      const int64_t n = w == DType::Q4_K ? 256 * 3 : 32 * 11;
       const Mats m = make_mats(w, n, rows, 0, rng, 0.2f);
       const std::vector<uint8_t> p = packed_copy(w, m);
       WeightView W{w, n, rows, row_size(w, n), p.data()};
@@ -382,7 +388,7 @@ TEST_P(GemmIsa, PackedMatmulAndGetRow) {
           std::vector<uint8_t> scratch;
           matmul(*pool, W, X.data(), n_tok, Y.data(), ldy, scratch);
           EXPECT_LE(scratch.size(), matmul_scratch_row_bytes(w, n) * static_cast<size_t>(n_tok));
-          std::vector<uint8_t> act(row_size(DType::Q8_0, n));
+          std::vector<uint8_t> act(row_size(vec_dot_type(w), n));
           for (int64_t t = 0; t < n_tok; ++t) {
             quantize_activation_ref(w, X.data() + t * n, act.data(), n);
             for (int64_t r = 0; r < rows; ++r) {
@@ -402,7 +408,7 @@ TEST(Gemm, HotTypesHaveTileKernels) {
   if (!set_vec_dot_isa("avx512")) GTEST_SKIP() << "no AVX-512";
   for (DType w : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::F16, DType::BF16, DType::F32})
     EXPECT_TRUE(vec_dot_has_tile(w)) << type_name(w);
-  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0}) EXPECT_TRUE(vec_dot_has_packed(w)) << type_name(w);
+  for (DType w : {DType::Q4_0, DType::Q5_0, DType::Q8_0, DType::Q4_K}) EXPECT_TRUE(vec_dot_has_packed(w)) << type_name(w);
   set_vec_dot_isa("best");
 }
 

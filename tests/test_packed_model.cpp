@@ -29,7 +29,8 @@ using namespace lokal;
 namespace {
 
 const char* const kFiles[] = {"models/synth/synth-llama-q4_0.gguf", "models/synth/synth-llama-q5_0.gguf",
-                              "models/synth/synth-llama-q8_0.gguf", "models/synth/synth-qwen2-q8_0.gguf"};
+                              "models/synth/synth-llama-q8_0.gguf", "models/synth/synth-qwen2-q8_0.gguf",
+                              "models/synth/synth-llama-q4_k_m.gguf"};
 
 std::string file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -104,7 +104,7 @@ void get_row(const WeightView& W, int64_t r, float* out) {
 size_t matmul_scratch_row_bytes(DType w, int64_t cols) {
   const DType at = vec_dot_type(w);
   size_t b = at == DType::F32 ? 0 : row_size(at, cols);
-  if (pack_supported(w) && cols % 32 == 0) b = std::max(b, packed_act_row_size(cols));  // the loader may pack w
+  if (pack_supported(w) && cols % type_info(w)->block_size == 0) b = std::max(b, packed_act_row_size(w, cols));  // the loader may pack w
   return b;
 }
 
@@ -113,7 +113,7 @@ namespace {
 // Packed weights (ops/packed.h): groups of 16 rows, every token of the call against each group.
 void matmul_packed(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
                    std::vector<uint8_t>& scratch) {
-  const size_t act_row = packed_act_row_size(W.cols);
+  const size_t act_row = packed_act_row_size(W.type, W.cols);
   if (scratch.size() < act_row * static_cast<size_t>(n_tok)) scratch.resize(act_row * static_cast<size_t>(n_tok));
   uint8_t* A = scratch.data();
   if (n_tok >= 4) {

@@ -1,4 +1,4 @@
-// ops/packed.cpp - packed (16-row interleaved) Q4_0 / Q8_0 layouts: packing, unpacking, the
+// ops/packed.cpp - packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0 / Q4_K layouts: packing, unpacking, the
 // activation format and the scalar reference product. See ops/packed.h for the layout.
 #include "ops/packed.h"
 
@@ -28,9 +28,34 @@ int packed_code_offset(DType w) { return w == DType::Q5_0 ? 96 : 32; }
 
 void check_packable(DType w, int64_t rows, int64_t cols) {
   if (!pack_supported(w)) throw Error(std::string("no packed layout for tensor type ") + type_name(w));
-  if (rows % kPackRows != 0 || cols % 32 != 0 || cols <= 0)
-    throw Error("packed layout needs rows % 16 == 0 and cols % 32 == 0, got " + std::to_string(rows) + " x " +
-                std::to_string(cols));
+  const int64_t bs = type_info(w)->block_size;
+  if (rows % kPackRows != 0 || cols % bs != 0 || cols <= 0)
+    throw Error("packed layout needs rows % 16 == 0 and cols % " + std::to_string(bs) + " == 0, got " +
+                std::to_string(rows) + " x " + std::to_string(cols));
+}
+
+// Q4_K super-block of 16 rows (2304 bytes = 16 x 144): 16 d, 16 dmin (fp16), the 12 scale bytes as
+// three 64-byte vectors (vector k, bytes 4r..4r+3 = row r's scales[4k..4k+3]), then 32 chunks of
+// 64 bytes (chunk c, bytes 4r..4r+3 = row r's qs[4c..4c+3]). Packing and unpacking are the same
+// permutation of 4-byte words in both directions.
+constexpr size_t kQ4KGroupBlock = 16 * sizeof(BlockQ4_K);
+void q4k_group(int64_t nsb, const uint8_t* src, size_t row_bytes, uint8_t* dst, bool pack, int only_row = -1) {
+  for (int64_t b = 0; b < nsb; ++b) {
+    for (int r = 0; r < kPackRows; ++r) {
+      if (only_row >= 0 && r != only_row) continue;
+      // canonical block of row r and packed super-block b
+      const size_t co = static_cast<size_t>(r) * row_bytes + static_cast<size_t>(b) * sizeof(BlockQ4_K);
+      const size_t po = static_cast<size_t>(b) * kQ4KGroupBlock;
+      auto move = [&](size_t canon_off, size_t packed_off, size_t n) {
+        if (pack) std::memcpy(dst + po + packed_off, src + co + canon_off, n);
+        else std::memcpy(dst + static_cast<size_t>(b) * sizeof(BlockQ4_K) + canon_off, src + po + packed_off, n);
+      };
+      move(0, 2 * r, 2);                                            // d
+      move(2, 32 + 2 * r, 2);                                       // dmin
+      for (int k = 0; k < 3; ++k) move(4 + 4 * k, 64 + 64 * k + 4 * r, 4);      // scales
+      for (int c = 0; c < 32; ++c) move(16 + 4 * c, 256 + 64 * c + 4 * r, 4);  // qs
+    }
+  }
 }
 
 // One group: 16 canonical rows (src, row_bytes apart) -> packed bytes (dst). Copies 4 code bytes
@@ -57,15 +82,15 @@ void pack_group(DType w, int64_t nb, const uint8_t* src, size_t row_bytes, uint8
 
 }  // namespace
 
-bool pack_supported(DType w) { return w == DType::Q4_0 || w == DType::Q5_0 || w == DType::Q8_0; }
+bool pack_supported(DType w) { return w == DType::Q4_0 || w == DType::Q5_0 || w == DType::Q8_0 || w == DType::Q4_K; }
 
 bool pack_worthwhile(DType w, int64_t rows, int64_t cols) {
   static const bool disabled = [] {
     const char* e = std::getenv("LOKAL_REPACK");
     return e && std::string(e) == "0";
   }();
-  return !disabled && pack_supported(w) && rows > 0 && rows % kPackRows == 0 && cols > 0 && cols % 32 == 0 &&
-         vec_dot_has_packed(w);
+  return !disabled && pack_supported(w) && rows > 0 && rows % kPackRows == 0 && cols > 0 &&
+         cols % type_info(w)->block_size == 0 && vec_dot_has_packed(w);
 }
 
 void pack_matrix_inplace(DType w, int64_t rows, int64_t cols, uint8_t* data) {
@@ -76,13 +101,19 @@ void pack_matrix_inplace(DType w, int64_t rows, int64_t cols, uint8_t* data) {
   for (int64_t g = 0; g < rows / kPackRows; ++g) {
     uint8_t* grp = data + static_cast<size_t>(g) * kPackRows * rb;
     std::memcpy(tmp.data(), grp, tmp.size());
-    pack_group(w, nb, tmp.data(), rb, grp);
+    if (w == DType::Q4_K) q4k_group(cols / QK_K, tmp.data(), rb, grp, true);
+    else pack_group(w, nb, tmp.data(), rb, grp);
   }
 }
 
 void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* dst) {
   check_packable(w, kPackRows, cols);
   const size_t rb = row_size(w, cols);
+  if (w == DType::Q4_K) {
+    q4k_group(cols / QK_K, data + static_cast<size_t>(r / kPackRows) * kPackRows * rb, rb, dst, false,
+              static_cast<int>(r % kPackRows));
+    return;
+  }
   const size_t bb = block_bytes(w);
   const int chunks = code_bytes(w) / 4, qo = qs_offset(w), po = packed_code_offset(w);
   const uint32_t flip = w == DType::Q8_0 ? 0x80808080u : 0u;
@@ -103,10 +134,14 @@ void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* 
   }
 }
 
-size_t packed_act_row_size(int64_t cols) { return static_cast<size_t>(cols / 32) * sizeof(BlockQ8S); }
+size_t packed_act_row_size(DType w, int64_t cols) {
+  if (w == DType::Q4_K) return row_size(DType::Q8_K, cols);
+  return static_cast<size_t>(cols / 32) * sizeof(BlockQ8S);
+}
 
 void quantize_activation_packed(DType w, const float* x, void* dst, int64_t n) {
   if (!pack_supported(w)) throw Error(std::string("no packed layout for tensor type ") + type_name(w));
+  if (w == DType::Q4_K) return quantize_activation(w, x, dst, n);  // canonical Q8_K
   // The canonical Q8_0 activation (dispatched kernel), then each block widened: the same codes and
   // scale, plus the offset correction.
   thread_local std::vector<uint8_t> q8;
@@ -128,9 +163,18 @@ void vec_dot_packed_ref(DType w, int64_t n, const void* groups, size_t g_stride,
                         size_t a_stride, int64_t nt, float* y, int64_t ldy) {
   check_packable(w, kPackRows, n);
   std::vector<uint8_t> row(row_size(w, n));
-  std::vector<BlockQ8_0> a8(static_cast<size_t>(n / 32));
   const auto* gb = static_cast<const uint8_t*>(groups);
   const auto* ab = static_cast<const uint8_t*>(act);
+  if (w == DType::Q4_K) {  // activations are canonical Q8_K rows
+    for (int64_t t = 0; t < nt; ++t)
+      for (int64_t g = 0; g < ng; ++g)
+        for (int i = 0; i < kPackRows; ++i) {
+          unpack_row(w, n, gb + static_cast<size_t>(g) * g_stride, i, row.data());
+          y[t * ldy + g * kPackRows + i] = vec_dot_ref(w, n, row.data(), ab + static_cast<size_t>(t) * a_stride);
+        }
+    return;
+  }
+  std::vector<BlockQ8_0> a8(static_cast<size_t>(n / 32));
   for (int64_t t = 0; t < nt; ++t) {
     const auto* at = reinterpret_cast<const BlockQ8S*>(ab + static_cast<size_t>(t) * a_stride);
     for (int64_t b = 0; b < n / 32; ++b) {

@@ -12,6 +12,9 @@
 //     Q4_0: 4 chunks c = 0..3 of 64 bytes: bytes 4r .. 4r+3 = row r's qs[4c .. 4c+3] (low nibbles are
 //           elements 4c..4c+3, high nibbles elements 16+4c..16+4c+3)
 //     Q5_0: 16 x the rows' 32-bit qh words (64 bytes), then the 4 chunks as Q4_0
+// Q4_K (super-blocks of 256): per super-block of 16 rows, 16 d, 16 dmin (fp16), the 12 scale bytes as
+//     three 64-byte vectors (vector k: bytes 4r..4r+3 = row r's scales[4k..4k+3]), then 32 chunks of
+//     64 bytes (chunk c: bytes 4r..4r+3 = row r's qs[4c..4c+3]); partner activations: canonical Q8_K.
 //     Q8_0: 8 chunks c = 0..7 of 64 bytes: bytes 4r .. 4r+3 = row r's qs[4c .. 4c+3] XOR 0x80 (the
 //           code + 128 as an unsigned byte, so it can be vpdpbusd's unsigned operand)
 // The partner activation format is BlockQ8S: the Q8_0 activation block (same codes, same fp16 scale,
@@ -35,7 +38,7 @@ struct BlockQ8S {
 };
 static_assert(sizeof(BlockQ8S) == 40, "BlockQ8S is 40 bytes");
 
-// Types with a packed layout (Q4_0, Q5_0, Q8_0).
+// Types with a packed layout (Q4_0, Q5_0, Q8_0, Q4_K).
 bool pack_supported(DType w);
 // True when a matrix of this type and shape should be packed at load: the type has a layout, rows
 // is a multiple of 16, cols of 32, and the active kernel set has a SIMD kernel for it (packing for
@@ -48,10 +51,11 @@ void pack_matrix_inplace(DType w, int64_t rows, int64_t cols, uint8_t* data);
 // Canonical bytes of row r of a packed matrix (row_size(w, cols) bytes into dst).
 void unpack_row(DType w, int64_t cols, const uint8_t* data, int64_t r, uint8_t* dst);
 
-// Bytes of one activation row in the packed kernels' partner format (cols / 32 BlockQ8S).
-size_t packed_act_row_size(int64_t cols);
+// Bytes of one activation row in the packed kernels' partner format for w (cols / 32 BlockQ8S; Q4_K:
+// a Q8_K row).
+size_t packed_act_row_size(DType w, int64_t cols);
 // x (n floats) -> n / 32 BlockQ8S for weight type w (the same codes and scales quantize_activation
-// produces for w).
+// produces for w); Q4_K: quantize_activation's Q8_K row itself.
 void quantize_activation_packed(DType w, const float* x, void* dst, int64_t n);
 
 // y[t * ldy + 16 g + i] = dot(row i of group g, activation row t) for groups g in [0, ng) (groups

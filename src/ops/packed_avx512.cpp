@@ -1,4 +1,4 @@
-// ops/packed_avx512.cpp - AVX-512 VNNI kernels for the packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0
+// ops/packed_avx512.cpp - AVX-512 VNNI kernels for the packed (16-row interleaved) Q4_0 / Q5_0 / Q8_0 / Q4_K
 // layouts of ops/packed.h. This file alone is compiled with those flags and is only called after a
 // CPUID check (vec_dot.cpp).
 //
@@ -19,6 +19,7 @@
 
 #include <cstring>
 
+#include "core/quant.h"
 #include "ops/packed.h"
 #include "ops/vec_dot_impl.h"
 
@@ -112,12 +113,104 @@ void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const voi
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Q4_K: one group of 16 rows x T tokens per super-block (ops/packed.h layout). The 8 six-bit scales
+// and mins of the 16 rows are decoded once per super-block with dword lanes = rows; per 64-element
+// group gp the 16 code vectors (low nibbles: sub-block 2gp, high: 2gp+1) are decoded once and used
+// for every token: 8 vpdpbusd per sub-block give its exact sums S_j for 16 rows, then
+// isum += sc_j * S_j (vpmulld), and the mins term sum_j m_j * ysum_j is one vpmaddwd per pair of
+// sub-blocks. Float steps as vec_dot_ref: acc += (d * dy) * isum - (dmin * dy) * summs.
+// ---------------------------------------------------------------------------------------------
+template <int T>
+void q4k_group_xT(int64_t nsb, const uint8_t* g, const uint8_t* a, size_t as, float* y, int64_t ldy) {
+  constexpr size_t kSuper = 16 * sizeof(BlockQ4_K);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  const __m512i m6d = _mm512_set1_epi32(63), m4d = _mm512_set1_epi32(15), m2d = _mm512_set1_epi32(3);
+  auto shr = [](__m512i v, int n) { return _mm512_srl_epi32(v, _mm_cvtsi32_si128(n)); };
+  for (int64_t b = 0; b < nsb; ++b) {
+    const uint8_t* p = g + static_cast<size_t>(b) * kSuper;
+    const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512 dmx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+    const __m512i u0 = _mm512_loadu_si512(p + 64), u1 = _mm512_loadu_si512(p + 128), u2 = _mm512_loadu_si512(p + 192);
+    // Scales and mins of sub-block j (llama.cpp's get_scale_min_k4, byte k of u0/u1/u2 = scales[k/4/8..]).
+    __m512i sc[8], mn[8], mp[4];
+    for (int j = 0; j < 4; ++j) {
+      sc[j] = _mm512_and_si512(shr(u0, 8 * j), m6d);
+      mn[j] = _mm512_and_si512(shr(u1, 8 * j), m6d);
+      sc[j + 4] = _mm512_or_si512(_mm512_and_si512(shr(u2, 8 * j), m4d),
+                                  _mm512_slli_epi32(_mm512_and_si512(shr(u0, 8 * j + 6), m2d), 4));
+      mn[j + 4] = _mm512_or_si512(_mm512_and_si512(shr(u2, 8 * j + 4), m4d),
+                                  _mm512_slli_epi32(_mm512_and_si512(shr(u1, 8 * j + 6), m2d), 4));
+    }
+    for (int k = 0; k < 4; ++k) mp[k] = _mm512_or_si512(mn[2 * k], _mm512_slli_epi32(mn[2 * k + 1], 16));
+    __m512i isum[T];
+    for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
+    for (int gp = 0; gp < 4; ++gp) {
+      __m512i wl[8], wh[8];
+      for (int c = 0; c < 8; ++c) {
+        const __m512i v = _mm512_loadu_si512(p + 256 + 64 * (8 * gp + c));
+        wl[c] = _mm512_and_si512(v, m4);
+        wh[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      }
+      for (int t = 0; t < T; ++t) {
+        const int8_t* q = (reinterpret_cast<const BlockQ8_K*>(a + static_cast<size_t>(t) * as) + b)->qs + 64 * gp;
+        __m512i slo = _mm512_setzero_si512(), shi = _mm512_setzero_si512();
+        for (int c = 0; c < 8; ++c) {
+          slo = _mm512_dpbusd_epi32(slo, wl[c], _mm512_set1_epi32(ld32(q + 4 * c)));
+          shi = _mm512_dpbusd_epi32(shi, wh[c], _mm512_set1_epi32(ld32(q + 32 + 4 * c)));
+        }
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(slo, sc[2 * gp]),
+                                                             _mm512_mullo_epi32(shi, sc[2 * gp + 1])));
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const auto* yb = reinterpret_cast<const BlockQ8_K*>(a + static_cast<size_t>(t) * as) + b;
+      __m512i summs = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const int32_t lo = yb->bsums[4 * k] + yb->bsums[4 * k + 1], hi = yb->bsums[4 * k + 2] + yb->bsums[4 * k + 3];
+        const int32_t pair = static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xffffu) | (static_cast<uint32_t>(hi) << 16));
+        summs = _mm512_add_epi32(summs, _mm512_madd_epi16(mp[k], _mm512_set1_epi32(pair)));
+      }
+      const __m512 dy = _mm512_set1_ps(yb->d);
+      const __m512 term = _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(dx, dy), _mm512_cvtepi32_ps(isum[t])),
+                                        _mm512_mul_ps(_mm512_mul_ps(dmx, dy), _mm512_cvtepi32_ps(summs)));
+      acc[t] = _mm512_add_ps(acc[t], term);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+void q4k_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt, float* y,
+              int64_t ldy) {
+  const auto* gb = static_cast<const uint8_t*>(groups);
+  const auto* ab = static_cast<const uint8_t*>(act);
+  const int64_t nsb = n / QK_K;
+  for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+    const int64_t T = nt - t0 < 4 ? nt - t0 : 4;
+    const uint8_t* at = ab + static_cast<size_t>(t0) * as;
+    float* yt = y + t0 * ldy;
+    for (int64_t gi = 0; gi < ng; ++gi) {
+      const uint8_t* gp = gb + static_cast<size_t>(gi) * gs;
+      float* yg = yt + gi * kPackRows;
+      switch (T) {
+        case 4: q4k_group_xT<4>(nsb, gp, at, as, yg, ldy); break;
+        case 3: q4k_group_xT<3>(nsb, gp, at, as, yg, ldy); break;
+        case 2: q4k_group_xT<2>(nsb, gp, at, as, yg, ldy); break;
+        default: q4k_group_xT<1>(nsb, gp, at, as, yg, ldy); break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void fill_avx512_packed(KernelSet& ks) {
   ks.packed[tid(DType::Q4_0)] = packed_tile<Kind::Q4_0>;
   ks.packed[tid(DType::Q5_0)] = packed_tile<Kind::Q5_0>;
   ks.packed[tid(DType::Q8_0)] = packed_tile<Kind::Q8_0>;
+  ks.packed[tid(DType::Q4_K)] = q4k_tile;
 }
 
 }  // namespace lokal::detail
