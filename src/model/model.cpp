@@ -171,7 +171,7 @@ size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, D
 }
 
 KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v)
-    : n_ctx_(n_ctx), n_embd_k_(cfg.n_embd_k()), n_embd_v_(cfg.n_embd_v()), n_head_kv_(cfg.n_head_kv),
+    : n_ctx_(n_ctx), n_head_kv_(cfg.n_head_kv),
       head_dim_k_(cfg.head_dim), head_dim_v_(cfg.head_dim_v), type_k_(type_k), type_v_(type_v) {
   if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
   check_kv_cache_type(type_k, cfg.head_dim);

@@ -20,7 +20,7 @@ struct LoadOptions {
   bool use_mmap = true;
   bool mlock = false;
   bool prefetch = true;   // ask the kernel to read the weights ahead (avoids first-token page faults)
-  // Rewrite Q4_0 / Q8_0 matrices in place into the 16-row interleaved layout of ops/packed.h when the
+  // Rewrite Q4_0 / Q5_0 / Q8_0 / Q4_K matrices in place into the 16-row interleaved layout of ops/packed.h when the
   // CPU has a kernel for it (same memory; the file on disk is not changed). LOKAL_REPACK=0 disables.
   bool repack = true;
 };
@@ -98,7 +98,7 @@ class KVCache {
   void store(int64_t layer, int64_t pos, const float* k, const float* v);
 
  private:
-  int64_t n_ctx_, n_embd_k_, n_embd_v_, n_head_kv_, head_dim_k_, head_dim_v_;
+  int64_t n_ctx_, n_head_kv_, head_dim_k_, head_dim_v_;
   DType type_k_, type_v_;
   size_t seg_k_, seg_v_, layer_k_, layer_v_;  // bytes of one head at one position; of one layer
   std::vector<uint8_t> k_, v_;

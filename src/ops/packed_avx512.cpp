@@ -134,7 +134,10 @@ void q4k_group_xT(int64_t nsb, const uint8_t* g, const uint8_t* a, size_t as, fl
     const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     const __m512 dmx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
     const __m512i u0 = _mm512_loadu_si512(p + 64), u1 = _mm512_loadu_si512(p + 128), u2 = _mm512_loadu_si512(p + 192);
-    // Scales and mins of sub-block j (llama.cpp's get_scale_min_k4, byte k of u0/u1/u2 = scales[k/4/8..]).
+    // Scales and mins of sub-block j, decoded as the scalar k4_scale_min does: u0, u1, u2 hold scale bytes
+    // 0..3, 4..7, 8..11 of each row; j < 4: scale = byte j of u0, min = byte j of u1 (6 bits); j >= 4: low
+    // 4 bits from byte j-4 of u2 (scale: low nibble, min: high nibble), top 2 bits from bits 6..7 of
+    // byte j-4 of u0 (scale) / u1 (min).
     __m512i sc[8], mn[8], mp[4];
     for (int j = 0; j < 4; ++j) {
       sc[j] = _mm512_and_si512(shr(u0, 8 * j), m6d);
