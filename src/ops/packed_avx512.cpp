@@ -90,28 +90,6 @@ void group_xT(int64_t nb, const uint8_t* g, const uint8_t* a, size_t as, float* 
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-template <Kind K>
-void packed_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt,
-                 float* y, int64_t ldy) {
-  const auto* gb = static_cast<const uint8_t*>(groups);
-  const auto* ab = static_cast<const uint8_t*>(act);
-  const int64_t nb = n / 32;
-  for (int64_t t0 = 0; t0 < nt; t0 += 4) {
-    const int64_t T = nt - t0 < 4 ? nt - t0 : 4;
-    const uint8_t* at = ab + static_cast<size_t>(t0) * as;
-    float* yt = y + t0 * ldy;
-    for (int64_t g = 0; g < ng; ++g) {
-      const uint8_t* gp = gb + static_cast<size_t>(g) * gs;
-      float* yg = yt + g * kPackRows;
-      switch (T) {
-        case 4: group_xT<4, K>(nb, gp, at, as, yg, ldy); break;
-        case 3: group_xT<3, K>(nb, gp, at, as, yg, ldy); break;
-        case 2: group_xT<2, K>(nb, gp, at, as, yg, ldy); break;
-        default: group_xT<1, K>(nb, gp, at, as, yg, ldy); break;
-      }
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Q4_K: one group of 16 rows x T tokens per super-block (ops/packed.h layout). The 8 six-bit scales
@@ -185,35 +163,35 @@ void q4k_group_xT(int64_t nsb, const uint8_t* g, const uint8_t* a, size_t as, fl
   for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-void q4k_tile(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt, float* y,
-              int64_t ldy) {
+// Driver shared by every packed type: tokens in steps of up to 4 (outer), every group of 16 rows
+// (inner), the group kernel instantiated per token count. kElems: elements per block of the type.
+using GroupFn = void (*)(int64_t nblocks, const uint8_t* group, const uint8_t* act, size_t as, float* y, int64_t ldy);
+template <GroupFn K1, GroupFn K2, GroupFn K3, GroupFn K4, int64_t kElems>
+void tile_groups(int64_t n, const void* groups, size_t gs, int64_t ng, const void* act, size_t as, int64_t nt,
+                 float* y, int64_t ldy) {
   const auto* gb = static_cast<const uint8_t*>(groups);
   const auto* ab = static_cast<const uint8_t*>(act);
-  const int64_t nsb = n / QK_K;
+  const int64_t nb = n / kElems;
   for (int64_t t0 = 0; t0 < nt; t0 += 4) {
     const int64_t T = nt - t0 < 4 ? nt - t0 : 4;
-    const uint8_t* at = ab + static_cast<size_t>(t0) * as;
-    float* yt = y + t0 * ldy;
-    for (int64_t gi = 0; gi < ng; ++gi) {
-      const uint8_t* gp = gb + static_cast<size_t>(gi) * gs;
-      float* yg = yt + gi * kPackRows;
-      switch (T) {
-        case 4: q4k_group_xT<4>(nsb, gp, at, as, yg, ldy); break;
-        case 3: q4k_group_xT<3>(nsb, gp, at, as, yg, ldy); break;
-        case 2: q4k_group_xT<2>(nsb, gp, at, as, yg, ldy); break;
-        default: q4k_group_xT<1>(nsb, gp, at, as, yg, ldy); break;
-      }
-    }
+    const GroupFn k = T == 4 ? K4 : T == 3 ? K3 : T == 2 ? K2 : K1;
+    for (int64_t g = 0; g < ng; ++g)
+      k(nb, gb + static_cast<size_t>(g) * gs, ab + static_cast<size_t>(t0) * as, as, y + t0 * ldy + g * kPackRows, ldy);
   }
+}
+
+template <Kind K>
+constexpr PackedFn q32_tile() {
+  return tile_groups<group_xT<1, K>, group_xT<2, K>, group_xT<3, K>, group_xT<4, K>, 32>;
 }
 
 }  // namespace
 
 void fill_avx512_packed(KernelSet& ks) {
-  ks.packed[tid(DType::Q4_0)] = packed_tile<Kind::Q4_0>;
-  ks.packed[tid(DType::Q5_0)] = packed_tile<Kind::Q5_0>;
-  ks.packed[tid(DType::Q8_0)] = packed_tile<Kind::Q8_0>;
-  ks.packed[tid(DType::Q4_K)] = q4k_tile;
+  ks.packed[tid(DType::Q4_0)] = q32_tile<Kind::Q4_0>();
+  ks.packed[tid(DType::Q5_0)] = q32_tile<Kind::Q5_0>();
+  ks.packed[tid(DType::Q8_0)] = q32_tile<Kind::Q8_0>();
+  ks.packed[tid(DType::Q4_K)] = tile_groups<q4k_group_xT<1>, q4k_group_xT<2>, q4k_group_xT<3>, q4k_group_xT<4>, QK_K>;
 }
 
 }  // namespace lokal::detail
