@@ -49,11 +49,26 @@ size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_thr
 }
 
 namespace {
-// Converts one head segment (n values) of a KV row to f32.
-inline void row_to_f32(const VecF& vf, DType t, const uint8_t* seg, float* dst, int64_t n) {
-  if (t == DType::F16) vf.f16_to_f32(reinterpret_cast<const uint16_t*>(seg), dst, n);
-  else if (t == DType::Q8_0) vf.q8_0_to_f32(seg, dst, n);
-  else dequantize_row(t, seg, dst, n);
+// One tile of nt positions of one KV head (its first segment at seg0, segments KV.row_bytes apart) as
+// f32 rows: F32 caches are used in place (*ld = the row stride in floats), F16 is converted in one
+// call, other types segment by segment into buf (*ld = n).
+inline const float* tile_f32(const VecF& vf, const KVRows& KV, const uint8_t* seg0, int64_t nt, int64_t n, float* buf,
+                             int64_t* ld) {
+  if (KV.type == DType::F32) {
+    *ld = static_cast<int64_t>(KV.row_bytes / sizeof(float));
+    return reinterpret_cast<const float*>(seg0);
+  }
+  *ld = n;
+  if (KV.type == DType::F16) {
+    vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(seg0), KV.row_bytes, nt, n, buf);
+  } else {
+    for (int64_t j = 0; j < nt; ++j) {
+      const uint8_t* seg = seg0 + static_cast<size_t>(j) * KV.row_bytes;
+      if (KV.type == DType::Q8_0) vf.q8_0_to_f32(seg, buf + j * n, n);
+      else dequantize_row(KV.type, seg, buf + j * n, n);
+    }
+  }
+  return buf;
 }
 }  // namespace
 
@@ -103,28 +118,9 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
         for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.seg(jj, g, hd) + o);
         for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.seg(jj, g, hdv) + o);
       }
-      const uint8_t* k0 = K.seg(j0, g, hd);
-      const uint8_t* v0 = V.seg(j0, g, hdv);
-      const float* kp = ktile;
-      int64_t ldk = hd;
-      if (K.type == DType::F32) {
-        kp = reinterpret_cast<const float*>(k0);
-        ldk = static_cast<int64_t>(K.row_bytes / sizeof(float));
-      } else if (K.type == DType::F16) {
-        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(k0), K.row_bytes, nt, hd, ktile);
-      } else {
-        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, K.type, k0 + jj * K.row_bytes, ktile + jj * hd, hd);
-      }
-      const float* vp = vtile;
-      int64_t ldv = hdv;
-      if (V.type == DType::F32) {
-        vp = reinterpret_cast<const float*>(v0);
-        ldv = static_cast<int64_t>(V.row_bytes / sizeof(float));
-      } else if (V.type == DType::F16) {
-        vf.f16_rows_to_f32(reinterpret_cast<const uint16_t*>(v0), V.row_bytes, nt, hdv, vtile);
-      } else {
-        for (int64_t jj = 0; jj < nt; ++jj) row_to_f32(vf, V.type, v0 + jj * V.row_bytes, vtile + jj * hdv, hdv);
-      }
+      int64_t ldk, ldv;
+      const float* kp = tile_f32(vf, K, K.seg(j0, g, hd), nt, hd, ktile, &ldk);
+      const float* vp = tile_f32(vf, V, V.seg(j0, g, hdv), nt, hdv, vtile, &ldv);
       for (int b = 0; b < nb8; ++b) {
         float* sb = sc + b * kTile * 8;
         vf.qk_tile8(qt + b * hd * 8, kp, ldk, hd, nt, sb);

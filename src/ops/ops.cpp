@@ -110,36 +110,50 @@ size_t matmul_scratch_row_bytes(DType w, int64_t cols) {
 
 namespace {
 
-// Packed weights (ops/packed.h): groups of 16 rows, every token of the call against each group.
+using QuantFn = void (*)(DType w, const float* x, void* dst, int64_t n);
+
+// Converts the n_tok activation rows of X into w's partner format (rows act_row bytes apart in dst),
+// across the pool when there are enough of them.
+void quantize_rows(ThreadPool& pool, QuantFn quant, const WeightView& W, const float* X, int64_t n_tok, uint8_t* dst,
+                   size_t act_row) {
+  auto one = [&](int64_t t) { quant(W.type, X + t * W.cols, dst + static_cast<size_t>(t) * act_row, W.cols); };
+  if (n_tok >= 4) {
+    pool.parallel_for(n_tok, [&](int64_t t, int) { one(t); });
+  } else {
+    for (int64_t t = 0; t < n_tok; ++t) one(t);
+  }
+}
+
+// Cache-blocked split of a product over n_tok tokens and n_units weight units (rows or 16-row groups).
+// Work items are (token tile, unit block) pairs, token tiles of at most 64 outermost so consecutive
+// items share the tile's activations (kept in L2: ~150 KB for 2048 Q8_K columns). The unit block
+// starts at `block` and halves (not below `min_block`) until there are >= 8 items per thread, so
+// both cores stay busy for small matrices and few tokens. body(t0, t1, u0, u1) runs one item.
+template <typename Body>
+void tiled_items(ThreadPool& pool, int64_t n_tok, int64_t n_units, int64_t block, int64_t min_block, Body&& body) {
+  constexpr int64_t kTokTile = 64;
+  const int64_t tok_tile = std::min(n_tok, kTokTile);
+  const int64_t n_tt = (n_tok + tok_tile - 1) / tok_tile;
+  const int64_t nth = pool.size();
+  while (block > min_block && ((n_units + block - 1) / block) * n_tt < 8 * nth) block /= 2;
+  const int64_t n_blocks = (n_units + block - 1) / block;
+  pool.parallel_for(n_blocks * n_tt, [&](int64_t item, int) {
+    const int64_t tt = item / n_blocks, bi = item % n_blocks;
+    const int64_t t0 = tt * tok_tile, u0 = bi * block;
+    body(t0, std::min(n_tok, t0 + tok_tile), u0, std::min(n_units, u0 + block));
+  });
+}
+
+// Packed weights (ops/packed.h): groups of 16 rows (~18 KB at 2048 Q4_0 columns), up to 4 per item,
+// every token of the tile against each group. Decode is the same with one token.
 void matmul_packed(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok, float* Y, int64_t ldy,
                    std::vector<uint8_t>& scratch) {
   const size_t act_row = packed_act_row_size(W.type, W.cols);
   if (scratch.size() < act_row * static_cast<size_t>(n_tok)) scratch.resize(act_row * static_cast<size_t>(n_tok));
   uint8_t* A = scratch.data();
-  if (n_tok >= 4) {
-    pool.parallel_for(n_tok, [&](int64_t t, int) {
-      quantize_activation_packed(W.type, X + t * W.cols, A + static_cast<size_t>(t) * act_row, W.cols);
-    });
-  } else {
-    for (int64_t t = 0; t < n_tok; ++t)
-      quantize_activation_packed(W.type, X + t * W.cols, A + static_cast<size_t>(t) * act_row, W.cols);
-  }
-  const int64_t nth = pool.size();
-  const int64_t ng = W.rows / kPackRows;
+  quantize_rows(pool, quantize_activation_packed, W, X, n_tok, A, act_row);
   const size_t gs = W.row_bytes * kPackRows;
-  // Token tiles of at most 64 (their activations stay in L2) outermost, so consecutive items share
-  // them; an item is a few groups (each 16 rows, ~18 KB at 2048 Q4_0 columns) x one token tile.
-  // Groups per item: up to 4, fewer until there are >= 8 items per thread (both cores busy).
-  constexpr int64_t kTokTile = 64;
-  const int64_t tok_tile = std::min(n_tok, kTokTile);
-  const int64_t n_tt = (n_tok + tok_tile - 1) / tok_tile;
-  int64_t gpi = 4;
-  while (gpi > 1 && ((ng + gpi - 1) / gpi) * n_tt < 8 * nth) gpi /= 2;
-  const int64_t n_gi = (ng + gpi - 1) / gpi;
-  pool.parallel_for(n_gi * n_tt, [&](int64_t item, int) {
-    const int64_t tt = item / n_gi, gi = item % n_gi;
-    const int64_t t0 = tt * tok_tile, t1 = std::min(n_tok, t0 + tok_tile);
-    const int64_t g0 = gi * gpi, g1 = std::min(ng, g0 + gpi);
+  tiled_items(pool, n_tok, W.rows / kPackRows, 4, 1, [&](int64_t t0, int64_t t1, int64_t g0, int64_t g1) {
     vec_dot_packed(W.type, W.cols, W.data + static_cast<size_t>(g0) * gs, gs, g1 - g0, A + static_cast<size_t>(t0) * act_row,
                    act_row, t1 - t0, Y + t0 * ldy + g0 * kPackRows, ldy);
   });
@@ -156,14 +170,7 @@ void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok
   if (at != DType::F32) {
     if (scratch.size() < act_row * static_cast<size_t>(n_tok)) scratch.resize(act_row * static_cast<size_t>(n_tok));
     uint8_t* dst = scratch.data();
-    if (n_tok >= 4) {
-      pool.parallel_for(n_tok, [&](int64_t t, int) {
-        quantize_activation(W.type, X + t * W.cols, dst + static_cast<size_t>(t) * act_row, W.cols);
-      });
-    } else {
-      for (int64_t t = 0; t < n_tok; ++t)
-        quantize_activation(W.type, X + t * W.cols, dst + static_cast<size_t>(t) * act_row, W.cols);
-    }
+    quantize_rows(pool, quantize_activation, W, X, n_tok, dst, act_row);
     act = dst;
   }
   const uint8_t* A = static_cast<const uint8_t*>(act);
@@ -194,24 +201,11 @@ void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok
     });
     return;
   }
-  // Prefill: cache-blocked product. Work items are (token tile, row block) pairs, token tiles
-  // outermost so consecutive items share the token tile's activations (kept in L2: at most
-  // kTokTile rows of the partner type, ~150 KB for 2048 Q8_K columns). Inside an item the tile
-  // kernel walks groups of 4 tokens (in L1) over the item's weight rows (a row block of at
-  // most 32 rows, ~36 KB at 2048 Q4_K columns, in L1/L2), decoding each weight block once per
-  // 4 tokens. Each weight row is thus streamed from memory once per token tile.
-  constexpr int64_t kTokTile = 64;
-  const int64_t tok_tile = std::min(n_tok, kTokTile);
-  const int64_t n_tt = (n_tok + tok_tile - 1) / tok_tile;
-  // Row block: 32 rows, smaller (a multiple of 4, at least 4) until there are >= 8 items per
-  // thread, so both cores stay busy for small matrices and few tokens.
-  int64_t rb = 32;
-  while (rb > 4 && ((W.rows + rb - 1) / rb) * n_tt < 8 * nth) rb /= 2;
-  const int64_t n_rb = (W.rows + rb - 1) / rb;
-  pool.parallel_for(n_rb * n_tt, [&](int64_t item, int) {
-    const int64_t tt = item / n_rb, bi = item % n_rb;
-    const int64_t t0 = tt * tok_tile, t1 = std::min(n_tok, t0 + tok_tile);
-    const int64_t r0 = bi * rb, r1 = std::min(W.rows, r0 + rb);
+  // Prefill: cache-blocked product (tiled_items). Inside an item the tile kernel walks groups of 4
+  // tokens (in L1) over the item's weight rows (a row block of at most 32 rows, ~36 KB at 2048 Q4_K
+  // columns; a multiple of 4, at least 4), decoding each weight block once per 4 tokens. Each weight
+  // row is thus streamed from memory once per token tile.
+  tiled_items(pool, n_tok, W.rows, 32, 4, [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
     vec_dot_tile(W.type, W.cols, W.row(r0), W.row_bytes, r1 - r0, A + static_cast<size_t>(t0) * act_row, act_row,
                  t1 - t0, Y + t0 * ldy + r0, ldy);
   });
