@@ -5,13 +5,47 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "core/error.h"
 
 namespace lokal {
+
+bool huge_pages_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LOKAL_HUGEPAGES");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+namespace {
+constexpr size_t kHugePage = size_t{2} << 20;
+
+size_t page_size() {
+  static const size_t p = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return p;
+}
+size_t page_round(size_t n) { return (n + page_size() - 1) / page_size() * page_size(); }
+
+// n bytes (a multiple of the page size) of anonymous read-write memory at an address congruent to
+// `like` modulo 2 MiB, advised as huge pages (huge_pages_enabled). nullptr if the kernel refuses.
+uint8_t* map_anonymous(size_t n, uintptr_t like) {
+  const size_t total = n + kHugePage;
+  void* raw = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t a = r + (like % kHugePage + kHugePage - r % kHugePage) % kHugePage;
+  if (a > r) ::munmap(raw, a - r);
+  if (r + total > a + n) ::munmap(reinterpret_cast<void*>(a + n), r + total - (a + n));
+  if (huge_pages_enabled()) (void)::madvise(reinterpret_cast<void*>(a), n, MADV_HUGEPAGE);
+  return reinterpret_cast<uint8_t*>(a);
+}
+}  // namespace
 
 MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -47,25 +81,31 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
     data_ = static_cast<const uint8_t*>(p);
     mapped_ = true;
   } else {
-    buffer_.resize(size_);
+    buffer_ = map_anonymous(page_round(size_), 0);
+    if (!buffer_) {
+      ::close(fd);
+      throw Error(path + ": cannot allocate " + std::to_string(size_) + " bytes to read the file into");
+    }
     size_t got = 0;
     while (got < size_) {
-      ssize_t r = ::read(fd, buffer_.data() + got, size_ - got);
+      ssize_t r = ::read(fd, buffer_ + got, size_ - got);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) {
         int e = errno;
         ::close(fd);
+        ::munmap(buffer_, page_round(size_));
         throw Error(path + ": read failed: " + (r == 0 ? std::string("unexpected end of file") : std::strerror(e)));
       }
       got += static_cast<size_t>(r);
     }
     ::close(fd);
-    data_ = buffer_.data();
+    data_ = buffer_;
   }
 }
 
 MappedFile::~MappedFile() {
   if (mapped_ && data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (buffer_) ::munmap(buffer_, page_round(size_));
 }
 
 void MappedFile::prefetch(size_t offset, size_t len) const {
@@ -89,18 +129,28 @@ void MappedFile::prefetch(size_t offset, size_t len) const {
 uint8_t* MappedFile::writable(size_t offset, size_t len) {
   if (offset > size_ || len > size_ - offset)
     throw Error(path_ + ": writable range [" + std::to_string(offset) + ", +" + std::to_string(len) + ") is outside the file");
-  if (!mapped_) return buffer_.data() + offset;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t start = offset / page * page;
-  uint8_t* base = const_cast<uint8_t*>(data_) + start;
-  if (len > 0 && ::mprotect(base, offset + len - start, PROT_READ | PROT_WRITE) != 0)
-    throw Error(path_ + ": cannot make the mapping writable: " + std::strerror(errno));
-  // Fault the pages in as this process's private copies in one call: copying each page on its first
-  // write instead would replace a read-only mapping per page (a TLB flush across threads each time).
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux >= 5.14
-#endif
-  if (len > 0) (void)::madvise(base, offset + len - start, MADV_POPULATE_WRITE);
+  if (!mapped_) return buffer_ + offset;
+  if (len == 0) return const_cast<uint8_t*>(data_) + offset;
+  const size_t start = offset / page_size() * page_size();
+  const size_t n = std::min(page_round(offset + len), page_round(size_)) - start;
+  uint8_t* dst = const_cast<uint8_t*>(data_) + start;
+  // Copy the range into anonymous memory at the same address modulo 2 MiB (so its whole 2 MiB
+  // stretches can be huge pages; copy-on-write of the file mapping would give 4 KiB pages only), then
+  // move the copy over the mapping with mremap. Each chunk's file pages are dropped from this mapping
+  // once copied, so the process never holds both (the page cache keeps them for the next run).
+  uint8_t* copy = map_anonymous(n, reinterpret_cast<uintptr_t>(dst));
+  if (!copy) throw Error(path_ + ": cannot allocate " + std::to_string(n) + " bytes for the repacked weights: " + std::strerror(errno));
+  constexpr size_t kChunk = size_t{64} << 20;
+  for (size_t c = 0; c < n; c += kChunk) {
+    const size_t m = std::min(kChunk, n - c);
+    std::memcpy(copy + c, dst + c, m);
+    (void)::madvise(dst + c, m, MADV_DONTNEED);
+  }
+  if (::mremap(copy, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == MAP_FAILED) {
+    const int e = errno;
+    ::munmap(copy, n);
+    throw Error(path_ + ": cannot place the repacked weights in the mapping: " + std::strerror(e));
+  }
   return const_cast<uint8_t*>(data_) + offset;
 }
 

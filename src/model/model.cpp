@@ -65,7 +65,15 @@ void Model::repack_weights() {
   for (WeightView* w : todo)
     if (w->data && pack_worthwhile(w->type, w->rows, w->cols)) go.push_back(w);
   if (go.empty()) return;
-  // Each matrix is rewritten group by group in place; matrices are spread over the CPU's threads.
+  // The byte range holding every matrix to pack is made writable once (core/mmap.h: a private copy
+  // in huge pages), then each matrix is rewritten group by group in place, matrices spread over threads.
+  size_t lo = SIZE_MAX, hi = 0;
+  for (WeightView* w : go) {
+    const size_t off = static_cast<size_t>(w->data - mf->data());
+    lo = std::min(lo, off);
+    hi = std::max(hi, off + w->row_bytes * static_cast<size_t>(w->rows));
+  }
+  uint8_t* base = mf->writable(lo, hi - lo) - lo;
   std::atomic<size_t> next{0};
   std::exception_ptr err;
   std::atomic<bool> failed{false};
@@ -73,9 +81,7 @@ void Model::repack_weights() {
     for (size_t i; (i = next.fetch_add(1)) < go.size();) {
       WeightView& w = *go[i];
       try {
-        const size_t bytes = w.row_bytes * static_cast<size_t>(w.rows);
-        uint8_t* p = mf->writable(static_cast<size_t>(w.data - mf->data()), bytes);
-        pack_matrix_inplace(w.type, w.rows, w.cols, p);
+        pack_matrix_inplace(w.type, w.rows, w.cols, base + static_cast<size_t>(w.data - mf->data()));
       } catch (...) {
         if (!failed.exchange(true)) err = std::current_exception();
         return;
