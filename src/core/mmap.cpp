@@ -45,7 +45,33 @@ uint8_t* map_anonymous(size_t n, uintptr_t like) {
   if (huge_pages_enabled()) (void)::madvise(reinterpret_cast<void*>(a), n, MADV_HUGEPAGE);
   return reinterpret_cast<uint8_t*>(a);
 }
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux >= 5.14
+#endif
 }  // namespace
+
+AnonBuffer::AnonBuffer(size_t n) : n_(n), mapped_(page_round(n)) {
+  if (n == 0) return;
+  p_ = map_anonymous(mapped_, 0);
+  if (!p_) throw Error("cannot allocate " + std::to_string(n) + " bytes: " + std::strerror(errno));
+  if (::madvise(p_, mapped_, MADV_POPULATE_WRITE) != 0) {  // older kernels: touch one byte per page
+    volatile uint8_t* v = p_;
+    for (size_t o = 0; o < mapped_; o += page_size()) v[o] = 0;
+  }
+}
+
+AnonBuffer::~AnonBuffer() {
+  if (p_) ::munmap(p_, mapped_);
+}
+
+AnonBuffer& AnonBuffer::operator=(AnonBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) ::munmap(p_, mapped_);
+    p_ = o.p_, n_ = o.n_, mapped_ = o.mapped_;
+    o.p_ = nullptr, o.n_ = o.mapped_ = 0;
+  }
+  return *this;
+}
 
 MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -187,8 +187,8 @@ KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type
   // Same total as position-major rows (blocks never straddle heads): n_head_kv segments per position.
   layer_k_ = seg_k_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
   layer_v_ = seg_v_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
-  k_.assign(layer_k_ * static_cast<size_t>(cfg.n_layer), 0);
-  v_.assign(layer_v_ * static_cast<size_t>(cfg.n_layer), 0);
+  k_ = AnonBuffer(layer_k_ * static_cast<size_t>(cfg.n_layer));
+  v_ = AnonBuffer(layer_v_ * static_cast<size_t>(cfg.n_layer));
 }
 
 void KVCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {

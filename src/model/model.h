@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/gguf.h"
+#include "core/mmap.h"
 #include "core/threadpool.h"
 #include "model/config.h"
 #include "ops/attention.h"
@@ -101,7 +102,7 @@ class KVCache {
   int64_t n_ctx_, n_head_kv_, head_dim_k_, head_dim_v_;
   DType type_k_, type_v_;
   size_t seg_k_, seg_v_, layer_k_, layer_v_;  // bytes of one head at one position; of one layer
-  std::vector<uint8_t> k_, v_;
+  AnonBuffer k_, v_;  // huge pages: every decoded token reads the whole cache up to its position
 };
 
 // Sees the input of a weight-matrix product before it runs: `x` holds n_tok rows of W.cols floats (W is the
