@@ -2,7 +2,7 @@
 // matrix-vector product (decode-shaped), and of the activation quantizers.
 //
 // Build (not part of the default build or of ctest):
-//   cmake --build <dir> --target lokal_ops && g++ -std=c++20 -O2 -Isrc bench/bench_vec_dot.cpp \
+//   cmake --build <dir> --target lokal_ops && g++ -std=c++20 -O2 -Isrc bench/bench_vec_dot.cpp
 //       <dir>/src/liblokal_ops.a <dir>/src/liblokal_core.a -lpthread -o bench_vec_dot
 // or add `add_subdirectory(bench)` to the top-level CMakeLists.txt (bench/CMakeLists.txt).
 //
