@@ -160,6 +160,40 @@ TEST(Ops, AttentionMatchesReference) {
   }
 }
 
+// Decode with few KV heads splits each head's positions into chunks across threads (flash-decoding) and
+// merges the partial softmax results: equal to the double reference within the bound above, for chunk
+// counts 1 (short context, many heads), 2 and more, partial last tiles, and thread counts 1-8.
+TEST(Ops, AttentionDecodeSplitMatchesReference) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  struct Case { int n_head, n_head_kv, hd; int64_t pos0; int threads; int64_t min_chunks; };
+  for (const Case c : {Case{14, 2, 64, 1000, 2, 2}, Case{14, 2, 64, 300, 8, 2}, Case{6, 1, 16, 700, 3, 5},
+                       Case{32, 4, 64, 2047, 2, 1}, Case{32, 4, 64, 2047, 8, 4}, Case{14, 2, 64, 100, 2, 1},
+                       Case{8, 1, 32, 300, 2, 2}, Case{8, 1, 32, 128, 2, 1}, Case{8, 1, 32, 129, 1, 1}}) {
+    SCOPED_TRACE("heads " + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + " pos0 " +
+                 std::to_string(c.pos0) + " threads " + std::to_string(c.threads));
+    ThreadPool pool(c.threads);
+    AttentionShape s{c.n_head, c.n_head_kv, c.hd, c.hd, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+    const int64_t chunks = attention_decode_chunks(s, c.pos0 + 1, c.threads);
+    EXPECT_GE(chunks, c.min_chunks);
+    EXPECT_LE(chunks * c.n_head_kv, 2 * c.threads + c.n_head_kv) << "the scratch holds at most this many partials";
+    const int64_t n_ctx = c.pos0 + 1, kvw = static_cast<int64_t>(c.n_head_kv) * c.hd;
+    std::vector<uint8_t> kb(static_cast<size_t>(n_ctx * kvw) * 2), vb(kb.size());
+    for (int64_t i = 0; i < n_ctx * kvw; ++i) {
+      reinterpret_cast<uint16_t*>(kb.data())[i] = fp32_to_fp16(nd(rng));
+      reinterpret_cast<uint16_t*>(vb.data())[i] = fp32_to_fp16(nd(rng));
+    }
+    std::vector<float> q(static_cast<size_t>(c.n_head * c.hd));
+    for (auto& v : q) v = nd(rng);
+    KVRows K{DType::F16, kb.data(), static_cast<size_t>(kvw) * 2}, V{DType::F16, vb.data(), static_cast<size_t>(kvw) * 2};
+    std::vector<float> out(q.size()), ref(q.size()), scratch;
+    attention(pool, s, q.data(), 1, c.pos0, K, V, out.data(), scratch);
+    EXPECT_LE(scratch.size(), attention_scratch_floats(s, DType::F16, c.threads));
+    attention_ref(s, q.data(), 1, c.pos0, K, V, ref.data());
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5f * 5.0f) << "i=" << i;
+  }
+}
+
 // Dispatched float vector kernels vs the scalar reference (odd lengths exercise the tails).
 // Bound: 1e-5 relative to sum |a_i b_i| (float summation in another order).
 TEST(Ops, VecFKernelsMatchReference) {

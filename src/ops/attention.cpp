@@ -37,15 +37,47 @@ void check_kv_cache_type(DType t, int64_t head_dim) {
                 std::to_string(type_info(t)->block_size) + "; this model's is " + std::to_string(head_dim));
 }
 
-size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {
-  (void)k_type;  // every K type is converted to f32 a tile at a time
+namespace {
+// Decode split (flash-decoding): with fewer (token, KV head) items than 2 per thread, each item's
+// positions are cut into chunks of at least kMinChunkTiles tiles, at most kMaxChunksPerThread * threads
+// chunks in all, so every thread gets work (Qwen2.5-0.5B has 2 KV heads: without the split only 2
+// threads could ever run its attention) and a descheduled thread holds up less. Partial results
+// (running max, sum, unnormalized accumulators) are merged after.
+constexpr int64_t kMinChunkTiles = 2;
+constexpr int kMaxChunksPerThread = 2;
+
+int64_t split_chunks(int64_t n_items, int64_t n_pos, int n_threads) {
+  if (n_threads <= 1 || n_items >= 2 * n_threads) return 1;
+  const int64_t by_len = n_pos / (kMinChunkTiles * kTile);
+  const int64_t wanted = (static_cast<int64_t>(kMaxChunksPerThread) * n_threads + n_items - 1) / n_items;
+  return std::max<int64_t>(1, std::min(by_len, wanted));
+}
+
+// Floats of one thread's working set: transposed queries [nb8][hd][8], scores [nb8][kTile][8], running
+// max / sum / correction [nb8][8] x3, accumulators [nb8*8][hdv], one tile of K [kTile][hd] and of V
+// [kTile][hdv] in f32.
+size_t per_thread_floats(const AttentionShape& s) {
   const size_t group = static_cast<size_t>(s.n_head / s.n_head_kv);
   const size_t nb8 = (group + 7) / 8;
   const size_t hd = static_cast<size_t>(s.head_dim), hdv = static_cast<size_t>(s.head_dim_v);
-  // Per thread: transposed queries [nb8][hd][8], scores [nb8][kTile][8], running max / sum / correction
-  // [nb8][8] x3, accumulators [nb8*8][hdv], one tile of K [kTile][hd] and of V [kTile][hdv] in f32.
-  const size_t per_thread = nb8 * hd * 8 + nb8 * kTile * 8 + nb8 * 8 * 3 + nb8 * 8 * hdv + kTile * hd + kTile * hdv;
-  return per_thread * static_cast<size_t>(std::max(1, n_threads));
+  return nb8 * hd * 8 + nb8 * kTile * 8 + nb8 * 8 * 3 + nb8 * 8 * hdv + kTile * hd + kTile * hdv;
+}
+// Floats of one chunk's partial result: per head of the group its max, sum and accumulators.
+size_t partial_floats(const AttentionShape& s) {
+  return static_cast<size_t>(s.n_head / s.n_head_kv) * static_cast<size_t>(s.head_dim_v + 2);
+}
+}  // namespace
+
+int64_t attention_decode_chunks(const AttentionShape& s, int64_t n_pos, int n_threads) {
+  return split_chunks(s.n_head_kv, n_pos, n_threads);
+}
+
+size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {
+  (void)k_type;  // every K type is converted to f32 a tile at a time
+  const size_t threads = static_cast<size_t>(std::max(1, n_threads));
+  // Decode split: at most kMaxChunksPerThread * threads + n_head_kv chunks (split_chunks rounds up).
+  const size_t max_chunks = kMaxChunksPerThread * threads + static_cast<size_t>(s.n_head_kv);
+  return per_thread_floats(s) * threads + max_chunks * partial_floats(s);
 }
 
 namespace {
@@ -83,14 +115,22 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
   const int group = s.n_head / s.n_head_kv;
   const int nb8 = (group + 7) / 8;
   const int64_t hd = s.head_dim, hdv = s.head_dim_v;
-  const size_t per_thread = attention_scratch_floats(s, K.type, 1);
+  const size_t per = per_thread_floats(s), part_floats = partial_floats(s);
   scratch.resize(attention_scratch_floats(s, K.type, pool.size()));
+  float* partial = scratch.data() + per * static_cast<size_t>(pool.size());
   const int64_t n_items = n_tok * s.n_head_kv;
-  pool.parallel_for(n_items, [&](int64_t item, int tid) {
+  // Decode only (one token): split each KV head's positions into chunks when items are few.
+  const int64_t chunks = n_tok == 1 ? attention_decode_chunks(s, pos0 + 1, pool.size()) : 1;
+  pool.parallel_for(n_items * chunks, [&](int64_t work, int tid) {
+    const int64_t item = work / chunks, chunk = work % chunks;
     const int64_t t = item / s.n_head_kv;
     const int g = static_cast<int>(item % s.n_head_kv);
     const int64_t n_pos = pos0 + t + 1;
-    float* qt = scratch.data() + per_thread * static_cast<size_t>(tid);
+    // This chunk's positions, whole tiles: [j_begin, j_end).
+    const int64_t n_tiles = (n_pos + kTile - 1) / kTile;
+    const int64_t j_begin = n_tiles * chunk / chunks * kTile;
+    const int64_t j_end = std::min(n_pos, n_tiles * (chunk + 1) / chunks * kTile);
+    float* qt = scratch.data() + per * static_cast<size_t>(tid);
     float* sc = qt + nb8 * hd * 8;
     float* m = sc + nb8 * kTile * 8;
     float* l = m + nb8 * 8;
@@ -110,11 +150,11 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     std::fill(l, l + nb8 * 8, 0.0f);
     std::fill(acc, acc + nb8 * 8 * hdv, 0.0f);
     const size_t kseg = row_size(K.type, hd), vseg = row_size(V.type, hdv);
-    for (int64_t j0 = 0; j0 < n_pos; j0 += kTile) {
-      const int64_t nt = std::min<int64_t>(kTile, n_pos - j0);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kTile) {
+      const int64_t nt = std::min<int64_t>(kTile, j_end - j0);
       // Ask for the next tile's K and V segments now (position-major rows are a whole KV row apart: the
       // hardware prefetchers do not follow that stride far enough ahead at long contexts).
-      for (int64_t jj = j0 + kTile; jj < std::min<int64_t>(n_pos, j0 + 2 * kTile); ++jj) {
+      for (int64_t jj = j0 + kTile; jj < std::min<int64_t>(j_end, j0 + 2 * kTile); ++jj) {
         for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.seg(jj, g, hd) + o);
         for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.seg(jj, g, hdv) + o);
       }
@@ -131,12 +171,44 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
         vf.pv_tile8(sb, nh, vp, ldv, nt, hdv, acc + b * 8 * hdv, hdv);
       }
     }
-    float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
+    if (chunks == 1) {
+      float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
+      for (int h = 0; h < group; ++h) {
+        const float inv = 1.0f / l[h];
+        for (int64_t d = 0; d < hdv; ++d) o[h * hdv + d] = acc[h * hdv + d] * inv;
+      }
+      return;
+    }
+    // Partial of this chunk: per head its max, its sum and its unnormalized accumulator.
+    float* p = partial + static_cast<size_t>(work) * part_floats;
     for (int h = 0; h < group; ++h) {
-      const float inv = 1.0f / l[h];
-      for (int64_t d = 0; d < hdv; ++d) o[h * hdv + d] = acc[h * hdv + d] * inv;
+      p[h * (hdv + 2)] = m[h];
+      p[h * (hdv + 2) + 1] = l[h];
+      std::copy(acc + h * hdv, acc + (h + 1) * hdv, p + h * (hdv + 2) + 2);
     }
   });
+  if (chunks == 1) return;
+  // Merge the chunks of each (token, KV head): rescale each to the largest max, then normalize.
+  for (int64_t item = 0; item < n_items; ++item) {
+    const int64_t t = item / s.n_head_kv;
+    const int g = static_cast<int>(item % s.n_head_kv);
+    float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
+    for (int h = 0; h < group; ++h) {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, partial[static_cast<size_t>(item * chunks + c) * part_floats + h * (hdv + 2)]);
+      float sum = 0.0f;
+      float* oh = o + h * hdv;
+      std::fill(oh, oh + hdv, 0.0f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* p = partial + static_cast<size_t>(item * chunks + c) * part_floats + h * (hdv + 2);
+        const float w = std::exp(p[0] - mx);
+        sum += p[1] * w;
+        for (int64_t d = 0; d < hdv; ++d) oh[d] += p[2 + d] * w;
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t d = 0; d < hdv; ++d) oh[d] *= inv;
+    }
+  }
 }
 
 void attention_ref(const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0, const KVRows& K,

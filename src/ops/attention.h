@@ -55,6 +55,11 @@ struct AttentionShape {
 // Floats of `scratch` that attention() uses for this shape, K type and pool size (for memory planning).
 size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads);
 
+// Decode (one token): into how many chunks each KV head's n_pos positions are split so that every one of
+// n_threads threads has work (1: no split). Chunks are whole tiles, at least two; their partial softmax
+// results are merged exactly (rescaled to the common max), so only float summation order changes.
+int64_t attention_decode_chunks(const AttentionShape& s, int64_t n_pos, int n_threads);
+
 void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_t n_tok, int64_t pos0,
                const KVRows& K, const KVRows& V, float* out, std::vector<float>& scratch);
 
