@@ -50,11 +50,11 @@ uint8_t* map_anonymous(size_t n, uintptr_t like) {
 #endif
 }  // namespace
 
-AnonBuffer::AnonBuffer(size_t n) : n_(n), mapped_(page_round(n)) {
+AnonBuffer::AnonBuffer(size_t n, bool populate) : n_(n), mapped_(page_round(n)) {
   if (n == 0) return;
   p_ = map_anonymous(mapped_, 0);
   if (!p_) throw Error("cannot allocate " + std::to_string(n) + " bytes: " + std::strerror(errno));
-  if (::madvise(p_, mapped_, MADV_POPULATE_WRITE) != 0) {  // older kernels: touch one byte per page
+  if (populate && ::madvise(p_, mapped_, MADV_POPULATE_WRITE) != 0) {  // older kernels: touch one byte per page
     volatile uint8_t* v = p_;
     for (size_t o = 0; o < mapped_; o += page_size()) v[o] = 0;
   }
@@ -107,31 +107,30 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
     data_ = static_cast<const uint8_t*>(p);
     mapped_ = true;
   } else {
-    buffer_ = map_anonymous(page_round(size_), 0);
-    if (!buffer_) {
+    try {
+      buffer_ = AnonBuffer(size_, /*populate=*/false);  // read() below faults the pages in
+    } catch (const Error& e) {
       ::close(fd);
-      throw Error(path + ": cannot allocate " + std::to_string(size_) + " bytes to read the file into");
+      throw Error(path + ": " + e.what() + " (to read the file into)");
     }
     size_t got = 0;
     while (got < size_) {
-      ssize_t r = ::read(fd, buffer_ + got, size_ - got);
+      ssize_t r = ::read(fd, buffer_.data() + got, size_ - got);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) {
         int e = errno;
         ::close(fd);
-        ::munmap(buffer_, page_round(size_));
         throw Error(path + ": read failed: " + (r == 0 ? std::string("unexpected end of file") : std::strerror(e)));
       }
       got += static_cast<size_t>(r);
     }
     ::close(fd);
-    data_ = buffer_;
+    data_ = buffer_.data();
   }
 }
 
 MappedFile::~MappedFile() {
   if (mapped_ && data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  if (buffer_) ::munmap(buffer_, page_round(size_));
 }
 
 void MappedFile::prefetch(size_t offset, size_t len) const {
@@ -155,7 +154,7 @@ void MappedFile::prefetch(size_t offset, size_t len) const {
 uint8_t* MappedFile::writable(size_t offset, size_t len) {
   if (offset > size_ || len > size_ - offset)
     throw Error(path_ + ": writable range [" + std::to_string(offset) + ", +" + std::to_string(len) + ") is outside the file");
-  if (!mapped_) return buffer_ + offset;
+  if (!mapped_) return buffer_.data() + offset;
   if (len == 0) return const_cast<uint8_t*>(data_) + offset;
   const size_t start = offset / page_size() * page_size();
   const size_t n = std::min(page_round(offset + len), page_round(size_)) - start;

@@ -6,6 +6,29 @@
 
 namespace lokal {
 
+// Zero-filled anonymous memory in 2 MiB huge pages where the kernel allows (huge_pages_enabled). With
+// `populate`, every page is faulted in at construction so the resident size is known from the start.
+// For big buffers streamed over and over (the KV cache, --no-mmap weights): with 4 KiB pages each
+// 4 KiB read costs a TLB miss.
+class AnonBuffer {
+ public:
+  AnonBuffer() = default;
+  explicit AnonBuffer(size_t n, bool populate = true);  // throws lokal::Error if the memory cannot be had
+  ~AnonBuffer();
+  AnonBuffer(AnonBuffer&& o) noexcept : p_(o.p_), n_(o.n_), mapped_(o.mapped_) { o.p_ = nullptr, o.n_ = o.mapped_ = 0; }
+  AnonBuffer& operator=(AnonBuffer&& o) noexcept;
+  AnonBuffer(const AnonBuffer&) = delete;
+  AnonBuffer& operator=(const AnonBuffer&) = delete;
+  uint8_t* data() { return p_; }
+  const uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t n_ = 0;       // bytes asked for
+  size_t mapped_ = 0;  // bytes mapped (n_ rounded up to the page size)
+};
+
 class MappedFile {
  public:
   // Maps `path` read-only (private mapping). With use_mmap=false the file is read into memory instead.
@@ -36,29 +59,7 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   bool mapped_ = false;
-  uint8_t* buffer_ = nullptr;  // --no-mmap: anonymous memory holding the file (size_ bytes)
-};
-
-// Zero-filled anonymous memory in 2 MiB huge pages where the kernel allows (huge_pages_enabled),
-// every page faulted in at construction so the resident size is known from the start. For big
-// buffers streamed over and over (the KV cache): with 4 KiB pages each 4 KiB read costs a TLB miss.
-class AnonBuffer {
- public:
-  AnonBuffer() = default;
-  explicit AnonBuffer(size_t n);  // throws lokal::Error if the memory cannot be had
-  ~AnonBuffer();
-  AnonBuffer(AnonBuffer&& o) noexcept : p_(o.p_), n_(o.n_), mapped_(o.mapped_) { o.p_ = nullptr, o.n_ = o.mapped_ = 0; }
-  AnonBuffer& operator=(AnonBuffer&& o) noexcept;
-  AnonBuffer(const AnonBuffer&) = delete;
-  AnonBuffer& operator=(const AnonBuffer&) = delete;
-  uint8_t* data() { return p_; }
-  const uint8_t* data() const { return p_; }
-  size_t size() const { return n_; }
-
- private:
-  uint8_t* p_ = nullptr;
-  size_t n_ = 0;       // bytes asked for
-  size_t mapped_ = 0;  // bytes mapped (n_ rounded up to the page size)
+  AnonBuffer buffer_;  // --no-mmap: the file's bytes
 };
 
 // Whether weights copied into anonymous memory (--no-mmap, repacked weights) are advised as huge

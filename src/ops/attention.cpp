@@ -46,13 +46,6 @@ namespace {
 constexpr int64_t kMinChunkTiles = 2;
 constexpr int kMaxChunksPerThread = 2;
 
-int64_t split_chunks(int64_t n_items, int64_t n_pos, int n_threads) {
-  if (n_threads <= 1 || n_items >= 2 * n_threads) return 1;
-  const int64_t by_len = n_pos / (kMinChunkTiles * kTile);
-  const int64_t wanted = (static_cast<int64_t>(kMaxChunksPerThread) * n_threads + n_items - 1) / n_items;
-  return std::max<int64_t>(1, std::min(by_len, wanted));
-}
-
 // Floats of one thread's working set: transposed queries [nb8][hd][8], scores [nb8][kTile][8], running
 // max / sum / correction [nb8][8] x3, accumulators [nb8*8][hdv], one tile of K [kTile][hd] and of V
 // [kTile][hdv] in f32.
@@ -69,13 +62,17 @@ size_t partial_floats(const AttentionShape& s) {
 }  // namespace
 
 int64_t attention_decode_chunks(const AttentionShape& s, int64_t n_pos, int n_threads) {
-  return split_chunks(s.n_head_kv, n_pos, n_threads);
+  const int64_t n_items = s.n_head_kv;
+  if (n_threads <= 1 || n_items >= 2 * n_threads) return 1;
+  const int64_t by_len = n_pos / (kMinChunkTiles * kTile);
+  const int64_t wanted = (static_cast<int64_t>(kMaxChunksPerThread) * n_threads + n_items - 1) / n_items;
+  return std::max<int64_t>(1, std::min(by_len, wanted));
 }
 
 size_t attention_scratch_floats(const AttentionShape& s, DType k_type, int n_threads) {
   (void)k_type;  // every K type is converted to f32 a tile at a time
   const size_t threads = static_cast<size_t>(std::max(1, n_threads));
-  // Decode split: at most kMaxChunksPerThread * threads + n_head_kv chunks (split_chunks rounds up).
+  // Decode split: at most kMaxChunksPerThread * threads + n_head_kv chunks (attention_decode_chunks rounds up).
   const size_t max_chunks = kMaxChunksPerThread * threads + static_cast<size_t>(s.n_head_kv);
   return per_thread_floats(s) * threads + max_chunks * partial_floats(s);
 }
@@ -118,6 +115,7 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
   const size_t per = per_thread_floats(s), part_floats = partial_floats(s);
   scratch.resize(attention_scratch_floats(s, K.type, pool.size()));
   float* partial = scratch.data() + per * static_cast<size_t>(pool.size());
+  auto part_of = [&](int64_t work, int h) { return partial + static_cast<size_t>(work) * part_floats + static_cast<size_t>(h) * (hdv + 2); };
   const int64_t n_items = n_tok * s.n_head_kv;
   // Decode only (one token): split each KV head's positions into chunks when items are few.
   const int64_t chunks = n_tok == 1 ? attention_decode_chunks(s, pos0 + 1, pool.size()) : 1;
@@ -152,8 +150,8 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     const size_t kseg = row_size(K.type, hd), vseg = row_size(V.type, hdv);
     for (int64_t j0 = j_begin; j0 < j_end; j0 += kTile) {
       const int64_t nt = std::min<int64_t>(kTile, j_end - j0);
-      // Ask for the next tile's K and V segments now (position-major rows are a whole KV row apart: the
-      // hardware prefetchers do not follow that stride far enough ahead at long contexts).
+      // Ask for the next tile's K and V segments now (one sequential run in the model's head-major cache;
+      // a position-major cache's segments are a whole KV row apart, a stride the prefetchers lose).
       for (int64_t jj = j0 + kTile; jj < std::min<int64_t>(j_end, j0 + 2 * kTile); ++jj) {
         for (size_t o = 0; o < kseg; o += 64) __builtin_prefetch(K.seg(jj, g, hd) + o);
         for (size_t o = 0; o < vseg; o += 64) __builtin_prefetch(V.seg(jj, g, hdv) + o);
@@ -179,12 +177,12 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
       }
       return;
     }
-    // Partial of this chunk: per head its max, its sum and its unnormalized accumulator.
-    float* p = partial + static_cast<size_t>(work) * part_floats;
+    // Partial of this chunk, per head: its max, its sum and its unnormalized accumulator (part_of).
     for (int h = 0; h < group; ++h) {
-      p[h * (hdv + 2)] = m[h];
-      p[h * (hdv + 2) + 1] = l[h];
-      std::copy(acc + h * hdv, acc + (h + 1) * hdv, p + h * (hdv + 2) + 2);
+      float* p = part_of(work, h);
+      p[0] = m[h];
+      p[1] = l[h];
+      std::copy(acc + h * hdv, acc + (h + 1) * hdv, p + 2);
     }
   });
   if (chunks == 1) return;
@@ -195,12 +193,12 @@ void attention(ThreadPool& pool, const AttentionShape& s, const float* q, int64_
     float* o = out + t * s.n_head * hdv + static_cast<int64_t>(g) * group * hdv;
     for (int h = 0; h < group; ++h) {
       float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, partial[static_cast<size_t>(item * chunks + c) * part_floats + h * (hdv + 2)]);
+      for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, part_of(item * chunks + c, h)[0]);
       float sum = 0.0f;
       float* oh = o + h * hdv;
       std::fill(oh, oh + hdv, 0.0f);
       for (int64_t c = 0; c < chunks; ++c) {
-        const float* p = partial + static_cast<size_t>(item * chunks + c) * part_floats + h * (hdv + 2);
+        const float* p = part_of(item * chunks + c, h);
         const float w = std::exp(p[0] - mx);
         sum += p[1] * w;
         for (int64_t d = 0; d < hdv; ++d) oh[d] += p[2 + d] * w;
