@@ -82,13 +82,20 @@ echo "cpu: $(jq -r '.[0].cpu_info' "$OUT_DIR/1-$(basename "$1" .gguf).lokal.json
 echo
 awk -F'\t' '
   BEGIN {
-    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s |\n", "file", "model", "test", "lokal t/s", "llama.cpp t/s", "lokal/llama";
-    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s |\n", "----------------------------", "--------------------------", "--------------", "-----------------:", "-----------------:", "------------:";
+    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s | %13s |\n", "file", "model", "test", "lokal t/s", "llama.cpp t/s", "lokal/llama", "bw ceiling";
+    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s | %13s |\n", "----------------------------", "--------------------------", "--------------", "-----------------:", "-----------------:", "------------:", "------------:";
   }
   {
     ratio = ($6 == "nan" || $6 + 0 == 0) ? "n/a" : sprintf("%.2fx", $4 / $6);
     ll = ($6 == "nan") ? "n/a" : sprintf("%.2f ± %.2f", $6, $7);
-    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s |\n", $1, $2, $3, sprintf("%.2f ± %.2f", $4, $5), ll, ratio;
+    # Decode reads every weight once per token: llama.cpp at llama_ts reads pct * llama_ts / lokal_ts
+    # percent of the measured bandwidth, so no runtime reading the same bytes can beat it by more
+    # than 100 / that.
+    ceil = ($8 + 0 > 0 && $6 != "nan" && $6 + 0 > 0) ? sprintf("%.2fx", 100 / ($8 * $6 / $4)) : "-";
+    printf "| %-28s | %-26s | %-14s | %18s | %18s | %13s | %13s |\n", $1, $2, $3, sprintf("%.2f ± %.2f", $4, $5), ll, ratio, ceil;
   }' "$rows"
+echo
+echo "bw ceiling (decode): the most any runtime reading the same weight bytes per token could beat llama.cpp by,"
+echo "given the memory read bandwidth lokal bench measured in the same run."
 echo
 echo "raw JSON: $OUT_DIR" >&2

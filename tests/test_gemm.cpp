@@ -110,7 +110,7 @@ TEST_P(GemmIsa, TileMatchesReferencePairs) {
       const int64_t n = blocks * unit_of(w) + (type_info(w)->block_size == 1 && blocks == 3 ? 5 : 0);
       const int64_t rows = 6;
       const Mats m = make_mats(w, n, rows, 64, rng, blocks % 2 ? 0.05f : 0.5f);
-      for (int64_t nt : {1, 2, 3, 4, 5, 7, 8, 9, 17, 64}) {
+      for (int64_t nt : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 64}) {
         for (int64_t nr : {int64_t{1}, int64_t{5}, rows}) {
           SCOPED_TRACE(std::string(type_name(w)) + " n=" + std::to_string(n) + " nt=" + std::to_string(nt) +
                        " nr=" + std::to_string(nr));
