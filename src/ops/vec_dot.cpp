@@ -358,6 +358,17 @@ bool cpu_has_avx512() {
 #endif
 }
 
+// AVX512_BF16 is CPUID leaf 7 subleaf 1, EAX bit 5 (not every compiler's __builtin_cpu_supports knows it).
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax, ebx, ecx, edx;
+  if (!cpu_has_avx512() || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5) & 1u;
+#else
+  return false;
+#endif
+}
+
 const detail::KernelSet* avx2_set() {
   static const detail::KernelSet ks = [] {
     detail::KernelSet k;
@@ -376,6 +387,7 @@ const detail::KernelSet* avx512_set() {
     detail::fill_avx2(k);
     k.name = "avx512";
     detail::fill_avx512(k);
+    if (cpu_has_avx512_bf16()) detail::fill_avx512_bf16(k);
     return k;
   }();
   return &ks;

@@ -47,5 +47,7 @@ void fill_avx2_gemm(KernelSet& ks);
 void fill_avx512_gemm(KernelSet& ks);
 // Packed-layout kernels: packed_avx512.cpp (called by fill_avx512).
 void fill_avx512_packed(KernelSet& ks);
+// BF16 dot products with vdpbf16ps: bf16_avx512.cpp (added to the avx512 set when the CPU has AVX512_BF16).
+void fill_avx512_bf16(KernelSet& ks);
 
 }  // namespace lokal::detail
