@@ -74,6 +74,23 @@ TEST_F(MmapTest, WritableRangesAreFaithfulPrivateCopies) {
   }
 }
 
+// A range copied fresh from the file (read from the file, not from the mapping) that ends at the
+// file's end, which is not a page boundary: the bytes up to the end are the file's, nothing past it
+// is needed, and a later range overlapping it is copied from memory (keeps the writes).
+TEST_F(MmapTest, WritableRangeToTheEndOfTheFileIsReadFromTheFile) {
+  MappedFile m(path_, true);
+  std::string expect = bytes_;
+  const size_t o = (size_t{3} << 20) + 5, n = bytes_.size() - o;
+  uint8_t* p = m.writable(o, n);
+  ASSERT_EQ(first_diff(view(m), bytes_), -1);
+  p[n - 1] = 0x33, expect[o + n - 1] = 0x33;
+  p[0] = 0x44, expect[o] = 0x44;
+  uint8_t* q = m.writable(10, o + 100);
+  q[5] = 0x55, expect[15] = 0x55;
+  EXPECT_EQ(first_diff(view(m), expect), -1);
+  EXPECT_EQ(first_diff(on_disk(), bytes_), -1);
+}
+
 TEST_F(MmapTest, MissingFileIsAClearError) {
   for (bool use_mmap : {true, false}) {
     try {

@@ -6,10 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "core/error.h"
 
@@ -103,7 +107,7 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
       ::close(fd);
       throw Error(path + ": mmap failed: " + std::strerror(e));
     }
-    ::close(fd);
+    fd_ = fd;
     data_ = static_cast<const uint8_t*>(p);
     mapped_ = true;
   } else {
@@ -131,6 +135,7 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
 
 MappedFile::~MappedFile() {
   if (mapped_ && data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MappedFile::prefetch(size_t offset, size_t len) const {
@@ -165,17 +170,50 @@ uint8_t* MappedFile::writable(size_t offset, size_t len) {
   // once copied, so the process never holds both (the page cache keeps them for the next run).
   uint8_t* copy = map_anonymous(n, reinterpret_cast<uintptr_t>(dst));
   if (!copy) throw Error(path_ + ": cannot allocate " + std::to_string(n) + " bytes for the repacked weights: " + std::strerror(errno));
+  // Chunks are copied on up to 4 threads: faulting in fresh huge pages is most of the time in a VM
+  // (~2 s per GiB on one thread here, about half that on two); RSS grows by at most a chunk per thread.
   constexpr size_t kChunk = size_t{64} << 20;
-  for (size_t c = 0; c < n; c += kChunk) {
-    const size_t m = std::min(kChunk, n - c);
-    std::memcpy(copy + c, dst + c, m);
-    (void)::madvise(dst + c, m, MADV_DONTNEED);
+  const size_t n_chunks = (n + kChunk - 1) / kChunk;
+  // A chunk is read from the file (the page cache; its pages never enter this process, so resident
+  // memory does not grow while copying), unless it overlaps a range made private before, whose
+  // rewritten bytes exist only in memory.
+  auto read_file = [&](uint8_t* to, size_t len, size_t file_off) {
+    for (size_t got = 0; got < len;) {
+      const ssize_t r = ::pread(fd_, to + got, len - got, static_cast<off_t>(file_off + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      got += static_cast<size_t>(r);
+    }
+    return true;
+  };
+  std::atomic<size_t> next{0};
+  auto copy_chunks = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n_chunks;) {
+      const size_t c = i * kChunk, m = std::min(kChunk, n - c);
+      const size_t b = start + c, e = b + m;
+      const bool in_memory = std::any_of(copied_.begin(), copied_.end(), [&](const auto& r) { return r.first < e && b < r.second; });
+      // (Past the end of the file the last page stays zero, as in the mapping; on a read error the
+      // mapping still has the bytes.)
+      if (in_memory || !read_file(copy + c, std::min(m, size_ - std::min(size_, b)), b)) std::memcpy(copy + c, dst + c, m);
+      (void)::madvise(dst + c, m, MADV_DONTNEED);
+    }
+  };
+  {
+    const size_t nth = std::min<size_t>({4, n_chunks, std::max(1u, std::thread::hardware_concurrency())});
+    std::vector<std::thread> helpers;
+    try {
+      for (size_t t = 1; t < nth; ++t) helpers.emplace_back(copy_chunks);
+    } catch (const std::system_error&) {  // no more threads: the ones started (and this one) do the rest
+    }
+    copy_chunks();
+    for (auto& t : helpers) t.join();
   }
   if (::mremap(copy, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == MAP_FAILED) {
     const int e = errno;
     ::munmap(copy, n);
     throw Error(path_ + ": cannot place the repacked weights in the mapping: " + std::strerror(e));
   }
+  copied_.emplace_back(start, start + n);
   return const_cast<uint8_t*>(data_) + offset;
 }
 

@@ -3,6 +3,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace lokal {
 
@@ -48,7 +50,8 @@ class MappedFile {
   // Writable pointer to [offset, offset+len) for rewriting weights in place (the model loader's
   // repacking). The range becomes this process's own anonymous copy of the file's bytes (in 2 MiB huge
   // pages where the kernel allows, see huge_pages_enabled), the file on disk never changes. Resident
-  // memory grows by at most one 64 MiB chunk while the copy is made. Not thread-safe; call it before
+  // memory does not grow: the copy is read from the file (pread, page cache) and each chunk's pages
+  // of the mapping are dropped (ranges copied before are copied from memory, keeping their writes). Not thread-safe; call it before
   // handing the range to threads. Throws lokal::Error if no memory can be had for the copy.
   uint8_t* writable(size_t offset, size_t len);
   // Try to lock the pages in RAM; returns false (with errno text in *why) if refused.
@@ -59,6 +62,8 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   bool mapped_ = false;
+  int fd_ = -1;        // mmap: kept open, writable() reads the file's bytes with pread
+  std::vector<std::pair<size_t, size_t>> copied_;  // [begin, end) made private by writable()
   AnonBuffer buffer_;  // --no-mmap: the file's bytes
 };
 

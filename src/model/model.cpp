@@ -64,16 +64,23 @@ void Model::repack_weights() {
   std::vector<WeightView*> go;
   for (WeightView* w : todo)
     if (w->data && pack_worthwhile(w->type, w->rows, w->cols)) go.push_back(w);
-  if (go.empty()) return;
   // The byte range holding every matrix to pack is made writable once (core/mmap.h: a private copy
   // in huge pages), then each matrix is rewritten group by group in place, matrices spread over threads.
+  // Decode streams every matrix once per token, and a file mapping is mostly 4 KiB pages (a TLB miss
+  // per page), so when huge pages are available the range spans every matrix, packed or not (F16,
+  // BF16, Q6_K, ... models too). Same bytes, same RSS; costs load time (fresh huge pages fault in).
+  const bool huge = mf->is_mapped() && huge_pages_enabled();
+  if (go.empty() && !huge) return;
   size_t lo = SIZE_MAX, hi = 0;
-  for (WeightView* w : go) {
+  for (WeightView* w : huge ? todo : go) {
+    if (!w->data) continue;
     const size_t off = static_cast<size_t>(w->data - mf->data());
     lo = std::min(lo, off);
     hi = std::max(hi, off + w->row_bytes * static_cast<size_t>(w->rows));
   }
+  if (lo >= hi) return;
   uint8_t* base = mf->writable(lo, hi - lo) - lo;
+  if (go.empty()) return;
   std::atomic<size_t> next{0};
   std::exception_ptr err;
   std::atomic<bool> failed{false};
