@@ -166,17 +166,15 @@ uint8_t* MappedFile::writable(size_t offset, size_t len) {
   uint8_t* dst = const_cast<uint8_t*>(data_) + start;
   // Copy the range into anonymous memory at the same address modulo 2 MiB (so its whole 2 MiB
   // stretches can be huge pages; copy-on-write of the file mapping would give 4 KiB pages only), then
-  // move the copy over the mapping with mremap. Each chunk's file pages are dropped from this mapping
-  // once copied, so the process never holds both (the page cache keeps them for the next run).
+  // move the copy over the mapping with mremap. A chunk is read from the file with pread (the page
+  // cache: its pages never enter this process, so resident memory does not grow while copying), unless
+  // it overlaps a range made private before, whose rewritten bytes exist only in memory. Pages of the
+  // mapping already faulted in are dropped chunk by chunk. Chunks go to up to 4 threads: faulting in
+  // fresh huge pages is most of the time in a VM (~2 s per GiB on one thread here, about half on two).
   uint8_t* copy = map_anonymous(n, reinterpret_cast<uintptr_t>(dst));
   if (!copy) throw Error(path_ + ": cannot allocate " + std::to_string(n) + " bytes for the repacked weights: " + std::strerror(errno));
-  // Chunks are copied on up to 4 threads: faulting in fresh huge pages is most of the time in a VM
-  // (~2 s per GiB on one thread here, about half that on two); RSS grows by at most a chunk per thread.
   constexpr size_t kChunk = size_t{64} << 20;
   const size_t n_chunks = (n + kChunk - 1) / kChunk;
-  // A chunk is read from the file (the page cache; its pages never enter this process, so resident
-  // memory does not grow while copying), unless it overlaps a range made private before, whose
-  // rewritten bytes exist only in memory.
   auto read_file = [&](uint8_t* to, size_t len, size_t file_off) {
     for (size_t got = 0; got < len;) {
       const ssize_t r = ::pread(fd_, to + got, len - got, static_cast<off_t>(file_off + got));

@@ -50,9 +50,9 @@ class MappedFile {
   // Writable pointer to [offset, offset+len) for rewriting weights in place (the model loader's
   // repacking). The range becomes this process's own anonymous copy of the file's bytes (in 2 MiB huge
   // pages where the kernel allows, see huge_pages_enabled), the file on disk never changes. Resident
-  // memory does not grow: the copy is read from the file (pread, page cache) and each chunk's pages
-  // of the mapping are dropped (ranges copied before are copied from memory, keeping their writes). Not thread-safe; call it before
-  // handing the range to threads. Throws lokal::Error if no memory can be had for the copy.
+  // memory does not grow: the copy is read from the file (pread, page cache), and ranges made writable
+  // before are copied from memory, keeping their writes. Not thread-safe; call it before handing the
+  // range to threads. Throws lokal::Error if no memory can be had for the copy.
   uint8_t* writable(size_t offset, size_t len);
   // Try to lock the pages in RAM; returns false (with errno text in *why) if refused.
   bool lock(std::string* why);
