@@ -1,6 +1,8 @@
 #include "core/threadpool.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -19,7 +21,10 @@ inline void backoff(int& spins) {
   if (++spins < kSpinIters) LOKAL_PAUSE();
   else std::this_thread::yield();
 }
-inline uint64_t gen_of(uint64_t s) { return s >> 32; }
+constexpr uint64_t kLeftMask = 0xffffffffu;  // low half of state_: chunks left to claim
+constexpr int64_t kMaxChunks = 0xffffffff;
+inline uint32_t gen_of(uint64_t s) { return static_cast<uint32_t>(s >> 32); }
+inline uint64_t make_state(uint32_t gen, uint64_t left) { return uint64_t(gen) << 32 | left; }
 }  // namespace
 
 int ThreadPool::default_threads() {
@@ -28,6 +33,8 @@ int ThreadPool::default_threads() {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+  const char* e = std::getenv("LOKAL_POOL_STRESS");
+  stress_ = e && std::strcmp(e, "1") == 0;
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
 
@@ -35,42 +42,64 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_.store(true);
-    state_.fetch_add(uint64_t(1) << 32);
+    // A new generation with no chunk to claim: wakes the spinning workers, gives late ones nothing.
+    state_.store(make_state(gen_of(state_.load()) + 1, 0));
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_chunks(uint64_t gen, int tid) {
+int64_t ThreadPool::fail(uint32_t gen) {
+  if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+  // Take every chunk nobody has started: they are skipped, and counted done by this thread.
+  uint64_t s = state_.load(std::memory_order_acquire);
+  while (gen_of(s) == gen && (s & kLeftMask) != 0)
+    if (state_.compare_exchange_weak(s, s & ~kLeftMask, std::memory_order_acq_rel, std::memory_order_acquire))
+      return static_cast<int64_t>(s & kLeftMask);
+  return 0;
+}
+
+void ThreadPool::run_chunks(uint32_t gen, int tid) {
   uint64_t s = state_.load(std::memory_order_acquire);
   for (;;) {
+    if (stress_) std::this_thread::yield();  // between reading the word and acting on it
     if (gen_of(s) != gen) return;
-    const int64_t chunk = static_cast<int64_t>(s & 0xffffffffu);
-    if (chunk >= n_chunks_) return;
-    if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
-    // Claimed: the job cannot finish (nor change) before this chunk is counted done.
+    const uint64_t left = s & kLeftMask;
+    if (left == 0) return;
+    if (!state_.compare_exchange_weak(s, s - 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Claimed: the job cannot finish (nor change) before this chunk is counted done, so only now
+    // are its fields read (a claim that failed or found no chunk left must not look at them: the
+    // caller may be writing the next job's).
+    const int64_t chunk = n_chunks_ - static_cast<int64_t>(left);
     const int64_t start = chunk * grain_, end = std::min(n_, start + grain_);
-    for (int64_t i = start; i < end; ++i) (*fn_)(i, tid);
-    done_.fetch_add(1, std::memory_order_acq_rel);
+    int64_t finished = 1;
+    try {
+      for (int64_t i = start; i < end; ++i) (*fn_)(i, tid);
+    } catch (...) {
+      finished += fail(gen);
+    }
+    done_.fetch_add(finished, std::memory_order_acq_rel);
     s = state_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::worker(int id) {
-  uint64_t seen = gen_of(state_.load(std::memory_order_acquire));
+  uint32_t seen = gen_of(state_.load(std::memory_order_acquire));
   for (;;) {
     int spins = 0;
-    uint64_t g = gen_of(state_.load(std::memory_order_acquire));
+    uint32_t g = gen_of(state_.load(std::memory_order_acquire));
     while (g == seen && spins < kSpinIters + kYieldIters && !stop_.load(std::memory_order_relaxed)) {
       backoff(spins);
       g = gen_of(state_.load(std::memory_order_acquire));
     }
     if (g == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      sleepers_.fetch_add(1);
+      // seq_cst, as the caller's publishing store and its sleepers_ load: either the caller sees
+      // this sleeper and notifies, or the check below sees the new generation.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
       // stop_ too: a worker that starts after the destructor bumped the generation has never
       // seen the old one and would otherwise wait forever.
-      cv_.wait(lk, [&] { return stop_.load() || gen_of(state_.load(std::memory_order_acquire)) != seen; });
+      cv_.wait(lk, [&] { return stop_.load() || gen_of(state_.load(std::memory_order_seq_cst)) != seen; });
       sleepers_.fetch_sub(1);
       g = gen_of(state_.load(std::memory_order_acquire));
     }
@@ -87,20 +116,31 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int)>
     for (int64_t i = 0; i < n; ++i) fn(i, 0);
     return;
   }
+  if ((n - 1) / grain + 1 > kMaxChunks) grain = (n - 1) / kMaxChunks + 1;  // the count fits state_'s low half
+  // No chunk of the previous job can be claimed any more (none left) and every claimed one is done,
+  // so nobody reads these now.
   fn_ = &fn;
   n_ = n;
   grain_ = grain;
-  n_chunks_ = (n + grain - 1) / grain;
+  n_chunks_ = (n - 1) / grain + 1;
   done_.store(0, std::memory_order_relaxed);
-  const uint64_t gen = gen_of(state_.load(std::memory_order_relaxed)) + 1;
-  state_.store(gen << 32, std::memory_order_release);  // publish: chunk 0 of a new generation
-  if (sleepers_.load() > 0) {
+  if (stress_) std::this_thread::yield();
+  const uint32_t gen = gen_of(state_.load(std::memory_order_relaxed)) + 1;
+  // Publish (seq_cst: paired with a sleeping worker's sleepers_ increment and state_ check).
+  state_.store(make_state(gen, static_cast<uint64_t>(n_chunks_)), std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lk(mu_);
     cv_.notify_all();
   }
   run_chunks(gen, 0);
   int spins = 0;
-  while (done_.load(std::memory_order_acquire) != n_chunks_) backoff(spins);
+  while (done_.load(std::memory_order_acquire) < n_chunks_) backoff(spins);
+  if (failed_.load(std::memory_order_relaxed)) {
+    std::exception_ptr e = std::move(error_);
+    error_ = nullptr;
+    failed_.store(false, std::memory_order_relaxed);
+    std::rethrow_exception(e);
+  }
 }
 
 }  // namespace lokal
