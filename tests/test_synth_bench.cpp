@@ -272,6 +272,15 @@ TEST(Synth, PaddedVocabFile) {
   o.n_layer = 1;
   o.type = "F16";
   o.vocab_file = lokal::test::vocab_dir() + "/ggml-vocab-qwen2.gguf";
+  // Only when asked (--pad-vocab): by default a vocabulary of another size is refused, as README says.
+  try {
+    synth_model(o, out.path);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--pad-vocab"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out.path));
+  o.pad_vocab = true;
   synth_model(o, out.path);
   auto f = GGUFFile::open(out.path);
   const auto& toks = f->get_str_array("tokenizer.ggml.tokens");

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "core/safe_io.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/bench.h"
@@ -19,10 +20,10 @@ namespace lokal::cli {
 namespace {
 struct BenchArgs {
   std::string model;
-  std::vector<int> n_prompt{512}, n_gen{128}, threads{0};
-  std::vector<int64_t> depth{0};
+  // Comma lists, as given (comma_list validates them; list_values converts).
+  std::vector<std::string> n_prompt{"512"}, n_gen{"128"}, threads{"0"}, depth{"0"};
   int reps = 5;
-  int64_t batch = 512;
+  int64_t batch = kDefaultBatchSize;
   std::string cache_type_k = "f16", cache_type_v = "f16";
   bool json = false;
   bool no_mmap = false;
@@ -94,6 +95,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["mem_bw_gbps"] = t.mem_bw_gbps;
   j["mem_bw_pct"] = t.mem_bw_pct;
   j["kernels"] = r.kernels;
+  j["file_type"] = r.file_type;  // model_file_type: the name info, plan and compare show
   return j;
 }
 
@@ -155,7 +157,7 @@ void print_markdown(const BenchReport& r) {
   for (const Row& row : rows) {
     line = "|";
     for (size_t i = 0; i < head.size(); ++i) line.append(" ").append(cell(row.cells[i], i)).append(" |");
-    std::printf("%s\n", line.c_str());
+    std::printf("%s\n", printable(line).c_str());  // cells quote file names and metadata
   }
   std::printf("\n");
   std::printf("decode reads %s of weights per token; ", format_bytes(static_cast<double>(r.decode_bytes_per_token)).c_str());
@@ -177,10 +179,10 @@ void bench(const BenchArgs& a) {
   if (std::filesystem::is_directory(a.model)) throw Error(a.model + ": is a directory, not a model file");
   BenchOptions o;
   o.model = a.model;
-  o.n_prompt = a.n_prompt;
-  o.n_gen = a.n_gen;
-  o.n_threads = a.threads;
-  o.depth = a.depth;
+  o.n_prompt = list_values<int>(a.n_prompt);
+  o.n_gen = list_values<int>(a.n_gen);
+  o.n_threads = list_values<int>(a.threads);
+  o.depth = list_values<int64_t>(a.depth);
   o.reps = a.reps;
   o.n_batch = a.batch;
   o.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
@@ -210,17 +212,17 @@ void bench(const BenchArgs& a) {
 void register_bench(CLI::App& app, int* rc) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure prefill and decode speed (llama-bench style)");
-  cmd->add_option("-m,--model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
   cmd->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens per prefill test (comma list; 0: none)")
-      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+      ->capture_default_str()->check(comma_list(CLI::Range(0, 1 << 20)));
   cmd->add_option("-n,--n-gen", a->n_gen, "Tokens per decode test (comma list; 0: none)")
-      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+      ->capture_default_str()->check(comma_list(CLI::Range(0, 1 << 20)));
   cmd->add_option("-r,--repetitions", a->reps, "Warm runs per test (after one first run)")
       ->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_option("-t,--threads", a->threads, "Threads (comma list; 0: all)")
-      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1024));
+      ->capture_default_str()->check(comma_list(CLI::Range(0, 1024)));
   cmd->add_option("-d,--depth", a->depth, "Tokens of context before each test (comma list)")
-      ->delimiter(',')->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 22));
+      ->capture_default_str()->check(comma_list(CLI::Range(int64_t(0), int64_t(1) << 22)));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward micro-batch")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
   cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")

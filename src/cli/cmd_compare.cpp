@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/log.h"
 #include "engine/compare.h"
 #include "engine/plan.h"
@@ -14,11 +15,12 @@ namespace lokal::cli {
 
 namespace {
 struct CompareArgs {
-  std::vector<std::string> models;
+  std::vector<std::string> models;      // -m values and positionals in command-line order: the first is the base
+  std::vector<std::string> flag_models, pos_models;
   std::string text_file;
   int64_t ctx = 0;
   int64_t chunks = -1;
-  int64_t batch = 512;
+  int64_t batch = kDefaultBatchSize;
   int threads = 0;
   bool json = false;
   bool allow_long_ctx = false;
@@ -53,7 +55,7 @@ std::string fmt_kl(double v) {
 }
 
 void print_markdown(const std::vector<CompareRow>& rows) {
-  std::printf("| model | type | KV cache | size (MiB) | bpw | PPL | ΔPPL | ΔPPL %% | KL mean | KL p99 | top-1 %% | prefill t/s | decode t/s |\n");
+  std::printf("| model | file type | KV cache | size (MiB) | bpw | PPL | ΔPPL | ΔPPL %% | KL mean | KL p99 | top-1 %% | prefill t/s | decode t/s |\n");
   std::printf("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
   for (size_t i = 0; i < rows.size(); ++i) {
     const CompareRow& r = rows[i];
@@ -101,6 +103,7 @@ void compare(const CompareArgs& a) {
   set_log_level(LogLevel::Warn);
   if (a.models.size() < 2 && a.kv.size() < 2)
     throw Error("compare needs a base model and at least one other model (or one model and --kv with two or more types)");
+  for (const auto& m : a.models) check_input_file(m, "GGUF model file");
   const std::string text = read_text_file(a.text_file);
   CompareOptions o;
   o.ppl.n_ctx = a.ctx;
@@ -125,11 +128,13 @@ void compare(const CompareArgs& a) {
 void register_compare(CLI::App& app, int* rc) {
   auto a = std::make_shared<CompareArgs>();
   CLI::App* cmd = app.add_subcommand("compare", "Compare models with a base model: PPL, KL-divergence, top-1, speed");
-  cmd->add_option("models", a->models, "BASE.gguf OTHER.gguf... (same vocabulary)")->required()->check(CLI::ExistingFile);
+  auto* mflag = cmd->add_option("-m,--model", a->flag_models, "A model, as -m or positional; the first given is the base");
+  auto* mpos = cmd->add_option("models", a->pos_models, "BASE.gguf OTHER.gguf... (same vocabulary)")
+                   ->type_name("[-m] BASE.gguf [-m] OTHER.gguf...");
   cmd->add_option("--kv", a->kv, "KV cache types to evaluate every model with, comma-separated, each T or K/V "
                                  "(e.g. f16,q8_0,q4_0); the base with the first is the reference (default: f16)")
-      ->delimiter(',');
-  cmd->add_option("-f,--file", a->text_file, "Text file to score")->required()->check(CLI::ExistingFile);
+      ->check(comma_list());
+  cmd->add_option("-f,--file", a->text_file, "Text file to score")->required();
   cmd->add_option("-c,--ctx-size", a->ctx, "Tokens per chunk (0: min(512, base model's trained context))")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("--chunks", a->chunks, "Chunks to score (-1: all)")
@@ -140,7 +145,19 @@ void register_compare(CLI::App& app, int* rc) {
   cmd->add_flag("--json", a->json, "Print a JSON array instead of a Markdown table");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above a model's trained context");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress on stderr");
-  cmd->callback([a, rc] {
+  cmd->callback([a, rc, cmd, mflag, mpos] {
+    // The models in command-line order, -m or positional alike (parse_order has one entry per value).
+    a->models.clear();
+    size_t nf = 0, np = 0;
+    for (const CLI::Option* o : cmd->parse_order()) {
+      if (o == mflag && nf < a->flag_models.size()) a->models.push_back(a->flag_models[nf++]);
+      if (o == mpos && np < a->pos_models.size()) a->models.push_back(a->pos_models[np++]);
+    }
+    a->models.insert(a->models.end(), a->flag_models.begin() + static_cast<std::ptrdiff_t>(nf), a->flag_models.end());
+    a->models.insert(a->models.end(), a->pos_models.begin() + static_cast<std::ptrdiff_t>(np), a->pos_models.end());
+    if (a->models.empty())
+      throw CLI::ParseError("compare: no model given: BASE.gguf OTHER.gguf... or -m BASE.gguf -m OTHER.gguf...", 2);
+    a->kv = list_items(a->kv);
     compare(*a);
     *rc = 0;
   });

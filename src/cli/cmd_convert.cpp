@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/types.h"
 #include "engine/convert.h"
 
@@ -20,13 +21,13 @@ std::string shape_str(const std::vector<int64_t>& ne) {
 
 void print_progress(const ConvertTensorProgress& p) {
   const int digits = static_cast<int>(std::to_string(p.count).size());
-  std::fprintf(stderr, "[%*zu/%zu] %-40s %-5s -> %-5s %-16s %s\n", digits, p.index + 1, p.count, p.name.c_str(), p.from.c_str(),
+  std::fprintf(stderr, "[%*zu/%zu] %-40s %-5s -> %-5s %-16s %s\n", digits, p.index + 1, p.count, printable(p.name).c_str(), printable(p.from).c_str(),
                type_name(p.to), shape_str(p.ne).c_str(), format_bytes(static_cast<double>(p.bytes)).c_str());
   std::fflush(stderr);
 }
 
 void print_note(const std::string& s) {
-  std::fprintf(stderr, "%s\n", s.c_str());
+  std::fprintf(stderr, "%s\n", printable(s).c_str());
   std::fflush(stderr);
 }
 
@@ -36,7 +37,7 @@ struct ConvertArgs {
 };
 
 struct ExportArgs {
-  std::string input, output, shard_size;
+  std::string input, input_flag, output, shard_size;  // input: the positional; input_flag: -m (exactly one)
   bool quiet = false;
 };
 
@@ -49,8 +50,9 @@ void register_convert(CLI::App& app, int* rc) {
       "INPUT: a Hugging Face folder (config.json, model.safetensors or its shards + index, tokenizer.json / tokenizer.model,\n"
       "tokenizer_config.json) of a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM model; or a llama2.c\n"
       "checkpoint .bin (versions 0 and 1) with --tokenizer tokenizer.bin (or --vocab-from a GGUF).");
-  cmd->add_option("input", a->input, "Hugging Face model folder or llama2.c checkpoint")->required();
-  cmd->add_option("-o,--output", a->output, "Output GGUF file")->required();
+  cmd->add_option("input", a->input, "Hugging Face model folder or llama2.c checkpoint")->required()
+      ->type_name("HF_DIR|CHECKPOINT.bin");
+  cmd->add_option("-o,--output", a->output, "Output GGUF file")->required()->type_name("OUT.gguf");
   cmd->add_option("--outtype", a->outtype, "Type of 2-D tensors: f32, f16 or bf16 (default: as stored)");
   cmd->add_option("--tokenizer", a->tokenizer, "llama2.c tokenizer .bin");
   cmd->add_option("--vocab-from", a->vocab_from, "Take the tokenizer from this GGUF instead");
@@ -81,11 +83,13 @@ void register_convert(CLI::App& app, int* rc) {
 void register_export_hf(CLI::App& app, int* rc) {
   auto a = std::make_shared<ExportArgs>();
   CLI::App* cmd = app.add_subcommand("export-hf", "Export a GGUF model (llama, qwen2) as a Hugging Face folder (safetensors, tokenizer.json)");
-  cmd->add_option("input", a->input, "Input GGUF model")->required();
-  cmd->add_option("-o,--output", a->output, "Output folder (created if needed)")->required();
+  cmd->add_option("input", a->input, "Input GGUF model")->type_name("[-m] MODEL.gguf");
+  cmd->add_option("-m,--model", a->input_flag, "Input GGUF model (instead of the positional)");
+  cmd->add_option("-o,--output", a->output, "Output folder (created if needed)")->required()->type_name("DIR");
   cmd->add_option("--shard-size", a->shard_size, "Split the weights into safetensors shards of at most this size (e.g. 2GB, 500MB)");
   cmd->add_flag("-q,--quiet", a->quiet, "No per-tensor progress");
   cmd->callback([a, rc] {
+    a->input = one_model("export-hf", a->input_flag, a->input);
     ExportOptions opt;
     if (!a->shard_size.empty()) opt.shard_size = parse_size(a->shard_size);
     opt.on_note = print_note;

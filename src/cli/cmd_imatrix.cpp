@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/log.h"
 #include "engine/imatrix.h"
 
@@ -17,7 +18,7 @@ struct ImatrixArgs {
   std::string model, text_file, output = "imatrix.dat";
   int64_t ctx = 0;
   int64_t chunks = -1;
-  int64_t batch = 512;
+  int64_t batch = kDefaultBatchSize;  // model/config.h: one default for every subcommand
   int threads = 0;
   bool process_output = false;
   bool allow_long_ctx = false;
@@ -26,6 +27,8 @@ struct ImatrixArgs {
 void run_imatrix(const ImatrixArgs& a) {
   set_log_level(LogLevel::Warn);
   const auto t0 = std::chrono::steady_clock::now();
+  check_input_file(a.model, "GGUF model file");
+  check_output_file(a.output, {a.model, a.text_file});  // before the (possibly long) computation
   const std::string text = read_text_file(a.text_file);
   auto model = Model::load(a.model);
   ImatrixOptions o;
@@ -55,8 +58,8 @@ void run_imatrix(const ImatrixArgs& a) {
 void register_imatrix(CLI::App& app, int* rc) {
   auto a = std::make_shared<ImatrixArgs>();
   CLI::App* cmd = app.add_subcommand("imatrix", "Compute an importance matrix for quantize --imatrix (llama.cpp's .dat format)");
-  cmd->add_option("-m,--model", a->model, "GGUF model file (ideally F32/F16)")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-f,--file", a->text_file, "Text to run the model on")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-m,--model", a->model, "GGUF model file (ideally F32/F16)")->required();
+  cmd->add_option("-f,--file", a->text_file, "Text to run the model on")->required();
   cmd->add_option("-o,--output", a->output, "Importance matrix file to write")->capture_default_str();
   cmd->add_option("-c,--ctx-size", a->ctx, "Tokens per chunk (0: min(512, model's trained context))")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));

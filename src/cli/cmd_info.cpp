@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "core/log.h"
+#include "core/safe_io.h"
 #include "engine/plan.h"
 #include "engine/session.h"
 
@@ -20,7 +21,7 @@ std::string format_bytes(double b) {
 
 namespace {
 struct InfoArgs {
-  std::string model;
+  std::string model, model_flag;  // the positional, -m (one_model: exactly one of them)
   int64_t ctx = 0;
   bool all_kv = false;
 };
@@ -31,12 +32,12 @@ void info(const InfoArgs& a) {
   const ModelConfig& c = model->config();
   const GGUFFile& f = model->gguf();
   const Vocab& v = model->vocab();
-  std::printf("file:            %s\n", a.model.c_str());
+  std::printf("file:            %s\n", printable(a.model).c_str());
   std::printf("format:          GGUF v%u, %zu tensors, %zu metadata keys, %s\n", f.version(), f.tensors().size(),
               f.kv().size(), format_bytes(static_cast<double>(f.file_size())).c_str());
-  if (!c.name.empty()) std::printf("name:            %s\n", c.name.c_str());
-  std::printf("architecture:    %s\n", c.arch.c_str());
-  std::printf("file type:       %s\n", file_type_name(c.file_type).c_str());
+  if (!c.name.empty()) std::printf("name:            %s\n", printable(c.name).c_str());
+  std::printf("architecture:    %s\n", printable(c.arch).c_str());
+  std::printf("file type:       %s\n", model_file_type(f).c_str());  // the name bench, plan and compare show
   std::printf("\nhyperparameters\n");
   std::printf("  n_vocab        %lld\n", static_cast<long long>(c.n_vocab));
   std::printf("  n_ctx_train    %lld\n", static_cast<long long>(c.n_ctx_train));
@@ -54,11 +55,11 @@ void info(const InfoArgs& a) {
   std::printf("  q/k/v bias     %s\n", model->layers.empty() || !model->layers[0].bq ? "no" : "yes");
 
   std::printf("\ntokenizer\n");
-  std::printf("  model          %s%s%s\n", v.model_name().c_str(), v.pre_name().empty() ? "" : ", pre-tokenizer ",
-              v.pre_name().c_str());
+  std::printf("  model          %s%s%s\n", printable(v.model_name()).c_str(), v.pre_name().empty() ? "" : ", pre-tokenizer ",
+              printable(v.pre_name()).c_str());
   std::printf("  tokens         %d%s\n", v.n_tokens(),
               v.n_merges() ? (", " + std::to_string(v.n_merges()) + " merges").c_str() : "");
-  auto tok = [&](int32_t id) { return id < 0 ? std::string("none") : std::to_string(id) + " '" + v.token_text(id) + "'"; };
+  auto tok = [&](int32_t id) { return id < 0 ? std::string("none") : std::to_string(id) + " '" + printable(v.token_text(id)) + "'"; };
   std::printf("  bos            %s%s\n", tok(v.bos()).c_str(), v.add_bos() ? " (added)" : "");
   std::printf("  eos            %s\n", tok(v.eos()).c_str());
   if (v.eot() >= 0) std::printf("  eot            %s\n", tok(v.eot()).c_str());
@@ -94,7 +95,8 @@ void info(const InfoArgs& a) {
 
   if (a.all_kv) {
     std::printf("\nmetadata\n");
-    for (const auto& [k, val] : f.kv()) std::printf("  %-40s %s\n", k.c_str(), val.to_string(80).c_str());
+    for (const auto& [k, val] : f.kv())
+      std::printf("  %-40s %s\n", printable(k).c_str(), printable(val.to_string(80)).c_str());
   }
 }
 }  // namespace
@@ -102,11 +104,13 @@ void info(const InfoArgs& a) {
 void register_info(CLI::App& app, int* rc) {
   auto a = std::make_shared<InfoArgs>();
   CLI::App* cmd = app.add_subcommand("info", "Show a model's architecture, tokenizer, tensors and memory needs");
-  cmd->add_option("model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("model", a->model, "GGUF model file")->type_name("[-m] MODEL.gguf");
+  cmd->add_option("-m,--model", a->model_flag, "GGUF model file (instead of the positional)");
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size for the memory estimate (0: model's, max 4096)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_flag("--metadata", a->all_kv, "Also list every metadata key");
   cmd->callback([a, rc] {
+    a->model = one_model("info", a->model_flag, a->model);
     info(*a);
     *rc = 0;
   });

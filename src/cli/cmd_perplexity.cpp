@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/log.h"
 #include "engine/perplexity.h"
 #include "ops/vec_dot.h"
@@ -14,12 +15,8 @@
 namespace lokal::cli {
 
 std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path + ": cannot read the text file");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) throw Error(path + ": read error");
-  return ss.str();
+  return read_text_input(path, kMaxTextBytes,
+                         "the most lokal reads as a text to score; cut it, or use --chunks on a shorter part");
 }
 
 namespace {
@@ -27,7 +24,7 @@ struct PplArgs {
   std::string model, text_file, save_logits;
   int64_t ctx = 0;
   int64_t chunks = -1;
-  int64_t batch = 512;
+  int64_t batch = kDefaultBatchSize;  // model/config.h: one default for every subcommand
   int threads = 0;
   bool allow_long_ctx = false;
   bool verbose = false;
@@ -36,6 +33,8 @@ struct PplArgs {
 void perplexity(const PplArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   const auto t_start = std::chrono::steady_clock::now();
+  check_input_file(a.model, "GGUF model file");
+  if (!a.save_logits.empty()) check_output_file(a.save_logits, {a.model, a.text_file});  // before any work
   const std::string text = read_text_file(a.text_file);
   auto model = Model::load(a.model);
   PerplexityOptions po;
@@ -82,8 +81,8 @@ void perplexity(const PplArgs& a) {
 void register_perplexity(CLI::App& app, int* rc) {
   auto a = std::make_shared<PplArgs>();
   CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity of a model on a text (llama-perplexity's method)");
-  cmd->add_option("-m,--model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-f,--file", a->text_file, "Text file to score")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
+  cmd->add_option("-f,--file", a->text_file, "Text file to score")->required();
   cmd->add_option("-c,--ctx-size", a->ctx, "Tokens per chunk (0: min(512, model's trained context))")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("--chunks", a->chunks, "Chunks to score (-1: all)")

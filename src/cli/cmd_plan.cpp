@@ -102,7 +102,7 @@ void print_plan(const PlanRequest& req, const Plan& p) {
   std::printf("budget: %s of RAM", mib(p.ram_bytes).c_str());
   if (req.vram_bytes) std::printf(", %s of VRAM", mib(req.vram_bytes).c_str());
   std::printf("\n");
-  std::printf("  %-34s %-14s %6s %-11s %5s %11s %11s %10s %10s %11s  %s\n", "model", "type", "ctx", "K/V", "batch",
+  std::printf("  %-34s %-14s %6s %-11s %5s %11s %11s %10s %10s %11s  %s\n", "model", "file type", "ctx", "K/V", "batch",
               "weights", "kv cache", "compute", "overhead", "total", "fits");
   // The options tried, at their largest batch (smaller batches only change the compute column), and the choice.
   for (size_t i = 0; i < p.tried.size(); ++i) {
@@ -153,7 +153,7 @@ int run_plan(const PlanArgs& a) {
   (void)a.no_mmap;  // same bytes either way (see the flag's help)
 
   std::vector<uint64_t> budgets;
-  for (const auto& r : a.ram) budgets.push_back(parse_byte_size(r));
+  for (const auto& r : list_items(a.ram)) budgets.push_back(parse_byte_size(r));
   if (budgets.empty()) {
     const uint64_t avail = available_ram_bytes();
     if (avail == 0) throw Error("plan: cannot read MemAvailable from /proc/meminfo; give the budget with --ram");
@@ -184,19 +184,19 @@ void register_plan(CLI::App& app, int* rc) {
   CLI::App* cmd = app.add_subcommand(
       "plan", "Fit model weights + KV cache + compute buffers into a RAM budget and say how (nothing is loaded)");
   cmd->add_option("-m,--model", a->models, "GGUF model file; repeat to choose among several (e.g. quantizations)")
-      ->required()->check(CLI::ExistingFile);
+      ->required();
   cmd->add_option("--ram", a->ram, "RAM budget, e.g. 2GiB, 1500M, 8GB; several (comma-separated) give one plan each "
-                                   "(default: MemAvailable)")->delimiter(',');
+                                   "(default: MemAvailable)")->check(comma_list());
   cmd->add_option("--vram", a->vram, "VRAM budget (reported; this build has no GPU backend)");
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size to plan for (0: the largest that fits, up to the model's "
                                             "trained context or 4096)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("--cache-type-k,--ctk", a->ctk, "Fix the K cache type (default: f16, else q8_0, else q4_0)");
   cmd->add_option("--cache-type-v,--ctv", a->ctv, "Fix the V cache type (default: f16, else q8_0, else q4_0)");
-  cmd->add_option("-b,--batch-size", a->batch, "Fix the prompt batch (0: 256, smaller if needed)")
+  cmd->add_option("-b,--batch-size", a->batch, "Fix the prompt batch (0: " + std::to_string(kDefaultBatchSize) + ", smaller if needed)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
-  cmd->add_option("--draft", a->draft, "A draft model (speculative decoding) that must fit too")->check(CLI::ExistingFile);
+  cmd->add_option("--draft", a->draft, "A draft model (speculative decoding) that must fit too");
   cmd->add_flag("--no-mmap", a->no_mmap, "Plan for reading the weights into RAM (the same bytes as mapping them; "
                                          "mapped pages are file cache the kernel can drop, read ones are not)");
   cmd->add_flag("--mlock", a->mlock, "Check that the weights can be locked in RAM (ulimit -l)");

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/threadpool.h"
 #include "engine/imatrix.h"
 #include "engine/quantize.h"
@@ -16,6 +17,8 @@ namespace {
 
 struct QuantizeArgs {
   std::string input, output, type, imatrix;
+  std::string model;              // -m IN.gguf (then the positionals are OUT.gguf TYPE)
+  std::vector<std::string> args;  // the positionals: IN.gguf OUT.gguf TYPE, or OUT.gguf TYPE after -m
   int threads = 0;
   bool allow_requantize = false;
   bool keep_output_f16 = false;
@@ -47,7 +50,7 @@ void print_tensor_line(FILE* f, size_t index, size_t count, const TensorPlan& t,
   std::string types = std::string(type_name(t.from)) + " -> " + type_name(t.to);
   if (!t.converted()) types = std::string(type_name(t.from)) + " (copy)";
   std::fprintf(f, "[%*zu/%zu] %-*s  %-13s %-14s %10s -> %-10s", digits, index + 1, count, static_cast<int>(width),
-               t.name.c_str(), types.c_str(), shape_str(t.ne).c_str(), format_bytes(static_cast<double>(t.bytes_in)).c_str(),
+               printable(t.name).c_str(), types.c_str(), shape_str(t.ne).c_str(), format_bytes(static_cast<double>(t.bytes_in)).c_str(),
                format_bytes(static_cast<double>(t.bytes_out)).c_str());
   if (seconds >= 0) std::fprintf(f, " %7.1f ms", seconds * 1e3);
   if (!t.fallback.empty()) std::fprintf(f, "  (fallback)");
@@ -76,6 +79,9 @@ void run(const QuantizeArgs& a) {
   opt.pure = a.pure;
   opt.dry_run = a.dry_run;
   if (!a.imatrix.empty()) {
+    check_input_file(a.imatrix, "importance matrix file");
+    check_input_file(a.input, "GGUF model file");
+    if (!a.dry_run) check_output_file(a.output, {a.input, a.imatrix});  // before the importance matrix is read
     const ImportanceMatrix m = read_imatrix(a.imatrix);
     use_imatrix(opt, m, a.imatrix);
     std::fprintf(stderr, "imatrix: %s, %zu entries, %d chunks%s%s\n", a.imatrix.c_str(), m.entries.size(), m.chunks,
@@ -88,7 +94,7 @@ void run(const QuantizeArgs& a) {
     std::fprintf(stderr, "quantize: %s -> %s as %s (general.file_type %d)%s, %zu tensors%s\n", a.input.c_str(),
                  a.output.c_str(), p.file_type.name, p.file_type.ftype, a.pure ? ", pure" : "", p.tensors.size(),
                  a.dry_run ? ", dry run" : (", " + std::to_string(opt.n_threads) + " threads").c_str());
-    for (const auto& n : p.notes) std::fprintf(stderr, "%s\n", n.c_str());
+    for (const auto& n : p.notes) std::fprintf(stderr, "%s\n", printable(n).c_str());
     std::fflush(stderr);
     if (a.dry_run) {
       std::printf("plan for %s (%s):\n", a.output.c_str(), p.file_type.name);
@@ -125,17 +131,24 @@ void register_quantize(CLI::App& app, int* rc) {
   for (const auto& ft : quant_file_types()) types += std::string("\n  ") + ft.name + ": " + ft.desc;
   CLI::App* cmd = app.add_subcommand("quantize", "Quantize a GGUF model (llama.cpp file types and per-tensor mixes)");
   cmd->footer("TYPE (case-insensitive; Q3_K, Q4_K, Q5_K are aliases of the _M mixes):" + types);
-  cmd->add_option("input", a->input, "Input GGUF model (F32/F16/BF16)")->required();
-  cmd->add_option("output", a->output, "Output GGUF file")->required();
-  cmd->add_option("type", a->type, "File type, e.g. Q4_K_M")->required();
+  cmd->add_option("files", a->args, "IN.gguf (input GGUF model, F32/F16/BF16; or -m IN.gguf), OUT.gguf (output GGUF "
+                                     "file), TYPE (file type, e.g. Q4_K_M)")
+      ->type_name("[-m] IN.gguf OUT.gguf TYPE");
+  cmd->add_option("-m,--model", a->model, "Input GGUF model (instead of the first positional)");
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_flag("--allow-requantize", a->allow_requantize, "Accept an already-quantized input (dequantize, then quantize again)");
   cmd->add_flag("--keep-output-f16", a->keep_output_f16, "Store the output matrix (token_embd when tied) as F16");
   cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan and the resulting size; write nothing");
   cmd->add_flag("--pure", a->pure, "No mix: every weight matrix gets TYPE's base type");
-  cmd->add_option("--imatrix", a->imatrix, "Importance matrix (lokal imatrix / llama-imatrix .dat) to weight rounding errors")
-      ->check(CLI::ExistingFile);
+  cmd->add_option("--imatrix", a->imatrix, "Importance matrix (lokal imatrix / llama-imatrix .dat) to weight rounding errors");
   cmd->callback([a, rc] {
+    const size_t n = a->args.size();
+    if (a->model.empty() ? n != 3 : (n < 2 || n > 3))  // -m with 3 positionals: one_model says "given twice"
+      throw CLI::ParseError("quantize: expected IN.gguf OUT.gguf TYPE or -m IN.gguf OUT.gguf TYPE (" + std::to_string(n) +
+                                " positional argument" + (n == 1 ? "" : "s") + " given)", 2);
+    a->input = one_model("quantize", a->model, n == 3 ? a->args[0] : "");
+    a->output = a->args[n - 2];
+    a->type = a->args[n - 1];
     run(*a);
     *rc = 0;
   });

@@ -1,12 +1,14 @@
 // `lokal run`: generate text from a prompt, streaming it to stdout; timings on stderr.
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/log.h"
 #include "engine/bench.h"
 #include "engine/plan.h"
@@ -30,7 +32,7 @@ struct RunArgs {
   int64_t seed = -1;
   int threads = 0;
   int64_t ctx = 0;
-  int64_t batch = 256;
+  int64_t batch = kDefaultBatchSize;  // model/config.h: one default for every subcommand
   bool no_mmap = false;
   bool mlock = false;
   bool verbose = false;
@@ -39,6 +41,7 @@ struct RunArgs {
   std::string ram;            // --ram: plan the settings for this budget (engine/plan.h)
   bool context_shift = false;
   int64_t n_keep = 0;
+  bool allow_long_ctx = false;
 };
 
 std::string mib_bytes(uint64_t b) {
@@ -49,16 +52,35 @@ std::string mib_bytes(uint64_t b) {
 }
 
 
+// Refuses -c above the trained context without --allow-long-ctx, and a run whose planned peak memory exceeds what
+// the machine has available, with the numbers, before anything is allocated.
+void check_context_and_memory(const RunArgs& a, const ModelFacts& facts, const RunSettings& rs) {
+  const int64_t train = facts.cfg.n_ctx_train;
+  if (a.ctx_given && a.ctx > train && !a.allow_long_ctx)
+    throw Error("-c " + std::to_string(a.ctx) + " is above the " + std::to_string(train) +
+                "-token context the model was trained on (it would not work well past it); use -c " +
+                std::to_string(train) + " or less, or --allow-long-ctx");
+  if (!a.ram.empty()) return;  // --ram: the plan already fitted everything into the budget the user gave
+  const uint64_t avail = available_ram_bytes();
+  const MemoryEstimate m = estimate_memory(facts, rs);
+  if (avail == 0 || m.total_bytes <= avail) return;
+  throw Error("this run needs " + format_bytes(static_cast<double>(m.total_bytes)) + " (weights " +
+              format_bytes(static_cast<double>(m.weights_bytes)) + ", KV cache " +
+              format_bytes(static_cast<double>(m.kv_bytes)) + " for " + std::to_string(rs.n_ctx) +
+              " tokens, compute " + format_bytes(static_cast<double>(m.compute_bytes)) + ") but only " +
+              format_bytes(static_cast<double>(avail)) +
+              " of memory is available (MemAvailable); use a smaller -c, a quantized KV cache (--ctk q8_0 --ctv q8_0), "
+              "or --ram SIZE to plan the settings");
+}
+
 void run(const RunArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
-  std::string prompt = a.prompt;
-  if (!a.prompt_file.empty()) {
-    std::ifstream f(a.prompt_file, std::ios::binary);
-    if (!f) throw Error(a.prompt_file + ": cannot read prompt file");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    prompt = ss.str();
-  }
+  check_input_file(a.model, "GGUF model file");
+  if (!a.prompt_file.empty() && !std::filesystem::exists(a.prompt_file)) throw Error(a.prompt_file + ": no such file");
+  // The header only (mapped, nothing read), kept open for Model::load: parsing the file twice, or building a second
+  // tokenizer, would raise the peak RSS that plan predicts.
+  std::unique_ptr<GGUFFile> file = GGUFFile::open(a.model, true);
+  const ModelFacts facts = ModelFacts::from_gguf(*file, a.model);
   SessionOptions so;
   so.n_ctx = a.ctx;
   so.n_threads = a.threads > 0 ? a.threads : ThreadPool::default_threads();
@@ -72,7 +94,7 @@ void run(const RunArgs& a) {
   // cannot fit is refused with the numbers.
   if (!a.ram.empty()) {
     PlanRequest req;
-    req.models.push_back(ModelFacts::read(a.model));
+    req.models.push_back(facts);
     req.ram_bytes = parse_byte_size(a.ram);
     req.n_ctx = a.ctx_given ? a.ctx : 0;
     if (a.ctk_given) req.type_k = so.cache_type_k;
@@ -91,10 +113,30 @@ void run(const RunArgs& a) {
     for (const auto& n : plan.notes) std::fprintf(stderr, "plan: note: %s\n", n.c_str());
   }
 
+  {
+    RunSettings want;
+    want.n_ctx = so.n_ctx > 0 ? so.n_ctx : std::min<int64_t>(facts.cfg.n_ctx_train, 4096);  // as Session picks it
+    want.type_k = so.cache_type_k;
+    want.type_v = so.cache_type_v;
+    want.n_batch = std::clamp<int64_t>(so.n_batch, 1, want.n_ctx);
+    want.n_threads = so.n_threads;
+    check_context_and_memory(a, facts, want);
+  }
+
   LoadOptions lo;
   lo.use_mmap = !a.no_mmap;
   lo.mlock = a.mlock;
-  auto model = Model::load(a.model, lo);
+  auto model = Model::load(std::move(file), lo);
+  std::string prompt = a.prompt;
+  if (!a.prompt_file.empty()) {
+    // Never more than the context could ever hold: n_ctx tokens of the longest token text in the vocabulary.
+    const int64_t n_ctx = so.n_ctx > 0 ? so.n_ctx : std::min<int64_t>(model->config().n_ctx_train, 4096);
+    size_t longest = 1;
+    for (int32_t i = 0; i < model->vocab().n_tokens(); ++i) longest = std::max(longest, model->vocab().token_text(i).size());
+    const uint64_t cap = static_cast<uint64_t>(n_ctx) * longest + 4096;
+    prompt = read_text_input(a.prompt_file, cap,
+                             "more than a " + std::to_string(n_ctx) + "-token context could ever hold; the prompt must fit in the context");
+  }
   Session session(*model, so);
   // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
   RunSettings rs;
@@ -118,9 +160,8 @@ void run(const RunArgs& a) {
 
   // Refuse a prompt that cannot fit before printing anything else.
   const std::vector<int32_t> prompt_tokens = session.prepare_prompt(prompt);
-  const int ft = model->config().file_type;
-  std::fprintf(stderr, "model: %s (%s%s%s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
-               ft >= 0 ? ", " : "", ft >= 0 ? file_type_name(ft).c_str() : "",
+  std::fprintf(stderr, "model: %s (%s, %s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
+               model_file_type(model->gguf()).c_str(),  // the file type name every subcommand shows
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
   if (model->packed_tensors() > 0)
     std::fprintf(stderr, "weights: %lld matrices (%s) repacked at load for the %s kernels (LOKAL_REPACK=0: off)\n",
@@ -174,9 +215,9 @@ void run(const RunArgs& a) {
 void register_run(CLI::App& app, int* rc) {
   auto a = std::make_shared<RunArgs>();
   CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
-  cmd->add_option("-m,--model", a->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-m,--model", a->model, "GGUF model file")->required();
   auto* p = cmd->add_option("-p,--prompt", a->prompt, "Prompt text");
-  auto* pf = cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
+  auto* pf = cmd->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
   p->excludes(pf);
   cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate (-1: until end of text or full context)")
       ->capture_default_str()->check(CLI::Range(-1, 1 << 30));
@@ -196,10 +237,12 @@ void register_run(CLI::App& app, int* rc) {
   auto* ctv = cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--ram", a->ram, "Fit the run into this much RAM (e.g. 2GiB): context, KV types and batch not given "
                                    "are planned (lokal plan); refused with the numbers if it cannot fit");
-  cmd->add_flag("--context-shift", a->context_shift, "When the context is full, drop the older half (after --keep "
+  auto* shift = cmd->add_flag("--context-shift", a->context_shift, "When the context is full, drop the older half (after --keep "
                                                      "tokens) and go on, instead of stopping");
   cmd->add_option("--keep", a->n_keep, "Tokens at the start kept by --context-shift (BOS is always kept)")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24))
+      ->needs(shift);  // without --context-shift it would do nothing: refused ("--keep requires --context-shift")
+  cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--mlock", a->mlock, "Lock the model in RAM");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/log.h"
 #include "engine/synth.h"
 
@@ -20,6 +21,7 @@ struct SynthArgs {
   int64_t layers = 0;
   int threads = 0;
   bool pure = false;
+  bool pad_vocab = false;
   bool no_rope_freqs = false;
   bool dry_run = false;
   bool quiet = false;
@@ -35,20 +37,14 @@ void synth(const SynthArgs& a) {
   set_log_level(LogLevel::Warn);
   const SynthPreset* preset = find_synth_preset(a.preset);
   if (!preset) throw Error("unknown preset '" + a.preset + "' (presets: " + synth_preset_list() + ")");
-  if (!a.vocab.empty() && !std::filesystem::is_regular_file(a.vocab))
-    throw Error(a.vocab + ": vocabulary file not found");
-  namespace fs = std::filesystem;
-  if (!a.dry_run) {
-    const fs::path out(a.out);
-    const fs::path dir = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-    if (fs::is_directory(out)) throw Error(a.out + ": is a directory");
-    if (!fs::is_directory(dir)) throw Error(a.out + ": directory '" + dir.string() + "' does not exist");
-  }
+  if (!a.vocab.empty()) check_input_file(a.vocab, "vocabulary GGUF file");
+  if (!a.dry_run) check_output_file(a.out, {a.vocab});  // never the vocabulary file, a device, a FIFO or a folder
   SynthOptions o;
   o.preset = *preset;
   o.type = a.type;
   o.pure = a.pure;
   o.vocab_file = a.vocab;
+  o.pad_vocab = a.pad_vocab;
   o.seed = a.seed;
   o.n_layer = a.layers;
   o.rope_freqs = !a.no_rope_freqs;
@@ -102,8 +98,12 @@ void register_synth(CLI::App& app, int* rc) {
                   "Weight type or llama-quantize mix: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, "
                   "Q4_K_S/M, Q5_K_S/M, Q6_K (Q3_K/Q4_K/Q5_K = the _M mix)")
       ->capture_default_str();
-  auto* out = cmd->add_option("-o,--output", a->out, "Output GGUF file");
-  cmd->add_option("--vocab", a->vocab, "Copy the tokenizer (tokenizer.* keys) from this vocab GGUF");
+  auto* out = cmd->add_option("-o,--output", a->out, "Output GGUF file")->type_name("OUT.gguf");
+  auto* vocab = cmd->add_option("--vocab", a->vocab, "Copy the tokenizer (tokenizer.* keys) from this vocab GGUF; its token count "
+                                                     "must be the preset's");
+  auto* pad = cmd->add_flag("--pad-vocab", a->pad_vocab, "Accept a smaller --vocab for a preset whose embedding is padded "
+                                                        "(Qwen2.5) and pad it with [PADn] tokens as llama.cpp does");
+  pad->needs(vocab);
   cmd->add_option("--seed", a->seed, "Random seed of the weights")->capture_default_str();
   cmd->add_option("--layers", a->layers, "Number of layers (default: the preset's)")->check(CLI::Range(int64_t(1), int64_t(4096)));
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));

@@ -20,7 +20,9 @@ void register_convert(CLI::App& app, int* rc);
 void register_export_hf(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);
 
-// The whole file as bytes; throws lokal::Error naming it if it cannot be read.
+// The most bytes a text input (perplexity, imatrix, compare) may have: 1 GiB (~250 M tokens).
+inline constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
+// The whole text file (or pipe) as bytes, at most kMaxTextBytes; throws lokal::Error naming it otherwise.
 std::string read_text_file(const std::string& path);
 
 // A KV cache type name (f32, f16, bf16, q8_0, q4_0); throws lokal::Error naming `flag` otherwise.
@@ -28,5 +30,34 @@ DType parse_kv_type(const std::string& name, const char* flag);
 
 // "1.23 MiB" / "512 B"
 std::string format_bytes(double bytes);
+
+// The model of a subcommand that takes it both as -m/--model and as a positional (info, export-hf, quantize):
+// exactly one of the two. Neither or both is a parse error (exit status 2) like a missing required option:
+// "info: no model given: MODEL.gguf or -m MODEL.gguf", "info: the model is given twice (-m A and B): give it once".
+std::string one_model(const std::string& cmd, const std::string& from_flag, const std::string& positional);
+
+// A comma-list option ("-p 128,512"; repeating the flag adds items). CLI11's delimiter drops empty items silently,
+// so these options take the raw strings and this validator checks them: an empty item (8,,16, a leading or trailing
+// comma, an empty argument) is refused naming the flag, and every item must pass `item` (e.g. CLI::Range(0, 1024)).
+CLI::Validator comma_list(const CLI::Validator& item = CLI::Validator());
+// The items of a comma-list option's raw strings, in order.
+std::vector<std::string> list_items(const std::vector<std::string>& raw);
+// The same, converted (after comma_list validated them, so they convert).
+template <class T>
+std::vector<T> list_values(const std::vector<std::string>& raw) {
+  std::vector<T> out;
+  for (const std::string& s : list_items(raw)) {
+    T v{};
+    CLI::detail::lexical_cast(s, v);
+    out.push_back(v);
+  }
+  return out;
+}
+
+// `lokal usage`: the synopsis of every subcommand in README.md's style, generated from the CLI11 definitions
+// (README's "## Usage" block is this output: scripts/update-readme-usage.sh). Hidden from --help.
+void register_usage(CLI::App& app, int* rc);
+// That synopsis: one entry per visible subcommand, lines wrapped at `width` columns.
+std::string usage_text(const CLI::App& app, size_t width = 118);
 
 }  // namespace lokal::cli

@@ -7,8 +7,11 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/safe_io.h"
 
 int main(int argc, char** argv) {
+  // Temporary output files are removed if the process is interrupted (SIGINT, SIGTERM, SIGHUP).
+  lokal::install_signal_cleanup();
   CLI::App app{"lokal - run GGUF language models locally, fast", "lokal"};
   app.set_version_flag("--version", "lokal 0.1.0");
   app.require_subcommand(1);
@@ -25,6 +28,7 @@ int main(int argc, char** argv) {
   lokal::cli::register_convert(app, &rc);
   lokal::cli::register_export_hf(app, &rc);
   lokal::cli::register_plan(app, &rc);
+  lokal::cli::register_usage(app, &rc);  // hidden: README's Usage block
   // llama.cpp spells some long options with one dash (-ctk, -ctv); accept those too.
   std::vector<std::string> args(argv, argv + argc);
   for (auto& a : args)
@@ -46,16 +50,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "error: %s (see 'lokal --help')\n", e.what());
+    std::fprintf(stderr, "error: %s (see 'lokal --help')\n", lokal::printable(e.what()).c_str());
     return 2;
   } catch (const lokal::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", lokal::printable(e.what()).c_str());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", lokal::printable(e.what()).c_str());
     return 1;
   }
   return rc;

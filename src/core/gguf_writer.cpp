@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 
 namespace lokal {
 
@@ -195,63 +196,6 @@ bool operator==(const GGUFMetaValue& a, const GGUFMetaValue& b) {
 // Output
 
 namespace {
-
-// Buffered writes to a file descriptor; every failure is a lokal::Error naming `name`.
-class FileOutput {
- public:
-  FileOutput(int fd, std::string name) : name_(std::move(name)), fd_(fd) { buf_.reserve(kBuf); }
-  ~FileOutput() { abandon(); }
-  FileOutput(const FileOutput&) = delete;
-  FileOutput& operator=(const FileOutput&) = delete;
-  void write(const void* p, size_t n) {
-    const auto* c = static_cast<const uint8_t*>(p);
-    if (buf_.size() + n > kBuf) flush();
-    if (n >= kBuf) {
-      raw_write(c, n);
-    } else {
-      buf_.insert(buf_.end(), c, c + n);
-    }
-  }
-  // Flushes, fsyncs and closes; throws on any failure.
-  void finish() {
-    flush();
-    if (::fsync(fd_) != 0) fail("cannot sync to disk");
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail("cannot close");
-  }
-  void abandon() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  static constexpr size_t kBuf = size_t{1} << 20;
-  [[noreturn]] void fail(const char* what) {
-    const int e = errno;
-    throw Error(name_ + ": " + what + ": " + std::strerror(e));
-  }
-  void flush() {
-    raw_write(buf_.data(), buf_.size());
-    buf_.clear();
-  }
-  void raw_write(const uint8_t* p, size_t n) {
-    while (n) {
-      const ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        if (w == 0) errno = EIO;
-        fail("write failed");
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
-
-  std::string name_;
-  int fd_;
-  std::vector<uint8_t> buf_;
-};
 
 void write_zeros(const GGUFWriter::Sink& out, uint64_t n) {
   static const uint8_t kZero[4096] = {};
@@ -460,28 +404,9 @@ std::vector<uint8_t> GGUFWriter::write_to_memory() const {
 
 void GGUFWriter::write(const std::string& path) const {
   validate();  // refuse before touching the file system
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; fd < 0; ++attempt) {
-    tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && (errno != EEXIST || attempt >= 100))
-      throw Error(path + ": cannot create temporary file '" + tmp + "': " + std::strerror(errno));
-  }
-  FileOutput out(fd, path);
-  try {
-    write_all([&out](const void* p, size_t n) { out.write(p, n); }, path);
-    out.finish();
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      const int e = errno;
-      throw Error(path + ": cannot rename '" + tmp + "' into place: " + std::strerror(e));
-    }
-  } catch (...) {
-    out.abandon();
-    ::unlink(tmp.c_str());
-    throw;
-  }
+  AtomicFile out(path);  // temporary file beside `path`, removed on failure or a fatal signal
+  write_all([&out](const void* p, size_t n) { out.write(p, n); }, path);
+  out.commit();
 }
 
 }  // namespace lokal

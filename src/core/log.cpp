@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cstdio>
 
+#include "core/safe_io.h"
+
 namespace lokal {
 
 static std::atomic<int> g_level{static_cast<int>(LogLevel::Info)};
@@ -18,7 +20,8 @@ void log_msg(LogLevel level, const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "%s%s\n", prefix, buf);
+  // Messages quote file contents (token texts, metadata): control characters are escaped (core/safe_io.h).
+  fprintf(stderr, "%s%s\n", prefix, printable(buf).c_str());
 }
 
 }  // namespace lokal

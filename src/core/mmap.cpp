@@ -78,8 +78,13 @@ AnonBuffer& AnonBuffer::operator=(AnonBuffer&& o) noexcept {
 }
 
 MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); no effect on regular files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT || e == ENOTDIR) throw Error(path + ": no such file");
+    throw Error(path + ": cannot open: " + std::strerror(e));
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int e = errno;
@@ -92,7 +97,9 @@ MappedFile::MappedFile(const std::string& path, bool use_mmap) : path_(path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(path + ": not a regular file");
+    throw Error(path + ": is " + (S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)" : S_ISCHR(st.st_mode) ? "a character device"
+                                  : S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "special") +
+                ", not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ == 0) {

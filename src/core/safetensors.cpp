@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 
 namespace lokal {
 
@@ -184,42 +185,25 @@ std::string SafeTensorsWriter::header() const {
 }
 
 void SafeTensorsWriter::write(const std::string& path) const {
-  static std::atomic<unsigned> counter{0};
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(path + ": cannot create '" + tmp + "': " + std::strerror(errno));
-  auto put = [&](const void* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, f) != n) throw Error(path + ": write failed: " + std::strerror(errno));
-  };
-  try {
-    const std::string h = header();
-    uint8_t len[8];
-    uint64_t n = h.size();
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    put(len, 8);
-    put(h.data(), h.size());
-    for (const auto& e : tensors_) {
-      size_t got = 0;
-      e.produce([&](const void* p, size_t k) {
-        if (got + k > e.nbytes) throw Error(path + ": tensor '" + e.name + "': producer gave too many bytes");
-        put(p, k);
-        got += k;
-      });
-      if (got != e.nbytes)
-        throw Error(path + ": tensor '" + e.name + "': producer gave " + std::to_string(got) + " of " +
-                    std::to_string(e.nbytes) + " bytes");
-    }
-    if (std::fflush(f) != 0 || ::fsync(fileno(f)) != 0) throw Error(path + ": write failed: " + std::strerror(errno));
-    const int rc = std::fclose(f);
-    f = nullptr;
-    if (rc != 0) throw Error(path + ": close failed: " + std::strerror(errno));
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      throw Error(path + ": cannot rename '" + tmp + "' into place: " + std::strerror(errno));
-  } catch (...) {
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    throw;
+  AtomicFile f(path);  // temporary file beside `path`, removed on failure or a fatal signal
+  const std::string h = header();
+  uint8_t len[8];
+  const uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  f.write(len, 8);
+  f.write(h);
+  for (const auto& e : tensors_) {
+    size_t got = 0;
+    e.produce([&](const void* p, size_t k) {
+      if (got + k > e.nbytes) throw Error(path + ": tensor '" + e.name + "': producer gave too many bytes");
+      f.write(p, k);
+      got += k;
+    });
+    if (got != e.nbytes)
+      throw Error(path + ": tensor '" + e.name + "': producer gave " + std::to_string(got) + " of " +
+                  std::to_string(e.nbytes) + " bytes");
   }
+  f.commit();
 }
 
 }  // namespace lokal

@@ -245,7 +245,7 @@ BenchReport run_bench(const BenchOptions& opt) {
   const ModelConfig& c = model->config();
   rep.model_filename = opt.model;
   rep.arch = c.arch;
-  rep.file_type = file_type_name(c.file_type);
+  rep.file_type = model_file_type(model->gguf());  // model/config.h: the name info, plan and compare show
   rep.load_ms = model->load_seconds() * 1e3;
   rep.model_size = model->weight_bytes();
   for (const auto& t : model->gguf().tensors()) rep.model_n_params += static_cast<uint64_t>(t.n_elements());

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/types.h"
+#include "model/config.h"
 
 namespace lokal {
 
@@ -28,7 +29,7 @@ struct BenchOptions {
   std::vector<int> n_threads{0};     // 0: all hardware threads
   std::vector<int64_t> depth{0};     // tokens already in the context
   int reps = 5;                      // warm runs per test (after one first run)
-  int64_t n_batch = 512;             // prompt tokens per forward micro-batch
+  int64_t n_batch = kDefaultBatchSize;  // prompt tokens per forward micro-batch
   DType cache_type_k = DType::F16;   // KV cache element types (as `lokal run`, and llama-bench's default f16)
   DType cache_type_v = DType::F16;
   bool use_mmap = true;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 
+#include "core/safe_io.h"
 #include "core/error.h"
 
 namespace fs = std::filesystem;
@@ -27,25 +28,6 @@ int32_t argmax_of(const float* x, int64_t n) {
 }
 
 // Removes the temporary file on every exit path.
-struct TempFile {
-  std::string path;
-  ~TempFile() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove(path, ec);
-  }
-};
-
-std::string make_temp_path(const std::string& dir) {
-  std::error_code ec;
-  fs::path base = dir.empty() ? fs::temp_directory_path(ec) : fs::path(dir);
-  if (ec) base = ".";
-  std::random_device rd;
-  const uint64_t tag = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  char name[64];
-  std::snprintf(name, sizeof name, "lokal-compare-%016llx.lpf", static_cast<unsigned long long>(tag));
-  return (base / name).string();
-}
-
 // Compares each scored row with the next row of the base file.
 class KLSink : public ScoredRowSink {
  public:
@@ -117,20 +99,10 @@ void describe(const Model& m, const std::string& path, CompareRow* row) {
   std::error_code ec;
   row->file_bytes = static_cast<uint64_t>(fs::file_size(path, ec));
   if (ec) row->file_bytes = m.gguf().file_size();
-  std::map<DType, int64_t> by_type;
-  for (const auto& t : m.gguf().tensors()) {
-    row->n_params += t.n_elements();
-    if (t.n_dims >= 2) by_type[t.type] += t.n_elements();
-  }
+  for (const auto& t : m.gguf().tensors()) row->n_params += t.n_elements();
   row->bits_per_weight =
       row->n_params > 0 ? 8.0 * static_cast<double>(m.weight_bytes()) / static_cast<double>(row->n_params) : 0;
-  if (m.config().file_type >= 0) {
-    row->file_type = file_type_name(m.config().file_type);
-  } else if (!by_type.empty()) {
-    auto it = std::max_element(by_type.begin(), by_type.end(),
-                               [](const auto& a, const auto& b) { return a.second < b.second; });
-    row->file_type = type_name(it->first);
-  }
+  row->file_type = model_file_type(m.gguf());  // model/config.h: the name info, bench and plan show
 }
 
 std::string file_name(const std::string& path) { return fs::path(path).filename().string(); }
@@ -189,9 +161,9 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
   for (int i = 1; i < n_models; ++i) {
     const std::string& path = paths[static_cast<size_t>(i)];
     auto f = GGUFFile::open(path);
+    const ModelConfig c = ModelConfig::from_gguf(*f);  // model/config.h: the checks of Model::load, in its order
     auto v = Vocab::from_gguf(*f);
     check_same_vocab(base->vocab(), paths[0], *v, path);
-    const ModelConfig c = ModelConfig::from_gguf(*f);
     if (!opt.ppl.allow_long_ctx && c.n_ctx_train > 0 && plan.n_ctx > c.n_ctx_train)
       throw Error(path + ": a context of " + std::to_string(plan.n_ctx) + " tokens exceeds the model's trained context of " +
                   std::to_string(c.n_ctx_train) + " tokens (use a smaller -c, or --allow-long-ctx to evaluate it anyway)");
@@ -216,8 +188,9 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
   };
 
   // Base: perplexity, log-probs to a temporary file, decode speed.
-  TempFile tmp{make_temp_path(opt.temp_dir)};
-  auto writer = std::make_unique<LogProbWriter>(tmp.path, plan);
+  // The base's log-probabilities: removed when done, on an error, or on SIGINT/SIGTERM.
+  ScratchPath tmp(opt.temp_dir, "lokal-compare-", ".lpf");
+  auto writer = std::make_unique<LogProbWriter>(tmp.path(), plan);
   ThreadPool pool(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
   std::vector<int32_t> prompt;
   {
@@ -259,7 +232,7 @@ std::vector<CompareRow> compare_models(const std::vector<std::string>& paths, co
     plan.cache_type_k = e.k;
     plan.cache_type_v = e.v;
 
-    LogProbReader reader(tmp.path);
+    LogProbReader reader(tmp.path());
     KLSink kl(reader, plan.n_vocab, pool.size());
     std::vector<ScoredRowSink*> sinks{&kl};
     PerplexityResult r = run_perplexity(*m, plan, pool, opt.ppl.n_batch, sinks, chunk_progress);

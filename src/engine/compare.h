@@ -33,7 +33,7 @@ struct CompareOptions {
 
 struct CompareRow {
   std::string path;
-  std::string file_type;       // "Q4_K - Medium", or the dominant tensor type if the key is absent
+  std::string file_type;       // model_file_type (model/config.h): "Q4_K - Medium", or the dominant tensor type
   DType cache_type_k = DType::F32, cache_type_v = DType::F32;  // KV cache types of the evaluation
   uint64_t file_bytes = 0;
   int64_t n_params = 0;

@@ -17,12 +17,14 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "core/safe_io.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/gguf.h"
 #include "core/gguf_writer.h"
 #include "core/mmap.h"
 #include "core/quant.h"
+#include "model/config.h"
 #include "core/safetensors.h"
 
 namespace lokal {
@@ -69,13 +71,8 @@ json read_json(const std::string& path) {
   return j;
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error(path + ": cannot create");
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  out.close();
-  if (!out) throw Error(path + ": write failed");
-}
+// Atomic (core/safe_io.h): a temporary file renamed into place, never a half-written or truncated file.
+void write_text(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
 
 std::string dump_json(const json& j, const std::string& path) {
   try {
@@ -1178,8 +1175,18 @@ ConvertResult convert_llama2c(const std::string& path, const std::string& out_gg
 
 ConvertResult convert_model(const std::string& input, const std::string& out_gguf, const ConvertOptions& opt) {
   std::error_code ec;
-  if (fs::is_directory(input, ec)) return convert_hf(input, out_gguf, opt);
-  if (!fs::exists(input, ec)) throw Error(input + ": no such file or folder");
+  // Every file the conversion may read (for a folder: everything in it) is protected from the output path,
+  // and the output is checked before any work starts.
+  std::vector<std::string> inputs{input, opt.tokenizer, opt.vocab_from};
+  if (!opt.tokenizer.empty()) check_input_file(opt.tokenizer, "llama2.c tokenizer file");
+  if (!opt.vocab_from.empty()) check_input_file(opt.vocab_from, "GGUF vocabulary file");
+  if (fs::is_directory(input, ec)) {
+    for (const auto& e : fs::directory_iterator(input, ec)) inputs.push_back(e.path().string());
+    check_output_file(out_gguf, inputs);
+    return convert_hf(input, out_gguf, opt);
+  }
+  check_input_file(input, "Hugging Face model folder or llama2.c checkpoint");
+  check_output_file(out_gguf, inputs);
   MappedFile f(input, true);
   const uint8_t* d = f.data();
   if (f.size() >= 4 && std::memcmp(d, "GGUF", 4) == 0) throw Error(input + ": already a GGUF file");
@@ -1385,25 +1392,39 @@ std::vector<std::string> export_tokenizer(const GGUFFile& g, const std::string& 
 
 ExportResult export_hf(const std::string& gguf_path, const std::string& dir, const ExportOptions& opt) {
   ExportResult res;
+  {
+    // Everything this may write in `dir` is checked against the input before any work starts.
+    check_input_file(gguf_path, "GGUF model file");
+    std::vector<std::string> outs{"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                  "tokenizer.model", "model.safetensors", "model.safetensors.index.json"};
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("model-", 0) == 0 && n.find(".safetensors") != std::string::npos) outs.push_back(n);
+    }
+    check_output_dir(dir, outs, {gguf_path});
+  }
   std::vector<std::string> notes;
   Notes note{&opt.on_note, &notes};
   auto g = GGUFFile::open(gguf_path);
-  const std::string A = g->get_str("general.architecture");
+  // model/config.h: the same checks as every other subcommand (hyperparameters, tensor shapes, layer count), so the
+  // config written below describes exactly the tensors written.
+  const ModelConfig mc = validate_model(*g);
+  const std::string A = mc.arch;
   res.arch = A;
-  if (A != "llama" && A != "qwen2") throw Error(gguf_path + ": architecture '" + A + "' cannot be exported (llama and qwen2 only)");
-  const int64_t n_embd = g->get_int(A + ".embedding_length");
-  const int64_t n_head = g->get_int(A + ".attention.head_count");
-  const int64_t n_head_kv = g->opt_int(A + ".attention.head_count_kv").value_or(n_head);
-  const int64_t n_layer = g->get_int(A + ".block_count");
-  const int64_t n_ff = g->get_int(A + ".feed_forward_length");
-  const GGUFTensorInfo* embd = g->find_tensor("token_embd.weight");
-  if (!embd) throw Error(gguf_path + ": no token_embd.weight");
-  const int64_t n_vocab = embd->ne[1];
-  const int64_t head_dim = g->opt_int(A + ".attention.key_length").value_or(n_embd / n_head);
-  if (A == "llama") {
-    auto rd = g->opt_int(A + ".rope.dimension_count");
-    if (rd && *rd != head_dim) throw Error(gguf_path + ": partial rotary embedding (rope.dimension_count " + std::to_string(*rd) + " != head dim) cannot be expressed in a LlamaForCausalLM config");
-  }
+  const int64_t n_embd = mc.n_embd;
+  const int64_t n_head = mc.n_head;
+  const int64_t n_head_kv = mc.n_head_kv;
+  const int64_t n_layer = mc.n_layer;
+  const int64_t n_ff = mc.n_ff;
+  const int64_t n_vocab = mc.n_vocab;
+  const int64_t head_dim = mc.head_dim;
+  if (mc.head_dim_v != head_dim)
+    throw Error(gguf_path + ": value head dimension " + std::to_string(mc.head_dim_v) + " != key head dimension " +
+                std::to_string(head_dim) + " cannot be expressed in a Hugging Face config");
+  if (A == "llama" && mc.rope_dim != head_dim)
+    throw Error(gguf_path + ": partial rotary embedding (rope.dimension_count " + std::to_string(mc.rope_dim) +
+                " != head dim) cannot be expressed in a LlamaForCausalLM config");
   if (auto rs = g->opt_str(A + ".rope.scaling.type"); rs && *rs != "none" && *rs != "linear")
     throw Error(gguf_path + ": rope scaling '" + *rs + "' cannot be exported");
 
@@ -1528,11 +1549,18 @@ ExportResult export_hf(const std::string& gguf_path, const std::string& dir, con
   cfg["num_key_value_heads"] = n_head_kv;
   if (head_dim * n_head != n_embd) cfg["head_dim"] = head_dim;
   cfg["hidden_act"] = "silu";
-  cfg["max_position_embeddings"] = g->opt_int(A + ".context_length").value_or(2048);
+  cfg["max_position_embeddings"] = mc.n_ctx_train;
   if (auto e = g->opt_float(A + ".attention.layer_norm_rms_epsilon")) cfg["rms_norm_eps"] = *e;
   if (auto th = g->opt_float(A + ".rope.freq_base")) cfg["rope_theta"] = *th;
-  if (auto rs = g->opt_str(A + ".rope.scaling.type"); rs && *rs == "linear")
-    cfg["rope_scaling"] = {{"type", "linear"}, {"factor", g->opt_float(A + ".rope.scaling.factor").value_or(1.0)}};
+  if (auto rs = g->opt_str(A + ".rope.scaling.type"); (rs && *rs == "linear") || mc.rope_freq_scale != 1.0f) {
+    double factor = 1.0;  // the key the engine used (validate_model): rope.scaling.factor, else rope.scale_linear
+    for (const char* k : {".rope.scaling.factor", ".rope.scale_linear"})
+      if (auto x = g->opt_float(A + k); x && *x > 0.0 && mc.rope_freq_scale != 1.0f) {
+        factor = *x;
+        break;
+      }
+    cfg["rope_scaling"] = {{"type", "linear"}, {"factor", factor}};
+  }
   cfg["vocab_size"] = n_vocab;
   cfg["tie_word_embeddings"] = !has_output;
   cfg["torch_dtype"] = ft == 32 ? "bfloat16" : ft == 1 ? "float16" : "float32";

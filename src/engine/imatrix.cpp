@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/safe_io.h"
 #include "core/threadpool.h"
 
 namespace lokal {
@@ -81,11 +82,7 @@ void write_imatrix(const std::string& path, const ImportanceMatrix& m) {
   put_i32(static_cast<int64_t>(m.dataset.size()), "the dataset name length");
   put(m.dataset.data(), m.dataset.size());
 
-  FilePtr f(std::fopen(path.c_str(), "wb"));
-  if (!f) throw Error(path + ": cannot create the importance matrix file");
-  if (std::fwrite(buf.data(), 1, buf.size(), f.get()) != buf.size() || std::fflush(f.get()) != 0)
-    throw Error(path + ": write error");
-  if (std::fclose(f.release()) != 0) throw Error(path + ": write error");
+  write_file_atomic(path, std::string(reinterpret_cast<const char*>(buf.data()), buf.size()));
 }
 
 ImportanceMatrix read_imatrix(const std::string& path) {

@@ -98,6 +98,18 @@ PerplexityPlan plan_perplexity(const Model& model, const std::string& text, cons
 
 // ---- evaluation ---------------------------------------------------------------------------
 
+namespace {
+
+// A scored row whose log-probability is NaN or infinite: the logits were not finite (NaN or Inf in the weights,
+// or an overflow). Refused rather than averaged into "PPL = nan".
+Error non_finite_error(const Model& model, int64_t chunk, int64_t n_chunks, int64_t pos, double nll) {
+  return Error(model.gguf().name() + ": non-finite log-probability (" + (std::isnan(nll) ? "nan" : "inf") +
+               ") in chunk " + std::to_string(chunk + 1) + "/" + std::to_string(n_chunks) + " at position " +
+               std::to_string(pos) + ": the model's logits are not finite (NaN or Inf in its weights?)");
+}
+
+}  // namespace
+
 void ppl_from_sums(double sum_nll, double sum_nll2, int64_t n, double* ppl, double* ppl_err, double* nll_mean,
                    double* nll_stderr) {
   const double m = n > 0 ? sum_nll / static_cast<double>(n) : 0.0;
@@ -150,6 +162,7 @@ PerplexityResult run_perplexity(const Model& model, const PerplexityPlan& plan, 
       });
       for (int64_t i = 0; i < n; ++i) {
         const double v = nll[static_cast<size_t>(i)];
+        if (!std::isfinite(v)) throw non_finite_error(model, ch, plan.n_chunks, lo + i, v);
         sum += v;
         sum2 += v * v;
       }
@@ -168,6 +181,9 @@ PerplexityResult run_perplexity(const Model& model, const PerplexityPlan& plan, 
   }
   r.n_scored = count;
   ppl_from_sums(sum, sum2, count, &r.ppl, &r.ppl_err, &r.nll_mean, &r.nll_stderr);
+  if (!std::isfinite(r.ppl) || !std::isfinite(r.ppl_err))
+    throw Error(model.gguf().name() + ": the perplexity overflows (mean negative log-likelihood " +
+                std::to_string(r.nll_mean) + " nats over " + std::to_string(count) + " tokens)");
   r.total_seconds = since(t_start);
   return r;
 }
@@ -229,11 +245,9 @@ LogProbWriter::LogProbWriter(const std::string& path, const PerplexityPlan& plan
   put_u32(h + 24, to_u32(plan.first, "first"));
   put_u32(h + 28, to_u32(plan.n_scored, "n_scored"));
   put_u32(h + 32, plan.bos_replaced ? 1u : 0u);
-  f_.reset(std::fopen(path.c_str(), "wb"));
-  if (!f_) throw Error(path + ": cannot create the log-probability file");
-  bool ok = std::fwrite(h, 1, sizeof h, f_.get()) == sizeof h;
-  ok = ok && std::fwrite(plan.tokens.data(), sizeof(int32_t), plan.tokens.size(), f_.get()) == plan.tokens.size();
-  if (!ok) throw Error(path + ": write error");
+  f_ = std::make_unique<AtomicFile>(path);
+  f_->write(h, sizeof h);
+  f_->write(plan.tokens.data(), sizeof(int32_t) * plan.tokens.size());
 }
 
 void LogProbWriter::consume(const ScoredRows& rows, ThreadPool& pool) {
@@ -253,19 +267,18 @@ void LogProbWriter::consume(const ScoredRows& rows, ThreadPool& pool) {
     put_u32(buf_.data() + 8, static_cast<uint32_t>(e.argmax));
     put_f32(buf_.data() + 12, e.nll);
     std::memcpy(buf_.data() + kRowHeaderBytes, e.code.data(), 2 * e.code.size());
-    if (std::fwrite(buf_.data(), 1, row_bytes, f_.get()) != row_bytes) throw Error(path_ + ": write error");
+    f_->write(buf_.data(), row_bytes);
   }
   written_ += rows.n;
 }
 
 void LogProbWriter::finish() {
   if (!f_) return;
-  const bool ok = std::fflush(f_.get()) == 0;
-  const bool closed = std::fclose(f_.release()) == 0;
-  if (!ok || !closed) throw Error(path_ + ": write error");
   if (written_ != expected_)
     throw Error(path_ + ": incomplete log-probability file (" + std::to_string(written_) + " of " +
                 std::to_string(expected_) + " rows)");
+  f_->commit();
+  f_.reset();
 }
 
 // ---- reader -------------------------------------------------------------------------------

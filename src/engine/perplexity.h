@@ -59,6 +59,7 @@
 #include <string>
 #include <vector>
 
+#include "core/safe_io.h"
 #include "core/threadpool.h"
 #include "model/model.h"
 
@@ -72,7 +73,7 @@ using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 struct PerplexityOptions {
   int64_t n_ctx = 0;           // tokens per chunk; 0: min(512, the model's trained context)
   int64_t n_chunks = -1;       // < 0: every full chunk of the text
-  int64_t n_batch = 512;       // tokens per forward micro-batch (capped at n_ctx)
+  int64_t n_batch = kDefaultBatchSize;  // tokens per forward micro-batch (capped at n_ctx)
   bool allow_long_ctx = false; // accept n_ctx above the model's trained context
   DType cache_type_k = DType::F32;  // KV cache types of the evaluation (F32: no rounding; llama.cpp's
   DType cache_type_v = DType::F32;  // perplexity uses f16, which moves its figures by < 0.1%)
@@ -166,15 +167,17 @@ void decode_logprob_row(const LogProbRow& row, double* logp);
 // Writes a log-probability file while perplexity runs (use it as a sink).
 class LogProbWriter : public ScoredRowSink {
  public:
-  // Creates `path` and writes the header and tokens. Throws lokal::Error if it cannot.
+  // Starts `path` (an AtomicFile: a temporary file beside it until finish()) with the header and tokens.
+  // Throws lokal::Error if it cannot.
   LogProbWriter(const std::string& path, const PerplexityPlan& plan);
   void consume(const ScoredRows& rows, ThreadPool& pool) override;
-  // Flushes and closes; throws lokal::Error on a write error or if rows are missing.
+  // Flushes, closes and renames into place; throws lokal::Error on a write error or if rows are missing.
+  // Without finish() (an error, an interruption) nothing is left behind.
   void finish();
 
  private:
   std::string path_;
-  FilePtr f_;
+  std::unique_ptr<AtomicFile> f_;
   int64_t n_vocab_ = 0, expected_ = 0, written_ = 0;
   std::vector<LogProbRow> enc_;
   std::vector<uint8_t> buf_;

@@ -42,7 +42,7 @@ struct ModelFacts {
   int64_t n_merges = 0;           // BPE merges
   uint64_t merge_text_bytes = 0;
   uint64_t max_act_row_bytes = 0; // Model::max_act_row_bytes, from the tensor types
-  std::string type_label;         // "Q4_K - Medium" (general.file_type) or the dominant tensor type
+  std::string type_label;         // model_file_type (model/config.h): "Q4_K - Medium", or the dominant tensor type
   double bits_per_weight() const {
     return n_params > 0 ? 8.0 * static_cast<double>(tensor_bytes) / static_cast<double>(n_params) : 0;
   }
@@ -55,7 +55,7 @@ struct RunSettings {
   int64_t n_ctx = 4096;
   DType type_k = DType::F16;
   DType type_v = DType::F16;
-  int64_t n_batch = 256;
+  int64_t n_batch = kDefaultBatchSize;
   int n_threads = 1;
 };
 
@@ -81,7 +81,7 @@ struct PlanRequest {
   uint64_t vram_bytes = 0;               // GPU budget (no GPU backend yet: reported, not used)
   int64_t n_ctx = 0;                     // 0: free (the model's trained context, at most 4096, then halved)
   std::optional<DType> type_k, type_v;   // unset: free (f16, then q8_0, then q4_0)
-  int64_t n_batch = 0;                   // 0: free (256, then smaller)
+  int64_t n_batch = 0;                   // 0: free (kDefaultBatchSize = 512, then 256, 128, 64, 32)
   int n_threads = 1;
   int64_t min_ctx = 256;                 // a free context is never planned below this
   uint64_t mlock_limit_bytes = UINT64_MAX;  // RLIMIT_MEMLOCK, for the --mlock check

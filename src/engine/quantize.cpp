@@ -14,10 +14,12 @@
 #include <numeric>
 #include <system_error>
 
+#include "core/safe_io.h"
 #include "core/error.h"
 #include "core/gguf_writer.h"
 #include "core/quant.h"
 #include "core/threadpool.h"
+#include "model/config.h"
 
 namespace lokal {
 
@@ -268,24 +270,16 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Refuses an output path that is the input, a directory, or in a directory that does not exist / cannot be written.
-void check_paths(const std::string& in_path, const std::string& out_path, bool dry_run) {
+void check_paths(const std::string& in_path, const std::string& out_path, const QuantizeOptions& opt) {
+  check_input_file(in_path, "GGUF model file");
   if (out_path.empty()) throw Error("no output file given");
-  std::error_code ec;
-  const fs::path in(in_path), out(out_path);
-  bool same = fs::exists(out, ec) && fs::exists(in, ec) && fs::equivalent(in, out, ec);
-  if (!same) {
-    const fs::path a = fs::weakly_canonical(fs::absolute(in, ec), ec), b = fs::weakly_canonical(fs::absolute(out, ec), ec);
-    same = !a.empty() && a == b;
+  const std::vector<std::string> inputs{in_path, opt.imatrix_meta.file};
+  if (opt.dry_run) {
+    for (const auto& in : inputs)
+      if (same_file(in, out_path)) throw Error(out_path + ": is the input file; choose another output path");
+    return;
   }
-  if (same) throw Error(out_path + ": the output file is the input file; choose another output path");
-  if (dry_run) return;
-  if (fs::is_directory(out, ec)) throw Error(out_path + ": cannot write the output: it is a directory");
-  fs::path dir = out.parent_path();
-  if (dir.empty()) dir = ".";
-  if (!fs::is_directory(dir, ec))
-    throw Error(out_path + ": cannot write the output: directory '" + dir.string() + "' does not exist");
-  if (::access(dir.c_str(), W_OK) != 0)
-    throw Error(out_path + ": cannot write the output: directory '" + dir.string() + "' is not writable");
+  check_output_file(out_path, inputs);  // core/safe_io.h: never an input, a device, a FIFO or a directory
 }
 
 // Tells the kernel that a mapped input range is no longer needed (keeps the resident set at about one tensor).
@@ -501,8 +495,9 @@ QuantizePlan plan_quantization(const GGUFFile& in, const QuantizeOptions& opt) {
 
 QuantizeResult quantize_model(const std::string& in_path, const std::string& out_path, const QuantizeOptions& opt) {
   const auto t0 = Clock::now();
-  check_paths(in_path, out_path, opt.dry_run);
+  check_paths(in_path, out_path, opt);
   auto in = GGUFFile::open(in_path);
+  validate_model(*in);  // model/config.h: the checks every subcommand makes, before anything is planned or written
   QuantizeResult res;
   res.plan = plan_quantization(*in, opt);
   QuantizePlan& plan = res.plan;

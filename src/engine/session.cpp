@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "core/error.h"
 
@@ -60,6 +61,15 @@ void Session::shift_context() {
   ++n_shifts_;
 }
 
+void Session::check_logits() const {
+  // One pass over a row of n_vocab floats per sampled token: nothing next to the forward pass that made it.
+  for (size_t i = 0; i < logits_.size(); ++i)
+    if (!std::isfinite(logits_[i]))
+      throw Error(model_.gguf().name() + ": non-finite logits (" + (std::isnan(logits_[i]) ? "nan" : "inf") +
+                  " for token " + std::to_string(i) + ") at position " + std::to_string(n_past_ - 1) +
+                  ": the model's output is not finite (NaN or Inf in its weights?)");
+}
+
 std::vector<int32_t> Session::prepare_prompt(const std::string& prompt) const {
   std::vector<int32_t> toks = model_.vocab().tokenize(prompt, true, false);
   if (toks.empty()) throw Error("the prompt is empty and the model adds no BOS token; nothing to condition on");
@@ -90,6 +100,7 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
   res.prompt_seconds = since(t0);
   auto t1 = Clock::now();
   for (int i = 0; n_predict < 0 || i < n_predict; ++i) {
+    check_logits();
     const int32_t tok = sampler.sample(logits_.data(), static_cast<int>(logits_.size()));
     sampler.accept(tok);
     if (vocab.is_eog(tok)) {

@@ -14,7 +14,7 @@ namespace lokal {
 struct SessionOptions {
   int64_t n_ctx = 0;     // 0: the model's trained context, capped at 4096
   int n_threads = 0;     // 0: all hardware threads
-  int64_t n_batch = 256; // prompt tokens per forward micro-batch
+  int64_t n_batch = kDefaultBatchSize; // prompt tokens per forward micro-batch (model/config.h: 512)
   DType cache_type_k = DType::F16;  // KV cache element types (f32 or f16; f16 like llama.cpp)
   DType cache_type_v = DType::F16;
   // What generate() does when the context is full:
@@ -75,6 +75,10 @@ class Session {
                             const std::function<bool(const std::string&)>& on_text);
 
  private:
+  // Throws lokal::Error naming the position when the current logits hold NaN or Inf (generate() calls it before
+  // sampling, so a broken model stops with an error instead of sampling garbage).
+  void check_logits() const;
+
   const Model& model_;
   SessionOptions opt_;
   ThreadPool pool_;

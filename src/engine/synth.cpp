@@ -406,16 +406,25 @@ int64_t write_generated_vocab(GGUFWriter& w, const SynthPreset& p) {
   return p.n_vocab;
 }
 
-// Copies every tokenizer.* key of a vocab GGUF; pads the token list when the preset allows. Returns its size.
-int64_t write_copied_vocab(GGUFWriter& w, const SynthPreset& p, const std::string& path) {
-  auto f = GGUFFile::open(path);
-  const GGUFValue* toks = f->find("tokenizer.ggml.tokens");
+// The token count of a vocab GGUF, which must be the preset's; with `pad` (--pad-vocab) a smaller one is accepted
+// when the preset allows padding. Checked by synth_plan too, so nothing is printed or written before a refusal.
+int64_t checked_vocab_size(const GGUFFile& f, const SynthPreset& p, const std::string& path, bool pad) {
+  const GGUFValue* toks = f.find("tokenizer.ggml.tokens");
   if (!toks || toks->type != GGUFType::ARRAY || toks->arr_type != GGUFType::STRING)
     throw Error(path + ": not a vocabulary: no tokenizer.ggml.tokens string array");
   const int64_t n = static_cast<int64_t>(toks->arr_n);
-  if (n != p.n_vocab && !(p.vocab_pad && n < p.n_vocab))
+  const bool can_pad = p.vocab_pad && n < p.n_vocab;
+  if (n != p.n_vocab && !(pad && can_pad))
     throw Error(path + ": the vocabulary has " + std::to_string(n) + " tokens, but preset '" + p.name + "' needs " +
-                std::to_string(p.n_vocab) + (p.vocab_pad ? " or fewer" : "") + " (rows of token_embd)");
+                std::to_string(p.n_vocab) + " (rows of token_embd)" +
+                (can_pad ? "; --pad-vocab pads it with [PADn] tokens as llama.cpp's converter does" : ""));
+  return n;
+}
+
+// Copies every tokenizer.* key of a vocab GGUF (checked_vocab_size), padded when asked. Returns its size.
+int64_t write_copied_vocab(GGUFWriter& w, const SynthPreset& p, const std::string& path, bool pad) {
+  auto f = GGUFFile::open(path);
+  const int64_t n = checked_vocab_size(*f, p, path, pad);
   for (const auto& [key, val] : f->kv()) {
     if (key.rfind("tokenizer.", 0) != 0) continue;
     GGUFMetaValue mv = GGUFMetaValue::from(val);
@@ -465,6 +474,7 @@ SynthPlan synth_plan(const SynthOptions& opt) {
   if (opt.n_layer < 0) throw Error("--layers must be positive, got " + std::to_string(opt.n_layer));
   if (opt.n_layer > 0) p.n_layer = opt.n_layer;
   check_preset(p);
+  if (!opt.vocab_file.empty()) checked_vocab_size(*GGUFFile::open(opt.vocab_file), p, opt.vocab_file, opt.pad_vocab);
   const QuantFileType ft = parse_type(opt.type);
   plan.type_name = ft.name;
   plan.file_type = ft.ftype;
@@ -543,7 +553,7 @@ SynthResult synth_model(const SynthOptions& opt, const std::string& path,
   w.set_u32("general.file_type", static_cast<uint32_t>(plan.file_type));
   w.set_u32(a + "vocab_size", static_cast<uint32_t>(p.n_vocab));
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(p.head_dim()));
-  res.n_vocab = opt.vocab_file.empty() ? write_generated_vocab(w, p) : write_copied_vocab(w, p, opt.vocab_file);
+  res.n_vocab = opt.vocab_file.empty() ? write_generated_vocab(w, p) : write_copied_vocab(w, p, opt.vocab_file, opt.pad_vocab);
   if (quantized) w.set_u32("general.quantization_version", 2);
 
   ThreadPool pool(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());

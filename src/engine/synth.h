@@ -14,9 +14,9 @@
 // whatever the model size.
 //
 // Vocabulary: either generated (the preset's size and kind, see below) or every tokenizer.* key copied from a
-// vocab GGUF (--vocab), whose token count then must equal the preset's (a preset with padded embeddings, like
-// Qwen2.5-7B's 152064 rows, accepts a smaller vocabulary and pads it with "[PADn]" tokens as llama.cpp's
-// converter does).
+// vocab GGUF (--vocab), whose token count then must equal the preset's: any other size is refused. Only when asked
+// (--pad-vocab, SynthOptions::pad_vocab) does a preset with padded embeddings, like Qwen2.5-7B's 152064 rows,
+// accept a smaller vocabulary and pad it with "[PADn]" tokens as llama.cpp's converter does.
 //   SPM (tinyllama, mistral): <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then synthetic pieces
 //     (each the concatenation of two earlier pieces, scores decreasing), single characters last.
 //   BPE (qwen2, llama 3): the 256 byte-level symbols in GPT-2 order, then one token per merge (each merge joins
@@ -52,7 +52,7 @@ struct SynthPreset {
   bool qkv_bias = false;     // attn_q/k/v biases (qwen2)
   SynthVocab vocab = SynthVocab::SPM;
   int64_t n_vocab_text = 0;  // generated BPE vocabs: tokens before the special tokens (0: n_vocab - specials)
-  bool vocab_pad = false;    // --vocab may have fewer tokens than n_vocab (padded with [PADn])
+  bool vocab_pad = false;    // with --pad-vocab, --vocab may have fewer tokens than n_vocab (padded with [PADn])
   // Llama 3 rope scaling (rope_freqs.weight); factor 0 = none.
   float rope_scale_factor = 0, rope_low_freq = 0, rope_high_freq = 0;
   int64_t rope_orig_ctx = 0;
@@ -90,6 +90,7 @@ struct SynthOptions {
   std::string type = "Q8_0"; // a lokal quantize file type name (F32, F16, BF16, Q8_0, Q4_0, ..., Q4_K_M, ...)
   bool pure = false;         // every matrix in the base type (no llama-quantize mix, output not bumped to Q6_K)
   std::string vocab_file;    // copy tokenizer.* from this GGUF instead of generating a vocabulary
+  bool pad_vocab = false;    // --pad-vocab: a smaller vocab_file is padded with [PADn] (presets with vocab_pad only)
   uint64_t seed = 42;
   int64_t n_layer = 0;       // 0: the preset's
   bool rope_freqs = true;    // write rope_freqs.weight for presets with Llama 3 rope scaling

@@ -110,9 +110,18 @@ void Model::repack_weights() {
 }
 
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
+  return load(GGUFFile::open(path, opt.use_mmap), opt);
+}
+
+std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
+  const std::string path = file->name();
+  if (!opt.use_mmap && file->mapped() && file->mapped()->is_mapped()) {
+    file.reset();  // read into memory instead
+    file = GGUFFile::open(path, false);
+  }
   std::unique_ptr<Model> m(new Model());
-  m->gguf_ = GGUFFile::open(path, opt.use_mmap);
+  m->gguf_ = std::move(file);
   const GGUFFile& f = *m->gguf_;
   m->cfg_ = ModelConfig::from_gguf(f);
   const ModelConfig& c = m->cfg_;

@@ -40,6 +40,9 @@ class Model {
  public:
   // Maps the file, validates every tensor's presence, type and shape. Throws lokal::Error.
   static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt = {});
+  // The same with a file the caller already opened (and looked at, e.g. to plan memory): it is not parsed twice.
+  // With opt.use_mmap false the file is opened again and read into memory.
+  static std::unique_ptr<Model> load(std::unique_ptr<GGUFFile> file, const LoadOptions& opt = {});
 
   const ModelConfig& config() const { return cfg_; }
   const Vocab& vocab() const { return *vocab_; }
