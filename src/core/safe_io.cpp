@@ -72,36 +72,32 @@ extern "C" void cleanup_and_die(int sig) {
 
 // --- inputs ---
 
-void check_input_file(const std::string& path, const char* what) {
-  if (path.empty()) throw Error(std::string("no ") + what + " given");
+// stat(2) of an input, with the one message for a missing file.
+static struct stat stat_input(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     const int e = errno;
     if (e == ENOENT || e == ENOTDIR) throw Error(path + ": no such file");
     throw Error(path + ": cannot open: " + std::strerror(e));
   }
+  return st;
+}
+
+void check_input_file(const std::string& path, const char* what) {
+  if (path.empty()) throw Error(std::string("no ") + what + " given");
+  const struct stat st = stat_input(path);
   if (!S_ISREG(st.st_mode))
     throw Error(path + ": is " + kind_of(st.st_mode) + ", not a regular file (expected a " + what + ")");
 }
 
 void check_input_dir(const std::string& path, const char* what) {
   if (path.empty()) throw Error(std::string("no ") + what + " given");
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    const int e = errno;
-    if (e == ENOENT || e == ENOTDIR) throw Error(path + ": no such file");
-    throw Error(path + ": cannot open: " + std::strerror(e));
-  }
+  const struct stat st = stat_input(path);
   if (!S_ISDIR(st.st_mode)) throw Error(path + ": is " + kind_of(st.st_mode) + ", expected a " + what);
 }
 
 std::string read_text_input(const std::string& path, uint64_t max_bytes, const std::string& why) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    const int e = errno;
-    if (e == ENOENT || e == ENOTDIR) throw Error(path + ": no such file");
-    throw Error(path + ": cannot open: " + std::strerror(e));
-  }
+  const struct stat st = stat_input(path);
   if (S_ISDIR(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISBLK(st.st_mode))
     throw Error(path + ": is " + kind_of(st.st_mode) + ", expected a text file");
   const std::string too_big = path + ": larger than " + std::to_string(max_bytes) + " bytes (" + why + ")";
