@@ -12,20 +12,11 @@
 
 namespace lokal {
 
-WeightView Model::matrix(const std::string& name, int64_t cols, int64_t rows, bool required) {
+// Presence, shape and type of every tensor were checked by ModelConfig::from_gguf (model/config.h) before these
+// run: they only look tensors up (an optional one may be absent).
+WeightView Model::matrix(const std::string& name, int64_t cols, int64_t rows) {
   const GGUFTensorInfo* t = gguf_->find_tensor(name);
-  if (!t) {
-    if (required) throw Error(gguf_->name() + ": missing tensor '" + name + "'");
-    return {};
-  }
-  if (t->n_dims > 2 || t->ne[0] != cols || t->ne[1] != rows)
-    throw Error(gguf_->name() + ": tensor '" + name + "' has shape " + t->shape_str() + ", expected [" +
-                std::to_string(cols) + ", " + std::to_string(rows) + "]");
-  const TypeInfo* ti = type_info(t->type);
-  if (!ti->supported)
-    throw Error(gguf_->name() + ": tensor '" + name + "' has type " + ti->name +
-                ", which lokal does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-                "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
+  if (!t) return {};
   WeightView w;
   w.type = t->type;
   w.cols = cols;
@@ -35,20 +26,11 @@ WeightView Model::matrix(const std::string& name, int64_t cols, int64_t rows, bo
   return w;
 }
 
-const float* Model::vector(const std::string& name, int64_t n, bool required) {
+const float* Model::vector(const std::string& name, int64_t n) {
   const GGUFTensorInfo* t = gguf_->find_tensor(name);
-  if (!t) {
-    if (required) throw Error(gguf_->name() + ": missing tensor '" + name + "'");
-    return nullptr;
-  }
-  if (t->n_elements() != n)
-    throw Error(gguf_->name() + ": tensor '" + name + "' has shape " + t->shape_str() + ", expected [" +
-                std::to_string(n) + "]");
+  if (!t) return nullptr;
   if (t->type == DType::F32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0)
     return reinterpret_cast<const float*>(t->data);
-  const TypeInfo* ti = type_info(t->type);
-  if (!ti->supported || n % ti->block_size != 0)
-    throw Error(gguf_->name() + ": tensor '" + name + "' has unsupported type " + ti->name);
   owned_.emplace_back(new float[static_cast<size_t>(n)]);
   dequantize_row(t->type, t->data, owned_.back().get(), n);
   return owned_.back().get();
@@ -123,27 +105,19 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
   std::unique_ptr<Model> m(new Model());
   m->gguf_ = std::move(file);
   const GGUFFile& f = *m->gguf_;
-  m->cfg_ = ModelConfig::from_gguf(f);
+  m->cfg_ = ModelConfig::from_gguf(f);  // validates every tensor used below and the tokenizer's size
   const ModelConfig& c = m->cfg_;
   m->vocab_ = Vocab::from_gguf(f);
-  if (m->vocab_->n_tokens() != c.n_vocab)
-    throw Error(path + ": tokenizer has " + std::to_string(m->vocab_->n_tokens()) + " tokens but token_embd has " +
-                std::to_string(c.n_vocab) + " rows");
-
-  for (const auto& t : f.tensors()) {
-    m->weight_bytes_ += t.nbytes;
-    if (t.name.find("_exps.") != std::string::npos)
-      throw Error(path + ": mixture-of-experts tensor '" + t.name + "' found; MoE models are not supported yet");
-  }
+  for (const auto& t : f.tensors()) m->weight_bytes_ += t.nbytes;
 
   m->tok_embd = m->matrix("token_embd.weight", c.n_embd, c.n_vocab);
   m->output_norm = m->vector("output_norm.weight", c.n_embd);
-  m->output = m->matrix("output.weight", c.n_embd, c.n_vocab, false);
+  m->output = m->matrix("output.weight", c.n_embd, c.n_vocab);
   if (!m->output.data) {
     m->output = m->tok_embd;
     m->tied_output = true;
   }
-  m->rope_freqs = m->vector("rope_freqs.weight", c.rope_dim / 2, false);
+  m->rope_freqs = m->vector("rope_freqs.weight", c.rope_dim / 2);
 
   m->layers.resize(static_cast<size_t>(c.n_layer));
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -154,10 +128,9 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
     L.wk = m->matrix(p + "attn_k.weight", c.n_embd, c.n_embd_k());
     L.wv = m->matrix(p + "attn_v.weight", c.n_embd, c.n_embd_v());
     L.wo = m->matrix(p + "attn_output.weight", c.n_head * c.head_dim_v, c.n_embd);
-    const bool need_bias = c.arch == "qwen2";
-    L.bq = m->vector(p + "attn_q.bias", c.n_embd_q(), need_bias);
-    L.bk = m->vector(p + "attn_k.bias", c.n_embd_k(), need_bias);
-    L.bv = m->vector(p + "attn_v.bias", c.n_embd_v(), need_bias);
+    L.bq = m->vector(p + "attn_q.bias", c.n_embd_q());
+    L.bk = m->vector(p + "attn_k.bias", c.n_embd_k());
+    L.bv = m->vector(p + "attn_v.bias", c.n_embd_v());
     L.ffn_norm = m->vector(p + "ffn_norm.weight", c.n_embd);
     L.w_gate = m->matrix(p + "ffn_gate.weight", c.n_embd, c.n_ff);
     L.w_up = m->matrix(p + "ffn_up.weight", c.n_embd, c.n_ff);

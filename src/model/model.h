@@ -65,8 +65,9 @@ class Model {
 
  private:
   Model() = default;
-  WeightView matrix(const std::string& name, int64_t cols, int64_t rows, bool required = true);
-  const float* vector(const std::string& name, int64_t n, bool required = true);
+  // Lookups of tensors ModelConfig::from_gguf validated; nullptr / empty when an optional one is absent.
+  WeightView matrix(const std::string& name, int64_t cols, int64_t rows);
+  const float* vector(const std::string& name, int64_t n);
   void repack_weights();
 
   ModelConfig cfg_;
