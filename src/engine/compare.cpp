@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <random>
 
 #include "core/safe_io.h"
 #include "core/error.h"
