@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/perplexity.h"
+#include "eval/perplexity.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;

@@ -28,7 +28,7 @@
 #include "core/gguf_writer.h"
 #include "core/quant.h"
 #include "core/safetensors.h"
-#include "engine/convert.h"
+#include "tools/convert.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;

@@ -16,9 +16,9 @@
 #include "core/error.h"
 #include "core/gguf.h"
 #include "core/quant.h"
-#include "engine/compare.h"
-#include "engine/imatrix.h"
-#include "engine/quantize.h"
+#include "eval/compare.h"
+#include "eval/imatrix.h"
+#include "tools/quantize.h"
 #include "model/model.h"
 #include "support/test_data.h"
 

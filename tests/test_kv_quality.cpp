@@ -10,7 +10,7 @@
 // Under AddressSanitizer (about 10x slower) only the first model of each list runs; the Release run does all.
 #include <gtest/gtest.h>
 
-#include "engine/compare.h"
+#include "eval/compare.h"
 #include "support/test_data.h"
 
 using namespace lokal;

@@ -21,8 +21,8 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "engine/compare.h"
-#include "engine/perplexity.h"
+#include "eval/compare.h"
+#include "eval/perplexity.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;

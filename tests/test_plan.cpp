@@ -9,9 +9,9 @@
 #include <regex>
 
 #include "core/error.h"
-#include "engine/plan.h"
-#include "engine/session.h"
-#include "engine/synth.h"
+#include "runtime/plan.h"
+#include "runtime/session.h"
+#include "tools/synth.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;

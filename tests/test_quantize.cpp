@@ -26,7 +26,7 @@
 #include "core/gguf.h"
 #include "core/gguf_writer.h"
 #include "core/quant.h"
-#include "engine/quantize.h"
+#include "tools/quantize.h"
 #include "model/model.h"
 #include "support/test_data.h"
 

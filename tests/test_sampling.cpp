@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "engine/sampling.h"
+#include "runtime/sampling.h"
 
 using namespace lokal;
 

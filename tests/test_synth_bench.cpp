@@ -11,9 +11,9 @@
 
 #include "core/error.h"
 #include "core/gguf.h"
-#include "engine/quantize.h"
-#include "engine/session.h"
-#include "engine/synth.h"
+#include "tools/quantize.h"
+#include "runtime/session.h"
+#include "tools/synth.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;

@@ -30,9 +30,9 @@
 
 #include "core/gguf.h"
 #include "core/threadpool.h"
-#include "engine/quantize.h"
-#include "engine/session.h"
-#include "engine/synth.h"
+#include "tools/quantize.h"
+#include "runtime/session.h"
+#include "tools/synth.h"
 #include "model/model.h"
 #include "support/test_data.h"
 

@@ -12,7 +12,7 @@
 #include "core/safe_io.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "engine/bench.h"
+#include "eval/bench.h"
 #include "ops/attention.h"
 
 namespace lokal::cli {

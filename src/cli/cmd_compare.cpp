@@ -8,8 +8,8 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/log.h"
-#include "engine/compare.h"
-#include "engine/plan.h"
+#include "eval/compare.h"
+#include "runtime/plan.h"
 
 namespace lokal::cli {
 

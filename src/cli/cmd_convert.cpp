@@ -1,4 +1,4 @@
-// `lokal convert HF_DIR|CHECKPOINT.bin -o OUT.gguf` and `lokal export-hf MODEL.gguf -o DIR` (engine/convert.h).
+// `lokal convert HF_DIR|CHECKPOINT.bin -o OUT.gguf` and `lokal export-hf MODEL.gguf -o DIR` (tools/convert.h).
 // Progress on stderr, one line per tensor; the summary on stdout.
 #include <cstdio>
 #include <string>
@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/types.h"
-#include "engine/convert.h"
+#include "tools/convert.h"
 
 namespace lokal::cli {
 

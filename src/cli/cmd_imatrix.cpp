@@ -1,5 +1,5 @@
 // `lokal imatrix -m MODEL -f TEXT -o FILE`: collects an importance matrix (mean squared activation per input
-// column of every weight matrix, engine/imatrix.h) over a text, chunked like `lokal perplexity`, and writes it in
+// column of every weight matrix, eval/imatrix.h) over a text, chunked like `lokal perplexity`, and writes it in
 // llama.cpp's imatrix .dat format. Progress on stderr; a one-line summary on stdout.
 #include <chrono>
 #include <cstdio>
@@ -8,7 +8,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/log.h"
-#include "engine/imatrix.h"
+#include "eval/imatrix.h"
 
 namespace lokal::cli {
 

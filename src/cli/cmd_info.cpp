@@ -5,8 +5,8 @@
 #include "cli/commands.h"
 #include "core/log.h"
 #include "core/safe_io.h"
-#include "engine/plan.h"
-#include "engine/session.h"
+#include "runtime/plan.h"
+#include "runtime/session.h"
 
 namespace lokal::cli {
 
@@ -79,7 +79,7 @@ void info(const InfoArgs& a) {
   std::printf("  parameters     %lld (%.2f M), %.2f bits per weight\n", static_cast<long long>(n_params), n_params / 1e6,
               8.0 * static_cast<double>(model->weight_bytes()) / static_cast<double>(n_params));
 
-  // The same prediction as `lokal plan` (engine/plan.h) for run's defaults at this context.
+  // The same prediction as `lokal plan` (runtime/plan.h) for run's defaults at this context.
   RunSettings rs;
   rs.n_ctx = a.ctx > 0 ? a.ctx : std::min<int64_t>(c.n_ctx_train, 4096);
   rs.n_threads = ThreadPool::default_threads();

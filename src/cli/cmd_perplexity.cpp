@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/log.h"
-#include "engine/perplexity.h"
+#include "eval/perplexity.h"
 #include "ops/vec_dot.h"
 
 namespace lokal::cli {
@@ -90,7 +90,7 @@ void register_perplexity(CLI::App& app, int* rc) {
   cmd->add_option("-b,--batch-size", a->batch, "Tokens per forward batch")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
-  cmd->add_option("--save-logits", a->save_logits, "Write the scored log-probabilities to FILE (see engine/perplexity.h)");
+  cmd->add_option("--save-logits", a->save_logits, "Write the scored log-probabilities to FILE (see eval/perplexity.h)");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
   cmd->callback([a, rc] {

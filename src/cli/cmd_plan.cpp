@@ -1,5 +1,5 @@
 // `lokal plan`: which of the given model files, context, KV-cache types and batch fit a RAM budget, with the
-// byte breakdown of each option tried (engine/plan.h). Exit status 0 when every budget has a fitting option,
+// byte breakdown of each option tried (runtime/plan.h). Exit status 0 when every budget has a fitting option,
 // 1 when one does not (the numbers of the smallest option are printed).
 #include <cstdio>
 #include <filesystem>
@@ -9,7 +9,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/threadpool.h"
-#include "engine/plan.h"
+#include "runtime/plan.h"
 
 namespace lokal::cli {
 

@@ -1,5 +1,5 @@
 // `lokal quantize IN.gguf OUT.gguf TYPE`: llama-quantize's file types and per-tensor mixes
-// (engine/quantize.h). Progress on stderr, one line per tensor; the summary (or, with --dry-run,
+// (tools/quantize.h). Progress on stderr, one line per tensor; the summary (or, with --dry-run,
 // the plan) on stdout.
 #include <cstdio>
 #include <string>
@@ -8,8 +8,8 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/threadpool.h"
-#include "engine/imatrix.h"
-#include "engine/quantize.h"
+#include "eval/imatrix.h"
+#include "tools/quantize.h"
 
 namespace lokal::cli {
 

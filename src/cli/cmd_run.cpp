@@ -10,9 +10,9 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/log.h"
-#include "engine/bench.h"
-#include "engine/plan.h"
-#include "engine/session.h"
+#include "eval/bench.h"
+#include "runtime/plan.h"
+#include "runtime/session.h"
 #include "ops/vec_dot.h"
 
 namespace lokal::cli {
@@ -38,7 +38,7 @@ struct RunArgs {
   bool verbose = false;
   std::string cache_type_k = "f16", cache_type_v = "f16";
   bool ctk_given = false, ctv_given = false, ctx_given = false, batch_given = false;
-  std::string ram;            // --ram: plan the settings for this budget (engine/plan.h)
+  std::string ram;            // --ram: plan the settings for this budget (runtime/plan.h)
   bool context_shift = false;
   int64_t n_keep = 0;
   bool allow_long_ctx = false;

@@ -10,7 +10,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "core/log.h"
-#include "engine/synth.h"
+#include "tools/synth.h"
 
 namespace lokal::cli {
 

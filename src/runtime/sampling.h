@@ -1,4 +1,4 @@
-// engine/sampling.h - turning logits into the next token.
+// runtime/sampling.h - turning logits into the next token.
 //
 // The chain, in llama.cpp's default order:
 //   penalties -> top-k -> top-p -> min-p -> temperature -> random draw.

@@ -1,4 +1,4 @@
-#include "engine/imatrix.h"
+#include "eval/imatrix.h"
 
 #include <cmath>
 #include <cstdio>

@@ -1,4 +1,4 @@
-#include "engine/bench.h"
+#include "eval/bench.h"
 
 #include <sys/mman.h>
 
@@ -19,7 +19,7 @@
 
 #include "core/error.h"
 #include "core/threadpool.h"
-#include "engine/session.h"
+#include "runtime/session.h"
 #include "ops/vec_dot.h"
 
 namespace lokal {

@@ -1,4 +1,4 @@
-#include "engine/compare.h"
+#include "eval/compare.h"
 
 #include <algorithm>
 #include <chrono>

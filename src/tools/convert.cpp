@@ -1,5 +1,5 @@
-// engine/convert.cpp - Hugging Face / llama2.c -> GGUF and GGUF -> Hugging Face (rules in convert.h).
-#include "engine/convert.h"
+// tools/convert.cpp - Hugging Face / llama2.c -> GGUF and GGUF -> Hugging Face (rules in convert.h).
+#include "tools/convert.h"
 
 #include <sys/stat.h>
 

@@ -1,4 +1,4 @@
-#include "engine/quantize.h"
+#include "tools/quantize.h"
 
 #include <sys/mman.h>
 #include <unistd.h>

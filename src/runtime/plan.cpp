@@ -1,4 +1,4 @@
-#include "engine/plan.h"
+#include "runtime/plan.h"
 
 #include <sys/resource.h>
 

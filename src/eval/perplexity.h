@@ -1,4 +1,4 @@
-// engine/perplexity.h - perplexity of a model on a text, computed the way llama.cpp's
+// eval/perplexity.h - perplexity of a model on a text, computed the way llama.cpp's
 // `llama-perplexity` does (c392e50, default settings, no stride), and the file format that
 // stores a model's scored log-probabilities for later comparison (`--save-logits`, `compare`).
 //

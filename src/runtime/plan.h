@@ -1,4 +1,4 @@
-// engine/plan.h - memory planning: what a model needs in RAM for given settings, and which model /
+// runtime/plan.h - memory planning: what a model needs in RAM for given settings, and which model /
 // context / KV-cache types / batch fit a budget. Run before loading anything but GGUF headers.
 //
 // Two layers:

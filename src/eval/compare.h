@@ -1,7 +1,7 @@
-// engine/compare.h - quality and speed of several models (e.g. quantizations) against a base model.
+// eval/compare.h - quality and speed of several models (e.g. quantizations) against a base model.
 //
 // The base model's perplexity run writes its scored log-probabilities to a temporary file (the
-// format of engine/perplexity.h, the same code as `perplexity --save-logits`). Each other model is
+// format of eval/perplexity.h, the same code as `perplexity --save-logits`). Each other model is
 // then loaded and evaluated on the same chunks, one model at a time, streaming the base rows back
 // from that file, so memory stays at one model plus one micro-batch of rows.
 //
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/perplexity.h"
+#include "eval/perplexity.h"
 
 namespace lokal {
 

@@ -1,4 +1,4 @@
-// engine/imatrix.h - importance matrices (`lokal imatrix`, `lokal quantize --imatrix`).
+// eval/imatrix.h - importance matrices (`lokal imatrix`, `lokal quantize --imatrix`).
 //
 // An importance matrix holds, for every weight matrix W that multiplies an activation (attn_q/k/v/output,
 // ffn_gate/up/down of each layer, and optionally output), one value per input column j: the mean over all
@@ -36,8 +36,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/perplexity.h"
-#include "engine/quantize.h"
+#include "eval/perplexity.h"
+#include "tools/quantize.h"
 
 namespace lokal {
 

@@ -1,4 +1,4 @@
-#include "engine/synth.h"
+#include "tools/synth.h"
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +12,7 @@
 #include "core/gguf_writer.h"
 #include "core/quant.h"
 #include "core/threadpool.h"
-#include "engine/quantize.h"
+#include "tools/quantize.h"
 
 namespace lokal {
 
@@ -138,7 +138,7 @@ std::vector<float> llama3_rope_factors(const SynthPreset& p) {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Tensor types: llama-quantize's per-tensor mixes, from engine/quantize (mix_tensor_type).
+// Tensor types: llama-quantize's per-tensor mixes, from tools/quantize (mix_tensor_type).
 
 MixModelInfo mix_info(const SynthPreset& p) {
   MixModelInfo m;

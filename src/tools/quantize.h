@@ -1,4 +1,4 @@
-// engine/quantize.h - `lokal quantize`: rewrite a GGUF model with its weight matrices in another
+// tools/quantize.h - `lokal quantize`: rewrite a GGUF model with its weight matrices in another
 // type, using the per-tensor type mixes of llama.cpp's llama-quantize (c392e50).
 //
 // What a file type name stands for (ftype = the llama_ftype number written to general.file_type):
@@ -38,7 +38,7 @@
 //
 // Quantization uses the reference round-to-nearest quantizers of core/quant.h, which produce the same bytes as
 // llama.cpp's without an importance matrix, so for the same mix the output's tensor data is byte-identical to
-// llama-quantize's. With an importance matrix (QuantizeOptions::importance, engine/imatrix.h) the matrices that
+// llama-quantize's. With an importance matrix (QuantizeOptions::importance, eval/imatrix.h) the matrices that
 // have an entry go through the importance-weighted quantizers (core/quant.h, quantize_row_weighted; their bytes
 // are lokal's own, in the standard block layouts), and the quantize.imatrix.* keys are added.
 #pragma once
@@ -71,7 +71,7 @@ std::optional<QuantFileType> find_quant_file_type(std::string_view name);
 // "F32, F16, BF16, Q8_0, ..." for error messages.
 std::string quant_file_type_list();
 
-// Importance of each column of a matrix (an importance matrix, "imatrix", engine/imatrix.h): for a tensor of
+// Importance of each column of a matrix (an importance matrix, "imatrix", eval/imatrix.h): for a tensor of
 // shape [ne0, ne1, ne2], ne0 * ne2 floats (one row of ne0 weights per ne2 slice), or {nullptr, 0} for none.
 // The data must stay valid until quantize_model returns. Any other size is an error (lokal::Error).
 struct ImportanceView {

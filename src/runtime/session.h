@@ -1,4 +1,4 @@
-// engine/session.h - one conversation with a model: KV cache, position, sampling loop.
+// runtime/session.h - one conversation with a model: KV cache, position, sampling loop.
 #pragma once
 #include <functional>
 #include <memory>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/threadpool.h"
-#include "engine/sampling.h"
+#include "runtime/sampling.h"
 #include "model/model.h"
 
 namespace lokal {

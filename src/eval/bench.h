@@ -1,4 +1,4 @@
-// engine/bench.h - `lokal bench`: prefill and decode speed of a model, llama-bench style.
+// eval/bench.h - `lokal bench`: prefill and decode speed of a model, llama-bench style.
 //
 // For every thread count, every depth D and every test (ppP: prefill of P tokens; tgN: decode of N tokens one
 // at a time), one first run and `reps` warm runs, each from a reset context: D tokens of context are fed first

@@ -1,4 +1,4 @@
-// engine/synth.h - `lokal synth`: random-weight GGUF files with the exact shapes, hyperparameters and
+// tools/synth.h - `lokal synth`: random-weight GGUF files with the exact shapes, hyperparameters and
 // tokenizer metadata of popular models, so speed at real sizes can be measured with no download.
 //
 // The files follow llama.cpp's GGUF conventions (key names, tensor names, shapes, file-type mixes), so both

@@ -1,4 +1,4 @@
-// engine/convert.h - model conversion: Hugging Face folders and llama2.c checkpoints -> GGUF, GGUF -> Hugging Face.
+// tools/convert.h - model conversion: Hugging Face folders and llama2.c checkpoints -> GGUF, GGUF -> Hugging Face.
 //
 // convert_model(input, out):
 //   * a folder: a Hugging Face model (config.json; model.safetensors, or shards listed by
