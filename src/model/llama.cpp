@@ -22,12 +22,20 @@
 
 namespace lokal {
 
-Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch, DType cache_type_k,
-                 DType cache_type_v)
-    : m_(model),
-      c_(model.config()),
-      pool_(pool),
-      kv_(model.config(), n_ctx, cache_type_k, cache_type_v),
+namespace {
+AttentionShape attention_shape(const ModelConfig& c) {
+  AttentionShape as;
+  as.n_head = static_cast<int>(c.n_head);
+  as.n_head_kv = static_cast<int>(c.n_head_kv);
+  as.head_dim = static_cast<int>(c.head_dim);
+  as.head_dim_v = static_cast<int>(c.head_dim_v);
+  as.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  return as;
+}
+}  // namespace
+
+Forward::Forward(const Model& model, ThreadPool& pool, int64_t max_batch, int64_t max_ctx)
+    : m_(model), c_(model.config()), pool_(pool), n_ctx_(std::max<int64_t>(1, max_ctx)),
       max_batch_(std::max<int64_t>(1, max_batch)) {
   const int64_t B = max_batch_;
   x_.resize(static_cast<size_t>(B * c_.n_embd));
@@ -38,62 +46,80 @@ Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t ma
   attn_.resize(static_cast<size_t>(B * c_.n_head * c_.head_dim_v));
   gate_.resize(static_cast<size_t>(B * c_.n_ff));
   up_.resize(static_cast<size_t>(B * c_.n_ff));
-  // Allocated once, at its final size, so the memory plan is exact (matmul would otherwise grow it geometrically).
+  // Allocated once, at their final sizes, so the memory plan is exact (they would otherwise grow geometrically).
   act_.resize(model.max_act_row_bytes() * static_cast<size_t>(B));
+  scores_.resize(attention_scratch_floats(attention_shape(c_), DType::F32, pool.size(), n_ctx_));
+  n_pos_.resize(static_cast<size_t>(B));
+  pages_.resize(static_cast<size_t>(B));
+}
+
+Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch, DType cache_type_k,
+                 DType cache_type_v)
+    : Forward(model, pool, max_batch, n_ctx) {
+  if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
+  own_kv_ = std::make_unique<KVCache>(c_, KVCache::pages_for(n_ctx), cache_type_k, cache_type_v);
+  own_pages_.resize(static_cast<size_t>(own_kv_->n_pages()));
+  for (size_t i = 0; i < own_pages_.size(); ++i) own_pages_[i] = static_cast<int32_t>(i);
 }
 
 size_t Forward::scratch_bytes_for(const ModelConfig& c, int64_t B, int64_t n_ctx, int n_threads, DType type_k,
                                   size_t max_act_row_bytes) {
-  (void)n_ctx;  // attention works in fixed-size tiles: its scratch does not grow with the context
-  AttentionShape as;
-  as.n_head = static_cast<int>(c.n_head);
-  as.n_head_kv = static_cast<int>(c.n_head_kv);
-  as.head_dim = static_cast<int>(c.head_dim);
-  as.head_dim_v = static_cast<int>(c.head_dim_v);
   const int64_t floats = B * c.n_embd + B * std::max(c.n_embd, c.n_ff) + B * c.n_embd_q() + B * c.n_embd_k() +
                          B * c.n_embd_v() + B * c.n_head * c.head_dim_v + 2 * B * c.n_ff;
   // The quantized copy of a micro-batch of the widest input, in the activation type of its matrix.
   const size_t act_row =
       max_act_row_bytes != SIZE_MAX ? max_act_row_bytes : static_cast<size_t>(std::max(c.n_embd, c.n_ff)) * 4;
-  return (static_cast<size_t>(floats) + attention_scratch_floats(as, type_k, n_threads)) * sizeof(float) +
-         act_row * static_cast<size_t>(B);
+  return (static_cast<size_t>(floats) + attention_scratch_floats(attention_shape(c), type_k, n_threads, n_ctx)) *
+             sizeof(float) +
+         act_row * static_cast<size_t>(B) + static_cast<size_t>(B) * (sizeof(int64_t) + sizeof(const int32_t*));
 }
 
 size_t Forward::scratch_bytes() const {
   return (x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + attn_.size() + gate_.size() + up_.size() +
-          scores_.size()) * sizeof(float) + act_.capacity();
+          scores_.size()) * sizeof(float) + act_.capacity() + n_pos_.size() * sizeof(int64_t) +
+         pages_.size() * sizeof(const int32_t*);
 }
 
 void Forward::eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {
   if (n <= 0) return;
-  if (pos0 < 0 || pos0 + n > kv_.n_ctx())
+  if (!own_kv_) throw Error("Forward::eval needs the single-sequence form (with its own cache)");
+  if (pos0 < 0 || pos0 + n > n_ctx_)
     throw Error("context full: " + std::to_string(pos0 + n) + " tokens do not fit in a context of " +
-                std::to_string(kv_.n_ctx()));
+                std::to_string(n_ctx_));
+  one_seq_.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c_.n_vocab)
-      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+    one_seq_[static_cast<size_t>(i)] = BatchEntry{tokens[i], 0, pos0 + i, all_logits || i == n - 1};
+  const SeqPages seq{own_pages_.data(), static_cast<int64_t>(own_pages_.size())};
+  eval_batch(one_seq_.data(), n, &seq, 1, *own_kv_, logits);
+}
+
+void Forward::eval_batch(const BatchEntry* e, int64_t n, const SeqPages* seqs, int64_t n_seqs, KVCache& kv,
+                         float* logits) {
+  for (int64_t i = 0; i < n; ++i) {
+    const BatchEntry& b = e[i];
+    if (b.token < 0 || b.token >= c_.n_vocab)
+      throw Error("token id " + std::to_string(b.token) + " is outside the vocabulary (0.." +
                   std::to_string(c_.n_vocab - 1) + ")");
-  for (int64_t done = 0; done < n; done += max_batch_) {
+    if (b.seq < 0 || b.seq >= n_seqs) throw Error("batch entry " + std::to_string(i) + ": unknown sequence " + std::to_string(b.seq));
+    if (b.pos < 0 || b.pos >= n_ctx_ || b.pos / kKVPage >= seqs[b.seq].n_pages)
+      throw Error("batch entry " + std::to_string(i) + ": position " + std::to_string(b.pos) +
+                  " is outside its sequence's cache (" + std::to_string(seqs[b.seq].n_pages * kKVPage) +
+                  " positions, at most " + std::to_string(n_ctx_) + ")");
+    for (int64_t p = 0; p <= b.pos / kKVPage; ++p)
+      if (seqs[b.seq].pages[p] < 0 || seqs[b.seq].pages[p] >= kv.n_pages())
+        throw Error("batch entry " + std::to_string(i) + ": bad page " + std::to_string(seqs[b.seq].pages[p]));
+  }
+  for (int64_t done = 0; done < n;) {
     const int64_t nb = std::min(max_batch_, n - done);
-    const bool last = done + nb == n;
-    float* out = nullptr;
-    if (all_logits) out = logits + done * c_.n_vocab;
-    else if (last) out = logits;
-    eval_batch(tokens + done, nb, pos0 + done, all_logits, out);
+    eval_micro(e + done, nb, seqs, kv, logits);
+    if (logits)
+      for (int64_t i = done; i < done + nb; ++i)
+        if (e[i].logits) logits += c_.n_vocab;
+    done += nb;
   }
 }
 
-void Forward::attention(int64_t layer, int64_t n, int64_t pos0) {
-  AttentionShape as;
-  as.n_head = static_cast<int>(c_.n_head);
-  as.n_head_kv = static_cast<int>(c_.n_head_kv);
-  as.head_dim = static_cast<int>(c_.head_dim);
-  as.head_dim_v = static_cast<int>(c_.head_dim_v);
-  as.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
-  lokal::attention(pool_, as, q_.data(), n, pos0, kv_.k_rows(layer), kv_.v_rows(layer), attn_.data(), scores_);
-}
-
-void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits) {
+void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits) {
   const int64_t d = c_.n_embd, nq = c_.n_embd_q(), nk = c_.n_embd_k(), nv = c_.n_embd_v(), ff = c_.n_ff;
   RopeParams rp;
   rp.rope_dim = static_cast<int>(c_.rope_dim);
@@ -101,52 +127,64 @@ void Forward::eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool al
   rp.freq_scale = c_.rope_freq_scale;
   rp.neox = c_.rope_style == RopeStyle::Neox;
   rp.freq_factors = m_.rope_freqs;
+  const AttentionShape as = attention_shape(c_);
+  for (int64_t t = 0; t < n; ++t) {
+    n_pos_[static_cast<size_t>(t)] = e[t].pos + 1;
+    pages_[static_cast<size_t>(t)] = seqs[e[t].seq].pages;
+  }
 
   float* x = x_.data();
-  for (int64_t t = 0; t < n; ++t) get_row(m_.tok_embd, tokens[t], x + t * d);
+  per_token(n, [&](int64_t t) { get_row(m_.tok_embd, e[t].token, x + t * d); });
 
   for (int64_t l = 0; l < c_.n_layer; ++l) {
     const LayerWeights& L = m_.layers[static_cast<size_t>(l)];
     // --- attention block ---
-    for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.attn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    per_token(n, [&](int64_t t) { rms_norm(x + t * d, L.attn_norm, xn_.data() + t * d, d, c_.rms_eps); });
     observe(L.wq, xn_.data(), n);
     observe(L.wk, xn_.data(), n);
     observe(L.wv, xn_.data(), n);
     matmul(pool_, L.wq, xn_.data(), n, q_.data(), nq, act_);
     matmul(pool_, L.wk, xn_.data(), n, k_.data(), nk, act_);
     matmul(pool_, L.wv, xn_.data(), n, v_.data(), nv, act_);
-    for (int64_t t = 0; t < n; ++t) {
+    // Different tokens write different cache slots (a batch never holds one position of a sequence twice).
+    per_token(n, [&](int64_t t) {
       float* q = q_.data() + t * nq;
       float* k = k_.data() + t * nk;
       float* v = v_.data() + t * nv;
       if (L.bq) add_inplace(q, L.bq, nq);
       if (L.bk) add_inplace(k, L.bk, nk);
       if (L.bv) add_inplace(v, L.bv, nv);
-      rope(q, static_cast<int>(c_.n_head), static_cast<int>(c_.head_dim), pos0 + t, rp);
-      rope(k, static_cast<int>(c_.n_head_kv), static_cast<int>(c_.head_dim), pos0 + t, rp);
-      kv_.store(l, pos0 + t, k, v);
-    }
-    attention(l, n, pos0);
+      rope(q, static_cast<int>(c_.n_head), static_cast<int>(c_.head_dim), e[t].pos, rp);
+      rope(k, static_cast<int>(c_.n_head_kv), static_cast<int>(c_.head_dim), e[t].pos, rp);
+      kv.store(l, seqs[e[t].seq].pages[e[t].pos / kKVPage], e[t].pos % kKVPage, k, v);
+    });
+    attention_batch(pool_, as, q_.data(), n, n_pos_.data(), pages_.data(), kv.k_rows(l), kv.v_rows(l), attn_.data(),
+                    scores_);
     observe(L.wo, attn_.data(), n);
     matmul(pool_, L.wo, attn_.data(), n, xn_.data(), d, act_);
-    for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
+    per_token(n, [&](int64_t t) { add_inplace(x + t * d, xn_.data() + t * d, d); });
 
     // --- feed-forward block ---
-    for (int64_t t = 0; t < n; ++t) rms_norm(x + t * d, L.ffn_norm, xn_.data() + t * d, d, c_.rms_eps);
+    per_token(n, [&](int64_t t) { rms_norm(x + t * d, L.ffn_norm, xn_.data() + t * d, d, c_.rms_eps); });
     observe(L.w_gate, xn_.data(), n);
     observe(L.w_up, xn_.data(), n);
     matmul(pool_, L.w_gate, xn_.data(), n, gate_.data(), ff, act_);
     matmul(pool_, L.w_up, xn_.data(), n, up_.data(), ff, act_);
-    for (int64_t t = 0; t < n; ++t) swiglu(gate_.data() + t * ff, up_.data() + t * ff, gate_.data() + t * ff, ff);
+    per_token(n, [&](int64_t t) { swiglu(gate_.data() + t * ff, up_.data() + t * ff, gate_.data() + t * ff, ff); });
     observe(L.w_down, gate_.data(), n);
     matmul(pool_, L.w_down, gate_.data(), n, xn_.data(), d, act_);
-    for (int64_t t = 0; t < n; ++t) add_inplace(x + t * d, xn_.data() + t * d, d);
+    per_token(n, [&](int64_t t) { add_inplace(x + t * d, xn_.data() + t * d, d); });
   }
 
   if (!logits) return;
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t n_out = n - first;
-  for (int64_t t = first; t < n; ++t) rms_norm(x + t * d, m_.output_norm, xn_.data() + (t - first) * d, d, c_.rms_eps);
+  // The final norm of the entries whose logits are wanted, packed together, then one product with the output matrix.
+  int64_t n_out = 0;
+  for (int64_t t = 0; t < n; ++t)
+    if (e[t].logits) {
+      rms_norm(x + t * d, m_.output_norm, xn_.data() + n_out * d, d, c_.rms_eps);
+      ++n_out;
+    }
+  if (n_out == 0) return;
   observe(m_.output, xn_.data(), n_out);
   matmul(pool_, m_.output, xn_.data(), n_out, logits, c_.n_vocab, act_);
 }

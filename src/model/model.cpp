@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "core/error.h"
@@ -161,31 +162,43 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
 }
 
 
-size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v) {
-  return static_cast<size_t>(cfg.n_layer * n_ctx) * (row_size(type_k, cfg.n_embd_k()) + row_size(type_v, cfg.n_embd_v()));
+size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v) {
+  return static_cast<size_t>(cfg.n_layer * pages_for(n_tokens) * kKVPage) *
+         (row_size(type_k, cfg.head_dim) * static_cast<size_t>(cfg.n_head_kv) +
+          row_size(type_v, cfg.head_dim_v) * static_cast<size_t>(cfg.n_head_kv));
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v)
-    : n_ctx_(n_ctx), n_head_kv_(cfg.n_head_kv),
+KVCache::KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k, DType type_v)
+    : n_pages_(n_pages), n_head_kv_(cfg.n_head_kv),
       head_dim_k_(cfg.head_dim), head_dim_v_(cfg.head_dim_v), type_k_(type_k), type_v_(type_v) {
-  if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
+  if (n_pages <= 0) throw Error("KV cache size must be positive, got " + std::to_string(n_pages) + " pages");
   check_kv_cache_type(type_k, cfg.head_dim);
   check_kv_cache_type(type_v, cfg.head_dim_v);
   seg_k_ = row_size(type_k, head_dim_k_);
   seg_v_ = row_size(type_v, head_dim_v_);
-  // Same total as position-major rows (blocks never straddle heads): n_head_kv segments per position.
-  layer_k_ = seg_k_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
-  layer_v_ = seg_v_ * static_cast<size_t>(n_head_kv_) * static_cast<size_t>(n_ctx);
-  k_ = AnonBuffer(layer_k_ * static_cast<size_t>(cfg.n_layer));
-  v_ = AnonBuffer(layer_v_ * static_cast<size_t>(cfg.n_layer));
+  layer_k_ = seg_k_ * kKVPage * static_cast<size_t>(n_head_kv_);
+  layer_v_ = seg_v_ * kKVPage * static_cast<size_t>(n_head_kv_);
+  page_k_ = layer_k_ * static_cast<size_t>(cfg.n_layer);
+  page_v_ = layer_v_ * static_cast<size_t>(cfg.n_layer);
+  k_ = AnonBuffer(page_k_ * static_cast<size_t>(n_pages));
+  v_ = AnonBuffer(page_v_ * static_cast<size_t>(n_pages));
 }
 
-void KVCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
-  const KVRows K = k_rows(layer), V = v_rows(layer);
+void KVCache::store(int64_t layer, int64_t page, int64_t slot, const float* k, const float* v) {
+  uint8_t* kp = k_.data() + static_cast<size_t>(page) * page_k_ + static_cast<size_t>(layer) * layer_k_ +
+                static_cast<size_t>(slot) * seg_k_;
+  uint8_t* vp = v_.data() + static_cast<size_t>(page) * page_v_ + static_cast<size_t>(layer) * layer_v_ +
+                static_cast<size_t>(slot) * seg_v_;
   for (int64_t g = 0; g < n_head_kv_; ++g) {
-    quantize_row(type_k_, k + g * head_dim_k_, const_cast<uint8_t*>(K.seg(pos, g, head_dim_k_)), head_dim_k_);
-    quantize_row(type_v_, v + g * head_dim_v_, const_cast<uint8_t*>(V.seg(pos, g, head_dim_v_)), head_dim_v_);
+    quantize_row(type_k_, k + g * head_dim_k_, kp + static_cast<size_t>(g) * seg_k_ * kKVPage, head_dim_k_);
+    quantize_row(type_v_, v + g * head_dim_v_, vp + static_cast<size_t>(g) * seg_v_ * kKVPage, head_dim_v_);
   }
+}
+
+void KVCache::copy_page(int64_t dst, int64_t src) {
+  if (dst == src) return;
+  std::memcpy(k_.data() + static_cast<size_t>(dst) * page_k_, k_.data() + static_cast<size_t>(src) * page_k_, page_k_);
+  std::memcpy(v_.data() + static_cast<size_t>(dst) * page_v_, v_.data() + static_cast<size_t>(src) * page_v_, page_v_);
 }
 
 }  // namespace lokal

@@ -82,31 +82,54 @@ class Model {
   size_t packed_bytes_ = 0;
 };
 
-// Key/value cache for one sequence: per layer, n_ctx rows (one per position) holding the
-// n_head_kv heads of K (n_embd_k values) and V (n_embd_v values). Element type F32 or F16,
-// chosen separately for K and V; attention reads the rows in place (ops/attention.h).
+// Key/value cache as a pool of pages: each page holds kKVPage (64) consecutive positions of one sequence, for every
+// layer, K and V separately (element type F32, F16, BF16, Q8_0 or Q4_0, chosen separately for K and V). A sequence
+// is a page table (ops/attention.h, KVRows::pages): page i holds its positions [64 i, 64 i + 64). Who owns which
+// page is decided above (runtime/kv_pool.h); this class is the memory, allocated once at its full size.
+// Layout of a page, per layer: head-major (each KV head's 64 segments contiguous), so one attention tile of one
+// head is one sequential run of memory.
 class KVCache {
  public:
-  KVCache(const ModelConfig& cfg, int64_t n_ctx, DType type_k = DType::F32, DType type_v = DType::F32);
-  int64_t n_ctx() const { return n_ctx_; }
+  KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k = DType::F32, DType type_v = DType::F32);
+  static int64_t pages_for(int64_t n_tokens) { return (n_tokens + kKVPage - 1) / kKVPage; }
+  int64_t n_pages() const { return n_pages_; }
+  int64_t n_ctx() const { return n_pages_ * kKVPage; }  // positions the whole pool holds
   DType type_k() const { return type_k_; }
   DType type_v() const { return type_v_; }
   size_t bytes() const { return k_.size() + v_.size(); }
   size_t bytes_k() const { return k_.size(); }
   size_t bytes_v() const { return v_.size(); }
-  // Exact bytes a cache of these settings allocates (for planning before loading).
-  static size_t bytes_for(const ModelConfig& cfg, int64_t n_ctx, DType type_k, DType type_v);
-  // Head-major (ops/attention.h): per layer, each KV head's segments of all positions are contiguous.
-  KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, seg_k_, seg_k_ * static_cast<size_t>(n_ctx_)}; }
-  KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, seg_v_, seg_v_ * static_cast<size_t>(n_ctx_)}; }
-  // Converts and stores the K and V rows of position `pos`.
-  void store(int64_t layer, int64_t pos, const float* k, const float* v);
+  // Exact bytes a cache for n_tokens positions (rounded up to whole pages) allocates (for planning before loading).
+  static size_t bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v);
+  // Views of one layer; their page table is the caller's (KVRows::with_pages).
+  KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, seg_k_, seg_k_ * kKVPage, nullptr, page_k_}; }
+  KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, seg_v_, seg_v_ * kKVPage, nullptr, page_v_}; }
+  // Converts and stores the K and V rows of the position in slot `slot` (0..63) of page `page`.
+  void store(int64_t layer, int64_t page, int64_t slot, const float* k, const float* v);
+  // Copies page src over page dst (every layer, K and V): copy-on-write of a shared page.
+  void copy_page(int64_t dst, int64_t src);
 
  private:
-  int64_t n_ctx_, n_head_kv_, head_dim_k_, head_dim_v_;
+  int64_t n_pages_, n_head_kv_, head_dim_k_, head_dim_v_;
   DType type_k_, type_v_;
-  size_t seg_k_, seg_v_, layer_k_, layer_v_;  // bytes of one head at one position; of one layer
+  size_t seg_k_, seg_v_;      // bytes of one head at one position
+  size_t layer_k_, layer_v_;  // bytes of one layer in a page
+  size_t page_k_, page_v_;    // bytes of one page (all layers)
   AnonBuffer k_, v_;  // huge pages: every decoded token reads the whole cache up to its position
+};
+
+// One token of a multi-sequence batch (Forward::eval_batch): evaluated at position `pos` of sequence `seq`.
+struct BatchEntry {
+  int32_t token = 0;
+  int32_t seq = 0;
+  int64_t pos = 0;
+  bool logits = false;  // whether the caller wants this entry's logits
+};
+
+// Page table of a sequence: pages[i] holds its positions [64 i, 64 i + 64).
+struct SeqPages {
+  const int32_t* pages = nullptr;
+  int64_t n_pages = 0;
 };
 
 // Sees the input of a weight-matrix product before it runs: `x` holds n_tok rows of W.cols floats (W is the
@@ -116,17 +139,30 @@ using MatmulObserver = std::function<void(const WeightView& W, const float* x, i
 // Runs the forward pass of a llama-family model (llama, qwen2) over a batch of tokens.
 class Forward {
  public:
-  Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch = 256,
+  // A forward pass with its own single-sequence cache of n_ctx positions (perplexity, compare, tests).
+  Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch = kDefaultBatchSize,
           DType cache_type_k = DType::F32, DType cache_type_v = DType::F32);
+  // A forward pass over an external, shared cache (eval_batch only); max_ctx: the longest sequence it will see
+  // (sizes the attention scratch).
+  Forward(const Model& model, ThreadPool& pool, int64_t max_batch, int64_t max_ctx);
 
-  // Process tokens[0..n) at positions pos0..pos0+n-1 (causal attention over the cache).
+  // Process tokens[0..n) at positions pos0..pos0+n-1 (causal attention over the own cache).
   // If all_logits, writes n rows of n_vocab logits to `logits`; otherwise only the last row.
   // Throws lokal::Error if pos0 + n exceeds the context.
   void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits);
 
-  int64_t n_ctx() const { return kv_.n_ctx(); }
-  size_t kv_bytes() const { return kv_.bytes(); }
-  const KVCache& kv() const { return kv_; }
+  // Evaluates n entries of any sequences in one pass over the weights (micro-batches of max_batch): each entry's
+  // K and V go to its position in its sequence's pages (seqs[entry.seq]), and its attention sees that sequence's
+  // positions 0..pos (earlier positions must be in the cache or earlier in this batch). Writes one row of n_vocab
+  // logits per entry with logits set, in entry order. An entry's results are bit-identical whatever the other
+  // entries are (batch invariance: every kernel's arithmetic per token is independent of the batch).
+  void eval_batch(const BatchEntry* entries, int64_t n, const SeqPages* seqs, int64_t n_seqs, KVCache& kv,
+                  float* logits);
+
+  int64_t n_ctx() const { return n_ctx_; }
+  size_t kv_bytes() const { return own_kv_ ? own_kv_->bytes() : 0; }
+  const KVCache& kv() const { return *own_kv_; }
+  int64_t max_batch() const { return max_batch_; }
   size_t scratch_bytes() const;
   // Bytes of working memory eval() needs for a batch of n tokens at context n_ctx (for planning).
   // type_k: the K cache type (attention converts queries to its partner type); max_act_row_bytes: the largest
@@ -138,21 +174,31 @@ class Forward {
   void set_matmul_observer(MatmulObserver obs) { observer_ = std::move(obs); }
 
  private:
-  void eval_batch(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* logits);
-  void attention(int64_t layer, int64_t n, int64_t pos0);
+  void eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits);
   void observe(const WeightView& W, const float* x, int64_t n) const {
     if (observer_) observer_(W, x, n);
+  }
+  // Runs fn(t) for t in [0, n): on the pool when there are several tokens.
+  template <typename Fn>
+  void per_token(int64_t n, Fn&& fn) {
+    if (n == 1) fn(0);
+    else pool_.parallel_for(n, [&](int64_t t, int) { fn(t); });
   }
 
   const Model& m_;
   const ModelConfig& c_;
   ThreadPool& pool_;
-  KVCache kv_;
+  std::unique_ptr<KVCache> own_kv_;  // the single-sequence form's cache
+  std::vector<int32_t> own_pages_;   // its page table: 0, 1, 2, ...
+  int64_t n_ctx_;
   int64_t max_batch_;
   // Scratch, sized for max_batch tokens.
   std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_;
   std::vector<float> scores_;  // attention scratch (per-thread tiles)
   std::vector<uint8_t> act_;
+  std::vector<int64_t> n_pos_;          // per entry of a micro-batch: positions its attention sees
+  std::vector<const int32_t*> pages_;   // per entry: its sequence's page table
+  std::vector<BatchEntry> one_seq_;     // eval()'s entries
   MatmulObserver observer_;
 };
 

@@ -180,10 +180,10 @@ void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok
     const char* e = std::getenv("LOKAL_GEMM");
     return !(e && std::string(e) == "0");
   }();
-  if (n_tok == 1 || !use_tiles) {
-    // Decode (one activation row) and the per-pair path: blocks of at most 64 rows (at least 8
-    // items per thread so a slow thread does not hold the others up), each multiplied with
-    // every token, tokens in blocks of 8, one vec_dot per (row, token).
+  if (!use_tiles) {
+    // The per-pair path: blocks of at most 64 rows (at least 8 items per thread so a slow thread does not hold the
+    // others up), each multiplied with every token, tokens in blocks of 8, one vec_dot per (row, token). (vec_dot
+    // and the tile kernels sum floats in different orders: this path is not batch-invariant with the other.)
     const int64_t rows_per_item = std::max<int64_t>(1, std::min<int64_t>(64, W.rows / (nth * 8)));
     const int64_t n_items = (W.rows + rows_per_item - 1) / rows_per_item;
     const int64_t tok_block = 8;
@@ -201,7 +201,10 @@ void matmul(ThreadPool& pool, const WeightView& W, const float* X, int64_t n_tok
     });
     return;
   }
-  // Prefill: cache-blocked product (tiled_items). Inside an item the tile kernel walks groups of 4
+  // Every token count, decode included: cache-blocked product (tiled_items). A token's result from the tile kernel
+  // does not depend on how many tokens share the call (tests/test_batch.cpp), which is what makes a sequence's
+  // logits the same alone or batched with others; with one token it is as fast as vec_dot. Inside an item the tile
+  // kernel walks groups of 4
   // tokens (in L1) over the item's weight rows (a row block of at most 32 rows, ~36 KB at 2048 Q4_K
   // columns; a multiple of 4, at least 4), decoding each weight block once per 4 tokens. Each weight
   // row is thus streamed from memory once per token tile.
