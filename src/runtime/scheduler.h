@@ -1,0 +1,144 @@
+// runtime/scheduler.h - continuous batching: many generation requests share one forward pass per step.
+//
+// A request (prompt tokens, sampling parameters, stop conditions, a token limit) is queued by submit() from any
+// thread. Each step() (on one thread: the caller's, or the background thread of start()):
+//   1. admits queued requests while fewer than n_parallel run; each new sequence starts after the longest cached
+//      prefix of its prompt (KVPool::attach_prefix: a system prompt, an earlier turn) instead of recomputing it;
+//   2. packs one batch: the next token of every generating sequence first, then chunks of pending prompts, up to
+//      n_batch tokens in all, so a long prompt is evaluated over several steps and never stalls running streams;
+//   3. runs Forward::eval_batch once, commits the new positions, samples every sequence whose logits came out,
+//      streams its text and checks its stop conditions.
+// When the page pool cannot hold the next step, the most recently admitted other sequence is preempted: its pages
+// are released (full ones stay in the prefix cache) and it goes back to the front of the queue, to be recomputed
+// when pages are free; thanks to batch invariance it then continues with exactly the tokens it would have produced.
+// Nothing is truncated silently: a sequence that reaches the per-sequence limit or cannot fit in the whole pool
+// ends with FinishReason::ContextFull, a request that can never fit ends with an error, and GenResult records the
+// reused prefix and the preemptions.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "core/threadpool.h"
+#include "model/model.h"
+#include "runtime/kv_pool.h"
+#include "runtime/sampling.h"
+
+namespace lokal {
+
+enum class FinishReason { Length, EndOfGeneration, StopString, Cancelled, ContextFull, Error };
+// "length", "eog", "stop", "cancelled", "context_full", "error".
+const char* finish_reason_name(FinishReason r);
+
+struct GenResult {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;  // generated tokens (an end-of-generation token is not included)
+  std::string text;             // their text, cut before a stop string
+  int64_t n_prompt = 0;
+  int64_t n_reused = 0;         // prompt tokens taken from the prefix cache at admission
+  int64_t n_preempted = 0;      // times the sequence was preempted and recomputed
+  double queue_seconds = 0;     // submit -> first admission
+  double prompt_seconds = 0;    // first admission -> first generated token
+  double gen_seconds = 0;       // first generated token -> end
+  FinishReason finish = FinishReason::Length;
+  std::string error;            // FinishReason::Error: what went wrong
+  double gen_tps() const {
+    return gen_seconds > 0 && tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / gen_seconds : 0;
+  }
+};
+
+struct GenRequest {
+  std::vector<int32_t> prompt;          // tokens (BOS included when the model wants one)
+  SamplingParams sampling;
+  int64_t max_tokens = -1;              // < 0: until end of generation or the sequence limit
+  std::vector<std::string> stop;        // stop strings: generation ends before the first one (not included)
+  bool ignore_eos = false;              // keep generating past end-of-generation tokens (benchmarks)
+  // Called on the scheduler's thread with text as soon as it is final (text that could begin a stop string is
+  // held back). Returning false cancels the request.
+  std::function<bool(const std::string&)> on_text;
+  // Called once on the scheduler's thread when the request ends, whatever the reason.
+  std::function<void(const GenResult&)> on_done;
+};
+
+struct SchedulerOptions {
+  int64_t kv_tokens = 0;       // positions in the shared page pool (all sequences together); 0: n_parallel * n_ctx
+  int64_t n_ctx = 0;           // longest sequence (prompt + generated); 0: the model's trained context, at most 4096
+  int n_parallel = 4;          // sequences evaluated together at most
+  int64_t n_batch = kDefaultBatchSize;  // tokens per forward step (decode tokens + prompt chunks)
+  DType cache_type_k = DType::F16;
+  DType cache_type_v = DType::F16;
+};
+
+struct SchedulerStats {
+  int64_t steps = 0;
+  int64_t tokens_evaluated = 0;  // batch entries
+  int64_t prompt_tokens_reused = 0;
+  int64_t preemptions = 0;
+  int64_t running = 0, waiting = 0;
+};
+
+class Scheduler {
+ public:
+  // The pool is used for every forward pass; it must not be used by anything else while step() runs.
+  Scheduler(const Model& model, ThreadPool& pool, const SchedulerOptions& opt);
+  ~Scheduler();
+
+  const SchedulerOptions& options() const { return opt_; }
+  const KVPool& kv_pool() const { return kv_; }
+  SchedulerStats stats() const;
+  // Bytes of the page pool and of the forward pass's working memory.
+  size_t kv_bytes() const { return kv_.cache().bytes(); }
+  size_t scratch_bytes() const { return fwd_.scratch_bytes(); }
+
+  // Queues a request; thread-safe. Returns its id. A request that can never run (empty prompt, longer than the
+  // sequence limit or the pool, bad sampling parameters) ends at the next step with FinishReason::Error.
+  uint64_t submit(GenRequest req);
+  // Ends a queued or running request at the next step (FinishReason::Cancelled); thread-safe; unknown ids are ignored.
+  void cancel(uint64_t id);
+  // One scheduling step (admission, one forward pass, sampling). Returns false when there was nothing to do.
+  bool step();
+  // Steps until no request is queued or running.
+  void run_until_idle();
+  // A background thread that steps whenever there is work, until stop() (or destruction).
+  void start();
+  void stop();
+
+ private:
+  struct Seq;
+  void take_submissions();
+  void finish(Seq& s, FinishReason why, const std::string& error = {});
+  void admit();
+  bool preempt_one(const Seq* keep);
+  void accept_token(Seq& s, int32_t tok);
+  void emit(Seq& s, bool final);
+
+  const Model& model_;
+  ThreadPool& pool_;
+  SchedulerOptions opt_;
+  KVPool kv_;
+  Forward fwd_;
+  std::vector<float> logits_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Seq>> submitted_;  // guarded by mu_
+  std::unordered_set<uint64_t> cancels_;       // guarded by mu_
+  uint64_t next_id_ = 1;                        // guarded by mu_
+  std::thread thread_;
+  bool stop_ = false;                           // guarded by mu_
+
+  std::deque<std::unique_ptr<Seq>> waiting_;
+  std::vector<std::unique_ptr<Seq>> running_;   // in admission order
+  SchedulerStats stats_;
+  mutable std::mutex stats_mu_;
+};
+
+}  // namespace lokal
