@@ -73,6 +73,65 @@ TEST(Cli, BadInputsGiveOneClearLine) {
                         "context");
 }
 
+// The stderr line that describes the KV cache ("kv cache: ... (64 cells, ...), K (bf16): ..., V (f32): ...").
+std::string kv_line(const std::string& err) {
+  const size_t at = err.find("kv cache:");
+  return at == std::string::npos ? std::string() : err.substr(at, err.find('\n', at) - at);
+}
+
+// llama.cpp's spellings and the long names are one set of options: -ctk/--cache-type-k, -ctv/--cache-type-v,
+// -c/--ctx-size, -b/--batch-size, -t/--threads, -n/--n-predict, -m/--model give the same run, plan and bench; the
+// older --ctk/--ctv and the NAME=VALUE form still work.
+TEST(Cli, LlamaCppAndLongSpellingsGiveTheSameResult) {
+  const std::string m = model("models/real/stories260K.gguf");  // head size 8: the unblocked KV types (f32, f16, bf16)
+  const std::string common = " -p 'Once upon a time' --temp 0";
+  const Result shorts = run_lokal("run -m " + m + common + " -c 64 -b 16 -t 2 -n 12 -ctk bf16 -ctv f32");
+  ASSERT_EQ(shorts.rc, 0) << shorts.err;
+  const std::string kv = kv_line(shorts.err);
+  EXPECT_NE(kv.find("(64 cells"), std::string::npos) << kv;
+  EXPECT_NE(kv.find("K (bf16)"), std::string::npos) << kv;
+  EXPECT_NE(kv.find("V (f32)"), std::string::npos) << kv;
+  for (const std::string& other :
+       {"--model " + m + common + " --ctx-size 64 --batch-size 16 --threads 2 --n-predict 12 --cache-type-k bf16 --cache-type-v f32",
+        "-m " + m + common + " -c 64 -b 16 -t 2 -n 12 --ctk bf16 --ctv f32",
+        "-m " + m + common + " -c 64 -b 16 -t 2 -n 12 --ctk=bf16 -ctv=f32"}) {
+    SCOPED_TRACE(other);
+    const Result r = run_lokal("run " + other);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, shorts.out);
+    EXPECT_EQ(kv_line(r.err), kv);
+  }
+  // A bad value given through the llama.cpp spelling is reported under the long name.
+  expect_one_line_error(run_lokal("run -m " + m + " -p hi -ctk q9_9"), "--cache-type-k: unsupported KV cache type 'q9_9'");
+
+  // plan: the same JSON whichever spelling fixes the KV types.
+  const std::string plan = "plan -m " + m + " --ram 1GiB --json -t 2 -c 128 ";
+  const Result p1 = run_lokal(plan + "-ctk bf16 -ctv f32");
+  ASSERT_EQ(p1.rc, 0) << p1.err;
+  const auto j = nlohmann::json::parse(p1.out);
+  EXPECT_EQ(j["settings"]["cache_type_k"], "bf16");
+  EXPECT_EQ(j["settings"]["cache_type_v"], "f32");
+  for (const char* other : {"--cache-type-k bf16 --cache-type-v f32", "--ctk bf16 --ctv f32"}) {
+    const Result r = run_lokal(plan + other);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, p1.out) << other;
+  }
+  // plan's recommendation uses the llama.cpp spellings, and they run.
+  const Result pt = run_lokal("plan -m " + m + " --ram 1GiB -t 2 -c 128 -ctk bf16");
+  ASSERT_EQ(pt.rc, 0) << pt.err;
+  EXPECT_NE(pt.out.find("-c 128 -ctk bf16 -ctv f16 -b "), std::string::npos) << pt.out;
+
+  // bench: the KV types it ran with.
+  const std::string bench = "bench -m " + m + " -p 8 -n 0 -r 1 -t 2 --no-mem-bw --json -q ";
+  for (const char* flags : {"-ctk bf16 -ctv f32", "--cache-type-k bf16 --cache-type-v f32", "--ctk bf16 --ctv f32"}) {
+    const Result r = run_lokal(bench + flags);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const auto b = nlohmann::json::parse(r.out)[0];
+    EXPECT_EQ(b["type_k"], "bf16") << flags;
+    EXPECT_EQ(b["type_v"], "f32") << flags;
+  }
+}
+
 TEST(Cli, UnsupportedArchitectureAndTypeAreNamed) {
   const std::string src = lokal::test::data_path("models/real/stories260K.gguf");
   // general.architecture = "llama" -> "gptxx" (same length).

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -198,6 +199,38 @@ TEST(CliConsistency, SynthVocabOfAnotherSizeIsRefused) {
   EXPECT_EQ(dir.n_files(), 0u);
   r = run_lokal("synth --preset qwen2.5-0.5b --pad-vocab -o " + q(out));
   expect_one_line_error(r, "--pad-vocab requires --vocab", true);
+}
+
+// One set of option names: wherever a subcommand has one of these options, --help lists it under both llama.cpp's
+// short name and the long name, and the old names are not shown.
+TEST(CliConsistency, OneSetOfOptionNames) {
+  const struct {
+    const char* long_name;
+    const char* both;
+  } names[] = {
+      {"--model", "-m,--model"},         {"--ctx-size", "-c,--ctx-size"},   {"--batch-size", "-b,--batch-size"},
+      {"--threads", "-t,--threads"},     {"--n-predict", "-n,--n-predict"}, {"--cache-type-k", "-ctk,--cache-type-k"},
+      {"--cache-type-v", "-ctv,--cache-type-v"},
+  };
+  std::map<std::string, int> seen;
+  for (const char* cmd : {"run", "info", "perplexity", "compare", "quantize", "imatrix", "synth", "bench", "convert",
+                          "export-hf", "plan"}) {
+    const CliResult h = run_lokal(std::string(cmd) + " --help");
+    ASSERT_EQ(h.rc, 0) << h.err;
+    for (const auto& n : names) {
+      const std::string ln = std::string(n.long_name) + " ";
+      const std::string lc = std::string(n.long_name) + ",";
+      if (h.out.find(ln) == std::string::npos && h.out.find(lc) == std::string::npos) continue;
+      ++seen[n.long_name];
+      EXPECT_NE(h.out.find(std::string("  ") + n.both + " "), std::string::npos) << cmd << ": " << n.both << " in\n" << h.out;
+    }
+    EXPECT_EQ(h.out.find("--ctk"), std::string::npos) << cmd;
+    EXPECT_EQ(h.out.find("--ctv"), std::string::npos) << cmd;
+  }
+  // Each of them is somewhere (the test would pass vacuously if --help changed its layout).
+  for (const auto& n : names) EXPECT_GT(seen[n.long_name], 0) << n.long_name;
+  EXPECT_GE(seen["--threads"], 8);
+  EXPECT_EQ(seen["--cache-type-k"], 3);  // run, bench, plan
 }
 
 // README's block between the usage markers, without its code fence.

@@ -1,6 +1,8 @@
 // Memory planning (engine/plan.h, `lokal plan`, `lokal run --ram`), the byte accounting it relies on, predicted vs
 // measured peak RSS, and the context-overflow policies of Session.
 #include <gtest/gtest.h>
+
+#include <fstream>
 #include <unistd.h>
 
 #include <cmath>
@@ -269,16 +271,20 @@ struct RssCase {
   std::string model, args;
 };
 
-void check_rss(const RssCase& c) {
+// batch_file: run `lokal batch` on this JSONL file instead of `lokal run` (c.args then hold -np/--kv-tokens too).
+void check_rss(const RssCase& c, const std::string& batch_file = "") {
   SCOPED_TRACE(c.model + " " + c.args);
   auto p = run_lokal("plan --json -t 2 --ram 64GiB -m " + c.model + " " + c.args);
   ASSERT_EQ(p.rc, 0) << p.err;
   const auto j = nlohmann::json::parse(p.out);
   const double predicted = j["total_bytes"].get<double>();
   // --allow-long-ctx: some cases go past the model's trained context on purpose (plan only notes it).
-  auto r = run_lokal("run -t 2 --allow-long-ctx -m " + c.model + " " + c.args +
-                     " -p 'Once upon a time, there was a little girl who lived in a village near the forest.' -n 8 "
-                     "--temp 0");
+  auto r = batch_file.empty()
+               ? run_lokal("run -t 2 --allow-long-ctx -m " + c.model + " " + c.args +
+                           " -p 'Once upon a time, there was a little girl who lived in a village near the forest.' "
+                           "-n 8 --temp 0")
+               : run_lokal("batch -t 2 --allow-long-ctx -m " + c.model + " " + c.args + " -f " + batch_file +
+                           " --temp 0");
   ASSERT_EQ(r.rc, 0) << r.err;
   std::smatch mm;
   ASSERT_TRUE(std::regex_search(r.err, mm, std::regex(R"(peak RSS [0-9.]+ MiB \(([0-9]+) bytes\) measured)"))) << r.err;
@@ -313,6 +319,22 @@ TEST(PlanRss, PredictedPeakWithinFivePercentOfMeasured) {
   check_rss({big, "-c 2048 --ctk f16 --ctv q4_0 -b 128 --no-mmap"});
   check_rss({data_path("models/real/tinytales-4m-f32.gguf"), "-c 256 --ctk f16 --ctv f16 -b 256"});
   check_rss({data_path("models/real/llama-2-tiny-random-f16.gguf"), "-c 1024 --ctk bf16 --ctv f16 -b 64"});
+  // Eight sequences at once sharing one page pool (lokal batch): 16 prompts of ~100 tokens, 24 tokens each.
+  const std::string jsonl = big + ".jsonl";
+  struct RemoveJ {
+    std::string p;
+    ~RemoveJ() { std::remove(p.c_str()); }
+  } remove_j{jsonl};
+  {
+    std::ofstream f(jsonl);
+    for (int i = 0; i < 16; ++i) {
+      std::string prompt = "Request " + std::to_string(i) + ":";
+      for (int w = 0; w < 40; ++w) prompt += " word" + std::to_string((i * 7 + w) % 50);
+      f << nlohmann::json({{"prompt", prompt}, {"max_tokens", 24}}).dump() << "\n";
+    }
+  }
+  check_rss({big, "-c 2048 -np 8 --kv-tokens 8192 -ctk q8_0 -ctv q8_0 -b 256"}, jsonl);
+  check_rss({data_path("models/real/tinytales-4m-f32.gguf"), "-c 256 -np 8 -b 64"}, jsonl);
 }
 
 // Context overflow: stop with a reason by default; with the shift policy, generation goes on past the context and

@@ -21,7 +21,7 @@ namespace {
 struct BenchArgs {
   std::string model;
   // Comma lists, as given (comma_list validates them; list_values converts).
-  std::vector<std::string> n_prompt{"512"}, n_gen{"128"}, threads{"0"}, depth{"0"};
+  std::vector<std::string> n_prompt{"512"}, n_gen{"128"}, threads{"0"}, depth{"0"}, parallel;
   int reps = 5;
   int64_t batch = kDefaultBatchSize;
   std::string cache_type_k = "f16", cache_type_v = "f16";
@@ -75,6 +75,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["n_prompt"] = t.n_prompt;
   j["n_gen"] = t.n_gen;
   j["n_depth"] = t.depth;
+  j["n_parallel"] = t.n_parallel;
   j["test_time"] = t.test_time;
   j["avg_ns"] = static_cast<uint64_t>(std::llround(t.avg_ns));
   j["stddev_ns"] = static_cast<uint64_t>(std::llround(t.stddev_ns));
@@ -183,6 +184,7 @@ void bench(const BenchArgs& a) {
   o.n_gen = list_values<int>(a.n_gen);
   o.n_threads = list_values<int>(a.threads);
   o.depth = list_values<int64_t>(a.depth);
+  o.n_parallel = list_values<int>(a.parallel);
   o.reps = a.reps;
   o.n_batch = a.batch;
   o.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
@@ -223,11 +225,15 @@ void register_bench(CLI::App& app, int* rc) {
       ->capture_default_str()->check(comma_list(CLI::Range(0, 1024)));
   cmd->add_option("-d,--depth", a->depth, "Tokens of context before each test (comma list)")
       ->capture_default_str()->check(comma_list(CLI::Range(int64_t(0), int64_t(1) << 22)));
+  cmd->add_option("--parallel", a->parallel,
+                  "Sequences evaluated together (comma list, like llama-batched-bench's -npl): per N, ppP xN evaluates "
+                  "N prompts of P tokens together, tgN xN generates N tokens for each; t/s is the aggregate")
+      ->check(comma_list(CLI::Range(1, 4096)));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward micro-batch")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
-  cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")
+  cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")
       ->capture_default_str();
-  cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")
+  cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print a JSON array of results (llama-bench's field names)");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");

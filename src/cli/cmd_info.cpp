@@ -10,15 +10,6 @@
 
 namespace lokal::cli {
 
-std::string format_bytes(double b) {
-  char buf[64];
-  if (b >= 1024.0 * 1024 * 1024) snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
-  else if (b >= 1024.0 * 1024) snprintf(buf, sizeof buf, "%.2f MiB", b / (1024.0 * 1024));
-  else if (b >= 1024.0) snprintf(buf, sizeof buf, "%.2f KiB", b / 1024.0);
-  else snprintf(buf, sizeof buf, "%.0f B", b);
-  return buf;
-}
-
 namespace {
 struct InfoArgs {
   std::string model, model_flag;  // the positional, -m (one_model: exactly one of them)

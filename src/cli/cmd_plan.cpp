@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "model/model.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "runtime/plan.h"
@@ -22,6 +23,8 @@ struct PlanArgs {
   int64_t ctx = 0;
   int64_t batch = 0;
   int threads = 0;
+  int parallel = 1;
+  int64_t kv_tokens = 0;
   std::string ctk, ctv;
   bool mlock = false;
   bool no_mmap = false;
@@ -55,6 +58,8 @@ nlohmann::ordered_json settings_json(const RunSettings& s) {
   j["cache_type_v"] = kv_type_label(s.type_v);
   j["n_batch"] = s.n_batch;
   j["n_threads"] = s.n_threads;
+  j["n_parallel"] = s.n_parallel;
+  j["kv_tokens"] = KVCache::pages_for(s.pool_tokens()) * kKVPage;
   j["n_gpu_layers"] = 0;
   return j;
 }
@@ -126,12 +131,20 @@ void print_plan(const PlanRequest& req, const Plan& p) {
   if (p.fits) {
     const RunSettings& s = c.settings;
     std::printf("recommendation: %s\n", p.reason.c_str());
-    std::printf("  kv cache: %s (%lld cells, %lld layers, 1 seq), K (%s): %s, V (%s): %s\n", mib(c.mem.kv_bytes).c_str(),
-                static_cast<long long>(s.n_ctx), static_cast<long long>(req.models[c.model].cfg.n_layer),
+    const int64_t cells = s.n_parallel > 1 || s.kv_tokens > 0 ? KVCache::pages_for(s.pool_tokens()) * kKVPage : s.n_ctx;
+    std::printf("  kv cache: %s (%lld cells, %lld layers, %d seq%s), K (%s): %s, V (%s): %s\n", mib(c.mem.kv_bytes).c_str(),
+                static_cast<long long>(cells), static_cast<long long>(req.models[c.model].cfg.n_layer), s.n_parallel,
+                s.n_parallel > 1 ? "s sharing it" : "",
                 kv_type_label(s.type_k).c_str(), mib(c.mem.kv_k_bytes).c_str(), kv_type_label(s.type_v).c_str(), mib(c.mem.kv_v_bytes).c_str());
-    std::printf("  run it:   lokal run -m %s -c %lld --ctk %s --ctv %s -b %lld -t %d%s\n",
-                req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
-                kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, req.mlock ? " --mlock" : "");
+    if (s.n_parallel > 1 || s.kv_tokens > 0)
+      std::printf("  run it:   lokal batch -m %s -f PROMPTS.jsonl -np %d --kv-tokens %lld -c %lld -ctk %s -ctv %s -b %lld -t %d\n",
+                  req.models[c.model].path.c_str(), s.n_parallel, static_cast<long long>(cells),
+                  static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(), kv_type_label(s.type_v).c_str(),
+                  static_cast<long long>(s.n_batch), s.n_threads);
+    else
+      std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d%s\n",
+                  req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
+                  kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, req.mlock ? " --mlock" : "");
   } else {
     std::printf("refused: %s\n", p.reason.c_str());
   }
@@ -145,6 +158,8 @@ int run_plan(const PlanArgs& a) {
   if (!a.vram.empty()) req.vram_bytes = parse_byte_size(a.vram);
   req.n_ctx = a.ctx;
   req.n_batch = a.batch;
+  req.n_parallel = a.parallel;
+  req.kv_tokens = a.kv_tokens;
   req.n_threads = a.threads > 0 ? a.threads : ThreadPool::default_threads();
   if (!a.ctk.empty()) req.type_k = parse_kv_type(a.ctk, "--cache-type-k");
   if (!a.ctv.empty()) req.type_v = parse_kv_type(a.ctv, "--cache-type-v");
@@ -191,11 +206,15 @@ void register_plan(CLI::App& app, int* rc) {
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size to plan for (0: the largest that fits, up to the model's "
                                             "trained context or 4096)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
-  cmd->add_option("--cache-type-k,--ctk", a->ctk, "Fix the K cache type (default: f16, else q8_0, else q4_0)");
-  cmd->add_option("--cache-type-v,--ctv", a->ctv, "Fix the V cache type (default: f16, else q8_0, else q4_0)");
+  cmd->add_option("--cache-type-k", a->ctk, "Fix the K cache type (default: f16, else q8_0, else q4_0)");
+  cmd->add_option("--cache-type-v", a->ctv, "Fix the V cache type (default: f16, else q8_0, else q4_0)");
   cmd->add_option("-b,--batch-size", a->batch, "Fix the prompt batch (0: " + std::to_string(kDefaultBatchSize) + ", smaller if needed)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("--parallel", a->parallel, "Sequences served together (lokal batch / serve)")
+      ->capture_default_str()->check(CLI::Range(1, 4096));
+  cmd->add_option("--kv-tokens", a->kv_tokens, "Tokens the shared KV cache holds for all sequences (0: ctx-size x parallel)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   cmd->add_option("--draft", a->draft, "A draft model (speculative decoding) that must fit too");
   cmd->add_flag("--no-mmap", a->no_mmap, "Plan for reading the weights into RAM (the same bytes as mapping them; "
                                          "mapped pages are file cache the kernel can drop, read ones are not)");

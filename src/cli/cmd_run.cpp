@@ -11,6 +11,7 @@
 #include "core/safe_io.h"
 #include "core/log.h"
 #include "eval/bench.h"
+#include "runtime/load.h"
 #include "runtime/plan.h"
 #include "runtime/session.h"
 #include "ops/vec_dot.h"
@@ -51,82 +52,34 @@ std::string mib_bytes(uint64_t b) {
   return buf;
 }
 
-
-// Refuses -c above the trained context without --allow-long-ctx, and a run whose planned peak memory exceeds what
-// the machine has available, with the numbers, before anything is allocated.
-void check_context_and_memory(const RunArgs& a, const ModelFacts& facts, const RunSettings& rs) {
-  const int64_t train = facts.cfg.n_ctx_train;
-  if (a.ctx_given && a.ctx > train && !a.allow_long_ctx)
-    throw Error("-c " + std::to_string(a.ctx) + " is above the " + std::to_string(train) +
-                "-token context the model was trained on (it would not work well past it); use -c " +
-                std::to_string(train) + " or less, or --allow-long-ctx");
-  if (!a.ram.empty()) return;  // --ram: the plan already fitted everything into the budget the user gave
-  const uint64_t avail = available_ram_bytes();
-  const MemoryEstimate m = estimate_memory(facts, rs);
-  if (avail == 0 || m.total_bytes <= avail) return;
-  throw Error("this run needs " + format_bytes(static_cast<double>(m.total_bytes)) + " (weights " +
-              format_bytes(static_cast<double>(m.weights_bytes)) + ", KV cache " +
-              format_bytes(static_cast<double>(m.kv_bytes)) + " for " + std::to_string(rs.n_ctx) +
-              " tokens, compute " + format_bytes(static_cast<double>(m.compute_bytes)) + ") but only " +
-              format_bytes(static_cast<double>(avail)) +
-              " of memory is available (MemAvailable); use a smaller -c, a quantized KV cache (--ctk q8_0 --ctv q8_0), "
-              "or --ram SIZE to plan the settings");
-}
-
 void run(const RunArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   check_input_file(a.model, "GGUF model file");
   if (!a.prompt_file.empty() && !std::filesystem::exists(a.prompt_file)) throw Error(a.prompt_file + ": no such file");
-  // The header only (mapped, nothing read), kept open for Model::load: parsing the file twice, or building a second
-  // tokenizer, would raise the peak RSS that plan predicts.
-  std::unique_ptr<GGUFFile> file = GGUFFile::open(a.model, true);
-  const ModelFacts facts = ModelFacts::from_gguf(*file, a.model);
-  SessionOptions so;
-  so.n_ctx = a.ctx;
-  so.n_threads = a.threads > 0 ? a.threads : ThreadPool::default_threads();
-  so.n_batch = a.batch;
-  so.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
-  so.cache_type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
-  so.overflow = a.context_shift ? SessionOptions::Overflow::Shift : SessionOptions::Overflow::Stop;
-  so.n_keep = a.n_keep;
-
-  // --ram: plan before loading. Settings the user gave stay fixed; the others are chosen to fit, and a model that
-  // cannot fit is refused with the numbers.
-  if (!a.ram.empty()) {
-    PlanRequest req;
-    req.models.push_back(facts);
-    req.ram_bytes = parse_byte_size(a.ram);
-    req.n_ctx = a.ctx_given ? a.ctx : 0;
-    if (a.ctk_given) req.type_k = so.cache_type_k;
-    if (a.ctv_given) req.type_v = so.cache_type_v;
-    req.n_batch = a.batch_given ? a.batch : 0;
-    req.n_threads = so.n_threads;
-    req.mlock = a.mlock;
-    req.mlock_limit_bytes = mlock_limit_bytes();
-    const Plan plan = make_plan(req);
-    if (!plan.fits) throw Error("--ram " + a.ram + ": " + plan.reason);
-    so.n_ctx = plan.chosen.settings.n_ctx;
-    so.cache_type_k = plan.chosen.settings.type_k;
-    so.cache_type_v = plan.chosen.settings.type_v;
-    so.n_batch = plan.chosen.settings.n_batch;
+  // runtime/load.h: --ram plans the settings not given (a model that cannot fit is refused with the numbers), -c
+  // above the trained context needs --allow-long-ctx, the rest is checked against MemAvailable; then the model is
+  // loaded from the header opened once.
+  LoadRequest req;
+  req.path = a.model;
+  req.n_ctx = a.ctx_given ? a.ctx : 0;
+  req.allow_long_ctx = a.allow_long_ctx;
+  req.ram = a.ram;
+  if (a.ctk_given) req.type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
+  if (a.ctv_given) req.type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
+  req.n_batch = a.batch_given ? a.batch : 0;
+  req.n_threads = a.threads;
+  req.load.use_mmap = !a.no_mmap;
+  req.load.mlock = a.mlock;
+  req.on_plan = [](const Plan& plan) {
     std::fprintf(stderr, "plan: %s\n", plan.reason.c_str());
     for (const auto& n : plan.notes) std::fprintf(stderr, "plan: note: %s\n", n.c_str());
-  }
-
-  {
-    RunSettings want;
-    want.n_ctx = so.n_ctx > 0 ? so.n_ctx : std::min<int64_t>(facts.cfg.n_ctx_train, 4096);  // as Session picks it
-    want.type_k = so.cache_type_k;
-    want.type_v = so.cache_type_v;
-    want.n_batch = std::clamp<int64_t>(so.n_batch, 1, want.n_ctx);
-    want.n_threads = so.n_threads;
-    check_context_and_memory(a, facts, want);
-  }
-
-  LoadOptions lo;
-  lo.use_mmap = !a.no_mmap;
-  lo.mlock = a.mlock;
-  auto model = Model::load(std::move(file), lo);
+  };
+  LoadedModel loaded = load_model_planned(req);
+  const LoadOptions& lo = req.load;
+  std::unique_ptr<Model>& model = loaded.model;
+  SessionOptions so = loaded.session;
+  so.overflow = a.context_shift ? SessionOptions::Overflow::Shift : SessionOptions::Overflow::Stop;
+  so.n_keep = a.n_keep;
   std::string prompt = a.prompt;
   if (!a.prompt_file.empty()) {
     // Never more than the context could ever hold: n_ctx tokens of the longest token text in the vocabulary.
@@ -233,8 +186,8 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
-  auto* ctk = cmd->add_option("--cache-type-k,--ctk", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
-  auto* ctv = cmd->add_option("--cache-type-v,--ctv", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  auto* ctk = cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  auto* ctv = cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--ram", a->ram, "Fit the run into this much RAM (e.g. 2GiB): context, KV types and batch not given "
                                    "are planned (lokal plan); refused with the numbers if it cannot fit");
   auto* shift = cmd->add_flag("--context-shift", a->context_shift, "When the context is full, drop the older half (after --keep "

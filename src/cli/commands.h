@@ -1,8 +1,12 @@
 // cli/commands.h - subcommands of the `lokal` binary.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "core/types.h"
+#include "runtime/load.h"
 
 namespace lokal::cli {
 
@@ -19,6 +23,7 @@ void register_bench(CLI::App& app, int* rc);
 void register_convert(CLI::App& app, int* rc);
 void register_export_hf(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);
+void register_batch(CLI::App& app, int* rc);
 
 // The most bytes a text input (perplexity, imatrix, compare) may have: 1 GiB (~250 M tokens).
 inline constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
@@ -28,8 +33,8 @@ std::string read_text_file(const std::string& path);
 // A KV cache type name (f32, f16, bf16, q8_0, q4_0); throws lokal::Error naming `flag` otherwise.
 DType parse_kv_type(const std::string& name, const char* flag);
 
-// "1.23 MiB" / "512 B"
-std::string format_bytes(double bytes);
+// "1.23 MiB" / "512 B": lokal::format_bytes (runtime/load.h), the same figures as load_model_planned's messages.
+using lokal::format_bytes;
 
 // The model of a subcommand that takes it both as -m/--model and as a positional (info, export-hf, quantize):
 // exactly one of the two. Neither or both is a parse error (exit status 2) like a missing required option:
@@ -53,6 +58,17 @@ std::vector<T> list_values(const std::vector<std::string>& raw) {
   }
   return out;
 }
+
+// Option names are llama.cpp's, one set for every subcommand: -m/--model, -c/--ctx-size, -b/--batch-size,
+// -t/--threads, -n/--n-predict, -ctk/--cache-type-k, -ctv/--cache-type-v (-np/--parallel). CLI11 declares the long
+// names (and one-letter short ones); llama.cpp's multi-letter single-dash names (-ctk, -ctv, -np) and lokal's older
+// hidden spellings (--ctk, --ctv) are rewritten to the long names before parsing, also in the NAME=VALUE form, up
+// to a "--" argument. args[0] is the program name.
+std::vector<std::string> canonical_args(std::vector<std::string> args);
+// The multi-letter single-dash name shown for a long option name without dashes ("cache-type-k" -> "-ctk"), or "".
+std::string llama_short_name(const std::string& long_name);
+// CLI11's help formatter showing those names too ("-ctk,--cache-type-k TEXT"); subcommands inherit it from the app.
+std::shared_ptr<CLI::Formatter> make_formatter();
 
 // `lokal usage`: the synopsis of every subcommand in README.md's style, generated from the CLI11 definitions
 // (README's "## Usage" block is this output: scripts/update-readme-usage.sh). Hidden from --help.

@@ -53,4 +53,59 @@ std::vector<std::string> list_items(const std::vector<std::string>& raw) {
   return out;
 }
 
+// ---------------------------------------------------------------- option spellings
+
+namespace {
+// Spellings rewritten before CLI11 parses: llama.cpp's multi-letter single-dash options (CLI11 only takes one-letter
+// short names) and lokal's older spellings, kept working but no longer shown (--ctk, --ctv).
+struct Spelling {
+  const char* given;
+  const char* canonical;  // a long option name, with its dashes
+  bool shown;             // --help and `lokal usage` show it in front of the long name
+};
+constexpr Spelling kSpellings[] = {
+    {"-ctk", "--cache-type-k", true},
+    {"-ctv", "--cache-type-v", true},
+    {"-np", "--parallel", true},
+    {"--ctk", "--cache-type-k", false},
+    {"--ctv", "--cache-type-v", false},
+};
+}  // namespace
+
+std::vector<std::string> canonical_args(std::vector<std::string> args) {
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& a = args[i];
+    if (a == "--") break;  // what follows is positional
+    const size_t eq = a.find('=');
+    const std::string name = a.substr(0, eq);
+    for (const Spelling& s : kSpellings)
+      if (name == s.given) {
+        a = s.canonical + (eq == std::string::npos ? std::string() : a.substr(eq));
+        break;
+      }
+  }
+  return args;
+}
+
+std::string llama_short_name(const std::string& long_name) {
+  for (const Spelling& s : kSpellings)
+    if (s.shown && long_name == s.canonical + 2) return s.given;
+  return {};
+}
+
+namespace {
+// CLI11's help, with the llama.cpp spelling in front of the long name: "-ctk,--cache-type-k TEXT=f16".
+class Formatter : public CLI::Formatter {
+ public:
+  std::string make_option_name(const CLI::Option* opt, bool is_positional) const override {
+    std::string name = CLI::Formatter::make_option_name(opt, is_positional);
+    if (is_positional || opt->get_lnames().empty()) return name;
+    const std::string short_name = llama_short_name(opt->get_lnames().front());
+    return short_name.empty() ? name : short_name + "," + name;
+  }
+};
+}  // namespace
+
+std::shared_ptr<CLI::Formatter> make_formatter() { return std::make_shared<Formatter>(); }
+
 }  // namespace lokal::cli

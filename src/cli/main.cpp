@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "lokal 0.1.0");
   app.require_subcommand(1);
   app.fallthrough(false);
+  app.formatter(lokal::cli::make_formatter());  // before the subcommands: they take the app's formatter
   int rc = 0;
   lokal::cli::register_run(app, &rc);
   lokal::cli::register_info(app, &rc);
@@ -28,11 +29,11 @@ int main(int argc, char** argv) {
   lokal::cli::register_convert(app, &rc);
   lokal::cli::register_export_hf(app, &rc);
   lokal::cli::register_plan(app, &rc);
+  lokal::cli::register_batch(app, &rc);
   lokal::cli::register_usage(app, &rc);  // hidden: README's Usage block
-  // llama.cpp spells some long options with one dash (-ctk, -ctv); accept those too.
-  std::vector<std::string> args(argv, argv + argc);
-  for (auto& a : args)
-    if (a == "-ctk" || a == "-ctv") a = "-" + a;
+  // llama.cpp spells some options with one dash and several letters (-ctk, -ctv), which CLI11 cannot declare; they
+  // and lokal's older spellings (--ctk) become the long names (cli/common.cpp).
+  std::vector<std::string> args = lokal::cli::canonical_args(std::vector<std::string>(argv, argv + argc));
   std::vector<char*> argp;
   for (auto& a : args) argp.push_back(a.data());
   argv = argp.data();

@@ -4,7 +4,8 @@
 // Rules, per subcommand, options in registration order (--help and hidden options left out):
 //   * a positional is shown as its type name, as is: "MODEL.gguf", "[-m] BASE.gguf [-m] OTHER.gguf..."; when that
 //     text starts with "[-m]" the subcommand's -m option is folded into it and not shown again;
-//   * a named option by its first short name, else its first long name; not required: in brackets;
+//   * a named option by its first short name (llama.cpp's multi-letter one where it has one: "-ctk"), else its
+//     first long name; not required: in brackets;
 //   * a flag: just the name ("[--json]");
 //   * a value: the default ("[-n 128]"), unless there is none, or the help explains it as a special value
 //     ("Threads (0: all)") and there is a metavar: an explicit type_name(), else the one of its long name (table
@@ -79,7 +80,10 @@ bool special_default(const CLI::Option* o, const std::string& d) {
 }
 
 std::string option_token(const CLI::Option* o) {
-  const std::string name = !o->get_snames().empty() ? "-" + o->get_snames().front() : "--" + o->get_lnames().front();
+  const std::string llama = o->get_lnames().empty() ? std::string() : llama_short_name(o->get_lnames().front());
+  const std::string name = !llama.empty()                ? llama
+                           : !o->get_snames().empty()    ? "-" + o->get_snames().front()
+                                                         : "--" + o->get_lnames().front();
   std::string text = name;
   if (o->get_items_expected_max() > 0) {  // takes a value (a flag expects none)
     const std::string long_name = o->get_lnames().empty() ? o->get_snames().front() : o->get_lnames().front();

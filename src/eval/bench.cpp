@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "runtime/kv_pool.h"
 #include "runtime/session.h"
 #include "ops/vec_dot.h"
 
@@ -217,6 +218,80 @@ double measure_read_bandwidth(int n_threads, size_t bytes, int runs) {
   return best;
 }
 
+namespace {
+void finish_bandwidth(const BenchOptions& opt, const std::function<void(const std::string&)>& log, BenchReport& rep);
+
+// One ppP xN and one tgG xN test (llama-batched-bench's PP/TG with -npl N): N sequences in a fresh pool of
+// N * (P + G) positions; the N prompts are evaluated in one eval_batch (only each prompt's last row of logits),
+// then G steps of N entries. Token ids are random; nothing is sampled (like llama-batched-bench).
+template <typename RandomTokens, typename Log>
+void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions& opt, int P, int G, int N, int nt,
+                       RandomTokens& random_tokens, Log& log, BenchReport& rep) {
+  const ModelConfig& c = model.config();
+  const int64_t len = static_cast<int64_t>(P) + G;
+  if (len < 1) return;
+  Forward fwd(model, pool, std::max<int64_t>(opt.n_batch, N), std::max<int64_t>(1, len));
+  KVPool kv(c, N * len, opt.cache_type_k, opt.cache_type_v);
+  std::vector<float> logits(static_cast<size_t>(N) * static_cast<size_t>(c.n_vocab));
+  BenchTest pp, tg;
+  pp.n_prompt = P;
+  tg.n_gen = G;
+  pp.n_parallel = tg.n_parallel = N;
+  pp.n_threads = tg.n_threads = nt;
+  pp.name = "pp" + std::to_string(P) + " x" + std::to_string(N);
+  tg.name = "tg" + std::to_string(G) + " x" + std::to_string(N);
+  pp.test_time = tg.test_time = iso_time_utc();
+  for (int r = 0; r <= opt.reps; ++r) {
+    log("bench: " + std::to_string(N) + " sequences, " + std::to_string(nt) + " threads, " +
+        (r == 0 ? std::string("first run") : "run " + std::to_string(r) + "/" + std::to_string(opt.reps)));
+    std::vector<KVPool::SeqId> ids;
+    std::vector<SeqPages> tables;
+    for (int i = 0; i < N; ++i) {
+      ids.push_back(kv.create());
+      if (!kv.reserve(ids.back(), len)) throw Error("bench: the KV pool is too small");  // sized above: cannot happen
+    }
+    for (int i = 0; i < N; ++i) tables.push_back(kv.page_table(ids[static_cast<size_t>(i)]));
+    std::vector<BatchEntry> e;
+    if (P > 0) {
+      for (int i = 0; i < N; ++i) {
+        const std::vector<int32_t> toks = random_tokens(P);
+        for (int j = 0; j < P; ++j) e.push_back(BatchEntry{toks[static_cast<size_t>(j)], i, j, j == P - 1});
+      }
+      const double t0 = now_ns();
+      fwd.eval_batch(e.data(), static_cast<int64_t>(e.size()), tables.data(), N, kv.cache(), logits.data());
+      const double ns = now_ns() - t0;
+      const double ts = static_cast<double>(P) * N * 1e9 / ns;
+      if (r == 0) pp.first_ns = ns, pp.first_ts = ts;
+      else pp.samples_ns.push_back(ns), pp.samples_ts.push_back(ts);
+    }
+    if (G > 0) {
+      const std::vector<int32_t> toks = random_tokens(static_cast<int64_t>(G) * N);
+      e.resize(static_cast<size_t>(N));
+      const double t0 = now_ns();
+      for (int g = 0; g < G; ++g) {
+        for (int i = 0; i < N; ++i) e[static_cast<size_t>(i)] = BatchEntry{toks[static_cast<size_t>(g * N + i)], i, P + g, true};
+        fwd.eval_batch(e.data(), N, tables.data(), N, kv.cache(), logits.data());
+      }
+      const double ns = now_ns() - t0;
+      const double ts = static_cast<double>(G) * N * 1e9 / ns;
+      if (r == 0) tg.first_ns = ns, tg.first_ts = ts;
+      else tg.samples_ns.push_back(ns), tg.samples_ts.push_back(ts);
+    }
+    for (auto id : ids) kv.release(id);
+  }
+  for (BenchTest* t : {&pp, &tg}) {
+    if ((t == &pp && P == 0) || (t == &tg && G == 0)) continue;
+    t->avg_ns = mean(t->samples_ns);
+    t->stddev_ns = stddev(t->samples_ns);
+    t->avg_ts = mean(t->samples_ts);
+    t->stddev_ts = stddev(t->samples_ts);
+    // Weights are read once per step for all N sequences.
+    if (t == &tg) t->decode_gbps = static_cast<double>(rep.decode_bytes_per_token) * t->avg_ts / N * 1e-9;
+    rep.tests.push_back(*t);
+  }
+}
+}  // namespace
+
 BenchReport run_bench(const BenchOptions& opt) {
   if (opt.reps < 1) throw Error("bench: repetitions (-r) must be at least 1, got " + std::to_string(opt.reps));
   bool any = false;
@@ -271,6 +346,24 @@ BenchReport run_bench(const BenchOptions& opt) {
     for (auto& t : v) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(n_vocab));
     return v;
   };
+
+  for (int np : opt.n_parallel)
+    if (np < 1) throw Error("bench: the number of parallel sequences (--parallel) must be at least 1, got " + std::to_string(np));
+  if (!opt.n_parallel.empty()) {
+    for (int64_t d : opt.depth)
+      if (d != 0) throw Error("bench: --depth does not combine with --parallel");
+    for (int threads_opt : opt.n_threads) {
+      ThreadPool pool(threads_opt > 0 ? threads_opt : ThreadPool::default_threads());
+      const int nt = pool.size();
+      for (int P : opt.n_prompt)
+        for (int G : opt.n_gen)
+          for (int N : opt.n_parallel)
+            run_parallel_test(*model, pool, opt, P, G, N, nt, random_tokens, log, rep);
+    }
+    rep.peak_rss_bytes = peak_rss_bytes();
+    finish_bandwidth(opt, log, rep);
+    return rep;
+  }
 
   for (int threads_opt : opt.n_threads) {
     SessionOptions so;
@@ -337,7 +430,12 @@ BenchReport run_bench(const BenchOptions& opt) {
   }
   // Before the bandwidth test, whose buffer would otherwise count in the peak.
   rep.peak_rss_bytes = peak_rss_bytes();
+  finish_bandwidth(opt, log, rep);
+  return rep;
+}
 
+namespace {
+void finish_bandwidth(const BenchOptions& opt, const std::function<void(const std::string&)>& log, BenchReport& rep) {
   if (opt.measure_bandwidth) {
     for (BenchTest& t : rep.tests) {
       if (!rep.mem_bw_gbps.count(t.n_threads)) {
@@ -348,7 +446,7 @@ BenchReport run_bench(const BenchOptions& opt) {
       if (t.n_gen > 0 && t.mem_bw_gbps > 0) t.mem_bw_pct = 100.0 * t.decode_gbps / t.mem_bw_gbps;
     }
   }
-  return rep;
 }
+}  // namespace
 
 }  // namespace lokal

@@ -6,6 +6,9 @@
 // per second per run; the warm runs give mean and standard deviation (llama-bench's avg_ts/stddev_ts), the first
 // run is reported on its own.
 //
+// Multi-sequence tests (BenchOptions::n_parallel) run through the runtime's KV pool and Forward::eval_batch: the
+// prompts of all N sequences in one batch (micro-batches of n_batch), then per step one token of each sequence.
+//
 // Decode efficiency: the bytes of weights one decoded token reads (every layer matrix, norms and biases, the
 // output matrix, one row of the token embedding) times the decode speed gives the achieved GB/s, compared with
 // the machine's memory read bandwidth, measured here: threads streaming over a buffer much larger than the last
@@ -28,6 +31,10 @@ struct BenchOptions {
   std::vector<int> n_gen{128};       // decode tests (0: none)
   std::vector<int> n_threads{0};     // 0: all hardware threads
   std::vector<int64_t> depth{0};     // tokens already in the context
+  // Multi-sequence tests (llama-batched-bench's -npl): for each N, N sequences each get a prompt of P tokens
+  // (evaluated together, "ppP xN"), then generate n tokens each, one batch of N tokens per step ("tgn xN"); speeds
+  // are aggregate tokens/s over all sequences. Non-empty: only these tests run.
+  std::vector<int> n_parallel;
   int reps = 5;                      // warm runs per test (after one first run)
   int64_t n_batch = kDefaultBatchSize;  // prompt tokens per forward micro-batch
   DType cache_type_k = DType::F16;   // KV cache element types (as `lokal run`, and llama-bench's default f16)
@@ -45,6 +52,7 @@ struct BenchTest {
   int n_prompt = 0, n_gen = 0;
   int64_t depth = 0;
   int n_threads = 0;
+  int n_parallel = 1;       // sequences evaluated together (avg_ts is their aggregate speed)
   std::string test_time;    // ISO 8601 UTC, when the test started
   double first_ns = 0, first_ts = 0;
   std::vector<double> samples_ns, samples_ts;  // warm runs

@@ -96,13 +96,17 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
   MemoryEstimate e;
   e.weights_bytes = m.file_bytes + m.converted_bytes;
   const ModelConfig& c = m.cfg;
-  e.kv_k_bytes = static_cast<uint64_t>(c.n_layer * s.n_ctx) * row_size(s.type_k, c.n_embd_k());
-  e.kv_v_bytes = static_cast<uint64_t>(c.n_layer * s.n_ctx) * row_size(s.type_v, c.n_embd_v());
-  e.kv_bytes = e.kv_k_bytes + e.kv_v_bytes;
-  const int64_t batch = std::max<int64_t>(1, std::min(s.n_batch, s.n_ctx));
+  const int64_t pool_positions = KVCache::pages_for(s.pool_tokens()) * kKVPage;
+  e.kv_k_bytes = static_cast<uint64_t>(c.n_layer * pool_positions) * row_size(s.type_k, c.n_embd_k());
+  e.kv_v_bytes = static_cast<uint64_t>(c.n_layer * pool_positions) * row_size(s.type_v, c.n_embd_v());
+  // With several sequences, the pool's page table entries (runtime/kv_pool.h: ~300 bytes per page).
+  const uint64_t bookkeeping = s.n_parallel > 1 ? static_cast<uint64_t>(KVCache::pages_for(s.pool_tokens())) * 320 : 0;
+  e.kv_bytes = e.kv_k_bytes + e.kv_v_bytes + bookkeeping;
+  const int n_par = std::max(1, s.n_parallel);
+  const int64_t batch = std::max<int64_t>({int64_t{1}, std::min(s.n_batch, s.n_ctx), int64_t{n_par}});
   e.compute_bytes = Forward::scratch_bytes_for(c, batch, s.n_ctx, std::max(1, s.n_threads), s.type_k,
                                                m.max_act_row_bytes) +
-                    static_cast<uint64_t>(c.n_vocab) * sizeof(float);
+                    static_cast<uint64_t>(c.n_vocab) * sizeof(float) * static_cast<uint64_t>(n_par);
   e.overhead_bytes = runtime_overhead_bytes(m, s.n_threads);
   e.total_bytes = e.weights_bytes + e.kv_bytes + e.compute_bytes + e.overhead_bytes;
   return e;
@@ -114,6 +118,8 @@ std::string settings_str(const ModelFacts& m, const RunSettings& s) {
   std::ostringstream o;
   o << m.path << " (" << m.type_label << "), ctx " << s.n_ctx << ", KV " << kv_type_label(s.type_k) << "/"
     << kv_type_label(s.type_v) << ", batch " << s.n_batch;
+  if (s.n_parallel > 1 || s.kv_tokens > 0)
+    o << ", " << s.n_parallel << " sequences sharing " << s.pool_tokens() << " cached tokens";
   return o.str();
 }
 
@@ -178,6 +184,8 @@ Plan make_plan(const PlanRequest& req) {
     c.settings.type_v = kv.second;
     c.settings.n_batch = batch;
     c.settings.n_threads = std::max(1, req.n_threads);
+    c.settings.n_parallel = std::max(1, req.n_parallel);
+    c.settings.kv_tokens = req.kv_tokens;
     c.mem = estimate_memory(req.models[mi], c.settings);
     c.total_bytes = c.mem.total_bytes;
     if (req.draft) {

@@ -6,9 +6,11 @@
 //     peak for one model and one set of settings, as a breakdown:
 //       weights   the whole GGUF file (it is mapped and every page is read in at load; with --no-mmap it is
 //                 read into one heap buffer of the same size) + the 1-D tensors converted to F32 at load
-//       kv        KVCache::bytes_for: n_layer * n_ctx * (row bytes of K + row bytes of V) for the chosen types
-//       compute   Forward::scratch_bytes_for (micro-batch activations, attention tiles, the quantized-activation
-//                 buffer) + one row of logits
+//       kv        KVCache::bytes_for: n_layer * pool positions (rounded up to 64-position pages) * (row bytes of K +
+//                 row bytes of V) for the chosen types; the pool is n_ctx * n_parallel positions unless kv_tokens
+//                 sets it (sequences share it), plus the pool's page bookkeeping
+//       compute   Forward::scratch_bytes_for (micro-batch activations of max(n_batch, n_parallel) tokens, attention
+//                 tiles, the quantized-activation buffer) + one row of logits per parallel sequence
 //       overhead  the process itself: code, libraries, the C++ runtime and heap (a constant measured on this
 //                 build), the tokenizer's tables (per token, per byte of token text, per merge), thread stacks
 //     The total is what `lokal run` reaches as peak resident set size (VmHWM); tests/test_plan.cpp holds it to
@@ -52,11 +54,14 @@ struct ModelFacts {
 };
 
 struct RunSettings {
-  int64_t n_ctx = 4096;
+  int64_t n_ctx = 4096;         // longest sequence
   DType type_k = DType::F16;
   DType type_v = DType::F16;
   int64_t n_batch = kDefaultBatchSize;
   int n_threads = 1;
+  int n_parallel = 1;           // sequences evaluated together (lokal batch / serve)
+  int64_t kv_tokens = 0;        // positions of the shared KV page pool; 0: n_ctx * n_parallel
+  int64_t pool_tokens() const { return kv_tokens > 0 ? kv_tokens : n_ctx * n_parallel; }
 };
 
 struct MemoryEstimate {
@@ -80,6 +85,8 @@ struct PlanRequest {
   uint64_t ram_bytes = 0;                // the budget
   uint64_t vram_bytes = 0;               // GPU budget (no GPU backend yet: reported, not used)
   int64_t n_ctx = 0;                     // 0: free (the model's trained context, at most 4096, then halved)
+  int n_parallel = 1;                    // sequences served together (fixed)
+  int64_t kv_tokens = 0;                 // shared KV pool positions (fixed); 0: n_ctx * n_parallel
   std::optional<DType> type_k, type_v;   // unset: free (f16, then q8_0, then q4_0)
   int64_t n_batch = 0;                   // 0: free (kDefaultBatchSize = 512, then 256, 128, 64, 32)
   int n_threads = 1;

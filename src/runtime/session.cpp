@@ -30,7 +30,9 @@ const char* stop_reason_name(StopReason r) {
 Session::Session(const Model& model, const SessionOptions& opt)
     : model_(model),
       opt_(opt),
-      pool_(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads()),
+      own_pool_(opt.pool ? nullptr
+                         : std::make_unique<ThreadPool>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads())),
+      pool_(opt.pool ? *opt.pool : *own_pool_),
       fwd_(model, pick_ctx(model, opt.n_ctx), pool_,
            std::clamp<int64_t>(opt.n_batch, 1, pick_ctx(model, opt.n_ctx)), opt.cache_type_k,
            opt.cache_type_v),

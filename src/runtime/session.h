@@ -1,4 +1,5 @@
-// runtime/session.h - one conversation with a model: KV cache, position, sampling loop.
+// runtime/session.h - one conversation with a model: its own single-sequence KV cache, position, sampling loop.
+// (Many sequences sharing one cache and one forward pass: runtime/scheduler.h.)
 #pragma once
 #include <functional>
 #include <memory>
@@ -13,7 +14,10 @@ namespace lokal {
 
 struct SessionOptions {
   int64_t n_ctx = 0;     // 0: the model's trained context, capped at 4096
-  int n_threads = 0;     // 0: all hardware threads
+  int n_threads = 0;     // 0: all hardware threads (ignored with `pool`)
+  // The process's thread pool to evaluate on (one per process: a draft and a target model, or a session and a
+  // scheduler, must not spin against each other). Null: the session makes its own of n_threads threads.
+  ThreadPool* pool = nullptr;
   int64_t n_batch = kDefaultBatchSize; // prompt tokens per forward micro-batch (model/config.h: 512)
   DType cache_type_k = DType::F16;  // KV cache element types (f32 or f16; f16 like llama.cpp)
   DType cache_type_v = DType::F16;
@@ -81,7 +85,8 @@ class Session {
 
   const Model& model_;
   SessionOptions opt_;
-  ThreadPool pool_;
+  std::unique_ptr<ThreadPool> own_pool_;
+  ThreadPool& pool_;
   Forward fwd_;
   // Drops the older half of the context after the first n_keep tokens and re-evaluates the rest.
   void shift_context();
