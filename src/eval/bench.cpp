@@ -231,7 +231,7 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
   const int64_t len = static_cast<int64_t>(P) + G;
   if (len < 1) return;
   Forward fwd(model, pool, std::max<int64_t>(opt.n_batch, N), std::max<int64_t>(1, len));
-  KVPool kv(c, N * len, opt.cache_type_k, opt.cache_type_v);
+  KVPool kv(c, N * KVCache::pages_for(len) * kKVPage, opt.cache_type_k, opt.cache_type_v);  // whole pages per sequence
   std::vector<float> logits(static_cast<size_t>(N) * static_cast<size_t>(c.n_vocab));
   BenchTest pp, tg;
   pp.n_prompt = P;
