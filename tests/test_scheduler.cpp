@@ -302,3 +302,27 @@ TEST_F(SchedulerTest, BadRequestsEndWithClearErrors) {
 }
 
 }  // namespace
+
+namespace {
+// One thread pool per process: a Session given the process's pool evaluates on it (no pool of its own), and a
+// scheduler on the same pool, used in turn, produces the same tokens.
+TEST_F(SchedulerTest, SessionAndSchedulerShareOneThreadPool) {
+  ThreadPool pool(2);
+  SessionOptions so;
+  so.n_ctx = 256;
+  so.pool = &pool;
+  so.n_threads = 7;  // ignored: the given pool decides
+  Session s(*model, so);
+  EXPECT_EQ(s.n_threads(), 2);
+  const auto p = prompt(300, 40);
+  const auto a = s.generate(p, 12, greedy(), nullptr);
+  SchedulerOptions opt;
+  opt.n_ctx = 256;
+  Scheduler sch(*model, pool, opt);
+  Collected c;
+  auto id = std::make_shared<uint64_t>(0);
+  *id = sch.submit(request(p, 12, greedy(), c, id));
+  sch.run_until_idle();
+  EXPECT_EQ(c.done[*id].tokens, a.tokens);
+}
+}  // namespace
