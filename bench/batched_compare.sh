@@ -7,13 +7,14 @@
 # `$LLAMA_CPP_BUILD/bin/llama-batched-bench -m FILE -c CTX -b 2048 -ub 512 -npp P -ntg N -npl L -t T` (CTX = max(L) *
 # (P + N) rounded up to 256; flash attention and KV types left at llama.cpp's defaults), then one table: for every N in
 # L, lokal's aggregate decode t/s (avg_ts of its n_gen > 0 test with n_parallel N), llama.cpp's S_TG t/s at B = N,
-# lokal/llama.cpp, and each runtime's N vs N=1 scaling. Raw outputs are kept in $OUT_DIR (default: a new temporary
-# folder, printed at the end). LOKAL selects the lokal binary (default: build/src/lokal of this checkout);
-# LLAMA_EXTRA_ARGS adds words to the llama-batched-bench command (e.g. "-fa"). Needs jq.
+# lokal/llama.cpp, and each runtime's N vs N=1 scaling; its title says how idle the CPUs were before each half.
+# Raw outputs are kept in $OUT_DIR (default: a new temporary folder, printed at the end). LOKAL selects the lokal
+# binary (default: build/src/lokal of this checkout); LLAMA_EXTRA_ARGS adds words to the llama-batched-bench command
+# (e.g. "-fa"). Needs jq.
 set -euo pipefail
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -65,14 +66,15 @@ reps_args=()
 [ -z "$reps" ] || reps_args=(-r "$reps")
 read -r -a llama_extra <<< "${LLAMA_EXTRA_ARGS:-}"
 
-# lokal's JSON: an array of test objects (JSON lines or one object also read); those with n_gen > 0 are decode tests. Prints "N<TAB>t/s" per
-# n_parallel (absent field: 1), the first such test of each N (prefers depth 0 when n_depth is there).
+# lokal's JSON: an array of test objects (JSON lines or a lone object are read too); those with n_gen > 0 are decode
+# tests. Prints "N<TAB>t/s" per n_parallel (an absent field counts as 1): of several decode tests with the same N, the
+# one of least n_depth, then the first. Other fields are not looked at.
 lokal_rows() {
   jq -rs '
     [ .[] | (if type == "array" then .[] else . end)
       | select(type == "object" and ((.n_gen // 0) | tonumber) > 0 and .avg_ts != null)
       | {n: ((.n_parallel // 1) | tonumber), ts: (.avg_ts | tonumber), d: ((.n_depth // 0) | tonumber)} ]
-    | sort_by(.n, .d) | group_by(.n) | .[] | first | [.n, .ts] | @tsv' "$1"
+    | group_by(.n) | .[] | (map(.d) | min) as $d | (map(select(.d == $d)) | first) | [.n, .ts] | @tsv' "$1"
 }
 
 # llama-batched-bench's markdown table: columns found by header name ("B", "PP", "TG", "S_TG t/s"); prints
@@ -94,6 +96,18 @@ llama_rows() {
     }' "$1"
 }
 
+# Percent of CPU time idle over the next 2 s (all cores; "?" without /proc/stat). llama.cpp's spinning thread
+# barriers slow down 10x and more when another process takes one of the -t cores, so each table says whether the
+# machine was quiet when each half started.
+idle_pct() {
+  local a b
+  a=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat 2>/dev/null) || { echo "?"; return; }
+  sleep 2
+  b=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat 2>/dev/null) || { echo "?"; return; }
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
+    print (d > 0 ? sprintf("%.0f%%", 100 * (y[1] - x[1]) / d) : "?") }'
+}
+
 tables="$OUT_DIR/tables.md"
 : > "$tables"
 i=0
@@ -102,6 +116,7 @@ for f in "$@"; do
   base="$(basename "$f" .gguf)"
   lj="$OUT_DIR/$i-$base.lokal.json"
   lt="$OUT_DIR/$i-$base.llama.txt"
+  idle_lokal=$(idle_pct)
   echo "[$i/$#] $base: lokal" >&2
   if ! "$LOKAL" bench -m "$f" -t "$threads" -p "$n_prompt" -n "$n_gen" --parallel "$parallel" "${reps_args[@]}" --json \
     > "$lj" 2> "$OUT_DIR/$i-$base.lokal.log"; then
@@ -109,6 +124,7 @@ for f in "$@"; do
     echo "error: lokal bench failed on $f (log: $OUT_DIR/$i-$base.lokal.log)" >&2
     exit 1
   fi
+  idle_llama=$(idle_pct)
   echo "[$i/$#] $base: llama.cpp" >&2
   if ! "$LLAMA_BB" -m "$f" -c "$ctx" -b 2048 -ub 512 -npp "$n_prompt" -ntg "$n_gen" -npl "$parallel" -t "$threads" \
     "${llama_extra[@]}" > "$lt" 2>&1; then
@@ -123,7 +139,7 @@ for f in "$@"; do
   [ -s "$OUT_DIR/$i-$base.llama.tsv" ] || echo "warning: $base: no llama-batched-bench table in $lt" >&2
 
   {
-    echo "### $base"
+    echo "### $base (idle CPU in the 2 s before lokal: $idle_lokal, before llama.cpp: $idle_llama)"
     echo
     awk -F'\t' -v list="$parallel" '
       FILENAME == ARGV[1] { lk[$1] = $2; next }

@@ -58,7 +58,9 @@ void group_xT(int64_t nb, const uint8_t* g, const uint8_t* a, size_t as, float* 
     const uint8_t* p = g + static_cast<size_t>(b) * kBlock;
     // The block 8 ahead (a few hundred bytes): with few tokens per pass the weights stream from memory, and the
     // hardware prefetcher alone leaves the VNNI units waiting.
-    for (size_t o = 0; o < kBlock; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + 8 * kBlock + o), _MM_HINT_T0);
+    // (One token alone keeps to the hardware prefetcher: the extra instructions cost more than they save there.)
+    if constexpr (T >= 2)
+      for (size_t o = 0; o < kBlock; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + 8 * kBlock + o), _MM_HINT_T0);
     const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     __m512i w[8];
     if constexpr (K == Kind::Q8_0) {
@@ -113,7 +115,8 @@ void q4k_group_xT(int64_t nsb, const uint8_t* g, const uint8_t* a, size_t as, fl
   for (int64_t b = 0; b < nsb; ++b) {
     const uint8_t* p = g + static_cast<size_t>(b) * kSuper;
     // The super-block after next (2.3 KB each): see group_xT.
-    for (size_t o = 0; o < kSuper; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kSuper + o), _MM_HINT_T0);
+    if constexpr (T >= 2)
+      for (size_t o = 0; o < kSuper; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + 2 * kSuper + o), _MM_HINT_T0);
     const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     const __m512 dmx = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
     const __m512i u0 = _mm512_loadu_si512(p + 64), u1 = _mm512_loadu_si512(p + 128), u2 = _mm512_loadu_si512(p + 192);
