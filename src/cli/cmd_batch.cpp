@@ -36,13 +36,6 @@ namespace lokal::cli {
 namespace {
 using json = nlohmann::json;
 
-std::string mib_bytes(uint64_t b) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.2f MiB (%llu bytes)", static_cast<double>(b) / (1024.0 * 1024.0),
-                static_cast<unsigned long long>(b));
-  return buf;
-}
-
 struct BatchArgs {
   std::string model, input, output;
   int n_parallel = 4;

@@ -45,13 +45,6 @@ struct RunArgs {
   bool allow_long_ctx = false;
 };
 
-std::string mib_bytes(uint64_t b) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.2f MiB (%llu bytes)", static_cast<double>(b) / (1024.0 * 1024.0),
-                static_cast<unsigned long long>(b));
-  return buf;
-}
-
 void run(const RunArgs& a) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   check_input_file(a.model, "GGUF model file");
@@ -92,13 +85,7 @@ void run(const RunArgs& a) {
   }
   Session session(*model, so);
   // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
-  RunSettings rs;
-  rs.n_ctx = session.n_ctx();
-  rs.type_k = so.cache_type_k;
-  rs.type_v = so.cache_type_v;
-  rs.n_batch = so.n_batch;
-  rs.n_threads = session.n_threads();
-  const MemoryEstimate predicted = estimate_memory(ModelFacts::from_gguf(model->gguf(), a.model), rs);
+  const MemoryEstimate& predicted = loaded.estimate;  // load_model_planned's, for the settings the session runs with
 
   SamplingParams sp;
   sp.temperature = a.temp;

@@ -35,6 +35,8 @@ DType parse_kv_type(const std::string& name, const char* flag);
 
 // "1.23 MiB" / "512 B": lokal::format_bytes (runtime/load.h), the same figures as load_model_planned's messages.
 using lokal::format_bytes;
+// "12.34 MiB (12939428 bytes)": the memory lines of run and batch (exact bytes, for scripts and the RSS tests).
+std::string mib_bytes(uint64_t bytes);
 
 // The model of a subcommand that takes it both as -m/--model and as a positional (info, export-hf, quantize):
 // exactly one of the two. Neither or both is a parse error (exit status 2) like a missing required option:

@@ -108,4 +108,11 @@ class Formatter : public CLI::Formatter {
 
 std::shared_ptr<CLI::Formatter> make_formatter() { return std::make_shared<Formatter>(); }
 
+std::string mib_bytes(uint64_t b) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f MiB (%llu bytes)", static_cast<double>(b) / (1024.0 * 1024.0),
+                static_cast<unsigned long long>(b));
+  return buf;
+}
+
 }  // namespace lokal::cli
