@@ -10,6 +10,7 @@ PACKAGES=(
   xz-utils tar                                         # test fixtures ship as .tar.xz
   clang libclang-rt-14-dev                             # libFuzzer target
   jq                                                   # bench/compare.sh (joins lokal and llama-bench JSON)
+  tmux                                                 # tests/test_chat_tmux.cpp drives `lokal chat` in a terminal
 )
 
 missing=()

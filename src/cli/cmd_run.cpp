@@ -22,15 +22,9 @@ namespace {
 struct RunArgs {
   std::string model, prompt, prompt_file;
   int n_predict = 128;
-  float temp = 0.8f;
-  int top_k = 40;
-  float top_p = 0.95f;
-  float min_p = 0.05f;
-  float repeat_penalty = 1.0f;
-  int repeat_last_n = 64;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  int64_t seed = -1;
+  SamplingArgs sampling;
+  std::string grammar_file, json_schema;
+  bool no_parse_special = false;
   int threads = 0;
   int64_t ctx = 0;
   int64_t batch = kDefaultBatchSize;  // model/config.h: one default for every subcommand
@@ -87,19 +81,11 @@ void run(const RunArgs& a) {
   // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
   const MemoryEstimate& predicted = loaded.estimate;  // load_model_planned's, for the settings the session runs with
 
-  SamplingParams sp;
-  sp.temperature = a.temp;
-  sp.top_k = a.top_k;
-  sp.top_p = a.top_p;
-  sp.min_p = a.min_p;
-  sp.repeat_penalty = a.repeat_penalty;
-  sp.repeat_last_n = a.repeat_last_n;
-  sp.presence_penalty = a.presence_penalty;
-  sp.frequency_penalty = a.frequency_penalty;
-  sp.seed = a.seed >= 0 ? static_cast<uint64_t>(a.seed) : std::random_device{}();
+  SamplingParams sp = a.sampling.params();
+  sp.grammar = grammar_from_args(a.grammar_file, a.json_schema);
 
   // Refuse a prompt that cannot fit before printing anything else.
-  const std::vector<int32_t> prompt_tokens = session.prepare_prompt(prompt);
+  const std::vector<int32_t> prompt_tokens = session.prepare_prompt(prompt, !a.no_parse_special);
   std::fprintf(stderr, "model: %s (%s, %s), %s, load %.1f ms\n", a.model.c_str(), model->config().arch.c_str(),
                model_file_type(model->gguf()).c_str(),  // the file type name every subcommand shows
                format_bytes(static_cast<double>(model->weight_bytes())).c_str(), model->load_seconds() * 1e3);
@@ -161,15 +147,11 @@ void register_run(CLI::App& app, int* rc) {
   p->excludes(pf);
   cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate (-1: until end of text or full context)")
       ->capture_default_str()->check(CLI::Range(-1, 1 << 30));
-  cmd->add_option("--temp", a->temp, "Temperature (0: greedy)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
-  cmd->add_option("--top-k", a->top_k, "Top-k (0: off)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--top-p", a->top_p, "Top-p nucleus (1: off)")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
-  cmd->add_option("--min-p", a->min_p, "Min-p relative to the top token (0: off)")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
-  cmd->add_option("--repeat-penalty", a->repeat_penalty, "Repetition penalty (1: off)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
-  cmd->add_option("--repeat-last-n", a->repeat_last_n, "Tokens considered by the penalties")->capture_default_str()->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--presence-penalty", a->presence_penalty, "Presence penalty")->capture_default_str();
-  cmd->add_option("--frequency-penalty", a->frequency_penalty, "Frequency penalty")->capture_default_str();
-  cmd->add_option("-s,--seed", a->seed, "Random seed (-1: random)")->capture_default_str();
+  add_sampling_options(cmd, a->sampling);
+  cmd->add_option("--grammar-file", a->grammar_file, "Constrain the output to a GBNF grammar (llama.cpp's syntax)");
+  cmd->add_option("--json-schema", a->json_schema, "Constrain the output to JSON matching this schema (a file or inline JSON)");
+  cmd->add_flag("--no-parse-special", a->no_parse_special, "Tokenize special-token text in the prompt (<|im_start|>) as "
+                                                           "plain text instead of the tokens it names");
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));

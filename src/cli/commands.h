@@ -5,8 +5,15 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/types.h"
 #include "runtime/load.h"
+#include "runtime/sampling.h"
+
+namespace lokal {
+class Grammar;
+}
 
 namespace lokal::cli {
 
@@ -24,6 +31,8 @@ void register_convert(CLI::App& app, int* rc);
 void register_export_hf(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);
 void register_batch(CLI::App& app, int* rc);
+void register_template(CLI::App& app, int* rc);
+void register_chat(CLI::App& app, int* rc);
 
 // The most bytes a text input (perplexity, imatrix, compare) may have: 1 GiB (~250 M tokens).
 inline constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
@@ -77,5 +86,28 @@ std::shared_ptr<CLI::Formatter> make_formatter();
 void register_usage(CLI::App& app, int* rc);
 // That synopsis: one entry per visible subcommand, lines wrapped at `width` columns.
 std::string usage_text(const CLI::App& app, size_t width = 118);
+
+// The sampling options shared by chat (and the same names as run and batch): --temp, --top-k, --top-p, --min-p,
+// --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty, -s/--seed (-1: random).
+struct SamplingArgs {
+  float temp = 0.8f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  int repeat_last_n = 64;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int64_t seed = -1;
+  SamplingParams params() const;  // a random seed is drawn here when seed < 0
+};
+void add_sampling_options(CLI::App* cmd, SamplingArgs& s);
+
+// A JSON argument given inline (it starts with '{' or '[') or as a file (at most 16 MiB); throws lokal::Error naming
+// the flag and the parse error.
+nlohmann::ordered_json read_json_arg(const std::string& value, const char* flag);
+// The grammar of --grammar-file FILE (GBNF) or --json-schema FILE|JSON (compiled to GBNF); null when neither is
+// given. Throws lokal::Error naming the file and the problem (syntax, undefined rule, unsupported keyword).
+std::shared_ptr<const Grammar> grammar_from_args(const std::string& grammar_file, const std::string& json_schema);
 
 }  // namespace lokal::cli

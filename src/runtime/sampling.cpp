@@ -5,7 +5,9 @@
 #include <limits>
 #include <string>
 
+#include "chat/grammar.h"
 #include "core/error.h"
+#include "tokenizer/vocab.h"
 
 namespace lokal {
 
@@ -40,16 +42,111 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
 }  // namespace
 
-Sampler::Sampler(const SamplingParams& p) : p_(p) {
+std::shared_ptr<const TokenIndex> make_token_index(const Vocab& vocab) { return TokenIndex::from_vocab(vocab); }
+
+Sampler::Sampler(const SamplingParams& p, std::shared_ptr<const TokenIndex> index) : p_(p) {
   p_.validate();
+  if (p_.grammar) {
+    if (!index) throw Error("sampling: a grammar needs the model's token index");
+    grammar_ = std::make_unique<GrammarMatcher>(p_.grammar, std::move(index));
+  }
   reset();
 }
+
+Sampler::~Sampler() = default;
+Sampler::Sampler(Sampler&&) noexcept = default;
 
 void Sampler::reset() {
   uint64_t s = p_.seed;
   for (auto& r : rng_) r = splitmix64(s);  // never all zero: splitmix64 is a bijection of distinct inputs
   history_.clear();
   counts_.clear();
+  if (grammar_) grammar_->reset();
+}
+
+void Sampler::accept_generated(int32_t token) {
+  accept(token);
+  if (grammar_ && !grammar_->accept_token(token))
+    throw Error("sampling: token " + std::to_string(token) + " is not allowed by the grammar here");
+}
+
+bool Sampler::grammar_complete() const { return !grammar_ || grammar_->is_complete(); }
+
+void Sampler::apply_grammar(bool greedy) {
+  const GrammarMatcher& g = *grammar_;
+  auto better = [](const Cand& a, const Cand& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
+  auto full_mask = [&] {
+    ++full_masks_;
+    g.fill_mask(mask_);
+    size_t k = 0;
+    for (const Cand& c : cand_)
+      if (static_cast<size_t>(c.id) < mask_.size() && mask_[static_cast<size_t>(c.id)] && c.logit != kNegInf)
+        cand_[k++] = c;
+    cand_.resize(k);
+  };
+  auto none_left = [&] {
+    if (cand_.empty())
+      throw Error(g.is_dead() ? "sampling: the grammar cannot continue (no token can extend the text)"
+                              : "sampling: the grammar allows no token of this vocabulary here");
+  };
+  if (greedy) {
+    // The argmax alone, if the grammar allows it: then it is the argmax of the masked logits too.
+    size_t best = 0;
+    for (size_t i = 1; i < cand_.size(); ++i)
+      if (better(cand_[i], cand_[best])) best = i;
+    if (cand_[best].logit != kNegInf && g.allowed(cand_[best].id)) {
+      cand_[0] = cand_[best];
+      cand_.resize(1);
+      return;
+    }
+    full_mask();
+    none_left();
+    return;  // the caller's greedy scan picks the best survivor
+  }
+  if (p_.top_k > 0) {
+    // Walk the ranking lazily, checking tokens one by one, until k allowed ones are found. If most of the first
+    // candidates are rejected (a narrow grammar state), the cached full mask is cheaper than checking on.
+    // One allowed token more than k is looked for: the candidates then end in the same order as the unconstrained
+    // chain would leave them on masked logits (rank order when more than k survive, id order otherwise), so even
+    // the floating-point sums agree to the last bit.
+    const size_t k = static_cast<size_t>(p_.top_k);
+    const size_t budget = std::max<size_t>(256, 8 * k);
+    std::vector<Cand> kept;
+    kept.reserve(k + 1);
+    size_t sorted = 0, checked = 0;
+    const size_t n = cand_.size();
+    bool exhausted = true;
+    for (size_t i = 0; i < n && kept.size() <= k; ++i) {
+      if (checked >= budget) {
+        exhausted = false;
+        break;
+      }
+      if (i >= sorted) {
+        const size_t upto = std::min(n, std::max<size_t>(64, 4 * sorted));
+        const auto first = cand_.begin() + static_cast<ptrdiff_t>(sorted);
+        const auto mid = cand_.begin() + static_cast<ptrdiff_t>(upto);
+        if (upto < n) std::nth_element(first, mid, cand_.end(), better);
+        std::sort(first, mid, better);
+        sorted = upto;
+      }
+      if (cand_[i].logit == kNegInf) break;  // ranked last: nothing better follows
+      ++checked;
+      if (g.allowed(cand_[i].id)) kept.push_back(cand_[i]);
+    }
+    if (kept.size() > k) {  // more than k allowed: the best k, in rank order
+      kept.resize(k);
+      cand_ = std::move(kept);
+      return;
+    }
+    if (exhausted) {  // every finite candidate was checked: all allowed ones, in id order
+      std::sort(kept.begin(), kept.end(), [](const Cand& a, const Cand& b) { return a.id < b.id; });
+      cand_ = std::move(kept);
+      none_left();
+      return;
+    }
+  }
+  full_mask();
+  none_left();
 }
 
 uint64_t Sampler::next_u64() {  // xoshiro256**
@@ -102,13 +199,17 @@ double Sampler::prepare(const float* logits, int n_vocab) {
     }
   }
 
+  // Constrained decoding: the grammar's mask, before any filter (see the header).
+  if (grammar_) apply_grammar(p_.temperature <= 0.0f);
+
   // Greedy: first maximum of the penalized logits.
   if (p_.temperature <= 0.0f) {
     size_t best = 0;
-    for (size_t i = 1; i < nv; ++i)
+    for (size_t i = 1; i < cand_.size(); ++i)
       if (cand_[i].logit > cand_[best].logit) best = i;
     if (cand_[best].logit == kNegInf) throw Error("sampling: every logit is -inf or NaN; no token can be chosen");
-    cand_[0] = cand_[best];
+    const Cand pick = cand_[best];
+    cand_[0] = pick;
     cand_[0].w = 1.0;
     cand_.resize(1);
     return 1.0;
@@ -120,7 +221,8 @@ double Sampler::prepare(const float* logits, int n_vocab) {
   for (const Cand& c : cand_) mx = std::max(mx, c.logit);
   if (mx == kNegInf) throw Error("sampling: every logit is -inf or NaN; no token can be chosen");
   size_t n = 0;
-  for (size_t i = 0; i < nv; ++i) {
+  const size_t n_in = cand_.size();  // nv, or fewer after the grammar
+  for (size_t i = 0; i < n_in; ++i) {
     Cand c = cand_[i];
     if (c.logit == kNegInf || (mx == kPosInf && c.logit != kPosInf)) continue;
     if (mx == kPosInf) c.logit = 0.0f;

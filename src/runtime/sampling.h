@@ -18,17 +18,33 @@
 // * The generator is our own xoshiro256** seeded through splitmix64, and the draw is our own arithmetic
 //   (no std:: distributions), so a seed gives the same tokens on every platform and standard library
 //   (up to last-bit differences of std::exp between math libraries).
+// * Constrained decoding (set_grammar, chat/grammar.h): the grammar acts first, as a mask — the chain then runs on
+//   the logits with every token the grammar does not allow at -inf, exactly. It is cheap: greedy checks the argmax
+//   alone and builds the full mask only when the grammar rejects it; with top-k the ranking is walked lazily and
+//   only the best-ranked tokens are checked until k allowed ones are found (falling back to the full mask, which
+//   the matcher caches per grammar state, when most are rejected). End-of-generation tokens are allowed only where
+//   the grammar is complete.
 // * Cost: O(n_vocab) per token plus O(n_vocab log k) for top-k. top-p without top-k sorts only the
 //   prefix it needs (growing geometrically), and min-p is applied before any sorting (the kept set is
 //   the same as applying it after top-p: both keep a prefix of the same ranking).
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace lokal {
+
+class Grammar;
+class GrammarMatcher;
+class TokenIndex;
+class Vocab;
+
+// The per-vocabulary index grammar matchers need (each token's bytes, which tokens end generation). Built once per
+// model (O(n_vocab)); immutable and shared by every sequence.
+std::shared_ptr<const TokenIndex> make_token_index(const Vocab& vocab);
 
 struct SamplingParams {
   float temperature = 0.8f;     // <= 0: greedy; must be finite
@@ -40,6 +56,9 @@ struct SamplingParams {
   float presence_penalty = 0.0f;   // 0: off
   float frequency_penalty = 0.0f;  // 0: off
   uint64_t seed = 0;            // every value is valid; same seed, same draws
+  // Constrained decoding: only text this grammar accepts can be generated (chat/grammar.h; JSON schemas compile to
+  // one). Null: unconstrained. The sampler needs the model's TokenIndex to use it.
+  std::shared_ptr<const Grammar> grammar;
 
   // Throws lokal::Error naming the bad parameter and its value.
   void validate() const;
@@ -47,7 +66,10 @@ struct SamplingParams {
 
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& p);  // validates p
+  // Validates p. With p.grammar, `index` (make_token_index of the model's vocabulary) is required.
+  explicit Sampler(const SamplingParams& p, std::shared_ptr<const TokenIndex> index = nullptr);
+  ~Sampler();
+  Sampler(Sampler&&) noexcept;
 
   // Picks a token from n_vocab logits (read only). Throws lokal::Error if n_vocab <= 0 or if every logit
   // is -inf or NaN.
@@ -59,7 +81,15 @@ class Sampler {
 
   // Records a token (prompt or generated) for the penalties.
   void accept(int32_t token);
-  // Forgets the history and restarts the generator from the seed.
+  // Records a generated token: accept(), and advances the grammar (throws lokal::Error if the grammar does not
+  // allow it, which sample() never returns).
+  void accept_generated(int32_t token);
+  // The grammar's state: true when the text generated so far is a complete sentence of it (no grammar: true).
+  bool grammar_complete() const;
+  bool has_grammar() const { return grammar_ != nullptr; }
+  // Full-mask computations so far (for tests and benchmarks of the lazy path).
+  int64_t grammar_full_masks() const { return full_masks_; }
+  // Forgets the history, restarts the generator from the seed and the grammar from its start.
   void reset();
 
   const SamplingParams& params() const { return p_; }
@@ -72,6 +102,8 @@ class Sampler {
   };
   // Fills cand_[0, n) with the surviving candidates and their weights; returns their total weight.
   double prepare(const float* logits, int n_vocab);
+  // Keeps in cand_[0, n) only what the grammar allows (see the header); greedy: the best allowed token only.
+  void apply_grammar(bool greedy);
   uint64_t next_u64();
   double next_uniform();  // [0, 1), 53 random bits
 
@@ -80,6 +112,9 @@ class Sampler {
   std::deque<int32_t> history_;
   std::unordered_map<int32_t, int> counts_;  // occurrences within history_
   std::vector<Cand> cand_;
+  std::unique_ptr<GrammarMatcher> grammar_;
+  std::vector<uint8_t> mask_;
+  int64_t full_masks_ = 0;
 };
 
 }  // namespace lokal

@@ -143,7 +143,13 @@ void Scheduler::take_submissions() {
       finish(*s, FinishReason::Error, s->invalid);
       continue;
     }
-    s->sampler = std::make_unique<Sampler>(s->req.sampling);
+    if (s->req.sampling.grammar && !token_index_) token_index_ = make_token_index(model_.vocab());
+    try {
+      s->sampler = std::make_unique<Sampler>(s->req.sampling, s->req.sampling.grammar ? token_index_ : nullptr);
+    } catch (const Error& e) {
+      finish(*s, FinishReason::Error, e.what());
+      continue;
+    }
     for (int32_t t : s->req.prompt) s->sampler->accept(t);
     s->dec = std::make_unique<StreamDecoder>(model_.vocab());
     waiting_.push_back(std::move(s));
@@ -227,7 +233,7 @@ void Scheduler::emit(Seq& s, bool final) {
 }
 
 void Scheduler::accept_token(Seq& s, int32_t tok) {
-  s.sampler->accept(tok);
+  s.sampler->accept_generated(tok);
   if (!s.has_first) {
     s.has_first = true;
     s.t_first = Clock::now();

@@ -126,6 +126,7 @@ class Scheduler {
   KVPool kv_;
   Forward fwd_;
   std::vector<float> logits_;
+  std::shared_ptr<const TokenIndex> token_index_;  // built when the first request with a grammar arrives
 
   std::mutex mu_;
   std::condition_variable cv_;

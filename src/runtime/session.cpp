@@ -72,8 +72,26 @@ void Session::check_logits() const {
                   ": the model's output is not finite (NaN or Inf in its weights?)");
 }
 
-std::vector<int32_t> Session::prepare_prompt(const std::string& prompt) const {
-  std::vector<int32_t> toks = model_.vocab().tokenize(prompt, true, false);
+void Session::rewind(int64_t n) {
+  if (n < 0 || n > n_past_)
+    throw Error("rewind to " + std::to_string(n) + " tokens: the cache holds " + std::to_string(n_past_));
+  n_past_ = n;
+  history_.resize(static_cast<size_t>(n));
+}
+
+int64_t Session::common_prefix(const std::vector<int32_t>& prompt) const {
+  size_t i = 0;
+  while (i < prompt.size() && i < history_.size() && prompt[i] == history_[i]) ++i;
+  return static_cast<int64_t>(i);
+}
+
+std::shared_ptr<const TokenIndex> Session::token_index() {
+  if (!token_index_) token_index_ = make_token_index(model_.vocab());
+  return token_index_;
+}
+
+std::vector<int32_t> Session::prepare_prompt(const std::string& prompt, bool parse_special) const {
+  std::vector<int32_t> toks = model_.vocab().tokenize(prompt, true, parse_special);
   if (toks.empty()) throw Error("the prompt is empty and the model adds no BOS token; nothing to condition on");
   const int64_t n = static_cast<int64_t>(toks.size());
   if (n_past_ + n > n_ctx())
@@ -93,7 +111,8 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
   GenerationResult res;
   res.n_prompt = static_cast<int64_t>(toks.size());
 
-  Sampler sampler(sp);
+  Sampler sampler(sp, sp.grammar ? token_index() : nullptr);
+  for (int32_t t : history_) sampler.accept(t);  // the earlier context counts for the penalties too
   for (int32_t t : toks) sampler.accept(t);
   StreamDecoder dec(vocab);
 
@@ -104,7 +123,7 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
   for (int i = 0; n_predict < 0 || i < n_predict; ++i) {
     check_logits();
     const int32_t tok = sampler.sample(logits_.data(), static_cast<int>(logits_.size()));
-    sampler.accept(tok);
+    sampler.accept_generated(tok);
     if (vocab.is_eog(tok)) {
       res.stop = StopReason::EndOfGeneration;
       break;

@@ -65,12 +65,21 @@ class Session {
     n_past_ = 0;
     history_.clear();
   }
+  // Forgets every position from n on (0 <= n <= n_past()): the cache keeps the first n tokens, so a prompt that
+  // starts with them (the earlier turns of a chat) is evaluated from there. Throws lokal::Error otherwise.
+  void rewind(int64_t n);
+  const std::vector<int32_t>& tokens() const { return history_; }  // the tokens in the cache, in order
+  // How many leading tokens of `prompt` the cache already holds (its common prefix with tokens()).
+  int64_t common_prefix(const std::vector<int32_t>& prompt) const;
   int64_t n_shifts() const { return n_shifts_; }  // context shifts done by generate()
 
   // Tokenizes a prompt (BOS per the vocabulary) and checks it fits the free context; throws
-  // lokal::Error with the numbers otherwise.
-  std::vector<int32_t> prepare_prompt(const std::string& prompt) const;
-  // Run the prompt, then sample up to n_predict tokens (n_predict < 0: no limit). on_text receives decoded UTF-8
+  // lokal::Error with the numbers otherwise. parse_special: text naming a special token (<|im_start|>) becomes
+  // that token, as llama.cpp does for prompts; false keeps it as plain text.
+  std::vector<int32_t> prepare_prompt(const std::string& prompt, bool parse_special = true) const;
+  // The per-vocabulary index for grammars (built on first use, then shared).
+  std::shared_ptr<const TokenIndex> token_index();
+  // Run the prompt (after the tokens already in the cache), then sample up to n_predict tokens (n_predict < 0: no limit). on_text receives decoded UTF-8
   // text as soon as it is complete; returning false stops generation. Stops at an end-of-generation token, or when
   // the context is full (unless SessionOptions::overflow is Shift). The string form tokenizes with prepare_prompt.
   GenerationResult generate(const std::vector<int32_t>& prompt_tokens, int n_predict, const SamplingParams& sp,
@@ -95,6 +104,7 @@ class Session {
   int64_t n_shifts_ = 0;
   std::vector<int32_t> history_;  // the tokens in the KV cache, in order
   std::vector<float> logits_;
+  std::shared_ptr<const TokenIndex> token_index_;
 };
 
 }  // namespace lokal

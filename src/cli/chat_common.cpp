@@ -1,0 +1,80 @@
+// Helpers of the chat-layer options (template, chat, run): JSON arguments and grammars.
+#include <random>
+
+#include "chat/grammar.h"
+#include "chat/json_schema.h"
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/safe_io.h"
+
+namespace lokal::cli {
+
+namespace {
+constexpr uint64_t kMaxJsonArgBytes = 16u << 20;  // messages, tools, schemas: far above any real one
+constexpr uint64_t kMaxGrammarBytes = 4u << 20;
+}  // namespace
+
+SamplingParams SamplingArgs::params() const {
+  SamplingParams sp;
+  sp.temperature = temp;
+  sp.top_k = top_k;
+  sp.top_p = top_p;
+  sp.min_p = min_p;
+  sp.repeat_penalty = repeat_penalty;
+  sp.repeat_last_n = repeat_last_n;
+  sp.presence_penalty = presence_penalty;
+  sp.frequency_penalty = frequency_penalty;
+  sp.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
+  return sp;
+}
+
+void add_sampling_options(CLI::App* cmd, SamplingArgs& s) {
+  cmd->add_option("--temp", s.temp, "Temperature (0: greedy)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-k", s.top_k, "Top-k (0: off)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--top-p", s.top_p, "Top-p nucleus (1: off)")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--min-p", s.min_p, "Min-p relative to the top token (0: off)")->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--repeat-penalty", s.repeat_penalty, "Repetition penalty (1: off)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--repeat-last-n", s.repeat_last_n, "Tokens considered by the penalties")->capture_default_str()->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--presence-penalty", s.presence_penalty, "Presence penalty")->capture_default_str();
+  cmd->add_option("--frequency-penalty", s.frequency_penalty, "Frequency penalty")->capture_default_str();
+  cmd->add_option("-s,--seed", s.seed, "Random seed (-1: random)")->capture_default_str();
+}
+
+nlohmann::ordered_json read_json_arg(const std::string& value, const char* flag) {
+  const size_t first = value.find_first_not_of(" \t\r\n");
+  const bool inline_json = first != std::string::npos && (value[first] == '{' || value[first] == '[');
+  std::string text;
+  if (inline_json) {
+    text = value;
+  } else {
+    check_input_file(value, "JSON file");
+    text = read_text_input(value, kMaxJsonArgBytes, "the most " + std::string(flag) + " may hold");
+  }
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string(flag) + ": " + (inline_json ? std::string("the JSON given") : value) +
+                " is not valid JSON (" + e.what() + ")");
+  }
+}
+
+std::shared_ptr<const Grammar> grammar_from_args(const std::string& grammar_file, const std::string& json_schema) {
+  if (!grammar_file.empty() && !json_schema.empty())
+    throw Error("--grammar-file and --json-schema both given: give one");
+  if (!grammar_file.empty()) {
+    check_input_file(grammar_file, "grammar file");
+    const std::string text = read_text_input(grammar_file, kMaxGrammarBytes, "a GBNF grammar is a few KB");
+    try {
+      return Grammar::parse(text);
+    } catch (const Error& e) {
+      throw Error(grammar_file + ": " + e.what());
+    }
+  }
+  if (!json_schema.empty()) {
+    const nlohmann::ordered_json schema = read_json_arg(json_schema, "--json-schema");
+    return Grammar::parse(json_schema_to_gbnf(schema));
+  }
+  return nullptr;
+}
+
+}  // namespace lokal::cli
