@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GGUF parser fuzzer (clang++, libFuzzer + AddressSanitizer + UBSan) in build-fuzz and runs it, then
-# the safetensors header parser fuzzer for $FUZZ_SAFETENSORS_SECONDS (default 10) seconds.
+# the safetensors header parser fuzzer for $FUZZ_SAFETENSORS_SECONDS (default 10) seconds, then the chat layer's
+# fuzzers (Jinja templates, model-output parsing, GBNF grammars / JSON schemas) for $FUZZ_CHAT_SECONDS (default 10)
+# seconds each.
 #
 # Usage: scripts/fuzz.sh [SECONDS]     (default: $FUZZ_SECONDS, else 60)
 # Seeds: a few small synthetic GGUF files, shrunk copies of every shared model (valid files of a few KB)
@@ -20,7 +22,7 @@ fi
 
 CXX="${FUZZ_CXX:-clang++}" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER="${FUZZ_CXX:-clang++}" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOKAL_FUZZ=ON -DLOKAL_BUILD_TESTS=OFF -DLOKAL_TEST_DATA="$DATA" >/dev/null
-cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds fuzz_safetensors
+cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds fuzz_safetensors fuzz_jinja fuzz_chat_parse fuzz_grammar
 
 SEEDS="$BUILD/fuzz-seeds"
 CORPUS="$BUILD/fuzz-corpus"
@@ -56,3 +58,32 @@ echo "fuzzing SafeTensorsFile::parse for ${ST_SECONDS}s"
 ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" "$BUILD/fuzz/fuzz_safetensors" \
   -max_total_time="$ST_SECONDS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
   -artifact_prefix="$ARTIFACTS/" -print_final_stats=1 ${FUZZ_FLAGS:-} "$ST_CORPUS" "$ST_SEEDS"
+
+# The chat layer's parsers, $FUZZ_CHAT_SECONDS (default 10) seconds each: Jinja chat templates (seeds: the shared
+# templates, each followed by a NUL and a small chat context), model-output parsing, GBNF grammars / JSON schemas.
+CHAT_SECONDS="${FUZZ_CHAT_SECONDS:-10}"
+for target in fuzz_jinja fuzz_chat_parse fuzz_grammar; do
+  seeds="$BUILD/fuzz-seeds-$target"
+  corpus="$BUILD/fuzz-corpus-$target"
+  rm -rf "$seeds"
+  mkdir -p "$seeds" "$corpus"
+  dict=()
+  case "$target" in
+    fuzz_jinja)
+      ctx='{"messages":[{"role":"system","content":"s"},{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}],"add_generation_prompt":true,"bos_token":"<s>","eos_token":"</s>"}'
+      for t in "$DATA"/chat-templates/*.jinja; do { cat "$t"; printf '\0%s' "$ctx"; } >"$seeds/$(basename "$t")"; done
+      dict=(-dict=fuzz/jinja.dict) ;;
+    fuzz_chat_parse)
+      printf '\0\0<think>a</think><tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>' >"$seeds/hermes"
+      printf '\0\0[TOOL_CALLS][{"name": "f", "arguments": {}, "id": "abcdefghi"}]' >"$seeds/mistral"
+      dict=(-dict=fuzz/chat_parse.dict) ;;
+    fuzz_grammar)
+      printf 'root ::= "a" [b-d]* (x | "y"){1,3}\nx ::= [^"]+ "."\n' >"$seeds/gbnf"
+      printf '{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}},"required":["a"]}' >"$seeds/schema" ;;
+  esac
+  echo "fuzzing $target for ${CHAT_SECONDS}s"
+  # shellcheck disable=SC2086
+  ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" "$BUILD/fuzz/$target" \
+    -max_total_time="$CHAT_SECONDS" -max_len=8192 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+    "${dict[@]}" -artifact_prefix="$ARTIFACTS/" -print_final_stats=1 ${FUZZ_FLAGS:-} "$corpus" "$seeds"
+done

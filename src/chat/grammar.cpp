@@ -109,6 +109,7 @@ class GrammarBuilder {
     auto it = by_name_.find(std::string(root));
     if (it == by_name_.end()) throw Error("grammar: no rule named '" + std::string(root) + "' (the start rule)");
     const uint32_t root_id = it->second;
+    merge_char_alternatives();
     prune_unproductive(root_id);
     check_left_recursion();
     return flatten(root_id);
@@ -204,7 +205,8 @@ class GrammarBuilder {
   void count_syms(size_t n, size_t at) {
     n_syms_ += n;
     if (n_syms_ > Grammar::kMaxElems)
-      fail(at, "grammar too large (more than " + std::to_string(Grammar::kMaxElems) + " elements after expanding repetitions)");
+      fail(at, "grammar too large (more than " + std::to_string(Grammar::kMaxElems) +
+                   " elements after expanding repetitions)");
   }
 
   // ---- lexing ----
@@ -282,7 +284,8 @@ class GrammarBuilder {
     const std::string name = parse_name();
     if (name.empty()) fail(pos_, "expected a rule name, found " + describe_char(s_, pos_));
     skip_space(false);
-    if (s_.substr(pos_, 3) != "::=") fail(pos_, "expected '::=' after rule name '" + name + "', found " + describe_char(s_, pos_));
+    if (s_.substr(pos_, 3) != "::=")
+      fail(pos_, "expected '::=' after rule name '" + name + "', found " + describe_char(s_, pos_));
     pos_ += 3;
     skip_space(true);
     const uint32_t id = rule_ref(name, start);
@@ -368,7 +371,8 @@ class GrammarBuilder {
         ++pos_;
         skip_space(true);
         std::vector<Seq> alts = parse_alternates(true);
-        if (peek() != ')') fail(pos_, "expected ')' (to close the '(' at " + where(at) + "), found " + describe_char(s_, pos_));
+        if (peek() != ')')
+          fail(pos_, "expected ')' (to close the '(' at " + where(at) + "), found " + describe_char(s_, pos_));
         ++pos_;
         --depth_;
         item = seq.size();
@@ -410,7 +414,8 @@ class GrammarBuilder {
     uint64_t v = 0;
     while (peek() >= '0' && peek() <= '9') {
       v = v * 10 + static_cast<uint64_t>(peek() - '0');
-      if (v > Grammar::kMaxRepetition) fail(at, "repetition count too large (limit " + std::to_string(Grammar::kMaxRepetition) + ")");
+      if (v > Grammar::kMaxRepetition)
+        fail(at, "repetition count too large (limit " + std::to_string(Grammar::kMaxRepetition) + ")");
       ++pos_;
     }
     return static_cast<uint32_t>(v);
@@ -458,6 +463,29 @@ class GrammarBuilder {
         inner = aux_rule({std::move(first), Seq{}});
       }
       seq.push_back({true, inner});
+    }
+  }
+
+  // Alternatives that are one character class each become one class ("+" | "-" is [+-]): fewer parse stacks.
+  void merge_char_alternatives() {
+    for (RuleDef& r : rules_) {
+      size_t first = kNone, n = 0;
+      Ranges all;
+      for (size_t i = 0; i < r.alts.size(); ++i) {
+        if (r.alts[i].size() != 1 || r.alts[i][0].rule) continue;
+        if (first == kNone) first = i;
+        ++n;
+        const Ranges& cs = sets_[r.alts[i][0].arg];
+        all.insert(all.end(), cs.begin(), cs.end());
+      }
+      if (n < 2) continue;
+      const Sym merged{false, char_set(std::move(all), false)};
+      std::vector<Seq> alts;
+      for (size_t i = 0; i < r.alts.size(); ++i) {
+        if (i == first) alts.push_back({merged});
+        else if (!(r.alts[i].size() == 1 && !r.alts[i][0].rule)) alts.push_back(std::move(r.alts[i]));
+      }
+      r.alts = std::move(alts);
     }
   }
 

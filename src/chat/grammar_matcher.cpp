@@ -60,7 +60,8 @@ void suffix_validity(std::string_view p, std::vector<char>& valid) {
       ok = (c & 0xC0) == 0x80;
       v = (v << 6) | (c & 0x3Fu);
       // every prefix must be able to complete (the matcher checks each byte)
-      if (ok && k + 1 < static_cast<size_t>(n)) ok = prefix_can_complete(v, static_cast<uint8_t>(n - 1 - k), static_cast<uint8_t>(n));
+      if (ok && k + 1 < static_cast<size_t>(n))
+        ok = prefix_can_complete(v, static_cast<uint8_t>(n - 1 - k), static_cast<uint8_t>(n));
     }
     if (ok && avail == 1) ok = prefix_can_complete(v, static_cast<uint8_t>(n - 1), static_cast<uint8_t>(n));
     if (!ok) continue;
@@ -106,7 +107,8 @@ TokenIndex::TokenIndex(std::vector<std::string> pieces, std::vector<bool> is_eog
       path.pop_back();
     }
     for (size_t d = l; d < p.size(); ++d) {
-      nodes_.push_back({0, static_cast<uint32_t>(sorted_.size()), 0, static_cast<uint8_t>(p[d]), static_cast<uint8_t>(d + 1)});
+      nodes_.push_back(
+          {0, static_cast<uint32_t>(sorted_.size()), 0, static_cast<uint8_t>(p[d]), static_cast<uint8_t>(d + 1)});
       below_.push_back({{0, 0}, false, true});
       path.push_back(static_cast<uint32_t>(nodes_.size() - 1));
     }
@@ -116,6 +118,9 @@ TokenIndex::TokenIndex(std::vector<std::string> pieces, std::vector<bool> is_eog
     } else {
       ++end.n_tok;
       sorted_.push_back(id);
+      uint16_t chars = 0;
+      for (const char ch : p) chars = static_cast<uint16_t>(chars + ((static_cast<uint8_t>(ch) & 0xC0) != 0x80));
+      sorted_chars_.push_back(chars);
       // What lies below each node of the path.
       const size_t L = p.size();
       suffix_validity(p, valid);
@@ -373,11 +378,18 @@ struct Cache {
   std::mutex mu;
   GrammarMatcherOptions opt;
 
-  // Bytes that lead from a state back to itself: inside a JSON string, almost all of them.
-  struct Loop {
-    uint8_t status = 0;  // 0 not computed, 1 nothing worth it, 2 usable
-    bool non_ascii = false;  // every non-ASCII character (all its bytes) leads back to the state
-    uint64_t ascii[2] = {0, 0};
+  // The "plain" characters of a state: those that all lead to one same next state (inside a JSON string: every
+  // character but '"', '\' and controls). A run of plain characters is then judged by its length alone: `reach` of
+  // them are taken (kUnbounded when they lead back to the state itself, a loop), and when `decided`, one more is
+  // refused. For x{0,300} the states count down, for x* they loop.
+  static constexpr uint32_t kUnbounded = UINT32_MAX;
+  struct Chain {
+    uint8_t status = 0;       // 0 not computed, 1 nothing worth it, 2 usable, 3 being computed
+    bool non_ascii = false;   // every non-ASCII character is plain
+    bool decided = false;
+    uint32_t reach = 0;
+    uint64_t ascii[2] = {0, 0};  // the plain ASCII characters
+    int32_t succ = -1;           // where plain characters lead
   };
   struct Info {
     std::shared_ptr<const State> state;
@@ -385,7 +397,7 @@ struct Cache {
     std::shared_ptr<const std::vector<uint64_t>> mask;
     int32_t base = -1;  // the same stacks without the partial character (itself when there is none)
     std::vector<std::pair<uint64_t, int32_t>> advance_memo;  // which stacks take a character -> next state
-    Loop loop;
+    Chain chain;
   };
   std::vector<Info> states;  // (Info moves when the vector grows; rows and states do not)
   std::unordered_map<const State*, int32_t, StatePtrHash, StatePtrEq> index;
@@ -432,12 +444,7 @@ struct Cache {
       auto ns = advance(g, st, cp, opt);
       return ns ? intern(ns) : kDead;
     }
-    uint64_t sig = 0;
-    uint32_t k = 0;
-    for_each_stack(st, [&](const uint32_t* stack, uint32_t n) {
-      if (n > 0 && g.char_sets()[g.elems()[stack[n - 1]].arg].contains(cp)) sig |= uint64_t{1} << k;
-      ++k;
-    });
+    const uint64_t sig = takers(g, st, cp);
     if (sig == 0) return kDead;
     for (const auto& [m, t] : states[static_cast<size_t>(b)].advance_memo)
       if (m == sig) return t;
@@ -494,32 +501,121 @@ struct Cache {
     return next_slow(g, s, b);
   }
 
-  const Loop& loop(const Grammar& g, int32_t s) {
-    if (states[static_cast<size_t>(s)].loop.status) return states[static_cast<size_t>(s)].loop;
-    Loop l;
+  // Which stacks of a state can take code point cp (bit k: stack k; states of more than 64 stacks are not asked).
+  static uint64_t takers(const Grammar& g, const State& st, uint32_t cp) {
+    uint64_t sig = 0;
+    uint32_t k = 0;
+    for_each_stack(st, [&](const uint32_t* stack, uint32_t n) {
+      if (n > 0 && g.char_sets()[g.elems()[stack[n - 1]].arg].contains(cp)) sig |= uint64_t{1} << k;
+      ++k;
+    });
+    return sig;
+  }
+
+  // The plain characters of state s alone (status 1 or 2, succ, ascii, non_ascii). Characters taken by the same
+  // stacks lead to the same state (advance_cp), so grouping them by their takers finds them without stepping.
+  Chain plain_here(const Grammar& g, int32_t s) {
+    Chain l;
     l.status = 1;
     const State& st = *states[static_cast<size_t>(s)].state;
-    if (st.left == 0 && st.n_stacks > 0) {
+    if (st.left != 0 || st.n_stacks == 0 || st.n_stacks > 64) return l;
+    uint64_t sig[128];
+    for (uint32_t b = 0; b < 128; ++b) sig[b] = takers(g, st, b);
+    // The most common set of takers among ASCII characters.
+    uint64_t best = 0;
+    int best_n = 0;
+    for (uint32_t b = 0; b < 128; ++b) {
+      if (sig[b] == 0 || sig[b] == best) continue;
       int n = 0;
-      for (uint32_t b = 0; b < 128; ++b)
-        if (next(g, s, static_cast<uint8_t>(b)) == s) l.ascii[b >> 6] |= uint64_t{1} << (b & 63), ++n;
-      // Every non-ASCII character is taken by the same stacks (those whose top holds them all), so one of them
-      // tells where they all lead.
-      bool uniform = true, any = false;
-      for_each_stack(st, [&](const uint32_t* stack, uint32_t k) {
-        if (k == 0) return;
-        const Grammar::CharSet& cs = g.char_sets()[g.elems()[stack[k - 1]].arg];
-        if (holds_all_non_ascii(cs)) any = true;
-        else if (cs.intersects(0x80, 0x10FFFF)) uniform = false;
-      });
-      if (uniform && any) {
-        const int32_t p = next(g, s, 0xC2);
-        l.non_ascii = p >= 0 && next(g, p, 0x80) == s;
-      }
-      if (n >= 8 || l.non_ascii) l.status = 2;
+      for (uint32_t k = b; k < 128; ++k) n += sig[k] == sig[b];
+      if (n > best_n) best = sig[b], best_n = n;
+      if (best_n >= 64) break;
     }
-    states[static_cast<size_t>(s)].loop = l;
-    return states[static_cast<size_t>(s)].loop;
+    // Every non-ASCII character is taken by the same stacks when each top holds all of them or none.
+    uint64_t na = 0;
+    bool uniform = true;
+    uint32_t k = 0;
+    for_each_stack(st, [&](const uint32_t* stack, uint32_t n) {
+      if (n > 0) {
+        const Grammar::CharSet& cs = g.char_sets()[g.elems()[stack[n - 1]].arg];
+        if (holds_all_non_ascii(cs)) na |= uint64_t{1} << k;
+        else if (cs.intersects(0x80, 0x10FFFF)) uniform = false;
+      }
+      ++k;
+    });
+    if (!uniform) na = 0;
+    uint32_t cp = 0;
+    if (best == 0 || (best_n < 8 && na != 0)) {
+      best = na;
+      cp = 0x80;
+    } else {
+      for (uint32_t b = 0; b < 128; ++b)
+        if (sig[b] == best) {
+          cp = b;
+          break;
+        }
+    }
+    if (best == 0) return l;
+    const int32_t succ = advance_cp(g, s, cp);
+    if (succ < 0) return l;  // (too many stacks)
+    int n = 0;
+    for (uint32_t b = 0; b < 128; ++b)
+      if (sig[b] == best) l.ascii[b >> 6] |= uint64_t{1} << (b & 63), ++n;
+    l.non_ascii = na == best;
+    l.succ = succ;
+    if (n >= 8 || l.non_ascii) l.status = 2;
+    return l;
+  }
+
+  // Whether state e surely takes none of the characters of a plain set.
+  bool refuses_all(const Grammar& g, int32_t e, const uint64_t ascii[2], bool non_ascii) {
+    const State& st = *states[static_cast<size_t>(e)].state;
+    for (uint32_t b = 0; b < 128; ++b)
+      if ((ascii[b >> 6] >> (b & 63) & 1) && takers(g, st, b) != 0) return false;
+    if (!non_ascii) return true;
+    bool takes = false;
+    for_each_stack(st, [&](const uint32_t* stack, uint32_t k) {
+      if (k > 0 && g.char_sets()[g.elems()[stack[k - 1]].arg].intersects(0x80, 0x10FFFF)) takes = true;
+    });
+    return !takes;
+  }
+
+  Chain chain(const Grammar& g, int32_t s) {
+    if (states[static_cast<size_t>(s)].chain.status) return states[static_cast<size_t>(s)].chain;
+    // Forward along the successors until a known state, an unusable one or a cycle; then back, each state's reach
+    // from its successor's. Pieces have at most 255 bytes, so a reach beyond that is never needed: the walk stops
+    // there (the last state is then judged one character deep).
+    std::vector<int32_t> path;
+    for (int32_t cur = s; path.size() < 2 * TokenIndex::kMaxTrieDepth;) {
+      if (states[static_cast<size_t>(cur)].chain.status) break;
+      Chain l = plain_here(g, cur);
+      if (l.status == 2) l.status = 3;
+      states[static_cast<size_t>(cur)].chain = l;
+      path.push_back(cur);
+      if (l.status != 3) break;
+      cur = l.succ;
+    }
+    for (size_t i = path.size(); i-- > 0;) {
+      Chain c = states[static_cast<size_t>(path[i])].chain;
+      if (c.status != 3) continue;
+      const Chain n = states[static_cast<size_t>(c.succ)].chain;
+      const bool nested =
+          (c.ascii[0] & ~n.ascii[0]) == 0 && (c.ascii[1] & ~n.ascii[1]) == 0 && (!c.non_ascii || n.non_ascii);
+      if (c.succ == path[i]) {
+        c.reach = kUnbounded;  // a loop
+        c.decided = true;
+      } else if (n.status == 2 && nested) {
+        c.reach = n.reach == kUnbounded ? kUnbounded : n.reach + 1;
+        c.decided = n.decided;
+      } else {
+        // (a successor still being computed is a longer cycle: judged only one character deep)
+        c.reach = 1;
+        c.decided = n.status != 3 && refuses_all(g, c.succ, c.ascii, c.non_ascii);
+      }
+      c.status = 2;
+      states[static_cast<size_t>(path[i])].chain = c;
+    }
+    return states[static_cast<size_t>(s)].chain;
   }
 
   void store_mask(int32_t s, std::shared_ptr<const std::vector<uint64_t>> m) {
@@ -535,43 +631,57 @@ struct Cache {
   }
 };
 
-// Subtrees of fewer nodes are walked rather than checked for a loop.
-constexpr uint32_t kLoopCheckMin = 16;
+// Subtrees of fewer nodes are walked rather than judged by their plain characters.
+constexpr uint32_t kChainCheckMin = 2;
 
 // Token mask of state `start`: the trie walked depth first, a subtree skipped as soon as its prefix is refused, and
-// taken whole when every byte below leads back to the same state (the inside of a string).
+// judged whole when all its bytes are plain characters of the state reached (inside a string: by their number).
 std::vector<uint64_t> compute_mask(Cache& c, const Grammar& g, const TokenIndex& ti, int32_t start) {
   const size_t n_tok = static_cast<size_t>(ti.n_tokens());
   std::vector<uint64_t> bits((n_tok + 63) / 64, 0);
   const auto& nodes = ti.nodes();
   const auto& below = ti.below();
   const int32_t* sorted = ti.sorted_ids().data();
-  auto mark = [&](uint32_t from, uint32_t to) {
-    for (uint32_t k = from; k < to; ++k) {
-      const uint32_t id = static_cast<uint32_t>(sorted[k]);
-      bits[id >> 6] |= uint64_t{1} << (id & 63);
-    }
+  const uint16_t* chars = ti.sorted_chars().data();
+  auto set = [&](uint32_t k) {
+    const uint32_t id = static_cast<uint32_t>(sorted[k]);
+    bits[id >> 6] |= uint64_t{1} << (id & 63);
   };
-  // State and its transition row at each depth of the current path (a row is null until first used).
+  // State, its transition row (null until first used) and the characters so far at each depth of the current path.
   int32_t st[TokenIndex::kMaxTrieDepth + 1];
   const int32_t* rowp[TokenIndex::kMaxTrieDepth + 1];
+  uint32_t pc[TokenIndex::kMaxTrieDepth + 1];
   st[0] = start;
   rowp[0] = c.row(start);
+  pc[0] = 0;
   const size_t n = nodes.size();
   size_t i = 0;
   while (i < n) {
     const TokenIndex::Node& nd = nodes[i];
     const unsigned d = nd.depth;
-    if (nd.skip - i >= kLoopCheckMin) {  // a big subtree: maybe every byte in it leads back to the parent state
-      const Cache::Loop& l = c.loop(g, st[d - 1]);
+    if (nd.skip - i >= kChainCheckMin) {  // a big subtree: maybe all plain characters of the parent state
+      const Cache::Chain ch = c.chain(g, st[d - 1]);
       const TokenIndex::Below& b = below[i];
-      if (l.status == 2 && b.well_formed && (b.ascii[0] & ~l.ascii[0]) == 0 && (b.ascii[1] & ~l.ascii[1]) == 0 &&
-          (!b.non_ascii || l.non_ascii)) {
-        mark(nd.tok_first, ti.tok_first_at(nd.skip));
-        i = nd.skip;
-        continue;
+      if (ch.status == 2 && b.well_formed && (b.ascii[0] & ~ch.ascii[0]) == 0 && (b.ascii[1] & ~ch.ascii[1]) == 0 &&
+          (!b.non_ascii || ch.non_ascii)) {
+        const uint32_t first = nd.tok_first, end = ti.tok_first_at(nd.skip);
+        if (ch.reach == Cache::kUnbounded) {
+          for (uint32_t k = first; k < end; ++k) set(k);
+          i = nd.skip;
+          continue;
+        }
+        // A piece is taken if its characters after the path so far fit in the reach.
+        const uint64_t limit = uint64_t{ch.reach} + pc[d - 1];
+        bool all_fit = true;
+        for (uint32_t k = first; k < end && all_fit; ++k) all_fit = chars[k] <= limit;
+        if (ch.decided || all_fit) {
+          for (uint32_t k = first; k < end; ++k)
+            if (chars[k] <= limit) set(k);
+          i = nd.skip;
+          continue;
+        }
       }
-      rowp[d - 1] = c.row(st[d - 1]);  // (computing the loop may have made the row)
+      rowp[d - 1] = c.row(st[d - 1]);  // (looking at the plain characters may have made the row)
     }
     const int32_t* row = rowp[d - 1];
     int32_t t;
@@ -587,7 +697,8 @@ std::vector<uint64_t> compute_mask(Cache& c, const Grammar& g, const TokenIndex&
     }
     st[d] = t;
     rowp[d] = c.row(t);
-    mark(nd.tok_first, nd.tok_first + nd.n_tok);
+    pc[d] = pc[d - 1] + ((nd.byte & 0xC0) != 0x80);
+    for (uint32_t k = nd.tok_first; k < nd.tok_first + nd.n_tok; ++k) set(k);
     ++i;
   }
   for (const int32_t id : ti.long_tokens()) {
@@ -638,7 +749,8 @@ bool GrammarMatcher::allowed(int32_t id) const {
   Cache& c = *cache_;
   c.maybe_clear();
   int32_t s = c.intern(state_);
-  if (const auto& m = c.states[static_cast<size_t>(s)].mask) return ((*m)[static_cast<uint32_t>(id) >> 6] >> (id & 63)) & 1;
+  if (const auto& m = c.states[static_cast<size_t>(s)].mask)
+    return ((*m)[static_cast<uint32_t>(id) >> 6] >> (id & 63)) & 1;
   for (const char ch : piece) {
     s = c.next(*grammar_, s, static_cast<uint8_t>(ch));
     if (s < 0) return false;

@@ -11,7 +11,8 @@
 //                      namespace, callables, Undefined) with python's printing (str/repr), equality, ordering,
 //                      arithmetic, truthiness, UTF-8 code point helpers and json.dumps.
 //   jinja_render.cpp   the tree-walking evaluator: scopes, statements, expressions, macros and calls, limits.
-//   jinja_builtins.cpp filters, tests, global functions (range, namespace, ...) and the methods of str/dict/list.
+//   jinja_builtins.cpp filters, tests and global functions (range, namespace, ...).
+//   jinja_strings.cpp  python string operations, the methods of str/dict/list values, str.format and `%`.
 //
 // Memory: Values are 16 bytes; strings, lists, dicts and callables live in immutable reference-counted heap objects
 // (atomic counts, so the constants inside a parsed Template can be shared by concurrent renders). Lists and dicts
@@ -24,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -227,6 +229,7 @@ struct StrObj : HeapObj {
 struct ListObj : HeapObj {
   std::vector<Value> items;
   bool tuple = false;
+  bool group = false;  // a (grouper, list) pair from |groupby: a named tuple with those attributes
 };
 
 struct DictObj : HeapObj {
@@ -237,9 +240,11 @@ struct DictObj : HeapObj {
 };
 
 struct RangeObj : HeapObj {
-  int64_t start = 0, stop = 0, step = 1;
+  int64_t start = 0, stop = 0, step = 1;  // step != 0
   int64_t size() const;
-  int64_t at(int64_t i) const { return start + i * step; }
+  int64_t at(int64_t i) const {  // i < size(), so the result lies between start and stop
+    return static_cast<int64_t>(static_cast<__int128>(start) + static_cast<__int128>(i) * step);
+  }
 };
 
 struct NamespaceObj {
@@ -289,8 +294,9 @@ struct ObjectObj : HeapObj {
   explicit ObjectObj(Type t) : type(t) {}
 };
 
-// Builds a list/tuple, checking its nesting depth (and its size against the budget when given).
+// Builds a list/tuple, checking its nesting depth.
 Value make_list(std::vector<Value> items, bool tuple = false);
+Value make_group(Value grouper, Value list);  // a |groupby result: a (grouper, list) named tuple
 Value make_dict(std::vector<std::pair<Value, Value>> items);  // keys must be unique
 Value make_range(int64_t start, int64_t stop, int64_t step);
 uint32_t max_depth_of(const std::vector<Value>& items);
@@ -528,7 +534,7 @@ struct UnsupportedStmt : Stmt {  // include / import / from / extends: fails whe
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// Tables of filters, tests, globals and methods (jinja_builtins.cpp)
+// Filters, tests, globals (jinja_builtins.cpp) and methods (jinja_strings.cpp)
 
 struct Interp;
 using FilterFn = Value (*)(Interp&, const Value& input, const Args& args);
@@ -543,6 +549,35 @@ Value call_global(Interp& in, int id, Args& args);
 // The python attribute `name` of a str, list/tuple or dict (its methods), bound to `obj`: true and *out set when
 // it exists (a blocked one, like list.append, yields an Undefined that fails as a security error when called).
 bool lookup_method(const Value& obj, std::string_view name, Value* out);
+
+// Binding call arguments to named parameters, python style (positional in order, then keywords by name);
+// fails on unknown keywords and too many arguments. Missing ones are nullptr.
+struct Bound {
+  std::vector<const Value*> v;
+  const Value* operator[](size_t i) const { return v[i]; }
+};
+Bound bind(const Args& a, const std::string& fname, std::initializer_list<const char*> names);
+void no_args(const Args& a, const std::string& fname);
+int64_t int_arg(const Value* v, int64_t dflt, const std::string& what);
+bool bool_arg(const Value* v, bool dflt);
+std::string str_arg(Interp& in, const Value* v, const std::string& dflt);
+Value soft_str(Interp& in, const Value& v);  // python str(v), keeping a Markup string as it is
+
+// Python's string operations on UTF-8, counting code points (jinja_strings.cpp)
+std::string py_upper(std::string_view s);
+std::string py_lower(std::string_view s);
+std::string py_capitalize(std::string_view s);
+std::string py_title(std::string_view s);    // str.title()
+std::string jinja_title(std::string_view s);  // the |title filter (words start after space, '-', brackets)
+std::string py_swapcase(std::string_view s);
+std::string py_strip(std::string_view s, const std::string* chars, bool left, bool right);  // chars null: whitespace
+std::vector<std::string> py_splitlines(std::string_view s, bool keepends);
+std::vector<std::string> py_split(std::string_view s, const std::string* sep, int64_t maxsplit, bool from_right);
+std::string py_replace(Interp& in, std::string_view s, std::string_view old, std::string_view rep, int64_t count);
+std::string pad(Interp& in, std::string_view s, int64_t width, const Value* fill, char align);  // '<' '>' '^'
+bool parse_py_int(std::string_view s, int base, int64_t* out);  // python int(s, base)
+bool parse_py_float(std::string_view s, double* out);           // python float(s)
+bool has_cased(std::string_view s, bool upper);                  // str.isupper() / str.islower()
 Value call_method(Interp& in, const Value& self, MethodId id, Args& args);
 Value percent_format(Interp& in, const Value& fmt, const Value& args);  // python "fmt % args"
 
@@ -604,8 +639,8 @@ struct Interp {
   // Charges the budget for an operation that scans `v` (a string's bytes, a container's items).
   void charge_value(const Value& v);
   [[noreturn]] void undefined_error(const Value& u);
-  // Wraps a lookup result that may be undefined (dict miss, index out of range...) with jinja2's message.
-  Value missing(const Value& obj, const Value& key, bool as_attr);
+  // The Undefined for a failed lookup of `key` in `obj` (dict miss, index out of range...), with its message.
+  Value missing(const Value& obj, const Value& key);
 
   struct DepthGuard {
     explicit DepthGuard(Interp& in);

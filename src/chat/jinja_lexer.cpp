@@ -241,8 +241,10 @@ class Lexer {
     }
   }
 
-  // Consumes a block or comment end marker ("%}" or "#}") at p, with its sign and trim_blocks.
-  void end_marker(size_t p, char closer) {
+  // Consumes the block or comment end marker ("%}" or "#}", maybe after '+' or '-') at p, then applies its
+  // whitespace control: '-' eats the following whitespace, '+' keeps it, and plain ends drop one newline
+  // (trim_blocks).
+  void end_marker(size_t p) {
     if (src_[p] == '+') {
       pos_ = p + 3;
       line_starting_ = false;
@@ -258,7 +260,6 @@ class Lexer {
         line_starting_ = true;
       }
     }
-    (void)closer;
   }
 
   // Whether an end marker `[+-]?<c>}` starts at p.
@@ -271,7 +272,7 @@ class Lexer {
     for (size_t p = from; p < src_.size(); ++p) {
       if (end_at(p, '#')) {
         count_lines(pos_, p);
-        end_marker(p, '#');
+        end_marker(p);
         return;
       }
     }
@@ -312,7 +313,7 @@ class Lexer {
       if (!end_at(q, '%')) continue;
       text_before_tag(pos_, p, sign, true);
       count_lines(p, q);
-      end_marker(q, '%');
+      end_marker(q);
       return;
     }
     lex_fail(tag_line, "missing end of raw directive");
@@ -327,7 +328,7 @@ class Lexer {
       if (brackets.empty()) {
         if (block && end_at(pos_, '%')) {
           tokens_.push_back(Token{Tok::BlockEnd, line_, {}});
-          end_marker(pos_, '%');
+          end_marker(pos_);
           return;
         }
         if (!block && s[pos_] == '-' && s.compare(pos_ + 1, 2, "}}") == 0) {

@@ -852,7 +852,8 @@ class Parser {
     std::string name = expect_name();
     while (is_op(".")) {
       next();
-      name += "." + expect_name();
+      name += '.';
+      name += expect_name();
     }
     return name;
   }

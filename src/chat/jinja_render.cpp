@@ -76,11 +76,10 @@ Value Interp::lookup(int sym) {
   return Value::undefined("'" + tpl.parsed.symbols[static_cast<size_t>(sym)] + "' is undefined");
 }
 
-Value Interp::missing(const Value& obj, const Value& key, bool as_attr) {
+Value Interp::missing(const Value& obj, const Value& key) {
   std::string msg;
   if (obj.is_none()) msg = "'None'";
   else msg = std::string("'") + type_name(obj) + " object'";
-  (void)as_attr;
   if (key.is_str()) {
     msg += " has no attribute '" + key.str() + "'";
   } else {
@@ -91,6 +90,8 @@ Value Interp::missing(const Value& obj, const Value& key, bool as_attr) {
 }
 
 namespace {
+
+[[noreturn]] void int_overflow() { fail("integer overflow (python would use a big integer)"); }
 
 bool is_dunder(std::string_view n) { return n.size() >= 2 && n[0] == '_' && n[1] == '_'; }
 
@@ -106,9 +107,10 @@ int64_t norm_index(int64_t i, int64_t n) {
   return (i < 0 || i >= n) ? -1 : i;
 }
 
-// Python's slice.indices(): the positions start, start+step, ... (count of them returned).
-int64_t slice_indices(int64_t n, const Value* start, const Value* stop, int64_t step, int64_t* first) {
-  auto clamp = [&](const Value* v, int64_t dflt, bool is_start) {
+// Python's slice.indices(): the positions first, first+step, ... before *last (their count is returned).
+int64_t slice_indices(int64_t n, const Value* start, const Value* stop, int64_t step, int64_t* first,
+                      int64_t* last = nullptr) {
+  auto clamp = [&](const Value* v, int64_t dflt) {
     if (!v) return dflt;
     int64_t x = v->i();
     if (x < 0) {
@@ -117,14 +119,15 @@ int64_t slice_indices(int64_t n, const Value* start, const Value* stop, int64_t 
     } else if (x >= n) {
       x = step < 0 ? n - 1 : n;
     }
-    (void)is_start;
     return x;
   };
-  int64_t lo = clamp(start, step < 0 ? n - 1 : 0, true);
-  int64_t hi = clamp(stop, step < 0 ? -1 : n, false);
+  int64_t lo = clamp(start, step < 0 ? n - 1 : 0);
+  int64_t hi = clamp(stop, step < 0 ? -1 : n);
   *first = lo;
-  if (step > 0) return lo < hi ? (hi - lo - 1) / step + 1 : 0;
-  return lo > hi ? (lo - hi - 1) / (-step) + 1 : 0;
+  if (last) *last = hi;
+  // lo and hi lie in [-1, n]; |step| may be as large as 2^63, so divide in unsigned arithmetic.
+  if (step > 0) return lo < hi ? static_cast<int64_t>(static_cast<uint64_t>(hi - lo - 1) / static_cast<uint64_t>(step)) + 1 : 0;
+  return lo > hi ? static_cast<int64_t>(static_cast<uint64_t>(lo - hi - 1) / (0 - static_cast<uint64_t>(step))) + 1 : 0;
 }
 
 Value str_char(const std::string& s, size_t off, size_t next) { return Value::string(s.substr(off, next - off)); }
@@ -151,15 +154,19 @@ Value Interp::get_attr(const Value& obj, const Value& name_v) {
       }
       Value m;
       if (lookup_method(obj, name, &m)) return m;
-      return missing(obj, name_v, true);
+      return missing(obj, name_v);
     }
     default: {
       if (is_dunder(name)) return unsafe_attr(obj, name);
+      if (obj.is_list() && obj.list().group) {
+        if (name == "grouper") return obj.list().items[0];
+        if (name == "list") return obj.list().items[1];
+      }
       Value m;
       if (lookup_method(obj, name, &m)) return m;
       if (obj.is_dict())
         if (const Value* v = obj.dict().find(std::string_view(name))) return *v;
-      return missing(obj, name_v, true);
+      return missing(obj, name_v);
     }
   }
 }
@@ -207,7 +214,7 @@ Value Interp::get_item(const Value& obj, const Value& key) {
     Value m;
     if (lookup_method(obj, key.str(), &m)) return m;
   }
-  return missing(obj, key, false);
+  return missing(obj, key);
 }
 
 Value Interp::slice(const Value& obj, const SliceExpr& s) {
@@ -256,9 +263,14 @@ Value Interp::slice(const Value& obj, const SliceExpr& s) {
     }
     case Kind::Range: {  // a range again, like python
       const RangeObj& r = obj.range();
-      count = slice_indices(r.size(), ptr[0], ptr[1], step, &first);
-      int64_t start = r.at(first), new_step = r.step * step;
-      return make_range(start, start + count * new_step, new_step);
+      int64_t last = 0, new_step = 0;
+      slice_indices(r.size(), ptr[0], ptr[1], step, &first, &last);
+      if (__builtin_mul_overflow(r.step, step, &new_step)) int_overflow();
+      auto at = [&](int64_t i) {  // r.start + i * r.step, clamped to int64 (python has big integers)
+        __int128 v = static_cast<__int128>(r.start) + static_cast<__int128>(i) * r.step;
+        return v > INT64_MAX ? INT64_MAX : v < INT64_MIN ? INT64_MIN : static_cast<int64_t>(v);
+      };
+      return make_range(at(first), at(last), new_step);
     }
     default: return Value::undefined(std::string("'") + type_name(obj) + "' object is not subscriptable");
   }
@@ -343,8 +355,6 @@ namespace {
 [[noreturn]] void bad_operands(const char* op, const Value& a, const Value& b) {
   fail(std::string("unsupported operand type(s) for ") + op + ": '" + type_name(a) + "' and '" + type_name(b) + "'");
 }
-
-[[noreturn]] void int_overflow() { fail("integer overflow (python would use a big integer)"); }
 
 int64_t int_pow(int64_t base, int64_t exp) {
   int64_t result = 1;
@@ -883,6 +893,16 @@ Flow Interp::run_loop(const ForStmt& f, const Value& iterable, int depth0) {
   lo->recurse = f.recursive ? &f : nullptr;
   lo->recurse_scope = scope;
   lo->active = true;
+  // When the loop ends (or an error leaves it), the loop object forgets the state that can refer back to it
+  // (loop.changed(loop) would otherwise be a reference cycle); it may outlive the loop in a namespace.
+  struct Finish {
+    ObjectObj* lo;
+    ~Finish() {
+      lo->active = false;
+      lo->last_changed = Value();
+      lo->recurse_scope = nullptr;
+    }
+  } finish{lo};
   Scope s;
   s.parent = scope;
   Scope* saved = scope;
@@ -896,7 +916,6 @@ Flow Interp::run_loop(const ForStmt& f, const Value& iterable, int depth0) {
     if (exec_body(f.body) == Flow::Break) break;
   }
   scope = saved;
-  lo->active = false;
   return Flow::Normal;
 }
 

@@ -63,10 +63,12 @@ const Value* DictObj::find(const Value& key) const {
   return nullptr;
 }
 
-int64_t RangeObj::size() const {
-  if (step > 0 && start < stop) return (stop - start - 1) / step + 1;
-  if (step < 0 && start > stop) return (start - stop - 1) / (-step) + 1;
-  return 0;
+int64_t RangeObj::size() const {  // in 128 bits: stop - start may not fit in 64
+  __int128 lo = start, hi = stop, st = step;
+  __int128 n = 0;
+  if (st > 0 && lo < hi) n = (hi - lo - 1) / st + 1;
+  if (st < 0 && lo > hi) n = (lo - hi - 1) / (-st) + 1;
+  return n > INT64_MAX ? INT64_MAX : static_cast<int64_t>(n);
 }
 
 Value* NamespaceObj::find(std::string_view name) {
@@ -94,6 +96,12 @@ Value make_list(std::vector<Value> items, bool tuple) {
   l->tuple = tuple;
   l->depth = d;
   return Value::heap(Kind::List, l);
+}
+
+Value make_group(Value grouper, Value list) {
+  Value g = make_list({std::move(grouper), std::move(list)}, true);
+  static_cast<ListObj*>(g.obj())->group = true;  // not shared yet
+  return g;
 }
 
 Value make_dict(std::vector<std::pair<Value, Value>> items) {
@@ -625,9 +633,10 @@ bool contains(const Value& container, const Value& item, Budget* budget) {
       double x = item.as_double();
       if (x != std::floor(x)) return false;
       const RangeObj& r = container.range();
+      if (std::fabs(x) >= 9.2e18) return false;
       auto v = static_cast<int64_t>(x);
       if (r.step > 0 ? (v < r.start || v >= r.stop) : (v > r.start || v <= r.stop)) return false;
-      return (v - r.start) % r.step == 0;
+      return (static_cast<__int128>(v) - r.start) % r.step == 0;
     }
     default: fail(std::string("argument of type '") + type_name(container) + "' is not iterable");
   }
@@ -697,7 +706,7 @@ void json_newline(std::string& out, const JsonOptions& opt, int level, Budget& b
 }
 
 // A dict key as json.dumps writes it (str, or int/float/bool/None converted), or fails.
-std::string json_key(const Value& k, Budget& b) {
+std::string json_key(const Value& k) {
   switch (k.kind()) {
     case Kind::Str: return k.str();
     case Kind::None: return "null";
@@ -713,7 +722,6 @@ std::string json_key(const Value& k, Budget& b) {
     default:
       fail(std::string("keys must be str, int, float, bool or None, not ") + type_name(k));
   }
-  (void)b;
 }
 
 }  // namespace
@@ -760,7 +768,7 @@ void append_json(std::string& out, const Value& v, const JsonOptions& opt, Budge
       }
       std::vector<std::pair<std::string, const Value*>> entries;
       entries.reserve(items.size());
-      for (const auto& [k, val] : items) entries.emplace_back(json_key(k, b), &val);
+      for (const auto& [k, val] : items) entries.emplace_back(json_key(k), &val);
       if (opt.sort_keys) {
         // python sorts the original keys: all must be mutually ordered (compare fails otherwise).
         std::vector<size_t> order(items.size());

@@ -67,7 +67,10 @@ std::string class_of(const Ranges& r) {
   std::string out = "[";
   for (const auto& [lo, hi] : r) {
     out += class_char(lo);
-    if (hi > lo) out += "-" + class_char(hi);
+    if (hi > lo) {
+      out += '-';
+      out += class_char(hi);
+    }
   }
   return out + "]";
 }
@@ -125,7 +128,12 @@ std::string json_char_of(const Ranges& r) {
   } else {
     for (uint32_t c = 0; c < 0x20; ++c) {
       if (!in_ranges(r, c)) continue;
-      const char* shortc = c == '\n' ? "n" : c == '\t' ? "t" : c == '\r' ? "r" : c == '\b' ? "b" : c == '\f' ? "f" : nullptr;
+      const char* shortc = c == '\n'   ? "n"
+                           : c == '\t' ? "t"
+                           : c == '\r' ? "r"
+                           : c == '\b' ? "b"
+                           : c == '\f' ? "f"
+                                       : nullptr;
       std::string esc = shortc ? std::string(shortc) : std::string("u00") + kHex[c >> 4] + kHex[c & 15];
       alts.push_back("\"\\\\" + esc + "\"");
     }
@@ -308,7 +316,8 @@ class RegexConverter {
     int len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
     if (len == 0 || pos_ + static_cast<size_t>(len) > re_.size()) bad("invalid UTF-8");
     uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1Fu : len == 3 ? c & 0x0Fu : c & 0x07u;
-    for (int i = 1; i < len; ++i) cp = (cp << 6) | (static_cast<unsigned char>(re_[pos_ + static_cast<size_t>(i)]) & 0x3Fu);
+    for (int i = 1; i < len; ++i)
+      cp = (cp << 6) | (static_cast<unsigned char>(re_[pos_ + static_cast<size_t>(i)]) & 0x3Fu);
     pos_ += static_cast<size_t>(len);
     return cp;
   }
@@ -579,8 +588,8 @@ std::string SchemaConverter::builtin(const std::string& name) {
     body = "\"null\"";
   } else if (name == "value") {
     by_name_["value"] = "";  // reserve first: object and array refer back to value
-    body = builtin("object") + " | " + builtin("array") + " | " + builtin("string") + " | " + builtin("number") + " | " +
-           builtin("boolean") + " | " + builtin("null");
+    body = builtin("object") + " | " + builtin("array") + " | " + builtin("string") + " | " + builtin("number") +
+           " | " + builtin("boolean") + " | " + builtin("null");
   } else if (name == "object") {
     by_name_["object"] = "";
     const std::string ws = builtin("ws"), s = builtin("string"), v = builtin("value");
@@ -1010,27 +1019,31 @@ std::string SchemaConverter::visit_array(const json& s, const std::string& name,
   }
   if (tuple)
     for (size_t i = 0; i < tuple->size(); ++i)
-      prefix.push_back(visit((*tuple)[i], name + "-" + std::to_string(i), path + "/" + tuple_key + "/" + std::to_string(i),
-                             ctx, depth + 1));
-  uint64_t lo = get_count(s, "minItems", path).value_or(0);
-  std::optional<uint64_t> hi = get_count(s, "maxItems", path);
-  if (hi && *hi > kMaxCount) hi.reset();
+      prefix.push_back(visit((*tuple)[i], name + "-" + std::to_string(i),
+                             path + "/" + tuple_key + "/" + std::to_string(i), ctx, depth + 1));
+  constexpr uint64_t kNoMax = UINT64_MAX;
+  const uint64_t lo = get_count(s, "minItems", path).value_or(0);
+  uint64_t hi = get_count(s, "maxItems", path).value_or(kNoMax);
+  if (hi != kNoMax && hi > kMaxCount) hi = kNoMax;
   if (lo > kMaxCount) fail(path + "/minItems", "'minItems' too large (limit " + std::to_string(kMaxCount) + ")");
   const uint64_t P = prefix.size();
-  if (item.empty()) hi = hi ? std::min<uint64_t>(*hi, P) : P;
-  if (hi && lo > *hi) fail(path, "'minItems' is larger than the number of items allowed");
+  if (item.empty()) hi = std::min<uint64_t>(hi, P);
+  if (lo > hi) fail(path, "'minItems' is larger than the number of items allowed");
+  auto opt = [&](uint64_t v) { return v == kNoMax ? std::nullopt : std::optional<uint64_t>(v); };
 
   // after(k): having written k >= 1 items, the rest (each preceded by a comma).
   std::string rest;
-  if (!item.empty() && (!hi || *hi > P)) {
+  if (!item.empty() && hi > P) {
     const uint64_t elo = lo > P ? lo - P : 0;
-    const std::optional<uint64_t> ehi = hi ? std::optional<uint64_t>(*hi - P) : std::nullopt;
-    rest = repeat_expr("(\",\" " + ws + " " + item + " " + ws + ")", P == 0 && elo > 0 ? elo - 1 : elo,
-                       P == 0 && ehi ? std::optional<uint64_t>(*ehi - 1) : ehi);
+    const uint64_t ehi = hi == kNoMax ? kNoMax : hi - P;
+    if (P == 0)
+      rest = repeat_expr("(\",\" " + ws + " " + item + " " + ws + ")", elo > 0 ? elo - 1 : 0,
+                         opt(ehi == kNoMax ? kNoMax : ehi - 1));
+    else rest = repeat_expr("(\",\" " + ws + " " + item + " " + ws + ")", elo, opt(ehi));
   }
   std::string body;
   if (P == 0) {
-    if (item.empty() || (hi && *hi == 0)) {
+    if (item.empty() || hi == 0) {
       body = "\"[\" " + ws + " \"]\"";
     } else {
       const std::string seq = item + " " + ws + (rest.empty() ? "" : " " + rest);
@@ -1039,7 +1052,7 @@ std::string SchemaConverter::visit_array(const json& s, const std::string& name,
   } else {
     std::string after = rest;  // after P items
     for (uint64_t k = P; k-- > 1;) {  // after k items: maybe item k (0-based) and what follows it
-      if (hi && k + 1 > *hi) {
+      if (k + 1 > hi) {
         after = "";
         continue;
       }
@@ -1047,7 +1060,7 @@ std::string SchemaConverter::visit_array(const json& s, const std::string& name,
       after = k + 1 <= lo ? seq : "(" + seq + ")?";
     }
     const std::string seq = prefix[0] + " " + ws + (after.empty() ? "" : " " + after);
-    body = "\"[\" " + ws + " " + (hi && *hi == 0 ? "" : lo >= 1 ? seq : "(" + seq + ")?") + " \"]\"";
+    body = "\"[\" " + ws + " " + (hi == 0 ? "" : lo >= 1 ? seq : "(" + seq + ")?") + " \"]\"";
   }
   return add_rule(name, body);
 }
@@ -1061,7 +1074,8 @@ std::string SchemaConverter::visit_string(const json& s, const std::string& name
   std::optional<uint64_t> hi = get_count(s, "maxLength", path);
   if (lo && hi && *lo > *hi) fail(path, "'minLength' is larger than 'maxLength'");
   if (hi && *hi > kMaxCount) hi.reset();
-  if (lo && *lo > kMaxCount) fail(path + "/minLength", "'minLength' too large (limit " + std::to_string(kMaxCount) + ")");
+  if (lo && *lo > kMaxCount)
+    fail(path + "/minLength", "'minLength' too large (limit " + std::to_string(kMaxCount) + ")");
   const bool lengths = (lo && *lo > 0) || hi;
   if (auto it = s.find("pattern"); it != s.end()) {
     if (!it->is_string()) fail(path + "/pattern", "'pattern' must be a string");
@@ -1078,8 +1092,11 @@ std::string SchemaConverter::visit_string(const json& s, const std::string& name
     if (fmt == "time") return add_rule("time", q + " " + time + " " + q);
     if (fmt == "date-time") return add_rule("date-time", q + " " + date + " \"T\" " + time + " " + q);
     if (fmt == "uuid")
-      return add_rule("uuid", q + " [0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" "
-                                  "[0-9a-fA-F]{12} " + q);
+      return add_rule("uuid",
+                      q +
+                          " [0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" "
+                          "[0-9a-fA-F]{12} " +
+                          q);
     return builtin("string");
   }
   return add_rule(name, q + " " + repeat_expr(builtin("char"), lo.value_or(0), hi) + " " + q);
@@ -1151,7 +1168,8 @@ std::string SchemaConverter::visit_number(const json& s, bool integer, const std
     std::vector<std::string> alts;
     const uint64_t lo_any = a_incl ? A : A + 1;
     if (!B) {
-      if (lo_any <= static_cast<uint64_t>(kIntCap)) alts.push_back(range_nonneg(lo_any, static_cast<uint64_t>(kIntCap)) + " " + frac_any);
+      if (lo_any <= static_cast<uint64_t>(kIntCap))
+        alts.push_back(range_nonneg(lo_any, static_cast<uint64_t>(kIntCap)) + " " + frac_any);
     } else if (*B >= 1 && lo_any <= *B - 1) {
       alts.push_back(range_nonneg(lo_any, *B - 1) + " " + frac_any);
     }

@@ -11,22 +11,24 @@
 //   * arrays: `items`, `prefixItems` (draft 4-2019 `items: [...]` + `additionalItems` too; after the prefix, more
 //     items only when `items` / `additionalItems` gives a schema), `minItems`, `maxItems`;
 //   * strings: valid JSON strings (escapes), `minLength` / `maxLength` (in characters; an escape counts as one),
-//     `pattern` (a regular-expression subset: literals, ., [classes], \d \w \s and their negations, groups,
-//     |, * + ? {m} {m,} {m,n}; anchored to the whole string; not: backreferences, lookaround, lazy quantifiers),
-//     `format` date, time, date-time, uuid (other formats: any string);
+//     `pattern` (a regular-expression subset: literals, ., [classes], \d \w \s and their negations, groups, (?:),
+//     |, * + ? {m} {m,} {m,n} (lazy ones too: the same strings match); without ^ / $ anything may come before /
+//     after, as JSON Schema says; not: backreferences, lookaround, \b, possessive quantifiers, POSIX classes),
+//     `format` date, time, date-time, uuid (other formats, and any format beside minLength/maxLength: any string);
 //   * `enum`, `const` (the value's compact JSON text); `anyOf`, `oneOf` (treated as anyOf); `allOf` (merged:
 //     properties and required are united, other keywords must agree); `$ref` to "#", "#/$defs/..",
 //     "#/definitions/.." or any JSON pointer into the same document (recursion works);
 //   * integers: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (draft 4 boolean form too);
 //     numbers: the same, when the bounds are whole numbers (then no exponent is produced).
-// Every integer has at most 16 digits, a fraction at most 16, an exponent at most 2 (so every number fits a double); whitespace between tokens is
-// limited to nothing, one space, or one newline followed by up to 20 spaces/tabs, so a model cannot loop on
-// whitespace or digits forever. No whitespace before or after the top value. minLength/maxLength/minItems/
-// maxItems above 100000 count as unbounded.
+// Every integer has at most 16 digits, a fraction at most 16, an exponent at most 2 (so every number fits a
+// double); whitespace between tokens is nothing, one space, or one newline followed by up to 20 spaces/tabs, so a
+// model cannot loop on whitespace or digits forever. No whitespace before or after the top value. maxLength /
+// maxItems above 100000 count as unbounded (minLength / minItems above it are an error).
 // Not supported (lokal::Error "JSON schema: unsupported keyword 'not' at /properties/x"): not, if/then/else,
 // dependentSchemas, dependentRequired, dependencies, patternProperties, propertyNames, contains, minContains,
 // maxContains, uniqueItems (true), multipleOf, minProperties, maxProperties, unevaluatedProperties,
-// unevaluatedItems, $dynamicRef, $recursiveRef, remote $refs, `false` schemas, validation keywords beside a $ref.
+// unevaluatedItems, $dynamicRef, $recursiveRef, remote $refs, `false` schemas, validation keywords beside a $ref,
+// `pattern` together with minLength/maxLength, both anyOf and oneOf in one schema, non-integer bounds on numbers.
 // Unknown keywords are ignored (annotations: title, description, default, examples, ...).
 #pragma once
 #include <map>

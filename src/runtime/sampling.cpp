@@ -104,46 +104,29 @@ void Sampler::apply_grammar(bool greedy) {
     return;  // the caller's greedy scan picks the best survivor
   }
   if (p_.top_k > 0) {
-    // Walk the ranking lazily, checking tokens one by one, until k allowed ones are found. If most of the first
-    // candidates are rejected (a narrow grammar state), the cached full mask is cheaper than checking on.
-    // One allowed token more than k is looked for: the candidates then end in the same order as the unconstrained
-    // chain would leave them on masked logits (rank order when more than k survive, id order otherwise), so even
-    // the floating-point sums agree to the last bit.
+    // The best-ranked candidates only: select the top M = 4 (k + 1) by logit (one partial_sort, as cheap as the
+    // unconstrained top-k), then check them in rank order until k + 1 allowed ones are found. One more than k is
+    // looked for so that the candidates end in the order the unconstrained chain would leave them on masked logits
+    // (rank order when more than k survive), so even the floating-point sums agree to the last bit. When fewer are
+    // allowed among the M (a narrow grammar state), the full mask decides — the matcher caches it per state.
     const size_t k = static_cast<size_t>(p_.top_k);
-    const size_t budget = std::max<size_t>(256, 8 * k);
-    std::vector<Cand> kept;
-    kept.reserve(k + 1);
-    size_t sorted = 0, checked = 0;
     const size_t n = cand_.size();
-    bool exhausted = true;
-    for (size_t i = 0; i < n && kept.size() <= k; ++i) {
-      if (checked >= budget) {
-        exhausted = false;
-        break;
-      }
-      if (i >= sorted) {
-        const size_t upto = std::min(n, std::max<size_t>(64, 4 * sorted));
-        const auto first = cand_.begin() + static_cast<ptrdiff_t>(sorted);
-        const auto mid = cand_.begin() + static_cast<ptrdiff_t>(upto);
-        if (upto < n) std::nth_element(first, mid, cand_.end(), better);
-        std::sort(first, mid, better);
-        sorted = upto;
-      }
-      if (cand_[i].logit == kNegInf) break;  // ranked last: nothing better follows
-      ++checked;
-      if (g.allowed(cand_[i].id)) kept.push_back(cand_[i]);
+    const size_t m = std::min(n, 4 * (k + 1));
+    std::partial_sort(cand_.begin(), cand_.begin() + static_cast<ptrdiff_t>(m), cand_.end(), better);
+    kept_.clear();
+    for (size_t i = 0; i < m && kept_.size() <= k; ++i) {
+      if (cand_[i].logit == kNegInf) break;
+      if (g.allowed(cand_[i].id)) kept_.push_back(cand_[i]);
     }
-    if (kept.size() > k) {  // more than k allowed: the best k, in rank order
-      kept.resize(k);
-      cand_ = std::move(kept);
+    if (kept_.size() > k) {  // more than k allowed: the best k, in rank order
+      cand_.assign(kept_.begin(), kept_.begin() + static_cast<ptrdiff_t>(k));
       return;
     }
-    if (exhausted) {  // every finite candidate was checked: all allowed ones, in id order
-      std::sort(kept.begin(), kept.end(), [](const Cand& a, const Cand& b) { return a.id < b.id; });
-      cand_ = std::move(kept);
-      none_left();
-      return;
-    }
+    // Otherwise the full mask below. It must compact in id order (as the unconstrained chain leaves candidates when
+    // no more than k survive): cand_ still holds every token once, so scattering by id restores that order in O(n).
+    kept_.resize(n);
+    for (const Cand& c : cand_) kept_[static_cast<size_t>(c.id)] = c;
+    cand_.swap(kept_);
   }
   full_mask();
   none_left();

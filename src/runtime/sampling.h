@@ -114,6 +114,7 @@ class Sampler {
   std::vector<Cand> cand_;
   std::unique_ptr<GrammarMatcher> grammar_;
   std::vector<uint8_t> mask_;
+  std::vector<Cand> kept_;  // apply_grammar's scratch
   int64_t full_masks_ = 0;
 };
 
