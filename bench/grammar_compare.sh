@@ -5,7 +5,7 @@
 #
 # For each runtime: the same prompt, seed and sampling (temp 0.8, top-k 40, top-p 0.95, min-p 0.05), N tokens
 # (default 64) unconstrained and then constrained by a JSON schema (an object with a string, an integer and an array
-# of strings), REPEATS times (default 3) interleaved, 2 threads. Reports each run's generation speed and the median
+# of strings), REPEATS times (default 3) interleaved, $THREADS threads (default 2). Reports each run's generation speed and the median
 # per-token time, and the overhead of the schema (constrained / unconstrained - 1). llama.cpp's numbers come from
 # llama-cli's perf report (eval + sampling time per generated token); lokal's from `lokal run` (generation line:
 # forward pass and sampling, the first token excluded). A random-weight model (lokal synth) is the hard case for a
@@ -15,6 +15,7 @@ MODEL="${1:?usage: bench/grammar_compare.sh MODEL.gguf [LLAMA_CPP_BIN_DIR] [N_TO
 LLAMA_BIN="${2:-}"
 N="${3:-64}"
 R="${4:-3}"
+THREADS="${THREADS:-2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LOKAL="${LOKAL:-$ROOT/build/src/lokal}"
 # Two schemas: mostly free text inside a string (most tokens allowed), and numbers only (most tokens refused: the
@@ -28,11 +29,11 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 lokal_ms() {  # ms per generated token from `lokal run`'s generation line
-  "$LOKAL" run -m "$MODEL" -n "$N" --temp 0.8 -s 1 -t 2 -p "$PROMPT" "$@" 2>"$TMP/err" >/dev/null
+  "$LOKAL" run -m "$MODEL" -n "$N" --temp 0.8 -s 1 -t "$THREADS" -p "$PROMPT" "$@" 2>"$TMP/err" >/dev/null
   sed -n 's/^generation: \([0-9]*\) tokens in \([0-9.]*\) ms.*/\1 \2/p' "$TMP/err" | awk '{ printf "%.3f\n", $2 / ($1 - 1) }'
 }
 llama_ms() {  # ms per generated token from llama-cli's perf report: (eval + sampling) / generated tokens
-  timeout 900 "$LLAMA_BIN/llama-cli" -m "$MODEL" -no-cnv --simple-io -n "$N" --temp 0.8 -s 1 -t 2 -p "$PROMPT" "$@" \
+  timeout 900 "$LLAMA_BIN/llama-cli" -m "$MODEL" -no-cnv --simple-io -n "$N" --temp 0.8 -s 1 -t "$THREADS" -p "$PROMPT" "$@" \
     </dev/null >/dev/null 2>"$TMP/lerr" || true
   local eval_ms eval_n samp_ms
   eval_ms=$(sed -n 's/.*llama_perf_context_print: *eval time = *\([0-9.]*\) ms \/ *\([0-9]*\) runs.*/\1/p' "$TMP/lerr")

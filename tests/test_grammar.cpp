@@ -506,7 +506,7 @@ word ::= [a-z\u00e0-\u00ff]+ | [\u3041-\u309f]{1,3} | "\u20ac" [0-9]+ | "\U0001F
 
 TEST(GrammarMask, MatchesBruteForceOnSyntheticVocab) {
   auto ti = synthetic_vocab(1);
-  const std::vector<std::string> grammars = {kJson, kArith, kUnicodeGrammar,
+  std::vector<std::string> grammars = {kJson, kArith, kUnicodeGrammar,
                                              "root ::= (\"- \" [^\\n]+ \"\\n\")+",
                                              "root ::= \"<tool_call>\\n\" [^<]* \"</tool_call>\"",
                                              "root ::= [^\"\\\\]* \"\\\"\" | .{2,5}",
@@ -516,6 +516,12 @@ TEST(GrammarMask, MatchesBruteForceOnSyntheticVocab) {
                                              "root ::= [^\\n]{0,40} \"\\n\" [^\\n]{2,} \"\\n\"",
                                              "root ::= [a-z]{3} [a-m]* \"!\"",
                                              "root ::= ([a-z ] | [^\\x00-\\x7F] \"x\")* \"!\""};
+  // A count ending in a state of more than 64 stacks (70 two-character words; only the last ones take a letter).
+  std::string wide = "root ::= [a-z]{2} (";
+  for (int i = 0; i < 70; ++i)
+    wide += std::string(i ? " | " : "") + "\"" + static_cast<char>((i < 64 ? 'A' : 'a') + i % 26) +
+            static_cast<char>('0' + i / 26) + "\"";
+  grammars.push_back(wide + ")");
   int states = 0;
   for (size_t i = 0; i < grammars.size(); ++i)
     states += check_masks_on_walk(parse(grammars[i]), ti, static_cast<uint32_t>(10 + i), 60, true);

@@ -506,7 +506,7 @@ struct Cache {
     uint64_t sig = 0;
     uint32_t k = 0;
     for_each_stack(st, [&](const uint32_t* stack, uint32_t n) {
-      if (n > 0 && g.char_sets()[g.elems()[stack[n - 1]].arg].contains(cp)) sig |= uint64_t{1} << k;
+      if (k < 64 && n > 0 && g.char_sets()[g.elems()[stack[n - 1]].arg].contains(cp)) sig |= uint64_t{1} << k;
       ++k;
     });
     return sig;
@@ -570,6 +570,7 @@ struct Cache {
   // Whether state e surely takes none of the characters of a plain set.
   bool refuses_all(const Grammar& g, int32_t e, const uint64_t ascii[2], bool non_ascii) {
     const State& st = *states[static_cast<size_t>(e)].state;
+    if (st.n_stacks > 64) return false;  // (not asked: "no" is always safe)
     for (uint32_t b = 0; b < 128; ++b)
       if ((ascii[b >> 6] >> (b & 63) & 1) && takers(g, st, b) != 0) return false;
     if (!non_ascii) return true;

@@ -28,10 +28,17 @@ ToolGrammar tool_call_grammar(ToolCallFormat format, const json& tools, const st
     const json params = f.contains("parameters") ? json(f["parameters"]) : json{{"type", "object"}};
     const std::string args = conv.add(params, "args" + std::to_string(i));
     const char* key = fmt == ToolCallFormat::Llama3 ? "parameters" : "arguments";
-    std::string body = gbnf_literal("{\"name\": \"" + name + "\", \"" + key + "\": ") + " " + args;
-    if (fmt == ToolCallFormat::MistralNemo) body += " " + gbnf_literal(", \"id\": \"") + " [a-zA-Z0-9]{9} " + gbnf_literal("\"");
-    body += " " + gbnf_literal("}");
-    if (fmt == ToolCallFormat::Generic) body = gbnf_literal("{\"tool_call\": ") + " " + body + " " + gbnf_literal("}");
+    // Appended piece by piece (GCC 12 warns falsely, -Wrestrict, on chains of " " + std::string).
+    std::string body = gbnf_literal("{\"name\": \"" + name + "\", \"" + key + "\": ");
+    body.append(" ").append(args);
+    if (fmt == ToolCallFormat::MistralNemo)
+      body.append(" ").append(gbnf_literal(", \"id\": \"")).append(" [a-zA-Z0-9]{9} ").append(gbnf_literal("\""));
+    body.append(" ").append(gbnf_literal("}"));
+    if (fmt == ToolCallFormat::Generic) {
+      std::string wrapped = gbnf_literal("{\"tool_call\": ");
+      wrapped.append(" ").append(body).append(" ").append(gbnf_literal("}"));
+      body = std::move(wrapped);
+    }
     calls.push_back(conv.add_rule("call" + std::to_string(i), body));
   }
   if (!found) throw Error("tool_choice names function '" + only + "', which is not among the tools offered");

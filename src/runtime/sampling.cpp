@@ -77,11 +77,13 @@ void Sampler::apply_grammar(bool greedy) {
   auto better = [](const Cand& a, const Cand& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
   auto full_mask = [&] {
     ++full_masks_;
-    g.fill_mask(mask_);
+    g.fill_bitmask(mask_);
+    const size_t n_bits = mask_.size() * 64;
     size_t k = 0;
-    for (const Cand& c : cand_)
-      if (static_cast<size_t>(c.id) < mask_.size() && mask_[static_cast<size_t>(c.id)] && c.logit != kNegInf)
-        cand_[k++] = c;
+    for (const Cand& c : cand_) {
+      const size_t id = static_cast<size_t>(c.id);
+      if (id < n_bits && (mask_[id >> 6] >> (id & 63) & 1) && c.logit != kNegInf) cand_[k++] = c;
+    }
     cand_.resize(k);
   };
   auto none_left = [&] {
@@ -104,29 +106,38 @@ void Sampler::apply_grammar(bool greedy) {
     return;  // the caller's greedy scan picks the best survivor
   }
   if (p_.top_k > 0) {
-    // The best-ranked candidates only: select the top M = 4 (k + 1) by logit (one partial_sort, as cheap as the
+    // The best-ranked candidates only: select the top M = 4 (k + 1) by logit (one pass, as cheap as the
     // unconstrained top-k), then check them in rank order until k + 1 allowed ones are found. One more than k is
     // looked for so that the candidates end in the order the unconstrained chain would leave them on masked logits
     // (rank order when more than k survive), so even the floating-point sums agree to the last bit. When fewer are
     // allowed among the M (a narrow grammar state), the full mask decides — the matcher caches it per state.
     const size_t k = static_cast<size_t>(p_.top_k);
-    const size_t n = cand_.size();
-    const size_t m = std::min(n, 4 * (k + 1));
-    std::partial_sort(cand_.begin(), cand_.begin() + static_cast<ptrdiff_t>(m), cand_.end(), better);
+    const size_t m = std::min(cand_.size(), 4 * (k + 1));
+    // The top m by rank, selected with a small heap (worst ranked on top) so cand_ keeps its id order for the
+    // full-mask fallback: one pass over the vocabulary, few heap operations.
+    auto worse = [&](const Cand& a, const Cand& b) { return better(a, b); };  // heap order: the worst at front
     kept_.clear();
-    for (size_t i = 0; i < m && kept_.size() <= k; ++i) {
-      if (cand_[i].logit == kNegInf) break;
-      if (g.allowed(cand_[i].id)) kept_.push_back(cand_[i]);
+    for (const Cand& c : cand_) {
+      if (c.logit == kNegInf) continue;
+      if (kept_.size() < m) {
+        kept_.push_back(c);
+        std::push_heap(kept_.begin(), kept_.end(), worse);
+      } else if (better(c, kept_.front())) {
+        std::pop_heap(kept_.begin(), kept_.end(), worse);
+        kept_.back() = c;
+        std::push_heap(kept_.begin(), kept_.end(), worse);
+      }
     }
-    if (kept_.size() > k) {  // more than k allowed: the best k, in rank order
+    std::sort(kept_.begin(), kept_.end(), better);
+    size_t n_ok = 0;
+    for (size_t i = 0; i < kept_.size() && n_ok <= k; ++i)
+      if (g.allowed(kept_[i].id)) kept_[n_ok++] = kept_[i];
+    if (n_ok > k) {  // more than k allowed: the best k, in rank order
       cand_.assign(kept_.begin(), kept_.begin() + static_cast<ptrdiff_t>(k));
       return;
     }
-    // Otherwise the full mask below. It must compact in id order (as the unconstrained chain leaves candidates when
-    // no more than k survive): cand_ still holds every token once, so scattering by id restores that order in O(n).
-    kept_.resize(n);
-    for (const Cand& c : cand_) kept_[static_cast<size_t>(c.id)] = c;
-    cand_.swap(kept_);
+    // Otherwise the full mask below, which compacts cand_ in id order, as the unconstrained chain leaves the
+    // candidates when no more than k survive.
   }
   full_mask();
   none_left();

@@ -113,7 +113,7 @@ class Sampler {
   std::unordered_map<int32_t, int> counts_;  // occurrences within history_
   std::vector<Cand> cand_;
   std::unique_ptr<GrammarMatcher> grammar_;
-  std::vector<uint8_t> mask_;
+  std::vector<uint64_t> mask_;  // the grammar's bitmask
   std::vector<Cand> kept_;  // apply_grammar's scratch
   int64_t full_masks_ = 0;
 };
