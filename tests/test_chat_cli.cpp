@@ -172,6 +172,32 @@ TEST(RunCli, SpecialTokensInThePromptAreTheTokensTheyName) {
   EXPECT_NE(plain.out, parsed.out);
 }
 
+// --ignore-eos bans the end-of-generation tokens: the answer that ended at <|im_end|> now runs to -n; --logit-bias
+// steers greedy decoding and names a bad token or syntax in one line.
+TEST(RunCli, IgnoreEosAndLogitBias) {
+  const std::string prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+  auto ended = run_lokal("run -m " + q(tinychat()) + " --temp 0 -n 64 -p " + q(prompt));
+  ASSERT_EQ(ended.rc, 0) << ended.err;
+  EXPECT_NE(ended.err.find("stop: eog"), std::string::npos) << ended.err;
+  auto longer = run_lokal("run -m " + q(tinychat()) + " --temp 0 -n 64 --ignore-eos -p " + q(prompt));
+  ASSERT_EQ(longer.rc, 0) << longer.err;
+  EXPECT_EQ(longer.err.find("stop: eog"), std::string::npos) << longer.err;
+  EXPECT_NE(longer.err.find("stop: length"), std::string::npos) << longer.err;
+  EXPECT_EQ(longer.out.rfind(ended.out, 0), 0u) << "greedy text up to the end token is unchanged";
+  EXPECT_GT(longer.out.size(), ended.out.size());
+  // The sampler's handling of biases is tested in test_sampling; here: the flag reaches it (a ban of every
+  // end token equals --ignore-eos), and bad values are one clear error.
+  auto banned = run_lokal("run -m " + q(tinychat()) + " --temp 0 -n 64 -l " + q("4-inf") /* <|im_end|>, tinychat's eos (lokal info) */ +
+                          " -p " + q(prompt));
+  ASSERT_EQ(banned.rc, 0) << banned.err;
+  EXPECT_EQ(banned.out, longer.out);
+  for (const char* bad : {"abc", "5", "99999999+1", "3+x", "3+inf"}) {
+    auto r = run_lokal("run -m " + q(tinychat()) + " -n 1 -l " + q(bad) + " -p hi");
+    EXPECT_NE(r.rc, 0) << bad;
+    EXPECT_NE(r.err.find("--logit-bias"), std::string::npos) << bad << ": " << r.err;
+  }
+}
+
 TEST(ChatCli, ToolCallIsParsedIntoNameAndArguments) {
   auto r = run_lokal("chat -m " + q(tinychat()) + " --temp 0 --json --tools " + q(kWeatherTool.dump()) +
                      " -p " + q("What's the weather in Tokyo?"));
@@ -211,7 +237,7 @@ TEST(ChatCli, ForcedToolCallIsACallOfTheOfferedFunction) {
       ASSERT_TRUE(m.contains("tool_calls")) << r.out;
       for (const json& c : m["tool_calls"]) {
         const std::string name = c["function"]["name"];
-        if (choice == "add") EXPECT_EQ(name, "add");
+        if (choice == "add") { EXPECT_EQ(name, "add"); }
         const json args = json::parse(c["function"]["arguments"].get<std::string>());
         std::string why;
         const json& schema = name == "add" ? tools[1]["function"]["parameters"] : tools[0]["function"]["parameters"];

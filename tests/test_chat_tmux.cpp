@@ -146,13 +146,19 @@ TEST(ChatTmux, ConversationCommandsAndInterrupts) {
 }
 
 TEST(ChatTmux, CtrlCStopsTheAnswerNotTheProgram) {
-  // A random-weight model never ends its turn by itself: the answer runs until Ctrl-C.
+  // A random-weight model with its end-of-generation tokens banned (--ignore-eos) never ends its turn: the answer
+  // runs until Ctrl-C (or the 32768-token context is full, seconds after the Ctrl-C is sent even on a fast machine).
   const std::string model = data_path("models/synth/synth-llama-f32.gguf");
-  Tmux t(lokal_bin() + " chat -m " + q(model) + " --chat-template chatml -t 1 -c 32768 --allow-long-ctx");
+  Tmux t(lokal_bin() + " chat -m " + q(model) + " --chat-template chatml -t 1 -c 32768 --allow-long-ctx --ignore-eos");
   std::string s = t.wait_for(">>>");
   size_t mark = s.size();
   t.line("Tell me everything.");
-  std::this_thread::sleep_for(std::chrono::milliseconds(lokal::test::kAddressSanitizer ? 3000 : 700));
+  // Ctrl-C once the answer is streaming (some text after the question), not before it starts.
+  s = t.wait_for("Tell me everything\\.", mark);
+  const size_t asked = s.size();  // the screen is trimmed of trailing blanks: growth is answer text
+  for (const auto t0 = std::chrono::steady_clock::now();
+       t.screen().size() <= asked && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60);)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   t.key("C-c");
   s = t.wait_for("\\(stopped\\)", mark);
   s = t.wait_for(">>>", s.find("(stopped)"));

@@ -539,3 +539,34 @@ TEST(Sampling, EdgeCases) {
   ps.sample(l.data(), 3);
   EXPECT_EQ(l, copy);
 }
+
+TEST(Sampling, LogitBiasShiftsAndBans) {
+  const std::vector<float> l = {1.0f, 2.0f, 0.5f, 1.5f};
+  // Greedy: +1.5 on token 0 makes it the argmax (2.5 > 2.0); -inf on token 1 bans the former argmax.
+  SamplingParams g;
+  g.temperature = 0.0f;
+  g.logit_bias = {{0, 1.5f}};
+  EXPECT_EQ(Sampler(g).sample(l.data(), 4), 0);
+  g.logit_bias = {{1, -kInf}};
+  EXPECT_EQ(Sampler(g).sample(l.data(), 4), 3);
+  // The distribution is the softmax of the biased logits (bias applied before the chain); ids past n_vocab are
+  // ignored; the logits themselves are not modified.
+  SamplingParams p = plain();
+  p.logit_bias = {{2, 1.0f}, {1, -kInf}, {99, 5.0f}};
+  const auto d = Sampler(p).distribution(l.data(), 4);
+  const auto ref = softmax({1.0f, -kInf, 1.5f, 1.5f});
+  ASSERT_EQ(d.size(), 3u);
+  std::map<int32_t, double> got(d.begin(), d.end());
+  EXPECT_EQ(got.count(1), 0u);
+  for (int i : {0, 2, 3}) EXPECT_NEAR(got[i], ref[static_cast<size_t>(i)], 1e-12) << i;
+  EXPECT_EQ(l[1], 2.0f);
+  // Banning every token is the usual "nothing can be chosen" error; bad biases are refused by validate().
+  p.logit_bias = {{0, -kInf}, {1, -kInf}, {2, -kInf}, {3, -kInf}};
+  EXPECT_THROW(Sampler(p).sample(l.data(), 4), Error);
+  p.logit_bias = {{-1, 1.0f}};
+  EXPECT_THROW(p.validate(), Error);
+  p.logit_bias = {{0, kInf}};
+  EXPECT_THROW(p.validate(), Error);
+  p.logit_bias = {{0, kNaN}};
+  EXPECT_THROW(p.validate(), Error);
+}

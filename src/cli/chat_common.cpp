@@ -1,11 +1,15 @@
 // Helpers of the chat-layer options (template, chat, run): JSON arguments and grammars.
+#include <cmath>
+#include <limits>
 #include <random>
+#include <stdexcept>
 
 #include "chat/grammar.h"
 #include "chat/json_schema.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/safe_io.h"
+#include "tokenizer/vocab.h"
 
 namespace lokal::cli {
 
@@ -14,7 +18,7 @@ constexpr uint64_t kMaxJsonArgBytes = 16u << 20;  // messages, tools, schemas: f
 constexpr uint64_t kMaxGrammarBytes = 4u << 20;
 }  // namespace
 
-SamplingParams SamplingArgs::params() const {
+SamplingParams SamplingArgs::params(const Vocab& vocab) const {
   SamplingParams sp;
   sp.temperature = temp;
   sp.top_k = top_k;
@@ -25,6 +29,34 @@ SamplingParams SamplingArgs::params() const {
   sp.presence_penalty = presence_penalty;
   sp.frequency_penalty = frequency_penalty;
   sp.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
+  for (const std::string& b : logit_bias) {
+    // TOKEN_ID(+|-)BIAS, e.g. 15043+1 or 2-inf; the sign belongs to the bias.
+    const size_t at = b.find_first_of("+-", 1);
+    const auto bad = [&](const std::string& why) { throw Error("--logit-bias " + b + ": " + why); };
+    if (b.empty() || at == std::string::npos) bad("expected TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf)");
+    int64_t id = -1;
+    float bias = 0;
+    try {
+      size_t used = 0;
+      id = std::stoll(b.substr(0, at), &used);
+      if (used != at) bad("the token id is not a number");
+      const std::string v = b.substr(at);
+      if (v == "-inf" || v == "-INF") {
+        bias = -std::numeric_limits<float>::infinity();
+      } else {
+        bias = std::stof(v, &used);
+        if (used != v.size() || !std::isfinite(bias)) bad("the bias is not a finite number (or -inf)");
+      }
+    } catch (const std::logic_error&) {
+      bad("expected TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf)");
+    }
+    if (id < 0 || id >= vocab.n_tokens())
+      bad("token " + std::to_string(id) + " is not in the vocabulary (0.." + std::to_string(vocab.n_tokens() - 1) + ")");
+    sp.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
+  }
+  if (ignore_eos)
+    for (int32_t i = 0; i < vocab.n_tokens(); ++i)
+      if (vocab.is_eog(i)) sp.logit_bias.emplace_back(i, -std::numeric_limits<float>::infinity());
   return sp;
 }
 
@@ -38,6 +70,9 @@ void add_sampling_options(CLI::App* cmd, SamplingArgs& s) {
   cmd->add_option("--presence-penalty", s.presence_penalty, "Presence penalty")->capture_default_str();
   cmd->add_option("--frequency-penalty", s.frequency_penalty, "Frequency penalty")->capture_default_str();
   cmd->add_option("-s,--seed", s.seed, "Random seed (-1: random)")->capture_default_str();
+  cmd->add_flag("--ignore-eos", s.ignore_eos, "Never end at an end-of-generation token (benchmarks, tests)");
+  cmd->add_option("-l,--logit-bias", s.logit_bias, "Bias a token: TOKEN_ID+BIAS or TOKEN_ID-BIAS (-inf bans it); repeatable")
+      ->take_all();
 }
 
 nlohmann::ordered_json read_json_arg(const std::string& value, const char* flag) {

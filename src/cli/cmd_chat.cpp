@@ -51,7 +51,7 @@ class Chat {
   Chat(const ChatArgs& a, Model& model, Session& session, bool interactive)
       : a_(a), model_(model), session_(session), vocab_(model.vocab()), interactive_(interactive),
         tpl_(ChatTemplate::for_model(a.chat_template, model.gguf(), model.vocab())) {
-    sp_ = a.sampling.params();
+    sp_ = a.sampling.params(model.vocab());
     n_predict_ = a.n_predict;
     system_ = a.system;
     if (!a.tools.empty()) {

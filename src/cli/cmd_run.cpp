@@ -81,7 +81,7 @@ void run(const RunArgs& a) {
   // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
   const MemoryEstimate& predicted = loaded.estimate;  // load_model_planned's, for the settings the session runs with
 
-  SamplingParams sp = a.sampling.params();
+  SamplingParams sp = a.sampling.params(model->vocab());
   sp.grammar = grammar_from_args(a.grammar_file, a.json_schema);
 
   // Refuse a prompt that cannot fit before printing anything else.

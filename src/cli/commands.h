@@ -13,6 +13,7 @@
 
 namespace lokal {
 class Grammar;
+class Vocab;
 }
 
 namespace lokal::cli {
@@ -88,7 +89,8 @@ void register_usage(CLI::App& app, int* rc);
 std::string usage_text(const CLI::App& app, size_t width = 118);
 
 // The sampling options shared by chat (and the same names as run and batch): --temp, --top-k, --top-p, --min-p,
-// --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty, -s/--seed (-1: random).
+// --repeat-penalty, --repeat-last-n, --presence-penalty, --frequency-penalty, -s/--seed (-1: random), --ignore-eos,
+// -l/--logit-bias.
 struct SamplingArgs {
   float temp = 0.8f;
   int top_k = 40;
@@ -99,7 +101,10 @@ struct SamplingArgs {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   int64_t seed = -1;
-  SamplingParams params() const;  // a random seed is drawn here when seed < 0
+  bool ignore_eos = false;              // --ignore-eos: end-of-generation tokens banned (logit bias -inf)
+  std::vector<std::string> logit_bias;  // --logit-bias TOKEN_ID(+|-)BIAS, repeatable (llama.cpp's syntax)
+  // A random seed is drawn here when seed < 0. Throws lokal::Error for a bias naming a token outside `vocab`.
+  SamplingParams params(const Vocab& vocab) const;
 };
 void add_sampling_options(CLI::App* cmd, SamplingArgs& s);
 

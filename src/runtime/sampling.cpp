@@ -24,6 +24,11 @@ void SamplingParams::validate() const {
   if (repeat_last_n < 0) bad("repeat_last_n", repeat_last_n, "must be >= 0 (0 turns penalties off)");
   if (!std::isfinite(presence_penalty)) bad("presence_penalty", presence_penalty, "must be a finite number");
   if (!std::isfinite(frequency_penalty)) bad("frequency_penalty", frequency_penalty, "must be a finite number");
+  for (const auto& [tok, bias] : logit_bias) {
+    if (tok < 0) bad("logit_bias token", tok, "must be a token id >= 0");
+    if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity())
+      bad("logit_bias", bias, "must be a finite number or -inf (bans the token)");
+  }
 }
 
 namespace {
@@ -179,6 +184,10 @@ double Sampler::prepare(const float* logits, int n_vocab) {
     const float l = logits[i];
     cand_[i] = {static_cast<int32_t>(i), std::isnan(l) ? kNegInf : l, 0.0};
   }
+
+  // 0. Logit biases (-inf bans a token; -inf + finite stays -inf).
+  for (const auto& [tok, bias] : p_.logit_bias)
+    if (tok >= 0 && tok < n_vocab) cand_[static_cast<size_t>(tok)].logit += bias;
 
   // 1. Penalties on the tokens of the history window.
   const bool penalize = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f;

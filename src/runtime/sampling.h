@@ -2,6 +2,7 @@
 //
 // The chain, in llama.cpp's default order:
 //   penalties -> top-k -> top-p -> min-p -> temperature -> random draw.
+// * logit_bias first: each listed token's logit gets its bias added (-inf: banned).
 // * penalties, on tokens seen among the last repeat_last_n accepted tokens: repetition penalty as in
 //   llama.cpp (a positive logit is divided by repeat_penalty, a negative or zero one multiplied by it),
 //   then OpenAI's presence/frequency penalties: logit -= presence_penalty + count * frequency_penalty.
@@ -56,6 +57,10 @@ struct SamplingParams {
   float presence_penalty = 0.0f;   // 0: off
   float frequency_penalty = 0.0f;  // 0: off
   uint64_t seed = 0;            // every value is valid; same seed, same draws
+  // Added to a token's logit before everything else (OpenAI's logit_bias, llama.cpp's --logit-bias); -inf bans the
+  // token (--ignore-eos bans the end-of-generation tokens this way). Ids outside the vocabulary are ignored by the
+  // sampler (callers that know the vocabulary reject them with a clear error first).
+  std::vector<std::pair<int32_t, float>> logit_bias;
   // Constrained decoding: only text this grammar accepts can be generated (chat/grammar.h; JSON schemas compile to
   // one). Null: unconstrained. The sampler needs the model's TokenIndex to use it.
   std::shared_ptr<const Grammar> grammar;
