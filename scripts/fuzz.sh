@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GGUF parser fuzzer (clang++, libFuzzer + AddressSanitizer + UBSan) in build-fuzz and runs it, then
 # the safetensors header parser fuzzer for $FUZZ_SAFETENSORS_SECONDS (default 10) seconds, then the chat layer's
-# fuzzers (Jinja templates, model-output parsing, GBNF grammars / JSON schemas) for $FUZZ_CHAT_SECONDS (default 10)
-# seconds each.
+# fuzzers (Jinja templates, model-output parsing, GBNF grammars / JSON schemas) and the server's request parsers for
+# $FUZZ_CHAT_SECONDS (default 10) seconds each.
 #
 # Usage: scripts/fuzz.sh [SECONDS]     (default: $FUZZ_SECONDS, else 60)
 # Seeds: a few small synthetic GGUF files, shrunk copies of every shared model (valid files of a few KB)
@@ -22,7 +22,7 @@ fi
 
 CXX="${FUZZ_CXX:-clang++}" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER="${FUZZ_CXX:-clang++}" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOKAL_FUZZ=ON -DLOKAL_BUILD_TESTS=OFF -DLOKAL_TEST_DATA="$DATA" >/dev/null
-cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds fuzz_safetensors fuzz_jinja fuzz_chat_parse fuzz_grammar
+cmake --build "$BUILD" -j"${FUZZ_JOBS:-2}" --target fuzz_gguf fuzz_gguf_seeds fuzz_safetensors fuzz_jinja fuzz_chat_parse fuzz_grammar fuzz_server_requests
 
 SEEDS="$BUILD/fuzz-seeds"
 CORPUS="$BUILD/fuzz-corpus"
@@ -62,7 +62,7 @@ ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" "$BUILD/fuzz/fuzz_safetensors" \
 # The chat layer's parsers, $FUZZ_CHAT_SECONDS (default 10) seconds each: Jinja chat templates (seeds: the shared
 # templates, each followed by a NUL and a small chat context), model-output parsing, GBNF grammars / JSON schemas.
 CHAT_SECONDS="${FUZZ_CHAT_SECONDS:-10}"
-for target in fuzz_jinja fuzz_chat_parse fuzz_grammar; do
+for target in fuzz_jinja fuzz_chat_parse fuzz_grammar fuzz_server_requests; do
   seeds="$BUILD/fuzz-seeds-$target"
   corpus="$BUILD/fuzz-corpus-$target"
   rm -rf "$seeds"
@@ -80,6 +80,10 @@ for target in fuzz_jinja fuzz_chat_parse fuzz_grammar; do
     fuzz_grammar)
       printf 'root ::= "a" [b-d]* (x | "y"){1,3}\nx ::= [^"]+ "."\n' >"$seeds/gbnf"
       printf '{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}},"required":["a"]}' >"$seeds/schema" ;;
+    fuzz_server_requests)
+      printf '{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true,"stream_options":{"include_usage":true},"temperature":0.5,"top_p":1,"max_tokens":8,"stop":["a","b"],"seed":3,"logit_bias":{"5":-100},"logprobs":true,"top_logprobs":2,"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"tool_choice":{"type":"function","function":{"name":"f"}},"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}}' >"$seeds/openai"
+      printf '{"prompt":[1,2,3],"n_predict":-1,"logit_bias":[[1,false],["a",1.5]],"n_probs":3,"json_schema":{},"grammar":"root ::= \"a\""}' >"$seeds/llama"
+      printf '{"name":"m","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},{"role":"tool","content":"2","tool_name":"f"}],"format":"json","options":{"num_predict":-2,"temperature":0},"think":"high","keep_alive":"5m"}' >"$seeds/ollama" ;;
   esac
   echo "fuzzing $target for ${CHAT_SECONDS}s"
   # shellcheck disable=SC2086

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package lokal needs to build, test and fuzz. Idempotent: packages
-# already present are not touched, and apt-get runs only when something is missing.
+# Installs every Debian 12 package lokal needs to build, test and fuzz, then the npm clients of the
+# end-to-end tests (e2e/, pinned by its package-lock.json). Idempotent: packages already present are
+# not touched, apt-get runs only when something is missing, and npm ci only when e2e/node_modules is
+# missing or older than the lockfile.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,7 +13,14 @@ PACKAGES=(
   clang libclang-rt-14-dev                             # libFuzzer target
   jq                                                   # bench/compare.sh (joins lokal and llama-bench JSON)
   tmux                                                 # tests/test_chat_tmux.cpp drives `lokal chat` in a terminal
+  libcpp-httplib-dev libssl-dev libjwt-dev             # lokal serve: HTTP(S) server and client, JWT verification
+  libsystemd-dev libtomlplusplus-dev                   # lokal serve: sd_notify, TOML config files
 )
+# e2e/ runs the official openai and ollama npm clients under node --test. Debian's nodejs is v18;
+# a newer node already on PATH is kept.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,13 +29,21 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#PACKAGES[@]} packages already installed"
-  exit 0
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# npm packages of the end-to-end tests, exactly as e2e/package-lock.json pins them.
+E2E="$(cd "$(dirname "$0")/../e2e" && pwd)"
+if [ ! -f "$E2E/node_modules/.package-lock.json" ] || [ "$E2E/package-lock.json" -nt "$E2E/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in $E2E"
+  npm ci --prefix "$E2E" --no-audit --no-fund
+else
+  echo "setup: e2e npm packages already installed"
+fi
 echo "setup: done"

@@ -264,7 +264,9 @@ TEST_F(SchedulerTest, StopStringsAndSequenceLimit) {
     const GenerationResult lim = alone(p, 100, greedy(), 64);
     const GenResult& g = c.done[*id];
     EXPECT_EQ(g.tokens, lim.tokens);
-    if (lim.stop == StopReason::ContextFull) EXPECT_EQ(g.finish, FinishReason::ContextFull);
+    if (lim.stop == StopReason::ContextFull) {
+      EXPECT_EQ(g.finish, FinishReason::ContextFull);
+    }
   }
 }
 

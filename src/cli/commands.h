@@ -32,6 +32,7 @@ void register_convert(CLI::App& app, int* rc);
 void register_export_hf(CLI::App& app, int* rc);
 void register_plan(CLI::App& app, int* rc);
 void register_batch(CLI::App& app, int* rc);
+void register_serve(CLI::App& app, int* rc);
 void register_template(CLI::App& app, int* rc);
 void register_chat(CLI::App& app, int* rc);
 

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   lokal::cli::register_batch(app, &rc);
   lokal::cli::register_chat(app, &rc);
   lokal::cli::register_template(app, &rc);
+  lokal::cli::register_serve(app, &rc);
   lokal::cli::register_usage(app, &rc);  // hidden: README's Usage block
   // llama.cpp spells some options with one dash and several letters (-ctk, -ctv), which CLI11 cannot declare; they
   // and lokal's older spellings (--ctk) become the long names (cli/common.cpp).

@@ -366,7 +366,9 @@ bool Scheduler::step() {
       continue;
     }
     try {
-      accept_token(*s, s->sampler->sample(lg, static_cast<int>(n_vocab)));
+      const int32_t tok = s->sampler->sample(lg, static_cast<int>(n_vocab));
+      if (s->req.on_token) s->req.on_token(tok, lg, n_vocab);
+      accept_token(*s, tok);
     } catch (const Error& e) {
       finish(*s, FinishReason::Error, e.what());
     }
@@ -376,6 +378,8 @@ bool Scheduler::step() {
     std::lock_guard<std::mutex> lk(stats_mu_);
     stats_.running = static_cast<int64_t>(running_.size());
     stats_.waiting = static_cast<int64_t>(waiting_.size());
+    stats_.kv_pages_total = kv_.n_pages();
+    stats_.kv_pages_used = kv_.n_pages() - kv_.available_pages();
   }
   return true;
 }

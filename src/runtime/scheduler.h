@@ -64,6 +64,10 @@ struct GenRequest {
   // Called on the scheduler's thread with text as soon as it is final (text that could begin a stop string is
   // held back). Returning false cancels the request.
   std::function<bool(const std::string&)> on_text;
+  // Called on the scheduler's thread with each sampled token and the logits it was sampled from (n_vocab floats, as
+  // the model computed them, before penalties and filters), before the token is checked or streamed: log-probabilities
+  // for APIs that return them. Unset (the default) costs nothing.
+  std::function<void(int32_t token, const float* logits, int64_t n_vocab)> on_token;
   // Called once on the scheduler's thread when the request ends, whatever the reason.
   std::function<void(const GenResult&)> on_done;
 };
@@ -83,6 +87,7 @@ struct SchedulerStats {
   int64_t prompt_tokens_reused = 0;
   int64_t preemptions = 0;
   int64_t running = 0, waiting = 0;
+  int64_t kv_pages_used = 0, kv_pages_total = 0;  // pages held by sequences (cached-but-free ones count as free)
 };
 
 class Scheduler {

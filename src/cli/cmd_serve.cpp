@@ -1,0 +1,337 @@
+// lokal serve: an OpenAI-, llama-server- and Ollama-compatible HTTP server (server/, docs/SERVER.md).
+// lokal service install: a hardened systemd unit and a starter config.
+//
+// Settings come from, highest first: command-line flags, LOKAL_* environment variables (LOKAL_ + the long flag name
+// in capitals with '_' for '-': LOKAL_PORT, LOKAL_API_KEY_FILE), the TOML file of --config (keys: the long flag
+// names with '_' for '-': port = 8080, api_key_file = "..."), the defaults. --print-config shows the result.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safe_io.h"
+#include "server/engine.h"
+#include "server/http_server.h"
+#include "server/service.h"
+
+namespace lokal::cli {
+
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  int64_t ctx = 0;
+  int n_parallel = 4;
+  int threads = 0;
+  int64_t batch = kDefaultBatchSize;
+  int64_t kv_tokens = 0;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
+  std::string ram;
+  bool allow_long_ctx = false, no_mmap = false, jinja = true;
+  std::string chat_template;
+  std::vector<std::string> aliases;
+  server::ServerOptions srv;
+  std::vector<std::string> api_keys, admin_api_keys;
+  std::string api_key_file, jwt_secret_file, jwt_public_key_file, jwt_issuer, jwt_audience;
+  bool metrics = false, no_access_log = false, print_config = false, verbose = false;
+  std::string config;
+};
+
+std::atomic<int> g_signal{0};
+void on_signal(int sig) { g_signal.store(sig); }
+
+// Fills options not given on the command line from LOKAL_* variables, then from the config file.
+void apply_env_and_config(CLI::App* cmd, const std::string& config_path) {
+  toml::table tbl;
+  if (!config_path.empty()) {
+    check_input_file(config_path, "config file");
+    try {
+      tbl = toml::parse_file(config_path);
+    } catch (const toml::parse_error& e) {
+      const auto& where = e.source().begin;
+      throw Error(config_path + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +
+                  std::string(e.description()));
+    }
+    // Unknown keys are errors (a typo must not silently leave the default).
+    for (const auto& [k, v] : tbl) {
+      const std::string name = "--" + std::string(k.str());
+      std::string flag = name;
+      for (char& ch : flag) if (ch == '_') ch = '-';
+      if (flag == "--config" || flag == "--print-config" || !cmd->get_option_no_throw(flag))
+        throw Error(config_path + ": unknown key '" + std::string(k.str()) + "' (keys are serve's long option names with _ for -)");
+    }
+  }
+  for (CLI::Option* opt : cmd->get_options()) {
+    if (opt->get_lnames().empty() || opt->count() > 0) continue;
+    const std::string lname = opt->get_lnames().front();
+    if (lname == "help" || lname == "config" || lname == "print-config") continue;
+    std::string key = lname;
+    for (char& ch : key) if (ch == '-') ch = '_';
+    std::string env = "LOKAL_" + key;
+    for (char& ch : env) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    std::vector<std::string> values;
+    std::string source;
+    if (const char* e = std::getenv(env.c_str()); e && *e) {
+      values.push_back(e);
+      source = "environment variable " + env;
+    } else if (auto node = tbl.get(key)) {
+      source = config_path + ": " + key;
+      auto one = [&](const toml::node& n) {
+        if (auto s = n.value<std::string>()) values.push_back(*s);
+        else if (auto b = n.value_exact<bool>()) values.push_back(*b ? "true" : "false");
+        else if (auto i = n.value_exact<int64_t>()) values.push_back(std::to_string(*i));
+        else if (auto d = n.value_exact<double>()) values.push_back(std::to_string(*d));
+        else throw Error(source + ": unsupported value type");
+      };
+      if (auto arr = node->as_array()) for (const auto& n : *arr) one(n);
+      else one(*node);
+    }
+    if (values.empty()) continue;
+    try {
+      for (const std::string& v : values) {
+        if (opt->get_type_size() == 0) {  // a flag
+          if (v == "true" || v == "1" || v == "yes" || v == "on") opt->add_result(std::string("true"));
+          else if (v == "false" || v == "0" || v == "no" || v == "off") { /* leave it off */ }
+          else throw Error(source + ": expected true or false, got '" + v + "'");
+        } else {
+          opt->add_result(v);
+        }
+      }
+      if (opt->count() > 0) opt->run_callback();
+    } catch (const CLI::Error& e) {
+      throw Error(source + ": " + e.what());
+    }
+  }
+}
+
+std::string toml_quote(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\';
+    o += c;
+  }
+  return o + "\"";
+}
+
+void print_config(CLI::App* cmd) {
+  std::printf("# lokal serve: effective settings (flags > LOKAL_* environment > --config file > defaults)\n");
+  for (CLI::Option* opt : cmd->get_options()) {
+    if (opt->get_lnames().empty()) continue;
+    const std::string lname = opt->get_lnames().front();
+    if (lname == "help" || lname == "config" || lname == "print-config") continue;
+    std::string key = lname;
+    for (char& ch : key) if (ch == '-') ch = '_';
+    const bool secret = key == "api_key" || key == "admin_api_key";
+    std::vector<std::string> vals = opt->results();
+    if (opt->get_type_size() == 0) {
+      std::printf("%s = %s\n", key.c_str(), opt->count() > 0 ? "true" : "false");
+      continue;
+    }
+    if (vals.empty()) {
+      const std::string def = opt->get_default_str();
+      if (def.empty()) std::printf("# %s = (not set)\n", key.c_str());
+      else std::printf("%s = %s\n", key.c_str(), std::all_of(def.begin(), def.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == '-'; }) ? def.c_str() : toml_quote(def).c_str());
+      continue;
+    }
+    if (opt->get_expected_max() > 1) {
+      std::printf("%s = [", key.c_str());
+      for (size_t i = 0; i < vals.size(); ++i) std::printf("%s%s", i ? ", " : "", secret ? "\"(redacted)\"" : toml_quote(vals[i]).c_str());
+      std::printf("]\n");
+    } else {
+      const std::string& v = vals.back();
+      const bool num = !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == '-'; });
+      std::printf("%s = %s\n", key.c_str(), secret ? "\"(redacted)\"" : num ? v.c_str() : toml_quote(v).c_str());
+    }
+  }
+}
+
+int serve(ServeArgs& a, CLI::App* cmd) {
+  if (!a.verbose) set_log_level(LogLevel::Warn);
+  if (a.print_config) {
+    print_config(cmd);
+    return 0;
+  }
+  if (a.model.empty()) throw Error("serve: give the model with -m FILE.gguf (or `model = \"...\"` in --config)");
+  check_input_file(a.model, "GGUF model file");
+
+  server::EngineOptions eo;
+  eo.load.path = a.model;
+  eo.load.n_ctx = a.ctx;
+  eo.load.allow_long_ctx = a.allow_long_ctx;
+  eo.load.ram = a.ram;
+  eo.load.type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
+  eo.load.type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
+  eo.load.n_batch = a.batch;
+  eo.load.n_threads = a.threads;
+  eo.load.n_parallel = a.n_parallel;
+  eo.load.kv_tokens = a.kv_tokens;
+  eo.load.load.use_mmap = !a.no_mmap;
+  eo.chat_template = a.chat_template;
+  eo.aliases = a.aliases;
+
+  server::ServerOptions so = a.srv;
+  so.auth.api_keys = a.api_keys;
+  so.auth.admin_api_keys = a.admin_api_keys;
+  so.auth.api_key_file = a.api_key_file;
+  if (!a.jwt_secret_file.empty()) {
+    check_input_file(a.jwt_secret_file, "JWT secret file");
+    std::string s = read_text_input(a.jwt_secret_file, 1 << 16, "a JWT secret is a few dozen bytes");
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    so.auth.jwt_secret = s;
+  }
+  so.auth.jwt_public_key_file = a.jwt_public_key_file;
+  so.auth.jwt_issuer = a.jwt_issuer;
+  so.auth.jwt_audience = a.jwt_audience;
+  so.metrics = a.metrics;
+  so.access_log = !a.no_access_log;
+
+  server::Engine engine(eo);
+  server::HttpServer http(engine, so);
+  const int port = http.bind();  // refuses an unsafe bind before the model is loaded
+  for (const std::string& w : http.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  std::fprintf(stderr, "lokal serve: listening on http%s://%s:%d (loading %s)\n", so.ssl_cert_file.empty() ? "" : "s",
+               so.host.find(':') != std::string::npos ? ("[" + so.host + "]").c_str() : so.host.c_str(), port,
+               a.model.c_str());
+  std::fflush(stderr);
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  std::thread listener([&] { http.listen(); });
+  std::atomic<bool> load_failed{false};
+  std::string load_error;
+  std::thread loader([&] {
+    try {
+      engine.load();
+      const auto& l = engine.loaded();
+      std::fprintf(stderr, "lokal serve: ready: %s, context %lld tokens x %d sequences, KV cache %s, %d threads, load %.2f s\n",
+                   engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
+                   format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
+      if (!engine.template_error().empty())
+        std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
+      (void)l;
+      std::fflush(stderr);
+      server::notify_ready("serving " + engine.model_id() + " on port " + std::to_string(port));
+    } catch (const std::exception& e) {
+      load_error = e.what();
+      load_failed.store(true);
+    }
+  });
+
+  const auto wd = server::watchdog_interval();
+  auto last_ping = std::chrono::steady_clock::now();
+  while (g_signal.load() == 0 && !load_failed.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (wd.count() > 0 && std::chrono::steady_clock::now() - last_ping >= wd / 2) {
+      if (engine.state() != server::Engine::State::Failed) server::notify_watchdog();
+      last_ping = std::chrono::steady_clock::now();
+    }
+  }
+  loader.join();
+  server::notify_stopping();
+  if (g_signal.load() != 0) std::fprintf(stderr, "lokal serve: stopping (signal %d): finishing %lld in-flight requests\n", g_signal.load(),
+                                         static_cast<long long>(engine.state() == server::Engine::State::Ready ? engine.in_flight() : 0));
+  http.stop();
+  listener.join();
+  if (load_failed.load()) throw Error(load_error);
+  std::fprintf(stderr, "lokal serve: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app, int* rc) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over HTTP: OpenAI, llama-server and Ollama APIs on one port");
+  cmd->add_option("-m,--model", a->model, "GGUF model file");
+  cmd->add_option("--host", a->srv.host, "Address to listen on (not loopback: needs --api-key/--api-key-file or --no-auth)")->capture_default_str();
+  cmd->add_option("--port", a->srv.port, "Port (0: any free port, printed at start)")->capture_default_str()->check(CLI::Range(0, 65535));
+  cmd->add_option("-c,--ctx-size", a->ctx, "Longest sequence, prompt + answer (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("--parallel", a->n_parallel, "Sequences generated together (slots)")->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("-b,--batch-size", a->batch, "Tokens per forward step")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+  cmd->add_option("--kv-tokens", a->kv_tokens, "Positions of the shared KV cache (0: ctx-size x parallel)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
+  cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB)");
+  cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
+  cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  cmd->add_flag("--jinja", a->jinja, "Use the model's Jinja chat template (always on; accepted for llama-server compatibility)");
+  cmd->add_option("--chat-template", a->chat_template, "Chat template: a built-in name, a .jinja file or tokenizer_config.json");
+  cmd->add_option("-a,--alias", a->aliases, "Model name clients use (repeatable; the first is the id shown)");
+  cmd->add_option("--api-key", a->api_keys, "API key for inference endpoints (repeatable, or comma-separated)");
+  cmd->add_option("--admin-api-key", a->admin_api_keys, "API key with the admin scope too (reload, slots)");
+  cmd->add_option("--api-key-file", a->api_key_file, "File of keys: one `KEY [inference|admin] [NAME]` per line");
+  cmd->add_option("--jwt-secret-file", a->jwt_secret_file, "Accept HS256 JWT bearer tokens signed with this secret");
+  cmd->add_option("--jwt-public-key-file", a->jwt_public_key_file, "Accept RS256/ES256 JWT bearer tokens verified with this PEM key");
+  cmd->add_option("--jwt-issuer", a->jwt_issuer, "Required JWT issuer (iss)");
+  cmd->add_option("--jwt-audience", a->jwt_audience, "Required JWT audience (aud)");
+  cmd->add_flag("--no-auth", a->srv.no_auth, "Allow listening on a non-loopback address without keys (warned)");
+  cmd->add_option("--rate-limit-rpm", a->srv.limits.requests_per_minute, "Generation requests per minute per key or client (0: off)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  cmd->add_option("--rate-limit-tpm", a->srv.limits.tokens_per_minute, "Generated tokens per minute per key or client (0: off)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--queue-size", a->srv.queue_size, "Requests waiting beyond the running ones before 503")->capture_default_str()->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--max-body", a->srv.max_body_bytes, "Largest request body in bytes (413 above)")->capture_default_str()->check(CLI::Range(uint64_t(1024), uint64_t(1) << 32));
+  cmd->add_option("--timeout", a->srv.request_timeout_s, "Seconds a generation may run before it is cut off")->capture_default_str()->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--cors", a->srv.cors_origins, "Allowed browser Origin (repeatable; * for any; default: same-origin only)");
+  cmd->add_option("--ssl-key-file", a->srv.ssl_key_file, "TLS private key (PEM)");
+  cmd->add_option("--ssl-cert-file", a->srv.ssl_cert_file, "TLS certificate (PEM)");
+  cmd->add_flag("--metrics", a->metrics, "Serve Prometheus metrics at /metrics");
+  cmd->add_flag("--no-access-log", a->no_access_log, "No JSON access-log line per request on stderr");
+  cmd->add_option("--drain-timeout", a->srv.drain_timeout_s, "Seconds in-flight requests may finish after SIGTERM")->capture_default_str();
+  cmd->add_option("--config", a->config, "TOML config file (keys: these long option names with _ for -)");
+  cmd->add_flag("--print-config", a->print_config, "Print the effective settings as TOML and exit");
+  cmd->add_flag("-v,--verbose", a->verbose, "More logging");
+  cmd->callback([a, rc, cmd] {
+    apply_env_and_config(cmd, a->config);
+    *rc = serve(*a, cmd);
+  });
+
+  auto svc = std::make_shared<server::UnitOptions>();
+  auto force = std::make_shared<bool>(false);
+  auto unit_dir = std::make_shared<std::string>();
+  auto model = std::make_shared<std::string>();
+  auto port = std::make_shared<int>(8080);
+  CLI::App* service = app.add_subcommand("service", "Run lokal serve as a systemd service");
+  CLI::App* install = service->add_subcommand("install", "Write a hardened systemd unit and a starter config");
+  service->require_subcommand(1);
+  install->add_option("-m,--model", *model, "GGUF model the service serves (written into a new config)");
+  install->add_option("--port", *port, "Port written into a new config")->capture_default_str();
+  install->add_flag("--user", svc->user, "A user unit (systemctl --user) instead of a system unit");
+  install->add_option("--run-as", svc->user_name, "System unit: run as this existing user (default: DynamicUser)");
+  install->add_option("--config", svc->config_path, "Config path (default: /etc/lokal/lokal.toml, or ~/.config/lokal/lokal.toml with --user)");
+  install->add_option("--unit-dir", *unit_dir, "Where the unit goes (default: /etc/systemd/system or ~/.config/systemd/user)");
+  install->add_flag("--force", *force, "Replace an existing unit file");
+  install->callback([svc, force, unit_dir, model, port, rc] {
+    server::UnitOptions o = *svc;
+    o.binary = std::filesystem::canonical("/proc/self/exe").string();
+    if (o.config_path.empty()) o.config_path = server::default_config_path(o.user);
+    o.config_path = std::filesystem::absolute(o.config_path).string();
+    std::string cfg;
+    if (!model->empty()) {
+      check_input_file(*model, "GGUF model file");
+      const std::string abs = std::filesystem::absolute(*model).string();
+      o.models_dir = std::filesystem::path(abs).parent_path().string();
+      cfg = "# lokal serve settings (keys: `lokal serve --help` long names with _ for -; see docs/SERVER.md)\n"
+            "model = " + toml_quote(abs) + "\nhost = \"127.0.0.1\"\nport = " + std::to_string(*port) +
+            "\nmetrics = true\n# api_key_file = \"/etc/lokal/keys\"  # needed to listen beyond 127.0.0.1\n";
+    }
+    const auto r = server::install_service(o, unit_dir->empty() ? server::default_unit_dir(o.user) : *unit_dir, cfg, *force);
+    std::printf("wrote %s\n", r.unit_path.c_str());
+    if (r.config_written) std::printf("wrote %s\n", r.config_path.c_str());
+    else std::printf("kept %s%s\n", r.config_path.c_str(), cfg.empty() ? " (no -m given: no config written)" : " (it exists)");
+    std::printf("next:\n");
+    for (const std::string& s : r.next_steps) std::printf("  %s\n", s.c_str());
+    *rc = 0;
+  });
+}
+
+}  // namespace lokal::cli

@@ -1,0 +1,170 @@
+#include "server/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "runtime/sampling.h"
+
+namespace lokal::server {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+int64_t ns_of(double seconds) { return static_cast<int64_t>(seconds * 1e9); }
+}  // namespace
+
+bool Job::wait(std::string& text, std::vector<TokenLogprob>& lps, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return done_ || !text_.empty() || !lps_.empty(); });
+  text += text_;
+  text_.clear();
+  for (auto& l : lps_) lps.push_back(std::move(l));
+  lps_.clear();
+  return done_;
+}
+
+bool Job::done() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return done_;
+}
+
+TokenLogprob token_logprob(int32_t token, const float* logits, int64_t n_vocab, int top) {
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < n_vocab; ++i) mx = std::max(mx, static_cast<double>(logits[i]));
+  double z = 0;
+  for (int64_t i = 0; i < n_vocab; ++i) z += std::exp(static_cast<double>(logits[i]) - mx);
+  const double lz = mx + std::log(z);
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = static_cast<float>(static_cast<double>(logits[token]) - lz);
+  if (top > 0) {
+    std::vector<int32_t> ids(static_cast<size_t>(n_vocab));
+    for (int64_t i = 0; i < n_vocab; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    const size_t k = std::min<size_t>(static_cast<size_t>(top), ids.size());
+    std::partial_sort(ids.begin(), ids.begin() + static_cast<ptrdiff_t>(k), ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (size_t i = 0; i < k; ++i)
+      out.top.emplace_back(ids[i], static_cast<float>(static_cast<double>(logits[ids[i]]) - lz));
+  }
+  return out;
+}
+
+Engine::Engine(EngineOptions opt) : opt_(std::move(opt)) {
+  if (!opt_.aliases.empty()) {
+    id_ = opt_.aliases.front();
+  } else {
+    id_ = std::filesystem::path(opt_.load.path).filename().string();
+    if (id_.size() > 5 && id_.substr(id_.size() - 5) == ".gguf") id_.resize(id_.size() - 5);
+  }
+}
+
+Engine::~Engine() {
+  if (sched_) sched_->stop();
+}
+
+std::string Engine::error() const {
+  std::lock_guard<std::mutex> lk(err_mu_);
+  return error_;
+}
+
+void Engine::load() {
+  const auto t0 = Clock::now();
+  try {
+    loaded_ = load_model_planned(opt_.load);
+    pool_ = std::make_unique<ThreadPool>(loaded_.session.n_threads > 0 ? loaded_.session.n_threads
+                                                                       : ThreadPool::default_threads());
+    SchedulerOptions so;
+    so.n_parallel = opt_.load.n_parallel;
+    so.kv_tokens = opt_.load.kv_tokens;
+    so.n_ctx = loaded_.settings.n_ctx;
+    so.n_batch = loaded_.settings.n_batch;
+    so.cache_type_k = loaded_.settings.type_k;
+    so.cache_type_v = loaded_.settings.type_v;
+    sched_ = std::make_unique<Scheduler>(*loaded_.model, *pool_, so);
+    try {
+      tpl_.emplace(ChatTemplate::for_model(opt_.chat_template, loaded_.model->gguf(), loaded_.model->vocab()));
+    } catch (const Error& e) {
+      if (!opt_.chat_template.empty()) throw;  // an override that does not load is the user's error: refuse to start
+      template_error_ = e.what();              // a model without a template still serves completions
+    }
+    sched_->start();
+    load_seconds_ = std::chrono::duration<double>(Clock::now() - t0).count();
+    state_.store(State::Ready);
+  } catch (const std::exception& e) {
+    {
+      std::lock_guard<std::mutex> lk(err_mu_);
+      error_ = e.what();
+    }
+    state_.store(State::Failed);
+    throw;
+  }
+}
+
+std::shared_ptr<const TokenIndex> Engine::token_index() {
+  std::lock_guard<std::mutex> lk(index_mu_);
+  if (!index_) index_ = make_token_index(loaded_.model->vocab());
+  return index_;
+}
+
+bool Engine::answers_to(const std::string& name) const {
+  if (name.empty() || name == id_ || name == opt_.load.path) return true;
+  for (const std::string& a : opt_.aliases)
+    if (name == a) return true;
+  const std::string file = std::filesystem::path(opt_.load.path).filename().string();
+  return name == file;
+}
+
+std::shared_ptr<Job> Engine::submit(GenRequest req, int top_logprobs) {
+  auto job = std::make_shared<Job>();
+  job->n_prompt = static_cast<int64_t>(req.prompt.size());
+  job->t_submit = Clock::now();
+  std::weak_ptr<Job> weak = job;  // the scheduler may outlive a request whose client went away
+  req.on_text = [weak](const std::string& text) {
+    auto j = weak.lock();
+    if (!j) return false;
+    {
+      std::lock_guard<std::mutex> lk(j->mu_);
+      j->text_ += text;
+    }
+    j->cv_.notify_all();
+    return true;
+  };
+  if (top_logprobs >= 0) {
+    req.on_token = [weak, top_logprobs](int32_t tok, const float* logits, int64_t n_vocab) {
+      auto j = weak.lock();
+      if (!j) return;
+      j->first_token_.store(true);
+      TokenLogprob lp = token_logprob(tok, logits, n_vocab, top_logprobs);
+      std::lock_guard<std::mutex> lk(j->mu_);
+      j->lps_.push_back(std::move(lp));
+    };
+  } else {
+    req.on_token = [weak](int32_t, const float*, int64_t) {
+      if (auto j = weak.lock()) j->first_token_.store(true);
+    };
+  }
+  ++in_flight_;
+  req.on_done = [weak, this](const GenResult& r) {
+    --in_flight_;
+    ++totals_.requests;
+    totals_.prompt_tokens += r.n_prompt;
+    totals_.cached_tokens += r.n_reused;
+    totals_.generated_tokens += static_cast<int64_t>(r.tokens.size());
+    totals_.prompt_ns += ns_of(r.prompt_seconds);
+    totals_.gen_ns += ns_of(r.gen_seconds);
+    auto j = weak.lock();
+    if (!j) return;
+    {
+      std::lock_guard<std::mutex> lk(j->mu_);
+      j->result_ = r;
+      j->done_ = true;
+    }
+    j->cv_.notify_all();
+  };
+  job->id = sched_->submit(std::move(req));
+  return job;
+}
+
+}  // namespace lokal::server

@@ -1,0 +1,1049 @@
+#include "server/http_server.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <httplib.h>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "chat/chat_parse.h"
+#include "core/error.h"
+#include "model/config.h"
+#include "server/engine.h"
+#include "server/metrics.h"
+#include "server/requests.h"
+#include "tokenizer/vocab.h"
+
+namespace lokal::server {
+
+using json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+enum class Style { OpenAI, Ollama };        // error shape
+enum class Scope { Open, Inference, Admin };
+
+int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+std::string iso_now() {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000;
+  char out[96];
+  std::snprintf(out, sizeof out, "%s.%06lldZ", buf, static_cast<long long>(us));
+  return out;
+}
+
+std::string random_hex(size_t n) {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+  static const char* hex = "0123456789abcdef";
+  std::string s(n, '0');
+  for (char& c : s) c = hex[rng() & 15];
+  return s;
+}
+
+uint64_t rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+const char* openai_type(int status) {
+  switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 413: return "invalid_request_error";
+    case 429: return "rate_limit_error";
+    case 503: return "unavailable_error";
+    default: return "server_error";
+  }
+}
+
+// Deterministic failures: the same request would fail again, so clients must not retry (OpenAI's SDKs read this).
+bool deterministic(int status) { return status == 400 || status == 401 || status == 403 || status == 404 || status == 413; }
+
+json error_json(Style style, int status, const std::string& message, const std::string& param, const std::string& code) {
+  if (style == Style::Ollama) return json{{"error", message}};
+  return json{{"error", {{"message", message}, {"type", openai_type(status)}, {"param", param.empty() ? json(nullptr) : json(param)},
+                         {"code", code.empty() ? json(nullptr) : json(code)}}}};
+}
+
+std::string finish_name(FinishReason f, bool tool_calls) {
+  switch (f) {
+    case FinishReason::EndOfGeneration:
+    case FinishReason::StopString: return tool_calls ? "tool_calls" : "stop";
+    default: return "length";
+  }
+}
+
+json usage_json(const GenResult& r) {
+  const int64_t n_gen = static_cast<int64_t>(r.tokens.size());
+  return {{"prompt_tokens", r.n_prompt},
+          {"completion_tokens", n_gen},
+          {"total_tokens", r.n_prompt + n_gen},
+          {"prompt_tokens_details", {{"cached_tokens", r.n_reused}}}};
+}
+
+json timings_json(const GenResult& r) {
+  const double pn = static_cast<double>(std::max<int64_t>(1, r.n_prompt - r.n_reused));
+  const double gn = static_cast<double>(r.tokens.size());
+  const double pms = r.prompt_seconds * 1e3, gms = r.gen_seconds * 1e3;
+  return {{"prompt_n", r.n_prompt - r.n_reused},
+          {"prompt_ms", pms},
+          {"prompt_per_token_ms", pms / pn},
+          {"prompt_per_second", pms > 0 ? pn * 1e3 / pms : 0.0},
+          {"predicted_n", r.tokens.size()},
+          {"predicted_ms", gms},
+          {"predicted_per_token_ms", gn > 1 ? gms / (gn - 1) : 0.0},
+          {"predicted_per_second", r.gen_tps()},
+          {"cache_n", r.n_reused}};
+}
+
+json bytes_json(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back(c);
+  return b;
+}
+
+std::string valid_utf8_or_replaced(const std::string& s) {
+  // Token pieces may be parts of a UTF-8 character; JSON output must be valid UTF-8.
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      out.append(s, i, n);
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
+json tool_calls_json(const std::vector<ToolCall>& calls, bool object_args) {
+  json out = json::array();
+  for (const ToolCall& c : calls) {
+    json args = c.arguments;
+    if (object_args) {
+      try {
+        args = json::parse(c.arguments);
+      } catch (const json::exception&) {
+      }
+    }
+    if (object_args) out.push_back({{"function", {{"name", c.name}, {"arguments", args}}}});
+    else out.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", args}}}});
+  }
+  return out;
+}
+
+}  // namespace
+
+bool is_loopback_host(const std::string& host) {
+  if (host == "localhost" || host == "::1" || host == "[::1]") return true;
+  in_addr a{};
+  if (inet_pton(AF_INET, host.c_str(), &a) == 1) return (ntohl(a.s_addr) >> 24) == 127;
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+struct HttpServer::Impl {
+  Engine& eng;
+  ServerOptions opt;
+  std::unique_ptr<httplib::Server> srv;
+  std::unique_ptr<Authenticator> auth;
+  RateLimiter limiter;
+  Registry reg;
+  std::vector<std::string> warnings;
+  std::atomic<bool> draining{false};
+  std::atomic<int64_t> active_streams{0};
+  std::mutex log_mu;
+  int port = 0;
+
+  // Metrics (llama-server's names under llamacpp:, plus lokal's).
+  Counter& m_prompt_tokens;
+  Counter& m_gen_tokens;
+  Counter& m_requests;
+  Counter& m_errors;
+  Histogram& m_ttft;
+  Histogram& m_tpot;
+  Histogram& m_duration;
+
+  Impl(Engine& e, ServerOptions o)
+      : eng(e),
+        opt(std::move(o)),
+        limiter(opt.limits),
+        m_prompt_tokens(reg.counter("llamacpp:prompt_tokens_total", "Number of prompt tokens processed.")),
+        m_gen_tokens(reg.counter("llamacpp:tokens_predicted_total", "Number of generation tokens processed.")),
+        m_requests(reg.counter("lokal_requests_total", "HTTP requests answered.")),
+        m_errors(reg.counter("lokal_request_errors_total", "HTTP requests answered with a status >= 400.")),
+        m_ttft(reg.histogram("lokal_time_to_first_token_seconds", "Time from arrival to the first generated token.",
+                             exponential_buckets(0.005, 2, 16))),
+        m_tpot(reg.histogram("lokal_time_per_output_token_seconds", "Mean time per generated token after the first, per request.",
+                             exponential_buckets(0.0005, 2, 16))),
+        m_duration(reg.histogram("lokal_request_duration_seconds", "Generation requests from arrival to the last byte.",
+                                 exponential_buckets(0.01, 2, 16))) {}
+
+  void log_line(const json& j) {
+    if (!opt.access_log) return;
+    std::lock_guard<std::mutex> lk(log_mu);
+    std::fprintf(stderr, "%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  }
+
+  // ---- plumbing -------------------------------------------------------------------------------------------------
+  struct Ctx {
+    std::string request_id;
+    Principal who;
+    Style style = Style::OpenAI;
+    Clock::time_point t0 = Clock::now();
+    int64_t prompt_tokens = 0, gen_tokens = 0, cached_tokens = 0;
+  };
+
+  void send_error(httplib::Response& res, const Ctx& c, int status, const std::string& message, const std::string& param = {},
+                  const std::string& code = {}) {
+    res.status = status;
+    res.set_content(error_json(c.style, status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace),
+                    "application/json");
+    if (deterministic(status)) res.set_header("x-should-retry", "false");
+  }
+
+  void send_json(httplib::Response& res, const json& j, int status = 200) {
+    res.status = status;
+    res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+  }
+
+  void cors(const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_header("Origin") || opt.cors_origins.empty()) return;
+    const std::string origin = req.get_header_value("Origin");
+    for (const std::string& o : opt.cors_origins)
+      if (o == "*" || o == origin) {
+        res.set_header("Access-Control-Allow-Origin", o == "*" ? "*" : origin);
+        res.set_header("Vary", "Origin");
+        res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, x-api-key");
+        res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+        res.set_header("Access-Control-Expose-Headers", "x-request-id, Retry-After");
+        return;
+      }
+  }
+
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&, Ctx&)>;
+
+  // Wraps a handler: request id, CORS, authentication and scope, rate limit, readiness, errors, access log.
+  httplib::Server::Handler wrap(const std::string& path, Scope scope, Style style, bool needs_model, bool generation, Handler h) {
+    return [this, path, scope, style, needs_model, generation, h](const httplib::Request& req, httplib::Response& res) {
+      Ctx c;
+      c.style = style;
+      c.request_id = req.has_header("x-request-id") && req.get_header_value("x-request-id").size() <= 64
+                         ? req.get_header_value("x-request-id")
+                         : "req_" + random_hex(24);
+      res.set_header("x-request-id", c.request_id);
+      cors(req, res);
+      try {
+        if (scope != Scope::Open) {
+          const auto r = auth->authenticate(req.get_header_value("Authorization"), req.get_header_value("x-api-key"));
+          if (r.status != Authenticator::Status::Ok) {
+            res.set_header("WWW-Authenticate", "Bearer");
+            throw ApiError(401, r.message.empty() ? "a valid API key is required (Authorization: Bearer KEY)" : r.message, "", "invalid_api_key");
+          }
+          c.who = r.who;
+          if ((scope == Scope::Inference && !c.who.inference) || (scope == Scope::Admin && !c.who.admin))
+            throw ApiError(403, std::string("this key may not call ") + path + " (it needs the " +
+                                    (scope == Scope::Admin ? "admin" : "inference") + " scope)", "", "insufficient_scope");
+        } else {
+          c.who.subject = "anonymous";
+        }
+        if (!auth->enabled()) c.who.subject = "ip:" + req.remote_addr;
+        if (generation && (opt.limits.requests_per_minute > 0 || opt.limits.tokens_per_minute > 0)) {
+          const int64_t wait = limiter.admit(c.who.subject);
+          if (wait > 0) {
+            res.set_header("Retry-After", std::to_string(wait));
+            throw ApiError(429, "rate limit reached for " + c.who.subject + ": retry in " + std::to_string(wait) + " s", "", "rate_limit_exceeded");
+          }
+        }
+        if (needs_model) {
+          if (draining.load()) {
+            res.set_header("Retry-After", "5");
+            throw ApiError(503, "the server is shutting down", "", "shutting_down");
+          }
+          if (eng.state() == Engine::State::Loading) {
+            res.set_header("Retry-After", "2");
+            throw ApiError(503, "the model is still loading", "", "model_loading");
+          }
+          if (eng.state() == Engine::State::Failed) throw ApiError(500, "the model failed to load: " + eng.error(), "", "model_load_failed");
+        }
+        h(req, res, c);
+      } catch (const ApiError& e) {
+        send_error(res, c, e.status, e.what(), e.param, e.code);
+      } catch (const std::exception& e) {
+        send_error(res, c, 500, std::string("internal error: ") + e.what(), "", "internal_error");
+      }
+      m_requests.inc();
+      if (res.status >= 400) m_errors.inc();
+      if (generation && c.gen_tokens > 0) limiter.add_tokens(c.who.subject, c.gen_tokens);
+      // Streams log when they end (their handler returns before the body is written).
+      if (!res.is_chunked_content_provider_) access_log(req, res.status, c);
+    };
+  }
+
+  void access_log(const httplib::Request& req, int status, const Ctx& c) {
+    json j = {{"time", iso_now()}, {"request_id", c.request_id}, {"method", req.method}, {"path", req.path},
+              {"status", status}, {"subject", c.who.subject}, {"remote", req.remote_addr},
+              {"ms", std::chrono::duration<double, std::milli>(Clock::now() - c.t0).count()}};
+    if (c.prompt_tokens || c.gen_tokens) {
+      j["prompt_tokens"] = c.prompt_tokens;
+      j["cached_tokens"] = c.cached_tokens;
+      j["completion_tokens"] = c.gen_tokens;
+    }
+    log_line(j);
+  }
+
+  void add(const std::string& method, const std::string& path, Scope scope, Style style, bool needs_model, bool generation,
+           Handler h) {
+    auto w = wrap(path, scope, style, needs_model, generation, std::move(h));
+    if (method == "GET") srv->Get(path, w);
+    else srv->Post(path, w);
+  }
+
+  // ---- generation -----------------------------------------------------------------------------------------------
+  // One generation request: prepared, submitted, and turned into the API's response (whole or streamed).
+  struct Gen {
+    Impl* self = nullptr;
+    TextRequest req;
+    Prepared prep;
+    std::shared_ptr<Job> job;
+    std::unique_ptr<ChatOutputParser> parser;
+    std::string id;
+    int64_t created = 0;
+    Clock::time_point t0;
+    std::string model;
+    // Accumulated for the whole response.
+    std::string text;                  // raw generated text (completions) / content (chat)
+    std::vector<TokenLogprob> lps;
+    bool sent_role = false, finished = false, timed_out = false, logged = false;
+    int tool_index = 0;
+    Ctx ctx;
+    httplib::Request const* hreq = nullptr;
+    std::string method, path, remote;
+
+    bool over_time() const {
+      return std::chrono::duration<double>(Clock::now() - t0).count() > self->opt.request_timeout_s;
+    }
+  };
+
+  std::shared_ptr<Gen> start(TextRequest&& r, const Ctx& c, const httplib::Request& hreq) {
+    auto g = std::make_shared<Gen>();
+    g->self = this;
+    g->req = std::move(r);
+    g->t0 = c.t0;
+    g->ctx = c;
+    g->method = hreq.method;
+    g->path = hreq.path;
+    g->remote = hreq.remote_addr;
+    g->model = eng.model_id();
+    g->created = unix_now();
+    g->prep = prepare(eng, g->req);
+    const SchedulerOptions& so = eng.scheduler().options();
+    if (eng.in_flight() >= so.n_parallel + opt.queue_size) {
+      throw ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued (-np " +
+                              std::to_string(so.n_parallel) + " + --queue-size " + std::to_string(opt.queue_size) + ")",
+                     "", "queue_full");
+    }
+    GenRequest gr;
+    gr.prompt = g->prep.prompt;
+    gr.sampling = g->prep.sampling;
+    gr.max_tokens = g->req.max_tokens;
+    gr.stop = g->req.stop;
+    if (g->prep.parse_output) g->parser = std::make_unique<ChatOutputParser>(g->prep.parse);
+    g->job = eng.submit(std::move(gr), g->req.logprobs ? g->req.top_logprobs : -1);
+    switch (g->req.api) {
+      case Api::OpenAIChat: g->id = "chatcmpl-" + random_hex(24); break;
+      case Api::OpenAICompletion: g->id = "cmpl-" + random_hex(24); break;
+      default: g->id = random_hex(16); break;
+    }
+    return g;
+  }
+
+  // Waits for the next piece; returns true when the job ended. Cancels it past the request timeout.
+  bool next(Gen& g, std::string& text, std::vector<TokenLogprob>& lps, std::chrono::milliseconds wait) {
+    const bool done = g.job->wait(text, lps, wait);
+    if (!done && g.over_time() && !g.timed_out) {
+      g.timed_out = true;
+      eng.cancel(*g.job);
+    }
+    return done;
+  }
+
+  json logprobs_openai_chat(const std::vector<TokenLogprob>& lps) {
+    const Vocab& v = eng.model().vocab();
+    json content = json::array();
+    for (const TokenLogprob& t : lps) {
+      const std::string piece = v.token_to_piece(t.token);
+      json top = json::array();
+      for (const auto& [id, lp] : t.top) {
+        const std::string p = v.token_to_piece(id);
+        top.push_back({{"token", valid_utf8_or_replaced(p)}, {"logprob", lp}, {"bytes", bytes_json(p)}});
+      }
+      content.push_back({{"token", valid_utf8_or_replaced(piece)}, {"logprob", t.logprob}, {"bytes", bytes_json(piece)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+
+  json logprobs_openai_completion(const std::vector<TokenLogprob>& lps, size_t offset0) {
+    const Vocab& v = eng.model().vocab();
+    json tokens = json::array(), token_lps = json::array(), top = json::array(), offsets = json::array();
+    size_t off = offset0;
+    for (const TokenLogprob& t : lps) {
+      const std::string piece = v.token_to_piece(t.token);
+      tokens.push_back(valid_utf8_or_replaced(piece));
+      token_lps.push_back(t.logprob);
+      json m = json::object();
+      for (const auto& [id, lp] : t.top) m[valid_utf8_or_replaced(v.token_to_piece(id))] = lp;
+      top.push_back(m);
+      offsets.push_back(off);
+      off += piece.size();
+    }
+    return {{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", top}, {"text_offset", offsets}};
+  }
+
+  json logprobs_llama(const std::vector<TokenLogprob>& lps) {
+    const Vocab& v = eng.model().vocab();
+    json out = json::array();
+    for (const TokenLogprob& t : lps) {
+      const std::string piece = v.token_to_piece(t.token);
+      json top = json::array();
+      for (const auto& [id, lp] : t.top) {
+        const std::string p = v.token_to_piece(id);
+        top.push_back({{"id", id}, {"token", valid_utf8_or_replaced(p)}, {"logprob", lp}, {"bytes", bytes_json(p)}});
+      }
+      out.push_back({{"id", t.token}, {"token", valid_utf8_or_replaced(piece)}, {"logprob", t.logprob}, {"bytes", bytes_json(piece)}, {"top_logprobs", top}});
+    }
+    return out;
+  }
+
+  // The events of one piece of text, per API (streaming). `final`: the job ended; append the closing events.
+  std::vector<json> events(Gen& g, const std::string& piece, const std::vector<TokenLogprob>& lps, bool final) {
+    std::vector<json> out;
+    ChatDelta d;
+    if (g.parser) {
+      if (!piece.empty()) d = g.parser->push(piece);
+      if (final) {
+        ChatDelta f = g.parser->finish();
+        d.content += f.content;
+        d.reasoning_content += f.reasoning_content;
+        for (auto& t : f.tool_calls) d.tool_calls.push_back(std::move(t));
+      }
+    }
+    const GenResult* r = final ? &g.job->result() : nullptr;
+    switch (g.req.api) {
+      case Api::OpenAIChat: {
+        auto chunk = [&](json delta, json finish, json logprobs) {
+          return json{{"id", g.id}, {"object", "chat.completion.chunk"}, {"created", g.created}, {"model", g.model},
+                      {"system_fingerprint", "lokal"},
+                      {"choices", json::array({{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}, {"finish_reason", std::move(finish)}}})}};
+        };
+        if (!g.sent_role) {
+          out.push_back(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
+          g.sent_role = true;
+        }
+        json lp = g.req.logprobs && !lps.empty() ? logprobs_openai_chat(lps) : json(nullptr);
+        if (!d.reasoning_content.empty()) out.push_back(chunk({{"reasoning_content", d.reasoning_content}}, nullptr, nullptr));
+        if (!d.content.empty() || !lp.is_null()) {
+          out.push_back(chunk({{"content", d.content}}, nullptr, lp));
+        }
+        for (const auto& t : d.tool_calls) {
+          json tc = {{"index", t.index}};
+          if (!t.id.empty()) tc["id"] = t.id;
+          tc["type"] = "function";
+          json fn = json::object();
+          if (!t.name.empty()) fn["name"] = t.name;
+          fn["arguments"] = t.arguments_part;
+          tc["function"] = fn;
+          out.push_back(chunk({{"tool_calls", json::array({tc})}}, nullptr, nullptr));
+        }
+        if (final) {
+          const bool calls = g.parser && !g.parser->message().tool_calls.empty();
+          out.push_back(chunk(json::object(), finish_name(r->finish, calls), nullptr));
+          if (g.req.include_usage)
+            out.push_back({{"id", g.id}, {"object", "chat.completion.chunk"}, {"created", g.created}, {"model", g.model},
+                           {"system_fingerprint", "lokal"}, {"choices", json::array()}, {"usage", usage_json(*r)}});
+        }
+        break;
+      }
+      case Api::OpenAICompletion: {
+        const size_t off = g.text.size();
+        g.text += piece;
+        if (!piece.empty() || final) {
+          json c = {{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", g.model},
+                    {"system_fingerprint", "lokal"},
+                    {"choices", json::array({{{"text", piece}, {"index", 0},
+                                             {"logprobs", g.req.logprobs ? logprobs_openai_completion(lps, off) : json(nullptr)},
+                                             {"finish_reason", final ? json(finish_name(r->finish, false)) : json(nullptr)}}})}};
+          out.push_back(c);
+        }
+        if (final && g.req.include_usage)
+          out.push_back({{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", g.model},
+                         {"choices", json::array()}, {"usage", usage_json(*r)}});
+        break;
+      }
+      case Api::LlamaCompletion: {
+        g.text += piece;
+        if (!piece.empty() && !final) {
+          json c = {{"content", piece}, {"stop", false}, {"id_slot", -1}, {"index", 0}};
+          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(lps);
+          out.push_back(c);
+        } else if (final) {
+          json c = llama_final(g, *r, piece);
+          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(lps);
+          out.push_back(c);
+        }
+        break;
+      }
+      case Api::OllamaChat:
+      case Api::OllamaGenerate: {
+        const bool chat_api = g.req.api == Api::OllamaChat;
+        std::string content = g.parser ? d.content : piece;
+        if (!content.empty() || !d.reasoning_content.empty() || !d.tool_calls.empty()) {
+          json j = {{"model", g.model}, {"created_at", iso_now()}};
+          if (chat_api) {
+            json msg = {{"role", "assistant"}, {"content", content}};
+            if (!d.reasoning_content.empty()) msg["thinking"] = d.reasoning_content;
+            if (!d.tool_calls.empty()) {
+              std::vector<ToolCall> calls;
+              for (const auto& t : d.tool_calls) calls.push_back({t.id, t.name, t.arguments_part});
+              msg["tool_calls"] = tool_calls_json(calls, true);
+            }
+            j["message"] = msg;
+          } else {
+            j["response"] = content;
+            if (!d.reasoning_content.empty()) j["thinking"] = d.reasoning_content;
+          }
+          j["done"] = false;
+          out.push_back(j);
+        }
+        if (final) out.push_back(ollama_final(g, *r, "", true));
+        break;
+      }
+    }
+    return out;
+  }
+
+  json llama_final(const Gen& g, const GenResult& r, const std::string& last_piece) {
+    const char* stop_type = r.finish == FinishReason::EndOfGeneration ? "eos"
+                            : r.finish == FinishReason::StopString    ? "word"
+                                                                      : "limit";
+    const SamplingParams& sp = g.prep.sampling;
+    return {{"content", last_piece},
+            {"stop", true},
+            {"id_slot", -1},
+            {"index", 0},
+            {"model", g.model},
+            {"tokens_predicted", r.tokens.size()},
+            {"tokens_evaluated", r.n_prompt},
+            {"tokens_cached", r.n_reused},
+            {"generation_settings", {{"n_ctx", eng.n_ctx()}, {"temperature", sp.temperature}, {"top_k", sp.top_k},
+                                     {"top_p", sp.top_p}, {"min_p", sp.min_p}, {"repeat_penalty", sp.repeat_penalty},
+                                     {"repeat_last_n", sp.repeat_last_n}, {"presence_penalty", sp.presence_penalty},
+                                     {"frequency_penalty", sp.frequency_penalty}, {"seed", sp.seed},
+                                     {"n_predict", g.req.max_tokens}, {"stop", g.req.stop}}},
+            {"prompt", g.prep.prompt_text},
+            {"has_new_line", g.text.find('\n') != std::string::npos},
+            {"truncated", false},
+            {"stop_type", stop_type},
+            {"stopping_word", ""},
+            {"timings", timings_json(r)}};
+  }
+
+  json ollama_final(const Gen& g, const GenResult& r, const std::string& content, bool stream) {
+    const auto ns = [](double s) { return static_cast<int64_t>(s * 1e9); };
+    json j = {{"model", g.model}, {"created_at", iso_now()}};
+    if (g.req.api == Api::OllamaChat) {
+      json msg = {{"role", "assistant"}, {"content", stream ? "" : content}};
+      if (!stream && g.parser) {
+        const ParsedMessage& m = g.parser->message();
+        if (!m.reasoning_content.empty()) msg["thinking"] = m.reasoning_content;
+        if (!m.tool_calls.empty()) msg["tool_calls"] = tool_calls_json(m.tool_calls, true);
+      }
+      j["message"] = msg;
+    } else {
+      j["response"] = stream ? "" : content;
+      if (!stream && g.parser && !g.parser->message().reasoning_content.empty()) j["thinking"] = g.parser->message().reasoning_content;
+    }
+    j["done"] = true;
+    j["done_reason"] = r.finish == FinishReason::EndOfGeneration || r.finish == FinishReason::StopString ? "stop" : "length";
+    j["total_duration"] = ns(std::chrono::duration<double>(Clock::now() - g.t0).count());
+    j["load_duration"] = 0;
+    j["prompt_eval_count"] = r.n_prompt;
+    j["prompt_eval_duration"] = ns(r.prompt_seconds);
+    j["eval_count"] = r.tokens.size();
+    j["eval_duration"] = ns(r.gen_seconds);
+    return j;
+  }
+
+  // The whole (non-streamed) response.
+  json whole(Gen& g) {
+    std::string raw;
+    std::vector<TokenLogprob> lps;
+    while (!next(g, raw, lps, std::chrono::milliseconds(500))) {
+    }
+    const GenResult& r = g.job->result();
+    if (r.finish == FinishReason::Error) throw ApiError(500, "generation failed: " + r.error, "", "generation_error");
+    ParsedMessage msg;
+    if (g.parser) {
+      g.parser->push(raw);
+      g.parser->finish();
+      msg = g.parser->message();
+    }
+    note_result(g, r);
+    switch (g.req.api) {
+      case Api::OpenAIChat: {
+        json m = {{"role", "assistant"}, {"content", msg.content}};
+        if (!msg.reasoning_content.empty()) m["reasoning_content"] = msg.reasoning_content;
+        if (!msg.tool_calls.empty()) {
+          m["tool_calls"] = tool_calls_json(msg.tool_calls, false);
+          if (msg.content.empty()) m["content"] = nullptr;
+        }
+        return {{"id", g.id}, {"object", "chat.completion"}, {"created", g.created}, {"model", g.model},
+                {"system_fingerprint", "lokal"},
+                {"choices", json::array({{{"index", 0}, {"message", m},
+                                         {"logprobs", g.req.logprobs ? logprobs_openai_chat(lps) : json(nullptr)},
+                                         {"finish_reason", finish_name(r.finish, !msg.tool_calls.empty())}}})},
+                {"usage", usage_json(r)},
+                {"timings", timings_json(r)}};
+      }
+      case Api::OpenAICompletion:
+        return {{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", g.model},
+                {"system_fingerprint", "lokal"},
+                {"choices", json::array({{{"text", raw}, {"index", 0},
+                                         {"logprobs", g.req.logprobs ? logprobs_openai_completion(lps, 0) : json(nullptr)},
+                                         {"finish_reason", finish_name(r.finish, false)}}})},
+                {"usage", usage_json(r)}};
+      case Api::LlamaCompletion: {
+        g.text = raw;
+        json j = llama_final(g, r, raw);
+        if (g.req.logprobs) j["completion_probabilities"] = logprobs_llama(lps);
+        return j;
+      }
+      case Api::OllamaChat:
+      case Api::OllamaGenerate:
+        return ollama_final(g, r, g.parser ? msg.content : raw, false);
+    }
+    return {};
+  }
+
+  void note_result(Gen& g, const GenResult& r) {
+    g.ctx.prompt_tokens = r.n_prompt;
+    g.ctx.cached_tokens = r.n_reused;
+    g.ctx.gen_tokens = static_cast<int64_t>(r.tokens.size());
+    m_prompt_tokens.inc(static_cast<double>(r.n_prompt - r.n_reused));
+    m_gen_tokens.inc(static_cast<double>(r.tokens.size()));
+    if (!r.tokens.empty()) m_ttft.observe(r.queue_seconds + r.prompt_seconds);
+    if (r.tokens.size() > 1) m_tpot.observe(r.gen_seconds / static_cast<double>(r.tokens.size() - 1));
+    m_duration.observe(std::chrono::duration<double>(Clock::now() - g.t0).count());
+  }
+
+  // Serves a generation request, whole or streamed.
+  void generate(TextRequest&& tr, const httplib::Request& req, httplib::Response& res, Ctx& c) {
+    const bool stream = tr.stream;
+    auto g = start(std::move(tr), c, req);
+    if (!stream) {
+      json body;
+      try {
+        body = whole(*g);
+      } catch (...) {
+        c = g->ctx;
+        throw;
+      }
+      c = g->ctx;
+      send_json(res, body);
+      return;
+    }
+    const bool sse = g->req.api != Api::OllamaChat && g->req.api != Api::OllamaGenerate;
+    ++active_streams;
+    res.set_header("Cache-Control", "no-cache");
+    if (sse) res.set_header("X-Accel-Buffering", "no");
+    res.set_chunked_content_provider(
+        sse ? "text/event-stream" : "application/x-ndjson",
+        [this, g, sse](size_t, httplib::DataSink& sink) { return pump(*g, sink, sse); },
+        [this, g](bool) {
+          if (!g->job->done()) {
+            eng.cancel(*g->job);  // the client went away: free its sequence now
+            // The cancel lands at the scheduler's next step: wait briefly so the tokens made so far are counted.
+            std::string rest;
+            std::vector<TokenLogprob> lps;
+            for (int i = 0; i < 20 && !g->job->wait(rest, lps, std::chrono::milliseconds(50));) ++i;
+            if (g->job->done()) note_result(*g, g->job->result());
+          }
+          --active_streams;
+          if (g->ctx.gen_tokens > 0) limiter.add_tokens(g->ctx.who.subject, g->ctx.gen_tokens);
+          if (!g->logged) {
+            g->logged = true;
+            httplib::Request r;
+            r.method = g->method;
+            r.path = g->path;
+            r.remote_addr = g->remote;
+            access_log(r, 200, g->ctx);
+          }
+        });
+  }
+
+  bool write(httplib::DataSink& sink, const std::string& s) { return sink.write(s.data(), s.size()); }
+
+  std::string frame(const json& j, bool sse) {
+    const std::string body = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    return sse ? "data: " + body + "\n\n" : body + "\n";
+  }
+
+  // Called repeatedly by cpp-httplib until sink.done(); returning false drops the connection.
+  bool pump(Gen& g, httplib::DataSink& sink, bool sse) {
+    if (g.finished) {
+      sink.done();
+      return true;
+    }
+    std::string piece;
+    std::vector<TokenLogprob> lps;
+    const bool done = next(g, piece, lps, std::chrono::milliseconds(1000));
+    if (!done && piece.empty() && lps.empty()) {
+      // A long prompt: keep the connection visibly alive (SSE comments are ignored by clients).
+      if (sse && !g.job->started()) return write(sink, ": ping\n\n");
+      return sink.is_writable();
+    }
+    if (done && g.job->result().finish == FinishReason::Error) {
+      const std::string msg = "generation failed: " + g.job->result().error;
+      g.finished = true;
+      const json e = g.req.api == Api::OllamaChat || g.req.api == Api::OllamaGenerate
+                         ? json{{"error", msg}}
+                         : error_json(Style::OpenAI, 500, msg, "", "generation_error");
+      if (!write(sink, frame(e, sse))) return false;
+      sink.done();
+      return true;
+    }
+    std::string out;
+    for (const json& e : events(g, piece, lps, done)) out += frame(e, sse);
+    if (done) {
+      note_result(g, g.job->result());
+      if (sse && g.req.api != Api::LlamaCompletion) out += "data: [DONE]\n\n";
+      g.finished = true;
+    }
+    if (!out.empty() && !write(sink, out)) return false;
+    if (done) sink.done();
+    return true;
+  }
+
+  // ---- the endpoints --------------------------------------------------------------------------------------------
+  json model_details() {
+    const ModelConfig& cfg = eng.model().config();
+    const ModelFacts& f = eng.loaded().facts;
+    char params[32];
+    const double n = static_cast<double>(f.n_params);
+    if (n >= 1e9) std::snprintf(params, sizeof params, "%.1fB", n / 1e9);
+    else std::snprintf(params, sizeof params, "%.1fM", n / 1e6);
+    return {{"parent_model", ""}, {"format", "gguf"}, {"family", cfg.arch}, {"families", json::array({cfg.arch})},
+            {"parameter_size", params}, {"quantization_level", f.type_label}};
+  }
+
+  void routes() {
+    const auto J = [](const httplib::Request& req) { return parse_body(req.body); };
+
+    add("GET", "/", Scope::Open, Style::Ollama, false, false, [](auto&, auto& res, auto&) {
+      res.set_content("lokal is running", "text/plain");
+    });
+    auto health = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
+      json j = {{"model", eng.model_id()}, {"memory", {{"rss_bytes", rss_bytes()}}}};
+      switch (eng.state()) {
+        case Engine::State::Loading:
+          j["status"] = "loading model";
+          res.set_header("Retry-After", "2");
+          send_json(res, j, 503);
+          return;
+        case Engine::State::Failed:
+          j["status"] = "error";
+          j["error"] = eng.error();
+          send_json(res, j, 500);
+          return;
+        case Engine::State::Ready: break;
+      }
+      j["status"] = draining.load() ? "draining" : "ok";
+      j["slots"] = {{"parallel", eng.scheduler().options().n_parallel}, {"in_flight", eng.in_flight()}};
+      send_json(res, j, draining.load() ? 503 : 200);
+    };
+    add("GET", "/health", Scope::Open, Style::OpenAI, false, false, health);
+    add("GET", "/v1/health", Scope::Open, Style::OpenAI, false, false, health);
+
+    // OpenAI.
+    auto models = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
+      json data = json::array();
+      data.push_back({{"id", eng.model_id()}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"},
+                      {"meta", {{"n_ctx", eng.n_ctx()}, {"n_vocab", eng.model().vocab().n_tokens()},
+                                {"n_params", eng.loaded().facts.n_params}, {"size", eng.loaded().facts.file_bytes}}}});
+      for (size_t i = 1; i < eng.options().aliases.size(); ++i)
+        data.push_back({{"id", eng.options().aliases[i]}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"}});
+      send_json(res, {{"object", "list"}, {"data", data}});
+    };
+    add("GET", "/v1/models", Scope::Inference, Style::OpenAI, true, false, models);
+    add("GET", "/models", Scope::Inference, Style::OpenAI, true, false, models);
+    for (const char* p : {"/v1/chat/completions", "/chat/completions"})
+      add("POST", p, Scope::Inference, Style::OpenAI, true, true,
+          [this, J](auto& req, auto& res, Ctx& c) { generate(parse_openai_chat(J(req)), req, res, c); });
+    for (const char* p : {"/v1/completions", "/completions"})
+      add("POST", p, Scope::Inference, Style::OpenAI, true, true,
+          [this, J](auto& req, auto& res, Ctx& c) { generate(parse_openai_completion(J(req)), req, res, c); });
+
+    // llama-server.
+    add("POST", "/completion", Scope::Inference, Style::OpenAI, true, true,
+        [this, J](auto& req, auto& res, Ctx& c) { generate(parse_llama_completion(J(req)), req, res, c); });
+    add("POST", "/tokenize", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
+      const json b = J(req);
+      if (!b.contains("content") || !b["content"].is_string()) throw ApiError(400, "'content' must be a string", "content");
+      const bool add_special = b.value("add_special", false);
+      const bool with_pieces = b.value("with_pieces", false);
+      const Vocab& v = eng.model().vocab();
+      const auto toks = v.tokenize(b["content"].get<std::string>(), add_special, b.value("parse_special", true));
+      json out = json::array();
+      for (int32_t t : toks) {
+        if (with_pieces) out.push_back({{"id", t}, {"piece", valid_utf8_or_replaced(v.token_to_piece(t, true))}});
+        else out.push_back(t);
+      }
+      send_json(res, {{"tokens", out}});
+    });
+    add("POST", "/detokenize", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
+      const json b = J(req);
+      if (!b.contains("tokens") || !b["tokens"].is_array()) throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
+      const Vocab& v = eng.model().vocab();
+      std::vector<int32_t> ids;
+      for (const json& t : b["tokens"]) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= v.n_tokens())
+          throw ApiError(400, "'tokens' holds " + t.dump() + ", not a token id of this model (0.." + std::to_string(v.n_tokens() - 1) + ")", "tokens");
+        ids.push_back(t.get<int32_t>());
+      }
+      send_json(res, {{"content", valid_utf8_or_replaced(v.detokenize(ids, true))}});
+    });
+    add("POST", "/apply-template", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
+      TextRequest r = parse_openai_chat(J(req));
+      send_json(res, {{"prompt", render_chat(eng, r)}});
+    });
+    add("GET", "/props", Scope::Inference, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
+      const ChatTemplate* t = eng.chat_template();
+      const SamplingParams sp;
+      send_json(res, {{"default_generation_settings", {{"n_ctx", eng.n_ctx()}, {"temperature", sp.temperature}, {"top_k", sp.top_k},
+                                                       {"top_p", sp.top_p}, {"min_p", sp.min_p}, {"n_predict", -1}}},
+                      {"total_slots", eng.scheduler().options().n_parallel},
+                      {"model_path", eng.options().load.path},
+                      {"model_alias", eng.model_id()},
+                      {"chat_template", t ? t->source() : ""},
+                      {"chat_template_name", t ? t->name() : ""},
+                      {"tool_call_format", t ? format_name(t->tool_format()) : "none"},
+                      {"build_info", std::string("lokal ") + kVersion}});
+    });
+    add("GET", "/slots", Scope::Admin, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
+      const SchedulerStats st = eng.scheduler().stats();
+      json slots = json::array();
+      for (int i = 0; i < eng.scheduler().options().n_parallel; ++i)
+        slots.push_back({{"id", i}, {"n_ctx", eng.n_ctx()}, {"is_processing", i < st.running}});
+      send_json(res, slots);
+    });
+    if (opt.metrics) {
+      add("GET", "/metrics", Scope::Inference, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
+        const SchedulerStats st = eng.scheduler().stats();
+        reg.gauge("llamacpp:requests_processing", "Number of requests processing.").set(static_cast<double>(st.running));
+        reg.gauge("llamacpp:requests_deferred", "Number of requests deferred (queued).").set(static_cast<double>(st.waiting));
+        reg.gauge("lokal_kv_pages_used", "KV-cache pages (64 positions each) held by sequences.").set(static_cast<double>(st.kv_pages_used));
+        reg.gauge("lokal_kv_pages_total", "KV-cache pages in the pool.").set(static_cast<double>(st.kv_pages_total));
+        reg.gauge("llamacpp:kv_cache_usage_ratio", "KV-cache use (1 = full).")
+            .set(static_cast<double>(st.kv_pages_used) / std::max<double>(1.0, static_cast<double>(st.kv_pages_total)));
+        reg.gauge("lokal_prefix_cache_hit_tokens", "Prompt tokens taken from the prefix cache since start.").set(static_cast<double>(st.prompt_tokens_reused));
+        reg.gauge("lokal_preemptions", "Sequences preempted for lack of KV pages since start.").set(static_cast<double>(st.preemptions));
+        reg.gauge("lokal_resident_memory_bytes", "Resident memory of the server process.").set(static_cast<double>(rss_bytes()));
+        const auto& t = eng.totals();
+        const double gen_s = static_cast<double>(t.gen_ns.load()) / 1e9, prompt_s = static_cast<double>(t.prompt_ns.load()) / 1e9;
+        reg.gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.")
+            .set(prompt_s > 0 ? static_cast<double>(t.prompt_tokens.load() - t.cached_tokens.load()) / prompt_s : 0);
+        reg.gauge("llamacpp:predicted_tokens_seconds", "Average generation throughput in tokens/s.")
+            .set(gen_s > 0 ? static_cast<double>(t.generated_tokens.load()) / gen_s : 0);
+        res.set_content(reg.render(), "text/plain; version=0.0.4");
+      });
+    }
+
+    // Ollama.
+    add("GET", "/api/version", Scope::Open, Style::Ollama, false, false,
+        [this](auto&, auto& res, Ctx&) { send_json(res, {{"version", kVersion}}); });
+    auto tag = [this](bool ps) {
+      json m = {{"name", eng.model_id()}, {"model", eng.model_id()}, {"size", eng.loaded().facts.file_bytes},
+                {"digest", ""}, {"details", model_details()}};
+      if (ps) {
+        m["expires_at"] = "2318-01-01T00:00:00Z";  // stays loaded (no keep_alive unloading in a one-model server)
+        m["size_vram"] = 0;
+        m["context_length"] = eng.n_ctx();
+      } else {
+        std::error_code ec;
+        const auto mt = std::filesystem::last_write_time(eng.options().load.path, ec);
+        (void)mt;
+        m["modified_at"] = iso_now();
+      }
+      return m;
+    };
+    add("GET", "/api/tags", Scope::Inference, Style::Ollama, true, false,
+        [this, tag](auto&, auto& res, Ctx&) { send_json(res, {{"models", json::array({tag(false)})}}); });
+    add("GET", "/api/ps", Scope::Inference, Style::Ollama, true, false,
+        [this, tag](auto&, auto& res, Ctx&) { send_json(res, {{"models", json::array({tag(true)})}}); });
+    add("POST", "/api/show", Scope::Inference, Style::Ollama, true, false, [this, J](auto& req, auto& res, Ctx&) {
+      const json b = J(req);
+      std::string name = b.contains("model") && b["model"].is_string() ? b["model"].get<std::string>()
+                         : b.contains("name") && b["name"].is_string() ? b["name"].get<std::string>() : "";
+      if (!eng.answers_to(name)) throw ApiError(404, "model '" + name + "' not found");
+      const ModelConfig& cfg = eng.model().config();
+      const ChatTemplate* t = eng.chat_template();
+      json caps = json::array({"completion"});
+      if (t && t->supports_tools()) caps.push_back("tools");
+      // Thinking: the template opens or mentions <think>, or the vocabulary has it as one token (a model trained to
+      // think when asked, like tinychat and the DeepSeek-R1 distills).
+      if (t && (t->opens_reasoning() || t->source().find("<think>") != std::string::npos ||
+                eng.model().vocab().find_token("<think>") >= 0))
+        caps.push_back("thinking");
+      send_json(res, {{"modelfile", "FROM " + eng.options().load.path + "\n"},
+                      {"parameters", ""},
+                      {"template", t ? t->source() : ""},
+                      {"details", model_details()},
+                      {"model_info", {{"general.architecture", cfg.arch},
+                                      {"general.parameter_count", eng.loaded().facts.n_params},
+                                      {cfg.arch + ".context_length", cfg.n_ctx_train},
+                                      {cfg.arch + ".embedding_length", cfg.n_embd},
+                                      {cfg.arch + ".block_count", cfg.n_layer}}},
+                      {"capabilities", caps}});
+    });
+    add("POST", "/api/chat", Scope::Inference, Style::Ollama, true, true,
+        [this, J](auto& req, auto& res, Ctx& c) { generate(parse_ollama_chat(J(req)), req, res, c); });
+    add("POST", "/api/generate", Scope::Inference, Style::Ollama, true, true, [this, J](auto& req, auto& res, Ctx& c) {
+      TextRequest r = parse_ollama_generate(J(req));
+      if (r.prompt.empty() && r.messages.size() <= 1 && !r.raw) {  // Ollama: an empty prompt loads the model
+        send_json(res, {{"model", eng.model_id()}, {"created_at", iso_now()}, {"response", ""}, {"done", true}, {"done_reason", "load"}});
+        return;
+      }
+      generate(std::move(r), req, res, c);
+    });
+
+    // lokal's simple API.
+    add("GET", "/api/model/info", Scope::Inference, Style::Ollama, true, false, [this](auto&, auto& res, Ctx&) {
+      const LoadedModel& l = eng.loaded();
+      const ModelConfig& cfg = eng.model().config();
+      const auto& t = eng.totals();
+      const double gen_s = static_cast<double>(t.gen_ns.load()) / 1e9, prompt_s = static_cast<double>(t.prompt_ns.load()) / 1e9;
+      send_json(res, {{"file", eng.options().load.path},
+                      {"id", eng.model_id()},
+                      {"architecture", cfg.arch},
+                      {"quantization", l.facts.type_label},
+                      {"parameters", l.facts.n_params},
+                      {"file_bytes", l.facts.file_bytes},
+                      {"context", eng.n_ctx()},
+                      {"context_train", cfg.n_ctx_train},
+                      {"parallel", eng.scheduler().options().n_parallel},
+                      {"threads", eng.n_threads()},
+                      {"kv_cache", {{"type_k", type_name(l.settings.type_k)}, {"type_v", type_name(l.settings.type_v)},
+                                    {"bytes", eng.scheduler().kv_bytes()}}},
+                      {"memory_bytes", {{"weights", l.estimate.weights_bytes}, {"kv_cache", l.estimate.kv_bytes},
+                                        {"compute", l.estimate.compute_bytes}, {"overhead", l.estimate.overhead_bytes},
+                                        {"total_predicted", l.estimate.total_bytes}, {"resident_now", rss_bytes()}}},
+                      {"load_seconds", eng.load_seconds()},
+                      {"chat_template", eng.chat_template() ? eng.chat_template()->name() : ""},
+                      {"speeds", {{"requests", t.requests.load()},
+                                  {"prompt_tokens_per_second", prompt_s > 0 ? static_cast<double>(t.prompt_tokens.load() - t.cached_tokens.load()) / prompt_s : 0},
+                                  {"generated_tokens_per_second", gen_s > 0 ? static_cast<double>(t.generated_tokens.load()) / gen_s : 0}}}});
+    });
+
+    // CORS preflight.
+    srv->Options(R"(/.*)", [this](const httplib::Request& req, httplib::Response& res) {
+      cors(req, res);
+      res.status = 204;
+    });
+  }
+};
+
+HttpServer::HttpServer(Engine& engine, ServerOptions opt) : impl_(std::make_unique<Impl>(engine, std::move(opt))) {}
+HttpServer::~HttpServer() = default;
+const std::vector<std::string>& HttpServer::warnings() const { return impl_->warnings; }
+bool HttpServer::draining() const { return impl_->draining.load(); }
+
+int HttpServer::bind() {
+  Impl& m = *impl_;
+  m.auth = std::make_unique<Authenticator>(m.opt.auth);
+  for (const std::string& w : m.auth->warnings()) m.warnings.push_back(w);
+  if (!is_loopback_host(m.opt.host) && !m.auth->enabled()) {
+    if (!m.opt.no_auth)
+      throw Error("refusing to listen on " + m.opt.host + " without authentication: anyone who can reach this address could use "
+                  "the model. Give --api-key KEY or --api-key-file FILE, or --no-auth if this network is trusted");
+    m.warnings.push_back("listening on " + m.opt.host + " WITHOUT authentication (--no-auth): anyone who can reach it can use the model");
+  }
+  if (!m.opt.ssl_cert_file.empty() || !m.opt.ssl_key_file.empty()) {
+    if (m.opt.ssl_cert_file.empty() || m.opt.ssl_key_file.empty()) throw Error("TLS needs both --ssl-cert-file and --ssl-key-file");
+    auto s = std::make_unique<httplib::SSLServer>(m.opt.ssl_cert_file.c_str(), m.opt.ssl_key_file.c_str());
+    if (!s->is_valid()) throw Error("TLS: cannot use " + m.opt.ssl_cert_file + " / " + m.opt.ssl_key_file + " (not a readable PEM certificate and key pair?)");
+    m.srv = std::move(s);
+  } else {
+    m.srv = std::make_unique<httplib::Server>();
+  }
+  int threads = m.opt.http_threads;
+  if (threads <= 0) threads = std::clamp(4 * (m.eng.options().load.n_parallel + m.opt.queue_size), 16, 256);
+  m.srv->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  m.srv->set_payload_max_length(m.opt.max_body_bytes);
+  m.srv->set_read_timeout(m.opt.read_timeout_s, 0);
+  m.srv->set_write_timeout(m.opt.read_timeout_s, 0);
+  m.srv->set_keep_alive_timeout(m.opt.idle_timeout_s);
+  m.srv->set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours already
+    Impl::Ctx c;
+    c.style = req.path.rfind("/api/", 0) == 0 ? Style::Ollama : Style::OpenAI;
+    std::string msg;
+    if (res.status == 404) msg = "no such endpoint: " + req.method + " " + req.path + " (see docs/SERVER.md)";
+    else if (res.status == 413) msg = "the request body is larger than the server accepts (--max-body " + std::to_string(impl_->opt.max_body_bytes) + " bytes)";
+    else if (res.status == 405) msg = "method not allowed: " + req.method + " " + req.path;
+    else msg = "HTTP error " + std::to_string(res.status);
+    impl_->send_error(res, c, res.status, msg);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  m.routes();
+  if (m.opt.port == 0) {
+    m.port = m.srv->bind_to_any_port(m.opt.host);
+  } else {
+    m.port = m.srv->bind_to_port(m.opt.host, m.opt.port) ? m.opt.port : -1;
+  }
+  if (m.port <= 0)
+    throw Error("cannot listen on " + m.opt.host + ":" + std::to_string(m.opt.port) + " (address in use, or not an address of this machine?)");
+  return m.port;
+}
+
+void HttpServer::listen() { impl_->srv->listen_after_bind(); }
+
+void HttpServer::stop() {
+  Impl& m = *impl_;
+  if (m.draining.exchange(true)) return;
+  const auto t0 = Clock::now();
+  while (m.eng.state() == Engine::State::Ready && m.eng.in_flight() > 0 &&
+         std::chrono::duration<double>(Clock::now() - t0).count() < m.opt.drain_timeout_s)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  m.srv->stop();
+}
+
+}  // namespace lokal::server

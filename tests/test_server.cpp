@@ -1,0 +1,580 @@
+// lokal serve, for real: the binary is started on 127.0.0.1 (any free port), driven over HTTP with cpp-httplib's
+// client, and stopped with SIGTERM (graceful drain, exit status 0). Each server lives for one test; every request has
+// a timeout. Model: tinychat-4m (greedy answers are deterministic; see ../shared/README.md "tinychat").
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "support/test_data.h"
+
+using json = nlohmann::ordered_json;
+using lokal::test::data_path;
+
+namespace {
+
+std::string tinychat() { return data_path("models/real/tinychat-4m-q8_0.gguf"); }
+
+constexpr int kStartSeconds = lokal::test::kAddressSanitizer ? 120 : 30;
+
+// A `lokal serve` process: started with the given flags (plus --port 0), ready when /health says ok.
+class Server {
+ public:
+  explicit Server(const std::vector<std::string>& flags, bool wait_ready = true) {
+    log_ = "/tmp/lokal-test-serve-" + std::to_string(::getpid()) + "-" + std::to_string(++count_) + ".log";
+    std::vector<std::string> args = {lokal::test::binary_dir() + "/src/lokal", "serve", "--port", "0", "-t", "2"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
+      FILE* f = std::freopen(log_.c_str(), "w", stderr);
+      FILE* o = std::freopen("/dev/null", "w", stdout);
+      (void)f;
+      (void)o;
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      _exit(127);
+    }
+    // The port from "listening on http://127.0.0.1:PORT".
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::regex rx("listening on http://127\\.0\\.0\\.1:(\\d+)");
+    while (port_ == 0) {
+      std::smatch m;
+      const std::string text = log();
+      if (std::regex_search(text, m, rx)) port_ = std::stoi(m[1]);
+      else if (exited() || std::chrono::steady_clock::now() - t0 > std::chrono::seconds(kStartSeconds)) break;
+      else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (port_ == 0) return;
+    if (!wait_ready) return;
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(kStartSeconds)) {
+      auto r = client().Get("/health");
+      if (r && r->status == 200) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "server never became ready:\n" << log();
+  }
+  ~Server() {
+    if (pid_ > 0 && !waited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::remove(log_.c_str());
+  }
+  int port() const { return port_; }
+  httplib::Client client(int timeout_s = 60) const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(timeout_s, 0);
+    c.set_connection_timeout(5, 0);
+    return c;
+  }
+  std::string log() const {
+    std::ifstream f(log_);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+  bool exited() {
+    if (waited_) return true;
+    int st = 0;
+    if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+      waited_ = true;
+      status_ = st;
+    }
+    return waited_;
+  }
+  // SIGTERM, then the exit status (-1 when it did not exit within 30 s).
+  int stop() {
+    ::kill(pid_, SIGTERM);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!exited() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!waited_) return -1;
+    return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+  }
+  int exit_status() const { return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool waited_ = false;
+  int status_ = 0;
+  std::string log_;
+  static inline int count_ = 0;
+};
+
+json post(httplib::Client& c, const std::string& path, const json& body, int* status = nullptr,
+          httplib::Headers headers = {}) {
+  auto r = c.Post(path, headers, body.dump(), "application/json");
+  if (!r) throw std::runtime_error("no response from " + path);
+  if (status) *status = r->status;
+  return json::parse(r->body);
+}
+
+json chat_body(const std::string& question, json extra = json::object()) {
+  json b = {{"messages", json::array({{{"role", "user"}, {"content", question}}})}, {"temperature", 0}};
+  for (auto it = extra.begin(); it != extra.end(); ++it) b[it.key()] = it.value();
+  return b;
+}
+
+// The data: lines of an SSE body, parsed ("[DONE]" kept as a string).
+std::vector<json> sse_events(const std::string& body, bool* well_formed) {
+  std::vector<json> out;
+  *well_formed = true;
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == ':') continue;
+    if (line.rfind("data: ", 0) != 0) {
+      *well_formed = false;
+      continue;
+    }
+    const std::string d = line.substr(6);
+    if (d == "[DONE]") out.emplace_back("[DONE]");
+    else out.push_back(json::parse(d));
+  }
+  return out;
+}
+
+const json kTools = json::parse(R"([{"type":"function","function":{"name":"get_weather","description":"Get the current weather in a city",
+  "parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}])");
+
+}  // namespace
+
+TEST(Server, OpenAIChatWholeAndStreamedAgree) {
+  Server s({"-m", tinychat()});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  int st = 0;
+  const json whole = post(c, "/v1/chat/completions", chat_body("What is the capital of France?"), &st);
+  ASSERT_EQ(st, 200) << whole.dump();
+  EXPECT_EQ(whole["object"], "chat.completion");
+  EXPECT_EQ(whole["model"], "tinychat-4m-q8_0");
+  const json& choice = whole["choices"][0];
+  EXPECT_EQ(choice["message"]["role"], "assistant");
+  EXPECT_NE(choice["message"]["content"].get<std::string>().find("Paris"), std::string::npos) << whole.dump();
+  EXPECT_EQ(choice["finish_reason"], "stop");
+  EXPECT_GT(whole["usage"]["prompt_tokens"].get<int>(), 10);
+  EXPECT_EQ(whole["usage"]["total_tokens"].get<int>(), whole["usage"]["prompt_tokens"].get<int>() + whole["usage"]["completion_tokens"].get<int>());
+  EXPECT_TRUE(whole["usage"]["prompt_tokens_details"].contains("cached_tokens"));
+
+  // The same through `lokal chat -p` (same template, same greedy decoding).
+  auto cli = lokal::test::run_lokal("chat -m " + tinychat() + " --temp 0 -p 'What is the capital of France?'");
+  ASSERT_EQ(cli.rc, 0) << cli.err;
+  std::string cli_text = cli.out;
+  while (!cli_text.empty() && cli_text.back() == '\n') cli_text.pop_back();
+  EXPECT_EQ(choice["message"]["content"], cli_text);
+
+  auto r = c.Post("/v1/chat/completions", chat_body("What is the capital of France?", {{"stream", true}, {"stream_options", {{"include_usage", true}}}}).dump(),
+                  "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  EXPECT_FALSE(r->get_header_value("x-request-id").empty());
+  bool ok = false;
+  const auto ev = sse_events(r->body, &ok);
+  ASSERT_TRUE(ok) << r->body;
+  ASSERT_GE(ev.size(), 4u) << r->body;
+  EXPECT_EQ(ev.back(), "[DONE]");
+  EXPECT_EQ(ev[0]["choices"][0]["delta"]["role"], "assistant");
+  std::string text;
+  int finishes = 0;
+  for (size_t i = 0; i + 1 < ev.size(); ++i) {
+    EXPECT_EQ(ev[i]["id"], ev[0]["id"]);
+    EXPECT_EQ(ev[i]["object"], "chat.completion.chunk");
+    if (ev[i]["choices"].empty()) continue;
+    const json& ch = ev[i]["choices"][0];
+    if (ch["delta"].contains("content")) text += ch["delta"]["content"].get<std::string>();
+    if (!ch["finish_reason"].is_null()) {
+      ++finishes;
+      EXPECT_EQ(ch["finish_reason"], "stop");
+    }
+  }
+  EXPECT_EQ(finishes, 1);
+  EXPECT_EQ(text, choice["message"]["content"]);
+  const json& usage_chunk = ev[ev.size() - 2];
+  EXPECT_TRUE(usage_chunk["choices"].empty());
+  EXPECT_EQ(usage_chunk["usage"]["completion_tokens"], whole["usage"]["completion_tokens"]);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+  EXPECT_NE(s.log().find("\"path\":\"/v1/chat/completions\""), std::string::npos) << "access log";
+}
+
+TEST(Server, ToolCallsJsonAndReasoning) {
+  Server s({"-m", tinychat()});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  int st = 0;
+  const json r = post(c, "/v1/chat/completions", chat_body("What's the weather in Tokyo?", {{"tools", kTools}}), &st);
+  ASSERT_EQ(st, 200) << r.dump();
+  const json& m = r["choices"][0]["message"];
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "tool_calls") << r.dump();
+  ASSERT_EQ(m["tool_calls"].size(), 1u) << r.dump();
+  EXPECT_TRUE(m["content"].is_null());
+  EXPECT_EQ(m["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(m["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_FALSE(m["tool_calls"][0]["id"].get<std::string>().empty());
+  const json args = json::parse(m["tool_calls"][0]["function"]["arguments"].get<std::string>());
+  EXPECT_TRUE(args["city"].is_string()) << args.dump();
+
+  // Streamed: one indexed tool-call delta with id and name, then finish_reason tool_calls.
+  auto sr = c.Post("/v1/chat/completions", chat_body("What's the weather in Tokyo?", {{"tools", kTools}, {"stream", true}}).dump(), "application/json");
+  ASSERT_TRUE(sr);
+  bool ok = false;
+  const auto ev = sse_events(sr->body, &ok);
+  ASSERT_TRUE(ok);
+  int calls = 0;
+  std::string finish;
+  for (const json& e : ev) {
+    if (!e.is_object() || e["choices"].empty()) continue;
+    const json& ch = e["choices"][0];
+    if (ch["delta"].contains("tool_calls")) {
+      ++calls;
+      EXPECT_EQ(ch["delta"]["tool_calls"][0]["index"], 0);
+      EXPECT_EQ(ch["delta"]["tool_calls"][0]["function"]["name"], "get_weather");
+    }
+    if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
+  }
+  EXPECT_EQ(calls, 1) << sr->body;
+  EXPECT_EQ(finish, "tool_calls");
+
+  // tool_choice naming the function: a call of it even for a question that does not need it; one call only when
+  // parallel_tool_calls is false (with the default, tinychat writes two).
+  const json forced = post(c, "/v1/chat/completions",
+                           chat_body("Tell me a short story about a cat.", {{"tools", kTools}, {"parallel_tool_calls", false},
+                                                                             {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}}), &st);
+  ASSERT_EQ(st, 200) << forced.dump();
+  ASSERT_EQ(forced["choices"][0]["message"]["tool_calls"].size(), 1u) << forced.dump();
+  EXPECT_EQ(forced["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+
+  // response_format json_schema (nested and flat): the content parses and has the required keys.
+  const json schema = {{"type", "object"}, {"properties", {{"name", {{"type", "string"}}}, {"age", {{"type", "integer"}}}}}, {"required", {"name", "age"}}};
+  for (const json& rf : {json{{"type", "json_schema"}, {"json_schema", {{"name", "person"}, {"schema", schema}}}},
+                         json{{"type", "json_schema"}, {"schema", schema}}}) {
+    const json jr = post(c, "/v1/chat/completions", chat_body("Reply in JSON with the name and age of Anna, who is 7.", {{"response_format", rf}, {"max_tokens", 64}}), &st);
+    ASSERT_EQ(st, 200) << jr.dump();
+    const json obj = json::parse(jr["choices"][0]["message"]["content"].get<std::string>());
+    EXPECT_TRUE(obj["name"].is_string()) << obj.dump();
+    EXPECT_TRUE(obj["age"].is_number_integer()) << obj.dump();
+  }
+
+  // Reasoning: the system prompt that makes tinychat think; the <think> block comes back as reasoning_content.
+  json think = {{"messages", json::array({{{"role", "system"}, {"content", "Think step by step before you answer."}},
+                                          {{"role", "user"}, {"content", "What is the capital of France?"}}})},
+                {"temperature", 0}};
+  const json tr = post(c, "/v1/chat/completions", think, &st);
+  ASSERT_EQ(st, 200);
+  const json& tm = tr["choices"][0]["message"];
+  EXPECT_FALSE(tm.value("reasoning_content", "").empty()) << tr.dump();
+  EXPECT_EQ(tm["content"].get<std::string>().find("<think>"), std::string::npos) << tr.dump();
+  EXPECT_EQ(s.stop(), 0);
+}
+
+TEST(Server, ErrorsHaveOpenAIShapeAndStatus) {
+  Server s({"-m", tinychat(), "--max-body", "65536"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  auto check = [&](const std::string& path, const std::string& body, int status, const std::string& needle) {
+    auto r = c.Post(path, body, "application/json");
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, status) << body.substr(0, 200) << " -> " << r->body;
+    const json j = json::parse(r->body);
+    ASSERT_TRUE(j["error"].is_object()) << r->body;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(needle), std::string::npos) << r->body;
+    EXPECT_TRUE(j["error"].contains("type") && j["error"].contains("param") && j["error"].contains("code")) << r->body;
+    EXPECT_FALSE(r->get_header_value("x-request-id").empty());
+    if (status != 503 && status != 429 && status < 500) {
+      EXPECT_EQ(r->get_header_value("x-should-retry"), "false");
+    }
+  };
+  check("/v1/chat/completions", "{bad json", 400, "not valid JSON");
+  check("/v1/chat/completions", "[1,2]", 400, "JSON object");
+  check("/v1/chat/completions", R"({"messages":"hi"})", 400, "messages");
+  check("/v1/chat/completions", R"({"messages":[{"role":"robot","content":"x"}]})", 400, "robot");
+  check("/v1/chat/completions", chat_body("x", {{"n", 2}}).dump(), 400, "'n'");
+  check("/v1/chat/completions", chat_body("x", {{"temperature", "hot"}}).dump(), 400, "temperature");
+  check("/v1/chat/completions", chat_body("x", {{"model", "gpt-4"}}).dump(), 404, "gpt-4");
+  check("/v1/chat/completions", chat_body("x", {{"logit_bias", {{"999999", 5}}}}).dump(), 400, "vocabulary");
+  check("/v1/chat/completions", chat_body("x", {{"tool_choice", "required"}}).dump(), 400, "tools");
+  check("/v1/chat/completions", chat_body("x", {{"messages", json::array({{{"role", "user"}, {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", "x"}}}}})}}})}}).dump(), 400, "text only");
+  // A prompt longer than the context (512): 400 saying how many tokens it has and how many fit, never truncated.
+  std::string longq;
+  for (int i = 0; i < 300; ++i) longq += "capital of France ";
+  auto r = c.Post("/v1/chat/completions", chat_body(longq).dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_TRUE(std::regex_search(r->body, std::regex("the prompt is \\d+ tokens but the context holds 512"))) << r->body;
+  EXPECT_NE(r->body.find("context_length_exceeded"), std::string::npos);
+  // Body above --max-body: 413 with a JSON error.
+  std::string big = chat_body(std::string(70000, 'a')).dump();
+  auto b = c.Post("/v1/chat/completions", big, "application/json");
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->status, 413);
+  EXPECT_NE(b->body.find("larger than the server accepts"), std::string::npos) << b->body;
+  // Unknown endpoint: 404 JSON; Ollama endpoints answer in Ollama's shape.
+  auto n = c.Get("/v1/nothing");
+  ASSERT_TRUE(n);
+  EXPECT_EQ(n->status, 404);
+  EXPECT_NE(n->body.find("no such endpoint"), std::string::npos);
+  auto o = c.Post("/api/chat", R"({"model":"nope","messages":[]})", "application/json");
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->status, 400);
+  EXPECT_TRUE(json::parse(o->body)["error"].is_string()) << o->body;
+  // The server is still healthy after all that.
+  auto h = c.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+TEST(Server, AuthScopesRateLimitsAndSafeBind) {
+  lokal::test::TempDir dir;
+  const std::string keys = dir.file("keys");
+  std::ofstream(keys) << "# name scopes\nsecret-inference-key-0001 inference alice\nsecret-admin-key-000000001 admin root\n";
+  ::chmod(keys.c_str(), 0600);
+  Server s({"-m", tinychat(), "--api-key-file", keys, "--rate-limit-rpm", "3"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  const httplib::Headers alice = {{"Authorization", "Bearer secret-inference-key-0001"}};
+  const httplib::Headers root = {{"Authorization", "Bearer secret-admin-key-000000001"}};
+  auto g = c.Get("/health");  // open
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->status, 200);
+  int st = 0;
+  json e = post(c, "/v1/chat/completions", chat_body("hi"), &st);
+  EXPECT_EQ(st, 401) << e.dump();
+  EXPECT_EQ(e["error"]["type"], "authentication_error");
+  e = post(c, "/v1/chat/completions", chat_body("hi"), &st, {{"Authorization", "Bearer wrong-key-wrong-key"}});
+  EXPECT_EQ(st, 401);
+  EXPECT_EQ(e.dump().find("wrong-key"), std::string::npos) << "the key is never echoed";
+  auto m = c.Get("/v1/models", alice);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  auto slots = c.Get("/slots", alice);  // admin scope needed
+  ASSERT_TRUE(slots);
+  EXPECT_EQ(slots->status, 403) << slots->body;
+  slots = c.Get("/slots", root);
+  ASSERT_TRUE(slots);
+  EXPECT_EQ(slots->status, 200);
+  // x-api-key works too. Three generations a minute for alice, then 429 with Retry-After; root has its own budget.
+  for (int i = 0; i < 3; ++i) {
+    post(c, "/v1/chat/completions", chat_body("What is the capital of France?", {{"max_tokens", 4}}), &st, {{"x-api-key", "secret-inference-key-0001"}});
+    EXPECT_EQ(st, 200) << i;
+  }
+  auto lim = c.Post("/v1/chat/completions", alice, chat_body("hi").dump(), "application/json");
+  ASSERT_TRUE(lim);
+  EXPECT_EQ(lim->status, 429) << lim->body;
+  ASSERT_FALSE(lim->get_header_value("Retry-After").empty());
+  EXPECT_GE(std::stoi(lim->get_header_value("Retry-After")), 1);
+  post(c, "/v1/chat/completions", chat_body("hi", {{"max_tokens", 2}}), &st, root);
+  EXPECT_EQ(st, 200);
+  EXPECT_EQ(s.stop(), 0);
+
+  // Any address but loopback without keys: refused before loading anything.
+  auto refused = lokal::test::run_lokal("serve -m " + tinychat() + " --host 0.0.0.0 --port 0");
+  EXPECT_NE(refused.rc, 0);
+  EXPECT_NE(refused.err.find("without authentication"), std::string::npos) << refused.err;
+}
+
+TEST(Server, LlamaServerAndOllamaEndpoints) {
+  Server s({"-m", tinychat(), "--metrics", "-a", "tiny", "-a", "chat"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  int st = 0;
+  // /tokenize and /detokenize round-trip; special tokens are parsed.
+  json t = post(c, "/tokenize", {{"content", "<|im_start|>user\nHello"}, {"with_pieces", true}}, &st);
+  ASSERT_EQ(st, 200) << t.dump();
+  EXPECT_EQ(t["tokens"][0]["piece"], "<|im_start|>");
+  json ids = json::array();
+  for (const json& x : t["tokens"]) ids.push_back(x["id"]);
+  json d = post(c, "/detokenize", {{"tokens", ids}}, &st);
+  EXPECT_EQ(d["content"], "<|im_start|>user\nHello");
+  // /apply-template is what `lokal template` renders.
+  const json msgs = json::array({{{"role", "user"}, {"content", "What is the capital of France?"}}});
+  json at = post(c, "/apply-template", {{"messages", msgs}}, &st);
+  auto tpl = lokal::test::run_lokal("template " + tinychat() + " --messages '" + msgs.dump() + "'");
+  ASSERT_EQ(tpl.rc, 0);
+  EXPECT_EQ(at["prompt"], tpl.out);
+  // /completion with the rendered prompt gives the chat answer; timings are there.
+  json comp = post(c, "/completion", {{"prompt", at["prompt"]}, {"temperature", 0}, {"n_predict", 16}}, &st);
+  ASSERT_EQ(st, 200) << comp.dump();
+  EXPECT_NE(comp["content"].get<std::string>().find("Paris"), std::string::npos) << comp.dump();
+  EXPECT_EQ(comp["stop_type"], "eos");
+  EXPECT_GT(comp["timings"]["predicted_n"].get<int>(), 0);
+  // OpenAI completions with logprobs.
+  json oc = post(c, "/v1/completions", {{"model", "chat"}, {"prompt", "Once upon a time"}, {"max_tokens", 5}, {"temperature", 0}, {"logprobs", 2}}, &st);
+  ASSERT_EQ(st, 200) << oc.dump();
+  EXPECT_EQ(oc["model"], "tiny");
+  EXPECT_EQ(oc["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(oc["choices"][0]["logprobs"]["tokens"].size(), 5u);
+  for (const json& lp : oc["choices"][0]["logprobs"]["token_logprobs"]) EXPECT_LE(lp.get<double>(), 0.0);
+  // /props, /v1/models with aliases, /metrics.
+  auto props = c.Get("/props");
+  ASSERT_TRUE(props);
+  EXPECT_EQ(json::parse(props->body)["default_generation_settings"]["n_ctx"], 512);
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
+  auto metrics = c.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  for (const char* name : {"llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total", "lokal_time_to_first_token_seconds_bucket",
+                           "lokal_time_per_output_token_seconds_count", "llamacpp:requests_processing", "lokal_kv_pages_used"})
+    EXPECT_NE(metrics->body.find(name), std::string::npos) << name;
+
+  // Ollama: root text, version, tags, ps, show, chat (NDJSON stream and whole), generate.
+  auto root = c.Get("/");
+  ASSERT_TRUE(root);
+  EXPECT_EQ(root->body, "lokal is running");
+  auto tags = c.Get("/api/tags");
+  ASSERT_TRUE(tags);
+  EXPECT_EQ(json::parse(tags->body)["models"][0]["details"]["format"], "gguf");
+  json show = post(c, "/api/show", {{"model", "tiny"}}, &st);
+  EXPECT_EQ(st, 200);
+  EXPECT_NE(show["template"].get<std::string>().find("im_start"), std::string::npos);
+  auto stream = c.Post("/api/chat", json{{"model", "tiny"}, {"messages", msgs}, {"options", {{"temperature", 0}}}}.dump(), "application/json");
+  ASSERT_TRUE(stream);
+  EXPECT_NE(stream->get_header_value("Content-Type").find("application/x-ndjson"), std::string::npos);
+  std::istringstream lines(stream->body);
+  std::string line, text;
+  json last;
+  while (std::getline(lines, line)) {
+    last = json::parse(line);
+    if (!last["done"].get<bool>()) text += last["message"]["content"].get<std::string>();
+  }
+  EXPECT_NE(text.find("Paris"), std::string::npos) << stream->body;
+  EXPECT_TRUE(last["done"].get<bool>());
+  EXPECT_EQ(last["done_reason"], "stop");
+  EXPECT_GT(last["eval_count"].get<int>(), 0);
+  EXPECT_GT(last["total_duration"].get<int64_t>(), 0);
+  json whole = post(c, "/api/chat", {{"name", "tiny"}, {"messages", msgs}, {"stream", false}, {"options", {{"temperature", 0}}}}, &st);
+  EXPECT_EQ(whole["message"]["content"], text);
+  json shorthand = post(c, "/api/chat", {{"message", "What is the capital of France?"}, {"stream", false}, {"options", {{"temperature", 0}}}}, &st);
+  EXPECT_EQ(shorthand["message"]["content"], text);
+  // Ollama tool calls come back with object arguments.
+  json oc2 = post(c, "/api/chat", {{"messages", json::array({{{"role", "user"}, {"content", "What's the weather in Tokyo?"}}})}, {"tools", kTools}, {"stream", false}, {"options", {{"temperature", 0}}}}, &st);
+  ASSERT_EQ(st, 200) << oc2.dump();
+  ASSERT_EQ(oc2["message"]["tool_calls"].size(), 1u) << oc2.dump();
+  EXPECT_TRUE(oc2["message"]["tool_calls"][0]["function"]["arguments"].is_object());
+  json gen = post(c, "/api/generate", {{"prompt", "What is the capital of France?"}, {"stream", false}, {"options", {{"temperature", 0}, {"num_predict", 16}}}}, &st);
+  EXPECT_EQ(gen["response"], text);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+TEST(Server, ConcurrentStreamsAndDisconnectsFreeTheirSequences) {
+  Server s({"-m", tinychat(), "--parallel", "4"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  // 8 concurrent streaming clients, 2 requests each: every stream well-formed, one finish_reason, [DONE] last.
+  std::atomic<int> good{0}, bad{0};
+  std::vector<std::thread> th;
+  for (int i = 0; i < 8; ++i)
+    th.emplace_back([&, i] {
+      auto c = s.client();
+      for (int k = 0; k < 2; ++k) {
+        auto r = c.Post("/v1/chat/completions",
+                        chat_body(i % 2 ? "What is the capital of France?" : "Tell me a short story about a cat.",
+                                  {{"stream", true}, {"temperature", 0.7}, {"seed", i * 10 + k}, {"max_tokens", 48}}).dump(),
+                        "application/json");
+        bool ok = r && r->status == 200;
+        if (ok) {
+          bool wf = false;
+          const auto ev = sse_events(r->body, &wf);
+          int fin = 0;
+          for (const json& e : ev)
+            if (e.is_object() && !e["choices"].empty() && !e["choices"][0]["finish_reason"].is_null()) ++fin;
+          ok = wf && !ev.empty() && ev.back() == "[DONE]" && fin == 1;
+        }
+        (ok ? good : bad)++;
+      }
+    });
+  for (auto& t : th) t.join();
+  EXPECT_EQ(good.load(), 16);
+  EXPECT_EQ(bad.load(), 0);
+
+  // A client that goes away mid-stream: its generation (which would run to the context's end) is cancelled.
+  {
+    httplib::Client c("127.0.0.1", s.port());
+    c.set_read_timeout(30, 0);
+    int chunks = 0;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.body = chat_body("Tell me a short story about a cat.", {{"stream", true}, {"ignore_eos", true}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // false: hang up
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    EXPECT_FALSE(c.send(req, res, err));
+    EXPECT_EQ(chunks, 3);
+  }
+  auto c = s.client();
+  int in_flight = -1;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
+    auto h = c.Get("/health");
+    ASSERT_TRUE(h);
+    in_flight = json::parse(h->body)["slots"]["in_flight"];
+    if (in_flight == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(in_flight, 0) << "the abandoned generation was not cancelled";
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+// Settings: flags > LOKAL_* environment > --config file > defaults; the repo's example config is valid as written
+// (every example uncommented); unknown keys and bad values are one clear error.
+TEST(Server, ConfigFileEnvironmentAndFlags) {
+  lokal::test::TempDir dir;
+  std::string example = lokal::test::read_file(std::string(LOKAL_SOURCE_DIR) + "/packaging/lokal.toml");
+  std::string uncommented;
+  std::istringstream in(example);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (std::regex_match(line, std::regex("# [a-z_]+ = .*"))) line = line.substr(2);
+    if (line.rfind("model = ", 0) == 0) line = "model = \"" + tinychat() + "\"";
+    if (line.rfind("api_key_file", 0) == 0) continue;  // names a systemd credential path
+    uncommented += line + "\n";
+  }
+  std::ofstream(dir.file("lokal.toml")) << uncommented;
+  auto r = lokal::test::run_lokal("serve --config " + dir.file("lokal.toml") + " --print-config");
+  ASSERT_EQ(r.rc, 0) << r.err << "\n" << uncommented;
+  EXPECT_NE(r.out.find("port = 8080\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("parallel = 4\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cors = [\"http://localhost:3000\", \"https://chat.example.com\"]"), std::string::npos) << r.out;
+  // The environment beats the file; a flag beats both.
+  ::setenv("LOKAL_PORT", "9001", 1);
+  auto env = lokal::test::run_lokal("serve --config " + dir.file("lokal.toml") + " --print-config");
+  ASSERT_EQ(env.rc, 0) << env.err;
+  EXPECT_NE(env.out.find("port = 9001\n"), std::string::npos) << env.out;
+  env = lokal::test::run_lokal("serve --config " + dir.file("lokal.toml") + " --port 9002 --print-config");
+  ::unsetenv("LOKAL_PORT");
+  EXPECT_NE(env.out.find("port = 9002\n"), std::string::npos) << env.out;
+  // Keys are never printed.
+  env = lokal::test::run_lokal("serve -m x --api-key supersecretkey123456 --print-config");
+  EXPECT_EQ(env.out.find("supersecretkey"), std::string::npos) << env.out;
+  // Typos are errors, not silently ignored settings.
+  std::ofstream(dir.file("bad.toml")) << "model = \"m.gguf\"\nprot = 8080\n";
+  auto bad = lokal::test::run_lokal("serve --config " + dir.file("bad.toml"));
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("unknown key 'prot'"), std::string::npos) << bad.err;
+  std::ofstream(dir.file("bad2.toml")) << "port = \"many\"\n";
+  bad = lokal::test::run_lokal("serve --config " + dir.file("bad2.toml"));
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("port"), std::string::npos) << bad.err;
+  std::ofstream(dir.file("bad3.toml")) << "port = [\n";
+  bad = lokal::test::run_lokal("serve --config " + dir.file("bad3.toml"));
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("bad3.toml:"), std::string::npos) << bad.err;
+}
