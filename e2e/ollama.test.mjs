@@ -155,6 +155,16 @@ describe('ollama client against lokal serve', () => {
     assert.ok(Number.isInteger(JSON.parse(g.response).age));
   });
 
+  test('embed and embeddings: unit vectors, the same text the same vector', T, async () => {
+    const r = await ollama.embed({ model: MODEL_ID, input: ['The cat sat on the mat.', 'A dog.'] });
+    assert.equal(r.embeddings.length, 2);
+    assert.equal(r.embeddings[0].length, 256);
+    const norm = Math.sqrt(r.embeddings[0].reduce((a, v) => a + v * v, 0));
+    assert.ok(Math.abs(norm - 1) < 1e-4, `norm ${norm}`);
+    const old = await ollama.embeddings({ model: MODEL_ID, prompt: 'The cat sat on the mat.' });
+    assert.deepEqual(old.embedding, r.embeddings[0]);
+  });
+
   test('list, ps, show, version', T, async () => {
     const { models } = await ollama.list();
     const m = models.find((x) => x.name === MODEL_ID);

@@ -263,6 +263,19 @@ describe('openai client against lokal serve', () => {
     assert.ok(ids.includes(MODEL_ID), `ids: ${ids}`);
   });
 
+  test('embeddings.create: unit vectors (the SDK asks for base64 and decodes it), one per input', T, async () => {
+    const one = await client.embeddings.create({ model: MODEL_ID, input: 'The cat sat on the mat.' });
+    const e = one.data[0].embedding;
+    assert.equal(e.length, 256);
+    const norm = Math.sqrt(e.reduce((a, v) => a + v * v, 0));
+    assert.ok(Math.abs(norm - 1) < 1e-4, `norm ${norm}`);
+    const many = await client.embeddings.create({ model: MODEL_ID, input: ['A dog.', 'The cat sat on the mat.'], encoding_format: 'float' });
+    assert.equal(many.data.length, 2);
+    assert.deepEqual(many.data[1].embedding, e);
+    assert.notDeepEqual(many.data[0].embedding, e);
+    assert.ok(many.usage.prompt_tokens > 0);
+  });
+
   test('errors arrive as typed exceptions', T, async () => {
     await assert.rejects(
       client.chat.completions.create({ model: MODEL_ID, messages: FRANCE, n: 2 }),

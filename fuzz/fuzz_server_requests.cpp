@@ -1,5 +1,5 @@
 // fuzz_server_requests: every generation endpoint's body parser (server/requests.cpp) on arbitrary bytes. The input
-// is parsed as JSON (invalid JSON must be an ApiError 400); a JSON value goes through all five parsers, each of
+// is parsed as JSON (invalid JSON must be an ApiError 400); a JSON value goes through all eight parsers, each of
 // which must either return a request or throw ApiError with a 4xx status — never crash, never another exception.
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +32,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (r.chat && !r.messages.is_array()) std::abort();
       if (r.max_tokens < -1) std::abort();
       if (r.top_logprobs < 0) std::abort();
+    } catch (const ApiError& e) {
+      check(e);
+    }
+  }
+  using EmbedParser = EmbedRequest (*)(const nlohmann::ordered_json&);
+  for (EmbedParser p : {parse_openai_embeddings, parse_ollama_embed, parse_ollama_embeddings}) {
+    try {
+      EmbedRequest r = p(body);
+      if (r.texts.empty() && r.token_inputs.empty()) std::abort();
     } catch (const ApiError& e) {
       check(e);
     }

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/fp16.h"
 #include "core/threadpool.h"
 #include "model/model.h"
 #include "runtime/scheduler.h"
@@ -326,5 +328,75 @@ TEST_F(SchedulerTest, SessionAndSchedulerShareOneThreadPool) {
   *id = sch.submit(request(p, 12, greedy(), c, id));
   sch.run_until_idle();
   EXPECT_EQ(c.done[*id].tokens, a.tokens);
+}
+}  // namespace
+
+namespace {
+// Embeddings through the scheduler. Last pooling is checked against the logits: the output matrix applied to the
+// (normalized) last hidden state must give the last position's logits up to one positive scale factor (the hidden
+// state's norm) — correlation 1 within float rounding (|r - 1| < 1e-5: F16 weights, float sums over 256 features).
+// Mean pooling: unit length, the same vector alone and batched with generating requests (batch invariance: equal
+// bit for bit), and different prompts give different vectors.
+TEST_F(SchedulerTest, EmbeddingsArePooledFinalHiddenStates) {
+  ThreadPool pool(2);
+  SchedulerOptions opt;
+  opt.n_ctx = 256;
+  opt.n_batch = 16;  // prompts in several chunks
+  Scheduler sch(*model, pool, opt);
+  const int64_t n_embd = model->config().n_embd, n_vocab = model->config().n_vocab;
+  auto embed = [&](const std::vector<int32_t>& p, Pooling how, std::vector<std::vector<int32_t>> busy = {}) {
+    Collected c;
+    std::vector<std::shared_ptr<uint64_t>> ids;
+    for (const auto& b : busy) {
+      ids.push_back(std::make_shared<uint64_t>(0));
+      *ids.back() = sch.submit(request(b, 20, greedy(), c, ids.back()));
+    }
+    auto id = std::make_shared<uint64_t>(0);
+    GenRequest r = request(p, 0, greedy(), c, id);
+    r.pooling = how;
+    *id = sch.submit(std::move(r));
+    sch.run_until_idle();
+    const GenResult& g = c.done[*id];
+    EXPECT_EQ(g.finish, FinishReason::EndOfGeneration) << g.error;
+    EXPECT_TRUE(g.tokens.empty());
+    return g.embedding;
+  };
+  const auto p = prompt(1000, 40);
+  const std::vector<float> last = embed(p, Pooling::Last);
+  ASSERT_EQ(static_cast<int64_t>(last.size()), n_embd);
+
+  // Logits of the last position from a plain forward pass.
+  Forward f(*model, 256, pool);
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  f.eval(p.data(), static_cast<int64_t>(p.size()), 0, false, logits.data());
+  ASSERT_EQ(model->output.type, DType::F16);
+  std::vector<double> proj(static_cast<size_t>(n_vocab));
+  for (int64_t r = 0; r < n_vocab; ++r) {
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(model->output.row(r));
+    double acc = 0;
+    for (int64_t i = 0; i < n_embd; ++i) acc += static_cast<double>(fp16_to_fp32(w[i])) * last[static_cast<size_t>(i)];
+    proj[static_cast<size_t>(r)] = acc;
+  }
+  double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+  for (int64_t r = 0; r < n_vocab; ++r) {
+    const double x = proj[static_cast<size_t>(r)], y = logits[static_cast<size_t>(r)];
+    sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y;
+  }
+  const double n = static_cast<double>(n_vocab);
+  const double corr = (sxy - sx * sy / n) / std::sqrt((sxx - sx * sx / n) * (syy - sy * sy / n));
+  EXPECT_NEAR(corr, 1.0, 1e-5);
+  EXPECT_GT(sxy, 0.0);
+
+  const std::vector<float> mean = embed(p, Pooling::Mean);
+  double norm = 0;
+  for (float v : mean) norm += static_cast<double>(v) * v;
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  const std::vector<float> mean_busy = embed(p, Pooling::Mean, {prompt(50, 30), prompt(500, 60)});
+  EXPECT_EQ(mean, mean_busy);
+  const std::vector<float> other = embed(prompt(2000, 40), Pooling::Mean);
+  double dot = 0;
+  for (size_t i = 0; i < mean.size(); ++i) dot += static_cast<double>(mean[i]) * other[i];
+  EXPECT_LT(dot, 0.9999);
+  EXPECT_NE(mean, last);
 }
 }  // namespace

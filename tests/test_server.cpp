@@ -10,9 +10,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -50,11 +52,14 @@ class Server {
     }
     // The port from "listening on http://127.0.0.1:PORT".
     const auto t0 = std::chrono::steady_clock::now();
-    const std::regex rx("listening on http://127\\.0\\.0\\.1:(\\d+)");
+    const std::regex rx("listening on (https?)://127\\.0\\.0\\.1:(\\d+)");
     while (port_ == 0) {
       std::smatch m;
       const std::string text = log();
-      if (std::regex_search(text, m, rx)) port_ = std::stoi(m[1]);
+      if (std::regex_search(text, m, rx)) {
+        port_ = std::stoi(m[2]);
+        tls_ = m[1] == "https";
+      }
       else if (exited() || std::chrono::steady_clock::now() - t0 > std::chrono::seconds(kStartSeconds)) break;
       else std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -75,6 +80,8 @@ class Server {
     std::remove(log_.c_str());
   }
   int port() const { return port_; }
+  bool tls() const { return tls_; }
+  pid_t pid() const { return pid_; }
   httplib::Client client(int timeout_s = 60) const {
     httplib::Client c("127.0.0.1", port_);
     c.set_read_timeout(timeout_s, 0);
@@ -110,6 +117,7 @@ class Server {
  private:
   pid_t pid_ = -1;
   int port_ = 0;
+  bool tls_ = false;
   bool waited_ = false;
   int status_ = 0;
   std::string log_;
@@ -577,4 +585,297 @@ TEST(Server, ConfigFileEnvironmentAndFlags) {
   bad = lokal::test::run_lokal("serve --config " + dir.file("bad3.toml"));
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("bad3.toml:"), std::string::npos) << bad.err;
+}
+
+// Embeddings on the three APIs: unit vectors of the model's width, the same text the same vector whether sent alone
+// or in a batch, base64 = the float array's bytes, over-long inputs refused unless Ollama's truncate asks to cut.
+TEST(Server, EmbeddingsOpenAIAndOllama) {
+  Server s({"-m", tinychat(), "--parallel", "2"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  int st = 0;
+  const json one = post(c, "/v1/embeddings", {{"input", "The cat sat on the mat."}}, &st);
+  ASSERT_EQ(st, 200) << one.dump();
+  EXPECT_EQ(one["object"], "list");
+  const std::vector<float> e = one["data"][0]["embedding"].get<std::vector<float>>();
+  ASSERT_EQ(e.size(), 256u);  // tinychat's n_embd
+  double norm = 0;
+  for (float v : e) norm += static_cast<double>(v) * v;
+  EXPECT_NEAR(norm, 1.0, 1e-4);
+  EXPECT_GT(one["usage"]["prompt_tokens"].get<int>(), 3);
+  const json many = post(c, "/v1/embeddings", {{"input", {"A dog.", "The cat sat on the mat.", "Paris is in France."}}}, &st);
+  ASSERT_EQ(st, 200);
+  ASSERT_EQ(many["data"].size(), 3u);
+  EXPECT_EQ(many["data"][1]["index"], 1);
+  EXPECT_EQ(many["data"][1]["embedding"].get<std::vector<float>>(), e);
+  EXPECT_NE(many["data"][0]["embedding"].get<std::vector<float>>(), e);
+  const json b64 = post(c, "/v1/embeddings", {{"input", "The cat sat on the mat."}, {"encoding_format", "base64"}}, &st);
+  ASSERT_EQ(st, 200);
+  const std::string enc = b64["data"][0]["embedding"];
+  EXPECT_EQ(enc.size(), (256u * 4 + 2) / 3 * 4);
+  {  // decode
+    static const std::string tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string bytes;
+    for (size_t i = 0; i + 3 < enc.size() + 3 && i < enc.size(); i += 4) {
+      uint32_t w = 0;
+      int pad = 0;
+      for (int k = 0; k < 4; ++k) {
+        const char ch = enc[i + static_cast<size_t>(k)];
+        w <<= 6;
+        if (ch == '=') ++pad;
+        else w |= static_cast<uint32_t>(tab.find(ch));
+      }
+      bytes += static_cast<char>(w >> 16);
+      if (pad < 2) bytes += static_cast<char>((w >> 8) & 255);
+      if (pad < 1) bytes += static_cast<char>(w & 255);
+    }
+    ASSERT_EQ(bytes.size(), 256u * 4);
+    std::vector<float> d(256);
+    std::memcpy(d.data(), bytes.data(), bytes.size());
+    EXPECT_EQ(d, e);
+  }
+  json err = post(c, "/v1/embeddings", {{"input", "x"}, {"dimensions", 12}}, &st);
+  EXPECT_EQ(st, 400) << err.dump();
+  std::string longtext;
+  for (int i = 0; i < 400; ++i) longtext += "capital of France ";
+  err = post(c, "/v1/embeddings", {{"input", longtext}}, &st);
+  EXPECT_EQ(st, 400);
+  EXPECT_NE(err.dump().find("context holds 512"), std::string::npos) << err.dump();
+
+  const json oe = post(c, "/api/embed", {{"model", "tinychat-4m-q8_0"}, {"input", {"The cat sat on the mat.", "A dog."}}}, &st);
+  ASSERT_EQ(st, 200) << oe.dump();
+  ASSERT_EQ(oe["embeddings"].size(), 2u);
+  EXPECT_EQ(oe["embeddings"][0].get<std::vector<float>>(), e);
+  EXPECT_GT(oe["prompt_eval_count"].get<int>(), 0);
+  err = post(c, "/api/embed", {{"input", longtext}}, &st);
+  EXPECT_EQ(st, 400);
+  EXPECT_TRUE(err["error"].is_string());
+  const json cut = post(c, "/api/embed", {{"input", longtext}, {"truncate", true}}, &st);
+  EXPECT_EQ(st, 200) << cut.dump();
+  const json old = post(c, "/api/embeddings", {{"prompt", "The cat sat on the mat."}}, &st);
+  ASSERT_EQ(st, 200);
+  EXPECT_EQ(old["embedding"].get<std::vector<float>>(), e);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// POST /api/debug/reload (admin scope): the model is loaded again from disk while the server keeps running; a stream
+// in flight past --drain-timeout is ended, requests during the reload get 503, and the server answers again after.
+TEST(Server, AdminReloadWithoutRestart) {
+  Server s({"-m", tinychat(), "--api-key", "inference-key-12345678", "--admin-api-key", "admin-key-1234567890", "--drain-timeout", "0.3",
+            "-c", "4096", "--allow-long-ctx", "--parallel", "2"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  const httplib::Headers user = {{"Authorization", "Bearer inference-key-12345678"}};
+  const httplib::Headers admin = {{"Authorization", "Bearer admin-key-1234567890"}};
+  auto r = c.Post("/api/debug/reload", user, "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403) << r->body;
+  // A long stream (end tokens banned, 4000 tokens) that the reload must end.
+  std::atomic<bool> stream_done{false};
+  std::string body;
+  std::thread streamer([&] {
+    auto sc = s.client();
+    auto sr = sc.Post("/v1/chat/completions", user,
+                      chat_body("Tell me a short story about a cat.", {{"stream", true}, {"ignore_eos", true}, {"max_tokens", 4000},
+                                                                        {"stream_options", {{"include_usage", true}}}}).dump(),
+                      "application/json");
+    if (sr) body = sr->body;
+    stream_done = true;
+  });
+  // Wait until it streams, then reload.
+  for (int i = 0; i < 200; ++i) {
+    auto h = c.Get("/health");
+    if (h && json::parse(h->body)["slots"]["in_flight"].get<int>() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  int st = 0;
+  const json rel = post(c, "/api/debug/reload", json::object(), &st, admin);
+  EXPECT_EQ(st, 200) << rel.dump();
+  EXPECT_EQ(rel["status"], "reloaded");
+  streamer.join();
+  EXPECT_TRUE(stream_done.load());
+  EXPECT_NE(body.find("[DONE]"), std::string::npos) << body.substr(0, 300);
+  {
+    bool wf = false;
+    const auto ev = sse_events(body, &wf);
+    EXPECT_TRUE(wf);
+    ASSERT_GE(ev.size(), 2u);
+    const json& usage = ev[ev.size() - 2]["usage"];
+    EXPECT_LT(usage["completion_tokens"].get<int>(), 4000) << "the reload's drain timeout did not end the stream";
+  }
+  // Answers again, the same greedy text as before the reload.
+  const json a = post(c, "/v1/chat/completions", chat_body("What is the capital of France?"), &st, user);
+  ASSERT_EQ(st, 200) << a.dump();
+  EXPECT_NE(a["choices"][0]["message"]["content"].get<std::string>().find("Paris"), std::string::npos);
+  EXPECT_NE(s.log().find("\"event\":\"reloaded\""), std::string::npos);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+namespace {
+// A /proc/PID/status field in kB.
+int64_t proc_kb(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  return -1;
+}
+}  // namespace
+
+// A soak: 6 clients for LOKAL_SOAK_SECONDS (default 20) seconds of mixed traffic — streams, streams the client drops
+// after two chunks, whole answers, malformed JSON, invalid fields. Then: no 5xx and no broken stream, every request
+// answered, peak RSS after the warm-up (the first half) within 2% of the end's (not under AddressSanitizer: its
+// quarantine of freed memory grows by design), and no KV page held at the end.
+TEST(Server, SoakWithDisconnectsAndMalformedRequests) {
+  const char* env = std::getenv("LOKAL_SOAK_SECONDS");
+  const double seconds = env ? std::atof(env) : 20.0;
+  Server s({"-m", tinychat(), "--parallel", "4", "--metrics", "--no-access-log"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  std::atomic<int> n_ok{0}, n_4xx{0}, n_5xx{0}, n_broken{0}, n_dropped{0};
+  std::mutex err_mu;
+  std::string first_error;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto deadline = t0 + std::chrono::duration<double>(seconds);
+  int64_t hwm_warm = -1;
+  std::string samples;
+  std::thread sampler([&] {
+    for (int i = 1; i <= 8; ++i) {
+      std::this_thread::sleep_until(t0 + std::chrono::duration<double>(seconds * i / 8));
+      const int64_t kb = proc_kb(s.pid(), "VmHWM");
+      if (i == 4) hwm_warm = kb;  // the warm-up: the first half (every connection thread and arena in use)
+      char buf[32];
+      std::snprintf(buf, sizeof buf, " %.1f", static_cast<double>(kb) / 1024.0);
+      samples += buf;
+    }
+  });
+  std::vector<std::thread> th;
+  for (int w = 0; w < 6; ++w)
+    th.emplace_back([&, w] {
+      std::mt19937 rng(static_cast<unsigned>(w) * 7919u + 1u);
+      auto c = s.client(120);
+      auto note = [&](const std::string& e) {
+        std::lock_guard<std::mutex> lk(err_mu);
+        if (first_error.empty()) first_error = e;
+      };
+      for (int k = 0; std::chrono::steady_clock::now() < deadline; ++k) {
+        const int roll = static_cast<int>(rng() % 100);
+        const json body = chat_body(k % 2 ? "Tell me a short story about a cat." : "What is the capital of France?",
+                                    {{"temperature", 0.8}, {"seed", k}, {"max_tokens", 8 + static_cast<int>(rng() % 56)},
+                                     {"stream", roll < 75}});
+        if (roll < 60 || (roll >= 75 && roll < 80)) {  // a stream, or a whole answer
+          auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+          if (!r) { ++n_broken; note("no response"); continue; }
+          if (r->status >= 500) { ++n_5xx; note(r->body); continue; }
+          if (r->status != 200) { ++n_4xx; note(r->body); continue; }
+          if (roll < 60) {
+            bool wf = false;
+            const auto ev = sse_events(r->body, &wf);
+            if (!wf || ev.empty() || ev.back() != "[DONE]") { ++n_broken; note(r->body.substr(0, 200)); continue; }
+          }
+          ++n_ok;
+        } else if (roll < 75) {  // the client hangs up after two chunks
+          httplib::Client hc("127.0.0.1", s.port());
+          hc.set_read_timeout(60, 0);
+          httplib::Request req;
+          req.method = "POST";
+          req.path = "/v1/chat/completions";
+          req.body = body.dump();
+          req.set_header("Content-Type", "application/json");
+          int chunks = 0;
+          req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+          httplib::Response res;
+          httplib::Error err = httplib::Error::Success;
+          hc.send(req, res, err);
+          ++n_dropped;
+        } else {  // malformed JSON or an invalid field: a 400, never more
+          const std::string bad = roll < 90 ? std::string("{\"messages\": [") : chat_body("x", {{"n", 3}}).dump();
+          auto r = c.Post("/v1/chat/completions", bad, "application/json");
+          if (!r) { ++n_broken; note("no response to a bad request"); continue; }
+          if (r->status == 400) ++n_ok;
+          else if (r->status >= 500) { ++n_5xx; note(r->body); }
+          else { ++n_4xx; note(r->body); }
+        }
+      }
+    });
+  for (auto& t : th) t.join();
+  sampler.join();
+  EXPECT_EQ(n_5xx.load(), 0) << first_error;
+  EXPECT_EQ(n_broken.load(), 0) << first_error;
+  EXPECT_EQ(n_4xx.load(), 0) << first_error;
+  EXPECT_GT(n_ok.load(), 20);
+  EXPECT_GT(n_dropped.load(), 2);
+  // Idle again: nothing in flight, no KV page held (cached prefix pages are free pages).
+  auto c = s.client();
+  int in_flight = -1;
+  for (int i = 0; i < 200 && in_flight != 0; ++i) {
+    auto h = c.Get("/health");
+    ASSERT_TRUE(h);
+    in_flight = json::parse(h->body)["slots"]["in_flight"];
+    if (in_flight) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(in_flight, 0);
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  std::smatch sm;
+  ASSERT_TRUE(std::regex_search(m->body, sm, std::regex("\nlokal_kv_pages_used ([0-9.e+]+)"))) << m->body;
+  EXPECT_EQ(std::stod(sm[1]), 0.0) << "KV pages still held after the soak";
+  const int64_t hwm_end = proc_kb(s.pid(), "VmHWM");
+  ASSERT_GT(hwm_warm, 0);
+  std::printf("[ soak     ] %d ok, %d dropped by the client; peak RSS %.1f MiB after warm-up, %.1f MiB at the end\n",
+              n_ok.load(), n_dropped.load(), static_cast<double>(hwm_warm) / 1024, static_cast<double>(hwm_end) / 1024);
+  if (!lokal::test::kAddressSanitizer) {
+    EXPECT_LE(static_cast<double>(hwm_end), static_cast<double>(hwm_warm) * 1.02) << "peak RSS grew during the soak (MiB at each eighth:" << samples << ")";
+  }
+  EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+// CORS allow-list, TLS, and the per-request time limit.
+TEST(Server, CorsTlsAndRequestTimeout) {
+  lokal::test::TempDir dir;
+  const std::string key = dir.file("key.pem"), cert = dir.file("cert.pem");
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -keyout '" + key + "' -out '" + cert +
+                          "' -days 1 -subj /CN=127.0.0.1 >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl could not make a test certificate";
+  Server s({"-m", tinychat(), "--cors", "http://app.example", "--ssl-key-file", key, "--ssl-cert-file", cert,
+            "--timeout", "1", "-c", "4096", "--allow-long-ctx"}, false);
+  ASSERT_GT(s.port(), 0) << s.log();
+  EXPECT_TRUE(s.tls()) << "the TLS server announced http://";
+  const int port = s.port();
+  httplib::SSLClient c("127.0.0.1", port);
+  c.enable_server_certificate_verification(false);
+  c.set_read_timeout(60, 0);
+  for (int i = 0; i < 3000; ++i) {
+    auto h = c.Get("/health");
+    if (h && h->status == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // Plain HTTP on the TLS port gets no answer.
+  httplib::Client plain("127.0.0.1", port);
+  plain.set_read_timeout(5, 0);
+  auto pr = plain.Get("/health");
+  EXPECT_TRUE(!pr || pr->status != 200);
+  // CORS: the allowed origin gets the headers (preflight and request), another origin none.
+  auto pre = c.Options("/v1/chat/completions", {{"Origin", "http://app.example"}, {"Access-Control-Request-Method", "POST"}});
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 204);
+  EXPECT_EQ(pre->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  auto other = c.Options("/v1/chat/completions", {{"Origin", "http://evil.example"}, {"Access-Control-Request-Method", "POST"}});
+  ASSERT_TRUE(other);
+  EXPECT_FALSE(other->has_header("Access-Control-Allow-Origin"));
+  auto get = c.Get("/v1/models", {{"Origin", "http://app.example"}});
+  ASSERT_TRUE(get);
+  EXPECT_EQ(get->status, 200);
+  EXPECT_EQ(get->get_header_value("Access-Control-Allow-Origin"), "http://app.example");
+  // --timeout 1: a generation that would run for many seconds ends after about one, finish_reason length.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = c.Post("/v1/chat/completions",
+                  chat_body("Tell me a short story about a cat.", {{"ignore_eos", true}, {"max_tokens", 4000}}).dump(), "application/json");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json j = json::parse(r->body);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_LT(j["usage"]["completion_tokens"].get<int>(), 4000) << "not cut off";
+  EXPECT_LT(secs, 10.0);
+  EXPECT_EQ(s.stop(), 0) << s.log();
 }

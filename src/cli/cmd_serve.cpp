@@ -34,6 +34,7 @@ struct ServeArgs {
   std::string ram;
   bool allow_long_ctx = false, no_mmap = false, jinja = true;
   std::string chat_template;
+  std::string pooling = "mean";
   std::vector<std::string> aliases;
   server::ServerOptions srv;
   std::vector<std::string> api_keys, admin_api_keys;
@@ -173,6 +174,9 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   eo.load.load.use_mmap = !a.no_mmap;
   eo.chat_template = a.chat_template;
   eo.aliases = a.aliases;
+  if (a.pooling == "mean") eo.pooling = Pooling::Mean;
+  else if (a.pooling == "last") eo.pooling = Pooling::Last;
+  else throw Error("--pooling " + a.pooling + ": expected mean or last");
 
   server::ServerOptions so = a.srv;
   so.auth.api_keys = a.api_keys;
@@ -267,6 +271,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--jinja", a->jinja, "Use the model's Jinja chat template (always on; accepted for llama-server compatibility)");
   cmd->add_option("--chat-template", a->chat_template, "Chat template: a built-in name, a .jinja file or tokenizer_config.json");
+  cmd->add_option("--pooling", a->pooling, "Embeddings: mean or last of the final hidden states (L2-normalized)")->capture_default_str();
   cmd->add_option("-a,--alias", a->aliases, "Model name clients use (repeatable; the first is the id shown)");
   cmd->add_option("--api-key", a->api_keys, "API key for inference endpoints (repeatable, or comma-separated)");
   cmd->add_option("--admin-api-key", a->admin_api_keys, "API key with the admin scope too (reload, slots)");
@@ -278,6 +283,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_flag("--no-auth", a->srv.no_auth, "Allow listening on a non-loopback address without keys (warned)");
   cmd->add_option("--rate-limit-rpm", a->srv.limits.requests_per_minute, "Generation requests per minute per key or client (0: off)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   cmd->add_option("--rate-limit-tpm", a->srv.limits.tokens_per_minute, "Generated tokens per minute per key or client (0: off)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--threads-http", a->srv.http_threads, "Connection threads (0: parallel + queue-size + 8, from 16 to 256)")->capture_default_str()->check(CLI::Range(0, 4096));
   cmd->add_option("--queue-size", a->srv.queue_size, "Requests waiting beyond the running ones before 503")->capture_default_str()->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--max-body", a->srv.max_body_bytes, "Largest request body in bytes (413 above)")->capture_default_str()->check(CLI::Range(uint64_t(1024), uint64_t(1) << 32));
   cmd->add_option("--timeout", a->srv.request_timeout_s, "Seconds a generation may run before it is cut off")->capture_default_str()->check(CLI::Range(1, 1 << 24));

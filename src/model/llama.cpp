@@ -94,7 +94,7 @@ void Forward::eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logi
 }
 
 void Forward::eval_batch(const BatchEntry* e, int64_t n, const SeqPages* seqs, int64_t n_seqs, KVCache& kv,
-                         float* logits) {
+                         float* logits, float* hidden) {
   for (int64_t i = 0; i < n; ++i) {
     const BatchEntry& b = e[i];
     if (b.token < 0 || b.token >= c_.n_vocab)
@@ -111,15 +111,19 @@ void Forward::eval_batch(const BatchEntry* e, int64_t n, const SeqPages* seqs, i
   }
   for (int64_t done = 0; done < n;) {
     const int64_t nb = std::min(max_batch_, n - done);
-    eval_micro(e + done, nb, seqs, kv, logits);
+    eval_micro(e + done, nb, seqs, kv, logits, hidden);
     if (logits)
       for (int64_t i = done; i < done + nb; ++i)
         if (e[i].logits) logits += c_.n_vocab;
+    if (hidden)
+      for (int64_t i = done; i < done + nb; ++i)
+        if (e[i].hidden) hidden += c_.n_embd;
     done += nb;
   }
 }
 
-void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits) {
+void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits,
+                         float* hidden) {
   const int64_t d = c_.n_embd, nq = c_.n_embd_q(), nk = c_.n_embd_k(), nv = c_.n_embd_v(), ff = c_.n_ff;
   RopeParams rp;
   rp.rope_dim = static_cast<int>(c_.rope_dim);
@@ -176,6 +180,11 @@ void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, K
     per_token(n, [&](int64_t t) { add_inplace(x + t * d, xn_.data() + t * d, d); });
   }
 
+  if (hidden) {  // embeddings: the normed final hidden states of the entries that want them
+    int64_t n_h = 0;
+    for (int64_t t = 0; t < n; ++t)
+      if (e[t].hidden) rms_norm(x + t * d, m_.output_norm, hidden + (n_h++) * d, d, c_.rms_eps);
+  }
   if (!logits) return;
   // The final norm of the entries whose logits are wanted, packed together, then one product with the output matrix.
   int64_t n_out = 0;

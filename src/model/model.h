@@ -124,6 +124,7 @@ struct BatchEntry {
   int32_t seq = 0;
   int64_t pos = 0;
   bool logits = false;  // whether the caller wants this entry's logits
+  bool hidden = false;  // whether the caller wants this entry's final hidden state (after the output norm): embeddings
 };
 
 // Page table of a sequence: pages[i] holds its positions [64 i, 64 i + 64).
@@ -156,8 +157,10 @@ class Forward {
   // positions 0..pos (earlier positions must be in the cache or earlier in this batch). Writes one row of n_vocab
   // logits per entry with logits set, in entry order. An entry's results are bit-identical whatever the other
   // entries are (batch invariance: every kernel's arithmetic per token is independent of the batch).
+  // With `hidden`, also writes one row of n_embd floats per entry with hidden set (the final hidden state after the
+  // output RMS norm, as the output matrix reads it), in entry order.
   void eval_batch(const BatchEntry* entries, int64_t n, const SeqPages* seqs, int64_t n_seqs, KVCache& kv,
-                  float* logits);
+                  float* logits, float* hidden = nullptr);
 
   int64_t n_ctx() const { return n_ctx_; }
   size_t kv_bytes() const { return own_kv_ ? own_kv_->bytes() : 0; }
@@ -174,7 +177,7 @@ class Forward {
   void set_matmul_observer(MatmulObserver obs) { observer_ = std::move(obs); }
 
  private:
-  void eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits);
+  void eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits, float* hidden);
   void observe(const WeightView& W, const float* x, int64_t n) const {
     if (observer_) observer_(W, x, n);
   }

@@ -43,6 +43,8 @@ struct Scheduler::Seq {
   size_t max_stop = 0;                 // longest stop string
   Clock::time_point t_submit, t_admit, t_first;
   bool has_first = false;
+  std::vector<double> emb_sum;         // embeddings: the sum of the pooled hidden states so far
+  int64_t emb_n = 0;
   GenResult res;
 };
 
@@ -184,7 +186,9 @@ void Scheduler::admit() {
     std::vector<int32_t> full = s->req.prompt;
     full.insert(full.end(), s->res.tokens.begin(), s->res.tokens.end());
     s->kv = kv_.create();
-    const int64_t reused = kv_.attach_prefix(s->kv, full);
+    const int64_t reused = s->req.pooling == Pooling::Mean ? 0 : kv_.attach_prefix(s->kv, full);
+    s->emb_sum.assign(s->req.pooling != Pooling::None ? static_cast<size_t>(model_.config().n_embd) : 0, 0.0);
+    s->emb_n = 0;
     s->todo.assign(full.begin() + reused, full.end());
     s->todo_pos = 0;
     if (!s->admitted_once) {
@@ -315,23 +319,30 @@ bool Scheduler::step() {
   std::vector<BatchEntry> entries;
   entries.reserve(static_cast<size_t>(used));
   std::vector<SeqPages> tables;
-  int64_t n_out = 0;
+  int64_t n_out = 0, n_hidden = 0;
   for (size_t k = 0; k < order.size(); ++k) {
     Seq* s = order[k];
     tables.push_back(kv_.page_table(s->kv));
     const int64_t len = kv_.length(s->kv);
+    const Pooling pool = s->req.pooling;
     for (int64_t j = 0; j < s->n_batched; ++j) {
       const size_t ti = s->todo_pos + static_cast<size_t>(j);
       const bool last = ti + 1 == s->todo.size();
-      entries.push_back(BatchEntry{s->todo[ti], static_cast<int32_t>(k), len + j, last});
-      n_out += last;
+      BatchEntry be{s->todo[ti], static_cast<int32_t>(k), len + j, last && pool == Pooling::None};
+      be.hidden = pool == Pooling::Mean || (pool == Pooling::Last && last);
+      entries.push_back(be);
+      n_out += be.logits;
+      n_hidden += be.hidden;
     }
   }
   if (static_cast<size_t>(n_out) * static_cast<size_t>(model_.config().n_vocab) > logits_.size())
     logits_.resize(static_cast<size_t>(n_out) * static_cast<size_t>(model_.config().n_vocab));
+  if (static_cast<size_t>(n_hidden) * static_cast<size_t>(model_.config().n_embd) > hidden_.size())
+    hidden_.resize(static_cast<size_t>(n_hidden) * static_cast<size_t>(model_.config().n_embd));
   try {
     fwd_.eval_batch(entries.data(), static_cast<int64_t>(entries.size()), tables.data(),
-                    static_cast<int64_t>(tables.size()), kv_.cache(), logits_.data());
+                    static_cast<int64_t>(tables.size()), kv_.cache(), logits_.data(),
+                    n_hidden > 0 ? hidden_.data() : nullptr);
   } catch (const Error& e) {
     for (Seq* s : order) {
       s->n_batched = 0;
@@ -347,12 +358,36 @@ bool Scheduler::step() {
   }
 
   const int64_t n_vocab = model_.config().n_vocab;
-  int64_t row = 0;
+  const int64_t n_embd = model_.config().n_embd;
+  int64_t row = 0, hrow = 0;
   for (Seq* s : order) {
     const int64_t n = s->n_batched;
     s->n_batched = 0;
     kv_.commit(s->kv, s->todo.data() + s->todo_pos, n);
     s->todo_pos += static_cast<size_t>(n);
+    if (s->req.pooling != Pooling::None) {
+      // Embeddings: add this chunk's hidden states; the whole prompt evaluated ends the request.
+      const bool complete = s->todo_pos >= s->todo.size();
+      const int64_t rows = s->req.pooling == Pooling::Mean ? n : complete ? 1 : 0;
+      for (int64_t r = 0; r < rows; ++r, ++hrow) {
+        const float* h = hidden_.data() + hrow * n_embd;
+        for (int64_t i = 0; i < n_embd; ++i) s->emb_sum[static_cast<size_t>(i)] += h[i];
+        ++s->emb_n;
+      }
+      if (complete && !s->done) {
+        double norm = 0;
+        for (double v : s->emb_sum) norm += v * v;
+        norm = std::sqrt(norm);
+        s->res.embedding.resize(s->emb_sum.size());
+        for (size_t i = 0; i < s->emb_sum.size(); ++i)
+          s->res.embedding[i] = static_cast<float>(norm > 0 ? s->emb_sum[i] / norm : 0.0);
+        s->has_first = true;
+        s->t_first = Clock::now();
+        s->res.prompt_seconds = secs(s->t_admit, s->t_first);
+        finish(*s, FinishReason::EndOfGeneration);
+      }
+      continue;
+    }
     if (s->todo_pos < s->todo.size()) continue;
     const float* lg = logits_.data() + row * n_vocab;
     ++row;

@@ -50,13 +50,21 @@ struct GenResult {
   double gen_seconds = 0;       // first generated token -> end
   FinishReason finish = FinishReason::Length;
   std::string error;            // FinishReason::Error: what went wrong
+  std::vector<float> embedding; // GenRequest::pooling: the pooled, L2-normalized final hidden state (n_embd floats)
   double gen_tps() const {
     return gen_seconds > 0 && tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / gen_seconds : 0;
   }
 };
 
+// Embeddings: a request with pooling evaluates its prompt only (nothing is sampled or generated) and ends with
+// FinishReason::EndOfGeneration and GenResult::embedding: the final hidden states (after the output norm) of all
+// prompt tokens averaged (Mean), or of the last one (Last), then L2-normalized. Mean-pooled prompts do not reuse
+// cached prefixes (every token's hidden state is needed).
+enum class Pooling { None, Mean, Last };
+
 struct GenRequest {
   std::vector<int32_t> prompt;          // tokens (BOS included when the model wants one)
+  Pooling pooling = Pooling::None;      // not None: an embedding request (see above)
   SamplingParams sampling;
   int64_t max_tokens = -1;              // < 0: until end of generation or the sequence limit
   std::vector<std::string> stop;        // stop strings: generation ends before the first one (not included)
@@ -131,6 +139,7 @@ class Scheduler {
   KVPool kv_;
   Forward fwd_;
   std::vector<float> logits_;
+  std::vector<float> hidden_;  // final hidden states of embedding requests' entries
   std::shared_ptr<const TokenIndex> token_index_;  // built when the first request with a grammar arrives
 
   std::mutex mu_;

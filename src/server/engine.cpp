@@ -102,6 +102,30 @@ void Engine::load() {
   }
 }
 
+void Engine::reload(std::chrono::milliseconds drain) {
+  std::unique_lock<std::shared_timed_mutex> lk(use_mu_, std::defer_lock);
+  state_.store(State::Loading);  // new requests: 503 from here on
+  if (!lk.try_lock_for(drain)) {
+    {
+      std::lock_guard<std::mutex> jl(jobs_mu_);
+      for (uint64_t id : job_ids_) sched_->cancel(id);
+    }
+    lk.lock();  // the cancelled requests end at the scheduler's next step and release their use
+  }
+  if (sched_) sched_->stop();
+  sched_.reset();
+  tpl_.reset();
+  template_error_.clear();
+  {
+    std::lock_guard<std::mutex> il(index_mu_);
+    index_.reset();
+  }
+  loaded_ = LoadedModel{};
+  pool_.reset();
+  ++reloads_;
+  load();
+}
+
 std::shared_ptr<const TokenIndex> Engine::token_index() {
   std::lock_guard<std::mutex> lk(index_mu_);
   if (!index_) index_ = make_token_index(loaded_.model->vocab());
@@ -148,6 +172,10 @@ std::shared_ptr<Job> Engine::submit(GenRequest req, int top_logprobs) {
   ++in_flight_;
   req.on_done = [weak, this](const GenResult& r) {
     --in_flight_;
+    {
+      std::lock_guard<std::mutex> lk(jobs_mu_);
+      job_ids_.erase(r.id);
+    }
     ++totals_.requests;
     totals_.prompt_tokens += r.n_prompt;
     totals_.cached_tokens += r.n_reused;
@@ -163,7 +191,11 @@ std::shared_ptr<Job> Engine::submit(GenRequest req, int top_logprobs) {
     }
     j->cv_.notify_all();
   };
-  job->id = sched_->submit(std::move(req));
+  {
+    std::lock_guard<std::mutex> lk(jobs_mu_);  // held across submit: on_done (which erases) cannot run before the insert
+    job->id = sched_->submit(std::move(req));
+    job_ids_.insert(job->id);
+  }
   return job;
 }
 

@@ -12,6 +12,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,7 @@ struct EngineOptions {
   LoadRequest load;                 // path, context, KV types, batch, threads, n_parallel, RAM budget
   std::string chat_template;        // --chat-template NAME|FILE ("" : the model's own)
   std::vector<std::string> aliases; // -a/--alias: the names clients use in "model" (first: the id shown)
+  Pooling pooling = Pooling::Mean;  // --pooling: how embeddings pool the final hidden states
 };
 
 // A token's log-probability and its most likely alternatives (OpenAI's logprobs, llama-server's n_probs).
@@ -71,6 +74,15 @@ class Engine {
 
   // Loads the model and starts the scheduler (blocking; call on a background thread). Throws lokal::Error.
   void load();
+  // Reloads the model from disk (the file may have been replaced): new requests get state() Loading (503) at once,
+  // requests in flight may finish for up to `drain` and are cancelled after it, then the model is loaded again with
+  // the same options. Throws lokal::Error when loading fails (state() is then Failed).
+  void reload(std::chrono::milliseconds drain);
+  // Held (shared) by every request that uses the model, from before its state check until its last byte; reload()
+  // takes it exclusively.
+  using Use = std::shared_ptr<std::shared_lock<std::shared_timed_mutex>>;
+  Use use() { return std::make_shared<std::shared_lock<std::shared_timed_mutex>>(use_mu_); }
+  int64_t reloads() const { return reloads_.load(); }
   enum class State { Loading, Ready, Failed };
   State state() const { return state_.load(); }
   std::string error() const;  // why loading failed
@@ -122,6 +134,10 @@ class Engine {
   std::string id_;
   Totals totals_;
   std::atomic<int64_t> in_flight_{0};
+  std::shared_timed_mutex use_mu_;
+  std::mutex jobs_mu_;
+  std::set<uint64_t> job_ids_;  // in flight (for reload's cancel)
+  std::atomic<int64_t> reloads_{0};
 };
 
 // log-softmax of the logits at `token` and the `top` most likely tokens (ties by id).

@@ -26,8 +26,8 @@ struct ServerOptions {
   int request_timeout_s = 600;        // a generation running longer is cancelled (finish_reason "length")
   int read_timeout_s = 30;            // reading a request
   int idle_timeout_s = 5;             // keep-alive idle connections
-  int queue_size = 64;                // generations waiting beyond the running ones; more: 503 + Retry-After
-  int http_threads = 0;               // connection threads; 0: 4 * (n_parallel + queue_size) capped at 256, >= 16
+  int queue_size = 16;                // generations waiting beyond the running ones; more: 503 + Retry-After
+  int http_threads = 0;               // connection threads; 0: n_parallel + queue_size + 8, in [16, 256]
   std::vector<std::string> cors_origins;  // allowed Origins ("*": any); none: same-origin only
   bool metrics = true;                // GET /metrics
   std::string ssl_key_file, ssl_cert_file;

@@ -173,10 +173,11 @@ void tool_choice(const json& v, TextRequest& r) {
   bad("tool_choice", "must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}");
 }
 
-void model_field(const json& b, TextRequest& r) {
-  if (auto v = field(b, "model")) r.model = string(*v, "model");
-  else if (auto n = field(b, "name")) r.model = string(*n, "name");  // Ollama's older name
+void model_field(const json& b, std::string& model) {
+  if (auto v = field(b, "model")) model = string(*v, "model");
+  else if (auto n = field(b, "name")) model = string(*n, "name");  // Ollama's older name
 }
+void model_field(const json& b, TextRequest& r) { model_field(b, r.model); }
 
 void require_object(const json& b) {
   if (!b.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_request");
@@ -494,6 +495,85 @@ TextRequest parse_ollama_generate(const json& b) {
     if (!r.system.empty()) r.messages.push_back({{"role", "system"}, {"content", r.system}});
     r.messages.push_back({{"role", "user"}, {"content", r.prompt}});
   }
+  return r;
+}
+
+namespace {
+constexpr size_t kMaxEmbedInputs = 2048;
+}
+
+EmbedRequest parse_openai_embeddings(const json& b) {
+  require_object(b);
+  EmbedRequest r;
+  r.api = Api::OpenAIChat;
+  model_field(b, r.model);
+  const json* in = field(b, "input");
+  if (!in) bad("input", "is required");
+  if (in->is_string()) {
+    r.texts.push_back(in->get<std::string>());
+  } else if (in->is_array() && !in->empty()) {
+    if (in->size() > kMaxEmbedInputs) bad("input", "may hold at most " + std::to_string(kMaxEmbedInputs) + " inputs");
+    if ((*in)[0].is_number_integer()) {  // one input as tokens
+      std::vector<int32_t> t;
+      for (const json& x : *in) t.push_back(static_cast<int32_t>(integer(x, "input[]", 0, std::numeric_limits<int32_t>::max())));
+      r.token_inputs.push_back(std::move(t));
+    } else {
+      for (const json& x : *in) {
+        if (x.is_string()) {
+          r.texts.push_back(x.get<std::string>());
+        } else if (x.is_array()) {
+          std::vector<int32_t> t;
+          for (const json& y : x) t.push_back(static_cast<int32_t>(integer(y, "input[][]", 0, std::numeric_limits<int32_t>::max())));
+          r.token_inputs.push_back(std::move(t));
+        } else {
+          bad("input", "must be a string, an array of strings, or token ids");
+        }
+      }
+      if (!r.texts.empty() && !r.token_inputs.empty()) bad("input", "must not mix strings and token arrays");
+    }
+  } else {
+    bad("input", "must be a non-empty string or array");
+  }
+  if (auto v = field(b, "encoding_format")) {
+    const std::string f = string(*v, "encoding_format");
+    if (f == "base64") r.base64 = true;
+    else if (f != "float") bad("encoding_format", "must be float or base64");
+  }
+  if (auto v = field(b, "dimensions")) r.dimensions = integer(*v, "dimensions", 1, 1 << 20);
+  if (auto v = field(b, "user")) string(*v, "user");
+  return r;
+}
+
+EmbedRequest parse_ollama_embed(const json& b) {
+  require_object(b);
+  EmbedRequest r;
+  r.api = Api::OllamaChat;
+  model_field(b, r.model);
+  const json* in = field(b, "input");
+  if (!in) bad("input", "is required");
+  if (in->is_string()) {
+    r.texts.push_back(in->get<std::string>());
+  } else if (in->is_array() && !in->empty()) {
+    if (in->size() > kMaxEmbedInputs) bad("input", "may hold at most " + std::to_string(kMaxEmbedInputs) + " inputs");
+    for (const json& x : *in) r.texts.push_back(string(x, "input[]"));
+  } else {
+    bad("input", "must be a string or a non-empty array of strings");
+  }
+  if (auto v = field(b, "truncate")) r.truncate = boolean(*v, "truncate");
+  ollama_keep_alive(b);
+  if (auto o = field(b, "options"); o && !o->is_object()) bad("options", "must be an object");
+  return r;
+}
+
+EmbedRequest parse_ollama_embeddings(const json& b) {
+  require_object(b);
+  EmbedRequest r;
+  r.api = Api::OllamaGenerate;
+  model_field(b, r.model);
+  const json* p = field(b, "prompt");
+  if (!p) bad("prompt", "is required");
+  r.texts.push_back(string(*p, "prompt"));
+  ollama_keep_alive(b);
   return r;
 }
 

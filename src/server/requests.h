@@ -70,6 +70,20 @@ TextRequest parse_llama_completion(const nlohmann::ordered_json& body);
 TextRequest parse_ollama_chat(const nlohmann::ordered_json& body);
 TextRequest parse_ollama_generate(const nlohmann::ordered_json& body);
 
+// /v1/embeddings, Ollama's /api/embed and /api/embeddings.
+struct EmbedRequest {
+  Api api = Api::OpenAIChat;             // OpenAIChat here means /v1/embeddings; OllamaChat /api/embed; OllamaGenerate /api/embeddings
+  std::string model;
+  std::vector<std::string> texts;        // one per input
+  std::vector<std::vector<int32_t>> token_inputs;  // inputs given as token ids (OpenAI)
+  bool base64 = false;                   // encoding_format "base64": little-endian float32 bytes
+  bool truncate = false;                 // Ollama's truncate: cut inputs longer than the context (only when asked)
+  int64_t dimensions = 0;                // OpenAI: must equal the model's (no Matryoshka truncation)
+};
+EmbedRequest parse_openai_embeddings(const nlohmann::ordered_json& body);
+EmbedRequest parse_ollama_embed(const nlohmann::ordered_json& body);       // /api/embed: input string or array
+EmbedRequest parse_ollama_embeddings(const nlohmann::ordered_json& body);  // /api/embeddings: prompt
+
 // A request ready to submit.
 struct Prepared {
   std::vector<int32_t> prompt;
