@@ -3,7 +3,10 @@
 // a timeout. Model: tinychat-4m (greedy answers are deterministic; see ../shared/README.md "tinychat").
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <jwt.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -878,4 +882,126 @@ TEST(Server, CorsTlsAndRequestTimeout) {
   EXPECT_LT(j["usage"]["completion_tokens"].get<int>(), 4000) << "not cut off";
   EXPECT_LT(secs, 10.0);
   EXPECT_EQ(s.stop(), 0) << s.log();
+}
+
+namespace {
+// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+struct NotifySocket {
+  int fd = -1;
+  std::string path;
+  NotifySocket() {
+    path = "/tmp/lokal-test-notify-" + std::to_string(::getpid()) + ".sock";
+    ::unlink(path.c_str());
+    fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw std::runtime_error("bind " + path);
+    timeval tv{0, 200000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~NotifySocket() {
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+  // Every datagram received within `seconds`, concatenated with newlines, until one contains `until`.
+  std::string receive_until(const std::string& until, double seconds) {
+    std::string all;
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
+      char buf[4096];
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n > 0) {
+        all.append(buf, static_cast<size_t>(n));
+        all += '\n';
+        if (all.find(until) != std::string::npos) break;
+      }
+    }
+    return all;
+  }
+};
+}  // namespace
+
+// A full queue is a 503 with Retry-After; JWT bearer tokens (HS256) authenticate with their sub and scopes; under
+// systemd the server says READY=1 once the model is loaded and STOPPING=1 on SIGTERM.
+TEST(Server, QueueFullJwtAndSystemdNotify) {
+  lokal::test::TempDir dir;
+  const std::string secret = "a-shared-secret-of-at-least-32-bytes!!";
+  std::ofstream(dir.file("jwt.secret")) << secret << "\n";
+  NotifySocket ns;
+  ::setenv("NOTIFY_SOCKET", ns.path.c_str(), 1);
+  Server s({"-m", tinychat(), "--parallel", "1", "--queue-size", "0", "-c", "4096", "--allow-long-ctx", "--jwt-secret-file",
+            dir.file("jwt.secret"), "--jwt-issuer", "login.example"});
+  ::unsetenv("NOTIFY_SOCKET");
+  ASSERT_GT(s.port(), 0) << s.log();
+  const std::string ready = ns.receive_until("READY=1", 10);
+  EXPECT_NE(ready.find("READY=1"), std::string::npos) << ready;
+  EXPECT_NE(ready.find("STATUS=serving tinychat-4m-q8_0"), std::string::npos) << ready;
+
+  auto token = [&](const std::string& sub, const std::string& iss, const char* scope, long exp_in) {
+    jwt_t* j = nullptr;
+    jwt_new(&j);
+    jwt_add_grant(j, "sub", sub.c_str());
+    jwt_add_grant(j, "iss", iss.c_str());
+    if (scope) jwt_add_grant(j, "scope", scope);
+    jwt_add_grant_int(j, "exp", static_cast<long>(std::time(nullptr)) + exp_in);
+    jwt_set_alg(j, JWT_ALG_HS256, reinterpret_cast<const unsigned char*>(secret.data()), static_cast<int>(secret.size()));
+    char* t = jwt_encode_str(j);
+    std::string out = t ? t : "";
+    free(t);
+    jwt_free(j);
+    return out;
+  };
+  auto c = s.client();
+  auto bearer = [](const std::string& t) { return httplib::Headers{{"Authorization", "Bearer " + t}}; };
+  int st = 0;
+  post(c, "/v1/chat/completions", chat_body("What is the capital of France?", {{"max_tokens", 4}}), &st,
+       bearer(token("alice", "login.example", "inference", 600)));
+  EXPECT_EQ(st, 200);
+  post(c, "/v1/chat/completions", chat_body("hi"), &st, bearer(token("alice", "login.example", "inference", -600)));
+  EXPECT_EQ(st, 401) << "expired";
+  post(c, "/v1/chat/completions", chat_body("hi"), &st, bearer(token("alice", "evil.example", "inference", 600)));
+  EXPECT_EQ(st, 401) << "wrong issuer";
+  auto slots = c.Get("/slots", bearer(token("alice", "login.example", "inference", 600)));
+  ASSERT_TRUE(slots);
+  EXPECT_EQ(slots->status, 403);
+  slots = c.Get("/slots", bearer(token("root", "login.example", "inference admin", 600)));
+  ASSERT_TRUE(slots);
+  EXPECT_EQ(slots->status, 200);
+
+  // One slot, no queue: a long stream occupies it, the next request is a 503 with Retry-After.
+  const std::string tok = token("bob", "login.example", "inference", 600);
+  std::atomic<bool> stop_stream{false};
+  std::thread streamer([&] {
+    httplib::Client hc("127.0.0.1", s.port());
+    hc.set_read_timeout(60, 0);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    req.headers = bearer(tok);
+    req.body = chat_body("Tell me a short story about a cat.", {{"stream", true}, {"ignore_eos", true}, {"max_tokens", 4000}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return !stop_stream.load(); };
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    hc.send(req, res, err);
+  });
+  for (int i = 0; i < 500; ++i) {
+    auto h = c.Get("/health");
+    if (h && json::parse(h->body)["slots"]["in_flight"].get<int>() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto busy = c.Post("/v1/chat/completions", bearer(tok), chat_body("hi").dump(), "application/json");
+  stop_stream = true;
+  streamer.join();
+  ASSERT_TRUE(busy);
+  EXPECT_EQ(busy->status, 503) << busy->body;
+  EXPECT_NE(busy->body.find("queue_full"), std::string::npos) << busy->body;
+  ASSERT_FALSE(busy->get_header_value("Retry-After").empty());
+  EXPECT_GE(std::stoi(busy->get_header_value("Retry-After")), 1);
+
+  EXPECT_EQ(s.stop(), 0) << s.log();
+  const std::string stopping = ns.receive_until("STOPPING=1", 5);
+  EXPECT_NE(stopping.find("STOPPING=1"), std::string::npos) << stopping;
+  EXPECT_NE(s.log().find("\"subject\":\"jwt:alice\""), std::string::npos) << "the access log names the JWT subject";
 }

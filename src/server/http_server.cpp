@@ -302,6 +302,7 @@ struct HttpServer::Impl {
         h(req, res, c);
       } catch (const ApiError& e) {
         if (!res.is_chunked_content_provider_) c.use.reset();
+        if (e.retry_after > 0) res.set_header("Retry-After", std::to_string(e.retry_after));
         send_error(res, c, e.status, e.what(), e.param, e.code);
       } catch (const std::exception& e) {
         send_error(res, c, 500, std::string("internal error: ") + e.what(), "", "internal_error");
@@ -331,6 +332,16 @@ struct HttpServer::Impl {
     auto w = wrap(path, scope, style, needs_model, generation, std::move(h));
     if (method == "GET") srv->Get(path, w);
     else srv->Post(path, w);
+  }
+
+  // A 503 for a full queue, with a Retry-After from the running requests' average duration so far (at least 1 s).
+  ApiError busy(ApiError e) {
+    const auto& t = eng.totals();
+    const double per = t.requests.load() > 0
+                           ? static_cast<double>(t.prompt_ns.load() + t.gen_ns.load()) / 1e9 / static_cast<double>(t.requests.load())
+                           : 1.0;
+    e.retry_after = std::max(1, static_cast<int>(std::ceil(per)));
+    return e;
   }
 
   // ---- generation -----------------------------------------------------------------------------------------------
@@ -373,9 +384,9 @@ struct HttpServer::Impl {
     g->prep = prepare(eng, g->req);
     const SchedulerOptions& so = eng.scheduler().options();
     if (eng.in_flight() >= so.n_parallel + opt.queue_size) {
-      throw ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued (-np " +
+      throw busy(ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued (-np " +
                               std::to_string(so.n_parallel) + " + --queue-size " + std::to_string(opt.queue_size) + ")",
-                     "", "queue_full");
+                     "", "queue_full"));
     }
     GenRequest gr;
     gr.prompt = g->prep.prompt;
@@ -803,7 +814,7 @@ struct HttpServer::Impl {
     }
     const SchedulerOptions& so = eng.scheduler().options();
     if (eng.in_flight() >= so.n_parallel + opt.queue_size)
-      throw ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued", "", "queue_full");
+      throw busy(ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued", "", "queue_full"));
     std::vector<std::shared_ptr<Job>> jobs;
     for (auto& toks : inputs) {
       GenRequest gr;

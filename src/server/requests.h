@@ -25,6 +25,7 @@ struct ApiError : std::runtime_error {
   int status;
   std::string param;
   std::string code;  // OpenAI's "code" ("" -> null)
+  int retry_after = 0;  // seconds for a Retry-After header (0: none)
   ApiError(int status_, const std::string& message, std::string param_ = {}, std::string code_ = {})
       : std::runtime_error(message), status(status_), param(std::move(param_)), code(std::move(code_)) {}
 };
