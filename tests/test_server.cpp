@@ -488,10 +488,10 @@ TEST(Server, LlamaServerAndOllamaEndpoints) {
 TEST(Server, ConcurrentStreamsAndDisconnectsFreeTheirSequences) {
   Server s({"-m", tinychat(), "--parallel", "4"});
   ASSERT_GT(s.port(), 0) << s.log();
-  // 8 concurrent streaming clients, 2 requests each: every stream well-formed, one finish_reason, [DONE] last.
+  // 16 concurrent streaming clients, 2 requests each: every stream well-formed, one finish_reason, [DONE] last.
   std::atomic<int> good{0}, bad{0};
   std::vector<std::thread> th;
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 16; ++i)
     th.emplace_back([&, i] {
       auto c = s.client();
       for (int k = 0; k < 2; ++k) {
@@ -512,7 +512,7 @@ TEST(Server, ConcurrentStreamsAndDisconnectsFreeTheirSequences) {
       }
     });
   for (auto& t : th) t.join();
-  EXPECT_EQ(good.load(), 16);
+  EXPECT_EQ(good.load(), 32);
   EXPECT_EQ(bad.load(), 0);
 
   // A client that goes away mid-stream: its generation (which would run to the context's end) is cancelled.
@@ -930,11 +930,15 @@ TEST(Server, QueueFullJwtAndSystemdNotify) {
   std::ofstream(dir.file("jwt.secret")) << secret << "\n";
   NotifySocket ns;
   ::setenv("NOTIFY_SOCKET", ns.path.c_str(), 1);
+  ::setenv("WATCHDOG_USEC", "400000", 1);  // WatchdogSec=0.4: pings every 0.2 s (no WATCHDOG_PID: any process)
   Server s({"-m", tinychat(), "--parallel", "1", "--queue-size", "0", "-c", "4096", "--allow-long-ctx", "--jwt-secret-file",
             dir.file("jwt.secret"), "--jwt-issuer", "login.example"});
   ::unsetenv("NOTIFY_SOCKET");
+  ::unsetenv("WATCHDOG_USEC");
   ASSERT_GT(s.port(), 0) << s.log();
   const std::string ready = ns.receive_until("READY=1", 10);
+  const std::string pings = ns.receive_until("WATCHDOG=1", 5);
+  EXPECT_NE(pings.find("WATCHDOG=1"), std::string::npos) << pings;
   EXPECT_NE(ready.find("READY=1"), std::string::npos) << ready;
   EXPECT_NE(ready.find("STATUS=serving tinychat-4m-q8_0"), std::string::npos) << ready;
 

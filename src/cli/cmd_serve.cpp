@@ -236,7 +236,10 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   while (g_signal.load() == 0 && !load_failed.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (wd.count() > 0 && std::chrono::steady_clock::now() - last_ping >= wd / 2) {
-      if (engine.state() != server::Engine::State::Failed) server::notify_watchdog();
+      // WATCHDOG=1 only while the scheduler loop goes round: a loop stuck for 10 minutes (a deadlock: one step of a
+      // big model's 512-token prompt chunk on a slow CPU can legitimately take a minute) stops the pings, and systemd
+      // restarts the service. While loading there is no loop yet.
+      if (engine.scheduler_stuck_seconds() < 600) server::notify_watchdog();
       last_ping = std::chrono::steady_clock::now();
     }
   }

@@ -427,6 +427,12 @@ void Scheduler::run_until_idle() {
   }
 }
 
+double Scheduler::seconds_since_heartbeat() const {
+  const int64_t hb = heartbeat_.load(std::memory_order_relaxed);
+  if (hb == 0) return 0;
+  return std::chrono::duration<double>(Clock::now().time_since_epoch() - Clock::duration(hb)).count();
+}
+
 void Scheduler::start() {
   if (thread_.joinable()) return;
   {
@@ -435,6 +441,7 @@ void Scheduler::start() {
   }
   thread_ = std::thread([this] {
     for (;;) {
+      heartbeat_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
       bool busy = false;
       try {
         busy = step();
@@ -447,7 +454,8 @@ void Scheduler::start() {
       }
       std::unique_lock<std::mutex> lk(mu_);
       if (stop_) break;
-      if (!busy) cv_.wait(lk, [&] { return stop_ || !submitted_.empty() || !cancels_.empty(); });
+      // Idle: wake at least once a second so the heartbeat shows the loop is alive (a service watchdog reads it).
+      if (!busy) cv_.wait_for(lk, std::chrono::seconds(1), [&] { return stop_ || !submitted_.empty() || !cancels_.empty(); });
       if (stop_) break;
     }
   });

@@ -123,6 +123,9 @@ class Scheduler {
   // A background thread that steps whenever there is work, until stop() (or destruction).
   void start();
   void stop();
+  // Seconds since the background thread last went round its loop (it does at least once a second when idle, and once
+  // per step when busy); 0 before start(). A service watchdog pings only while this stays small.
+  double seconds_since_heartbeat() const;
 
  private:
   struct Seq;
@@ -149,6 +152,7 @@ class Scheduler {
   uint64_t next_id_ = 1;                        // guarded by mu_
   std::thread thread_;
   bool stop_ = false;                           // guarded by mu_
+  std::atomic<int64_t> heartbeat_{0};           // Clock ticks of the thread's last loop
 
   std::deque<std::unique_ptr<Seq>> waiting_;
   std::vector<std::unique_ptr<Seq>> running_;   // in admission order

@@ -126,6 +126,12 @@ void Engine::reload(std::chrono::milliseconds drain) {
   load();
 }
 
+double Engine::scheduler_stuck_seconds() {
+  std::shared_lock<std::shared_timed_mutex> lk(use_mu_, std::try_to_lock);  // a reload holds it: nothing to watch
+  if (!lk.owns_lock() || state_.load() != State::Ready || !sched_) return 0;
+  return sched_->seconds_since_heartbeat();
+}
+
 std::shared_ptr<const TokenIndex> Engine::token_index() {
   std::lock_guard<std::mutex> lk(index_mu_);
   if (!index_) index_ = make_token_index(loaded_.model->vocab());

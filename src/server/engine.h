@@ -83,6 +83,8 @@ class Engine {
   using Use = std::shared_ptr<std::shared_lock<std::shared_timed_mutex>>;
   Use use() { return std::make_shared<std::shared_lock<std::shared_timed_mutex>>(use_mu_); }
   int64_t reloads() const { return reloads_.load(); }
+  // Seconds since the scheduler's loop last went round; 0 while loading or reloading (no loop to watch).
+  double scheduler_stuck_seconds();
   enum class State { Loading, Ready, Failed };
   State state() const { return state_.load(); }
   std::string error() const;  // why loading failed
