@@ -54,9 +54,7 @@ SamplingParams SamplingArgs::params(const Vocab& vocab) const {
       bad("token " + std::to_string(id) + " is not in the vocabulary (0.." + std::to_string(vocab.n_tokens() - 1) + ")");
     sp.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
   }
-  if (ignore_eos)
-    for (int32_t i = 0; i < vocab.n_tokens(); ++i)
-      if (vocab.is_eog(i)) sp.logit_bias.emplace_back(i, -std::numeric_limits<float>::infinity());
+  if (ignore_eos) sp.ban_end_of_generation(vocab);
   return sp;
 }
 

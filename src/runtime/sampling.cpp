@@ -61,6 +61,11 @@ Sampler::Sampler(const SamplingParams& p, std::shared_ptr<const TokenIndex> inde
 Sampler::~Sampler() = default;
 Sampler::Sampler(Sampler&&) noexcept = default;
 
+void SamplingParams::ban_end_of_generation(const Vocab& vocab) {
+  for (int32_t i = 0; i < vocab.n_tokens(); ++i)
+    if (vocab.is_eog(i)) logit_bias.emplace_back(i, -std::numeric_limits<float>::infinity());
+}
+
 void Sampler::reset() {
   uint64_t s = p_.seed;
   for (auto& r : rng_) r = splitmix64(s);  // never all zero: splitmix64 is a bijection of distinct inputs

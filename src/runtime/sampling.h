@@ -67,6 +67,8 @@ struct SamplingParams {
 
   // Throws lokal::Error naming the bad parameter and its value.
   void validate() const;
+  // Bans every end-of-generation token of `vocab` (logit bias -inf): llama.cpp's --ignore-eos.
+  void ban_end_of_generation(const Vocab& vocab);
 };
 
 class Sampler {

@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "server/engine.h"
 #include "server/metrics.h"
 #include "server/requests.h"
+#include "tokenizer/unicode.h"
 #include "tokenizer/vocab.h"
 
 namespace lokal::server {
@@ -38,6 +40,14 @@ enum class Style { OpenAI, Ollama };        // error shape
 enum class Scope { Open, Inference, Admin };
 
 int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+std::string iso_time(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
 
 std::string iso_now() {
   const auto now = std::chrono::system_clock::now();
@@ -127,21 +137,20 @@ json bytes_json(const std::string& s) {
   return b;
 }
 
+// Token pieces may be parts of a UTF-8 character; JSON output must be valid UTF-8: each maximal ill-formed subpart
+// (and an incomplete character at the end) becomes U+FFFD, as the tokenizer's StreamDecoder does.
 std::string valid_utf8_or_replaced(const std::string& s) {
-  // Token pieces may be parts of a UTF-8 character; JSON output must be valid UTF-8.
   std::string out;
   size_t i = 0;
   while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    bool ok = n > 0 && i + n <= s.size();
-    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
-    if (ok) {
-      out.append(s, i, n);
-      i += n;
+    size_t bad = 1;
+    const int n = unicode::utf8_sequence_length(std::string_view(s).substr(i), &bad);
+    if (n > 0) {
+      out.append(s, i, static_cast<size_t>(n));
+      i += static_cast<size_t>(n);
     } else {
       out += "\xEF\xBF\xBD";
-      ++i;
+      i += n < 0 ? s.size() - i : std::max<size_t>(1, bad);
     }
   }
   return out;
@@ -358,12 +367,9 @@ struct HttpServer::Impl {
     std::string model;
     // Accumulated for the whole response.
     std::string text;                  // raw generated text (completions) / content (chat)
-    std::vector<TokenLogprob> lps;
     bool sent_role = false, finished = false, timed_out = false, logged = false;
-    int tool_index = 0;
     Ctx ctx;
-    httplib::Request const* hreq = nullptr;
-    std::string method, path, remote;
+    std::string method, path, remote;  // for the access-log line a stream writes when it ends
 
     bool over_time() const {
       return std::chrono::duration<double>(Clock::now() - t0).count() > self->opt.request_timeout_s;
@@ -1010,10 +1016,8 @@ struct HttpServer::Impl {
         m["size_vram"] = 0;
         m["context_length"] = eng.n_ctx();
       } else {
-        std::error_code ec;
-        const auto mt = std::filesystem::last_write_time(eng.options().load.path, ec);
-        (void)mt;
-        m["modified_at"] = iso_now();
+        struct stat st {};
+        m["modified_at"] = ::stat(eng.options().load.path.c_str(), &st) == 0 ? iso_time(st.st_mtime) : iso_now();
       }
       return m;
     };

@@ -16,7 +16,6 @@ namespace lokal::server {
 using json = nlohmann::ordered_json;
 
 namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 [[noreturn]] void bad(const std::string& param, const std::string& why) {
   throw ApiError(400, "'" + param + "' " + why, param, "invalid_value");
 }
@@ -87,9 +86,7 @@ Prepared prepare(Engine& engine, TextRequest& req) {
     if (tok >= n_vocab) bad("logit_bias", "names token " + std::to_string(tok) + ", outside the vocabulary (0.." + std::to_string(n_vocab - 1) + ")");
   for (const auto& [text, b] : req.logit_bias_text)
     for (int32_t t : vocab.tokenize(text, false, false)) p.sampling.logit_bias.emplace_back(t, b);
-  if (req.ignore_eos)
-    for (int32_t i = 0; i < n_vocab; ++i)
-      if (vocab.is_eog(i)) p.sampling.logit_bias.emplace_back(i, kNegInf);
+  if (req.ignore_eos) p.sampling.ban_end_of_generation(vocab);
   if (!req.seed_given) p.sampling.seed = std::random_device{}() ^ (static_cast<uint64_t>(std::random_device{}()) << 32);
 
   const ChatTemplate* tpl = engine.chat_template();

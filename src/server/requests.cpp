@@ -70,6 +70,39 @@ std::vector<std::string> stops(const json& v, const std::string& param) {
   return out;
 }
 
+// An array of token ids (each in [0, INT32_MAX]; the vocabulary check comes in prepare()).
+std::vector<int32_t> token_ids(const json& arr, const std::string& param) {
+  std::vector<int32_t> out;
+  out.reserve(arr.size());
+  for (const json& t : arr) out.push_back(static_cast<int32_t>(integer(t, param, 0, std::numeric_limits<int32_t>::max())));
+  return out;
+}
+
+// A completion prompt: a string, an array of one string, or token ids (one prompt per request; llama-server's mixed
+// string/token arrays are not taken).
+void completion_prompt(const json* p, TextRequest& r) {
+  if (!p) bad("prompt", "is required");
+  if (p->is_string()) {
+    r.prompt = p->get<std::string>();
+  } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+    r.prompt = (*p)[0].get<std::string>();
+  } else if (p->is_array() && !p->empty() && (*p)[0].is_number_integer()) {
+    r.prompt_is_tokens = true;
+    r.prompt_tokens = token_ids(*p, "prompt[]");
+  } else {
+    bad("prompt", "must be a string, an array of one string, or an array of token ids (one prompt per request)");
+  }
+}
+
+// stream and stream_options.include_usage.
+void stream_fields(const json& b, TextRequest& r) {
+  if (auto v = field(b, "stream")) r.stream = boolean(*v, "stream");
+  if (auto v = field(b, "stream_options")) {
+    if (!v->is_object()) bad("stream_options", "must be an object");
+    if (auto u = field(*v, "include_usage")) r.include_usage = boolean(*u, "stream_options.include_usage");
+  }
+}
+
 // The sampling fields the APIs share (OpenAI names plus llama.cpp's extras). `prefix` names the object they sit in
 // ("options." for Ollama) in messages.
 void sampling_fields(const json& b, TextRequest& r, const std::string& prefix) {
@@ -265,11 +298,7 @@ TextRequest parse_openai_chat(const json& b) {
   else if (auto m = field(b, "max_tokens")) r.max_tokens = integer(*m, "max_tokens", 0, 1 << 30);
   if (auto v = field(b, "n"); v && integer(*v, "n", 1, 1 << 30) != 1)
     bad("n", "must be 1: lokal returns one choice per request (send several requests for several answers)");
-  if (auto v = field(b, "stream")) r.stream = boolean(*v, "stream");
-  if (auto v = field(b, "stream_options")) {
-    if (!v->is_object()) bad("stream_options", "must be an object");
-    if (auto u = field(*v, "include_usage")) r.include_usage = boolean(*u, "stream_options.include_usage");
-  }
+  stream_fields(b, r);
   if (auto v = field(b, "logit_bias")) openai_logit_bias(*v, r);
   if (auto v = field(b, "logprobs")) r.logprobs = boolean(*v, "logprobs");
   if (auto v = field(b, "top_logprobs")) {
@@ -306,18 +335,7 @@ TextRequest parse_openai_completion(const json& b) {
   TextRequest r;
   r.api = Api::OpenAICompletion;
   model_field(b, r);
-  const json* p = field(b, "prompt");
-  if (!p) bad("prompt", "is required");
-  if (p->is_string()) {
-    r.prompt = p->get<std::string>();
-  } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
-    r.prompt = (*p)[0].get<std::string>();
-  } else if (p->is_array() && !p->empty() && (*p)[0].is_number_integer()) {
-    r.prompt_is_tokens = true;
-    for (const json& t : *p) r.prompt_tokens.push_back(static_cast<int32_t>(integer(t, "prompt[]", 0, std::numeric_limits<int32_t>::max())));
-  } else {
-    bad("prompt", "must be a string, an array of one string, or an array of token ids (one prompt per request)");
-  }
+  completion_prompt(field(b, "prompt"), r);
   r.max_tokens = 16;  // OpenAI's default for completions
   sampling_fields(b, r, "");
   if (auto m = field(b, "max_tokens")) r.max_tokens = integer(*m, "max_tokens", -1, 1 << 30);
@@ -325,11 +343,7 @@ TextRequest parse_openai_completion(const json& b) {
   if (auto v = field(b, "best_of"); v && integer(*v, "best_of", 1, 1 << 30) != 1) bad("best_of", "must be 1");
   if (auto v = field(b, "echo"); v && boolean(*v, "echo")) bad("echo", "is not supported");
   if (auto v = field(b, "suffix"); v && !string(*v, "suffix").empty()) bad("suffix", "is not supported (fill-in-the-middle)");
-  if (auto v = field(b, "stream")) r.stream = boolean(*v, "stream");
-  if (auto v = field(b, "stream_options")) {
-    if (!v->is_object()) bad("stream_options", "must be an object");
-    if (auto u = field(*v, "include_usage")) r.include_usage = boolean(*u, "stream_options.include_usage");
-  }
+  stream_fields(b, r);
   if (auto v = field(b, "logit_bias")) openai_logit_bias(*v, r);
   if (auto v = field(b, "logprobs")) {
     r.top_logprobs = static_cast<int>(integer(*v, "logprobs", 0, 20));
@@ -348,22 +362,7 @@ TextRequest parse_llama_completion(const json& b) {
   TextRequest r;
   r.api = Api::LlamaCompletion;
   model_field(b, r);
-  const json* p = field(b, "prompt");
-  if (!p) bad("prompt", "is required");
-  if (p->is_string()) {
-    r.prompt = p->get<std::string>();
-  } else if (p->is_array()) {
-    // Tokens, or a mix of strings and tokens (llama-server): strings are tokenized in place later; here only the
-    // all-tokens and one-string forms are taken.
-    if (p->size() == 1 && (*p)[0].is_string()) {
-      r.prompt = (*p)[0].get<std::string>();
-    } else {
-      r.prompt_is_tokens = true;
-      for (const json& t : *p) r.prompt_tokens.push_back(static_cast<int32_t>(integer(t, "prompt[]", 0, std::numeric_limits<int32_t>::max())));
-    }
-  } else {
-    bad("prompt", "must be a string or an array of token ids");
-  }
+  completion_prompt(field(b, "prompt"), r);
   sampling_fields(b, r, "");
   if (auto v = field(b, "n_predict")) {
     const int64_t n = integer(*v, "n_predict", -2, 1 << 30);
@@ -514,17 +513,13 @@ EmbedRequest parse_openai_embeddings(const json& b) {
   } else if (in->is_array() && !in->empty()) {
     if (in->size() > kMaxEmbedInputs) bad("input", "may hold at most " + std::to_string(kMaxEmbedInputs) + " inputs");
     if ((*in)[0].is_number_integer()) {  // one input as tokens
-      std::vector<int32_t> t;
-      for (const json& x : *in) t.push_back(static_cast<int32_t>(integer(x, "input[]", 0, std::numeric_limits<int32_t>::max())));
-      r.token_inputs.push_back(std::move(t));
+      r.token_inputs.push_back(token_ids(*in, "input[]"));
     } else {
       for (const json& x : *in) {
         if (x.is_string()) {
           r.texts.push_back(x.get<std::string>());
         } else if (x.is_array()) {
-          std::vector<int32_t> t;
-          for (const json& y : x) t.push_back(static_cast<int32_t>(integer(y, "input[][]", 0, std::numeric_limits<int32_t>::max())));
-          r.token_inputs.push_back(std::move(t));
+          r.token_inputs.push_back(token_ids(x, "input[][]"));
         } else {
           bad("input", "must be a string, an array of strings, or token ids");
         }
