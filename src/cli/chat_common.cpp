@@ -73,6 +73,72 @@ void add_sampling_options(CLI::App* cmd, SamplingArgs& s) {
       ->take_all();
 }
 
+void add_spec_options(CLI::App* cmd, SpecArgs& s) {
+  cmd->add_option("--model-draft,--draft", s.draft, "Speculative decoding with this draft model (GGUF; same or "
+                                                     "different vocabulary)");
+  cmd->add_option("--draft-max", s.draft_max, "Most tokens drafted per target pass")
+      ->capture_default_str()->check(CLI::Range(1, 128));
+  cmd->add_option("--draft-min", s.draft_min, "Fewest drafted tokens worth a verification pass")
+      ->capture_default_str()->check(CLI::Range(0, 128));
+  cmd->add_option("--draft-p-min", s.p_min, "Stop drafting when the draft's top probability is below this")
+      ->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_flag("--draft-ngram", s.ngram, "Speculative decoding by n-gram lookup in the context (no draft model; tried "
+                                          "first when --draft is given too)");
+  cmd->add_option("--draft-vocab", s.vocab, "A draft with another vocabulary: auto, intersect (shared tokens, "
+                                            "lossless sampling) or text (translate through text)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "intersect", "text"}));
+  cmd->add_flag("--draft-fixed", s.fixed, "Always draft --draft-max tokens (no adaptation to the acceptance)");
+  cmd->add_option("--cache-type-k-draft", s.cache_type_k, "The draft's KV cache type for K")->capture_default_str();
+  cmd->add_option("--cache-type-v-draft", s.cache_type_v, "The draft's KV cache type for V")->capture_default_str();
+}
+
+SpecConfig SpecArgs::config() const {
+  SpecConfig c;
+  c.draft = draft;
+  c.ngram = ngram;
+  c.spec.draft_max = draft_max;
+  c.spec.draft_min = draft_min;
+  c.spec.adaptive = !fixed;
+  if (draft_min > draft_max)
+    throw Error("--draft-min " + std::to_string(draft_min) + " is above --draft-max " + std::to_string(draft_max));
+  c.model.p_min = p_min;
+  c.model.vocab = vocab == "intersect" ? VocabMode::Intersect : vocab == "text" ? VocabMode::Text : VocabMode::Auto;
+  c.model.cache_type_k = parse_kv_type(cache_type_k, "--cache-type-k-draft");
+  c.model.cache_type_v = parse_kv_type(cache_type_v, "--cache-type-v-draft");
+  if (!draft.empty()) check_input_file(draft, "GGUF draft model file");
+  return c;
+}
+
+std::string spec_stats_line(const std::string& method, const SpecStats& st) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "speculative: %s | drafted %lld, accepted %lld (%.1f%%), %.2f tokens/target pass, draft %.1f ms, "
+                "verify %.1f ms, %lld plain passes%s",
+                method.c_str(), static_cast<long long>(st.drafted), static_cast<long long>(st.accepted),
+                100.0 * st.acceptance(), st.tokens_per_pass(), st.draft_seconds * 1e3, st.verify_seconds * 1e3,
+                static_cast<long long>(st.plain_passes), "");
+  std::string line = buf;
+  if (st.speedup() > 0) {  // measured against one-token passes (run and chat; a scheduler's passes mix sequences)
+    std::snprintf(buf, sizeof buf, ", est. speed-up %.2f x", st.speedup());
+    line += buf;
+  }
+  return line;
+}
+
+nlohmann::ordered_json spec_json(const SpecStats& st) {
+  return {{"drafted", st.drafted},         {"accepted", st.accepted},
+          {"acceptance", st.acceptance()}, {"tokens_per_pass", st.tokens_per_pass()},
+          {"draft_ms", st.draft_seconds * 1e3}, {"verify_ms", st.verify_seconds * 1e3},
+          {"passes", st.passes},           {"plain_passes", st.plain_passes},
+          {"est_speedup", st.speedup()}};
+}
+
+std::string spec_method(const SpecSetup& s) {
+  std::string m = s.config().ngram ? "ngram" : "";
+  if (s.draft_vocab()) m += std::string(m.empty() ? "" : "+") + "draft (" + vocab_bridge_name(s.draft_vocab()->bridge) + ")";
+  return m;
+}
+
 nlohmann::ordered_json read_json_arg(const std::string& value, const char* flag) {
   const size_t first = value.find_first_not_of(" \t\r\n");
   const bool inline_json = first != std::string::npos && (value[first] == '{' || value[first] == '[');

@@ -3,14 +3,15 @@
 //
 // Input: one JSON object per line (blank lines are skipped): "prompt" (a string, or an array of token ids) plus
 // OpenAI completions fields: max_tokens, temperature, top_p, seed, stop (a string or an array of strings),
-// presence_penalty, frequency_penalty, and llama.cpp's top_k, min_p, repeat_penalty, repeat_last_n, ignore_eos.
+// presence_penalty, frequency_penalty, and llama.cpp's top_k, min_p, repeat_penalty, repeat_last_n, ignore_eos;
+// "draft_max" (speculative decoding with --draft/--draft-ngram: 0 turns it off for the line, N drafts at most N).
 // "id" / "custom_id" are echoed; "model" and "user" are accepted and ignored; "n" must be 1, "stream" and "echo"
 // false. Any other field is an error for that line. Fields absent take the command line's values (its sampling
 // options, -n for max_tokens).
 // Output: one JSON object per input line, in the input's order: {"line", "id"?, "text", "finish_reason" (OpenAI's:
 // "stop" or "length"), "stop_reason" (lokal's: eog, stop, length, context_full, error), "usage": {prompt_tokens,
 // completion_tokens, total_tokens}, "tokens_reused", "preempted", "timings": {queue_ms, prompt_ms, generation_ms,
-// generation_tokens_per_second}}, or {"line", "error"} for a line that could not run. The exit status is 1 when any
+// generation_tokens_per_second}}, "speculative": {drafted, accepted, ...} with --draft/--draft-ngram, or {"line", "error"} for a line that could not run. The exit status is 1 when any
 // line failed (the others are still generated and written), 0 otherwise.
 #include <unistd.h>
 
@@ -38,6 +39,7 @@ using json = nlohmann::json;
 
 struct BatchArgs {
   std::string model, input, output;
+  SpecArgs spec;
   int n_parallel = 4;
   int64_t kv_tokens = 0;
   int64_t n_predict = 128;
@@ -75,7 +77,7 @@ struct Line {
 const std::set<std::string> kFields = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
                                        "stop", "presence_penalty", "frequency_penalty", "repeat_penalty",
                                        "repeat_last_n", "ignore_eos", "id", "custom_id", "model", "user", "n",
-                                       "stream", "echo"};
+                                       "stream", "echo", "draft_max"};
 
 // Reads one number field with a range check; throws lokal::Error naming the field.
 template <class T>
@@ -109,7 +111,7 @@ Line parse_line(const std::string& text, int64_t number_1, const BatchArgs& a, c
       if (!kFields.count(it.key()))
         throw Error("unknown field \"" + printable(it.key()) + "\" (known: prompt, max_tokens, temperature, top_p, "
                     "top_k, min_p, seed, stop, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, "
-                    "ignore_eos, id, custom_id)");
+                    "ignore_eos, draft_max, id, custom_id)");
     for (const char* k : {"id", "custom_id"})
       if (j.contains(k)) {
         L.id = j[k];
@@ -168,6 +170,7 @@ Line parse_line(const std::string& text, int64_t number_1, const BatchArgs& a, c
       for (const auto& s2 : r.stop)
         if (s2.empty()) throw Error("\"stop\" holds an empty string");
     }
+    if (j.contains("draft_max")) r.draft_max = number<int>(j, "draft_max", 0, 128);
     if (j.contains("ignore_eos")) {
       if (!j["ignore_eos"].is_boolean()) throw Error("\"ignore_eos\" must be true or false");
       r.ignore_eos = j["ignore_eos"].get<bool>();
@@ -198,6 +201,7 @@ json result_json(const Line& L, const GenResult* g) {
                   {"prompt_ms", g->prompt_seconds * 1e3},
                   {"generation_ms", g->gen_seconds * 1e3},
                   {"generation_tokens_per_second", g->gen_tps()}};
+  if (g->spec.passes + g->spec.plain_passes > 0) o["speculative"] = spec_json(g->spec);
   return o;
 }
 
@@ -233,6 +237,12 @@ int batch(const BatchArgs& a) {
   so.n_batch = loaded.settings.n_batch;
   so.cache_type_k = loaded.settings.type_k;
   so.cache_type_v = loaded.settings.type_v;
+  std::vector<std::string> spec_warnings;
+  std::unique_ptr<SpecSetup> spec;
+  if (const SpecConfig sc = a.spec.config(); sc.enabled()) {
+    spec = std::make_unique<SpecSetup>(model, sc, req.load, &spec_warnings);
+    so.spec = spec.get();
+  }
   Scheduler sch(model, pool, so);
 
   // Parse every line first: errors are reported with their line numbers before generation starts.
@@ -257,6 +267,10 @@ int batch(const BatchArgs& a) {
                static_cast<long long>(sch.kv_pool().capacity_tokens()), format_bytes(static_cast<double>(sch.kv_bytes())).c_str(),
                static_cast<long long>(sch.options().n_ctx), pool.size());
   std::fprintf(stderr, "memory: total    %s predicted peak (lokal plan)\n", mib_bytes(loaded.estimate.total_bytes).c_str());
+  if (spec) {
+    std::fprintf(stderr, "speculative: %s\n", spec->describe().c_str());
+    for (const auto& w : spec_warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  }
 
   std::unique_ptr<AtomicFile> out;
   if (!a.output.empty()) out = std::make_unique<AtomicFile>(a.output);
@@ -324,6 +338,7 @@ int batch(const BatchArgs& a) {
                tty ? "\n" : "", lines.size(), lines.size() - n_failed, n_failed, static_cast<long long>(gen_tokens), total,
                total > 0 ? static_cast<double>(gen_tokens) / total : 0.0, static_cast<long long>(reused),
                static_cast<long long>(preempted), out ? "; wrote " : "", out ? printable(a.output).c_str() : "");
+  if (spec) std::fprintf(stderr, "%s\n", spec_stats_line(spec_method(*spec), sch.stats().spec).c_str());
   if (const uint64_t peak = peak_rss_bytes())
     std::fprintf(stderr, "memory: peak RSS %s measured (VmHWM), %s predicted (%+.1f%%)\n", mib_bytes(peak).c_str(),
                  mib_bytes(loaded.estimate.total_bytes).c_str(),
@@ -352,6 +367,7 @@ void register_batch(CLI::App& app, int* rc) {
   cmd->add_option("--presence-penalty", a->presence_penalty, "Default presence penalty")->capture_default_str();
   cmd->add_option("--frequency-penalty", a->frequency_penalty, "Default frequency penalty")->capture_default_str();
   cmd->add_option("-s,--seed", a->seed, "Default seed for lines without one (-1: random per line)")->capture_default_str();
+  add_spec_options(cmd, a->spec);
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Longest sequence, prompt + completion (0: model's, max 4096)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));

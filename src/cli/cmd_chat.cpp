@@ -37,6 +37,7 @@ extern "C" void on_sigint(int) { g_interrupt.store(true); }
 struct ChatArgs {
   std::string model, chat_template, system, prompt, tools, grammar_file, json_schema, tool_choice = "auto", kwargs;
   SamplingArgs sampling;
+  SpecArgs spec;
   int n_predict = -1;
   int threads = 0;
   int64_t ctx = 0;
@@ -154,6 +155,12 @@ class Chat {
                   res.tokens.size(), tps, static_cast<long long>(toks.size()), static_cast<long long>(keep),
                   static_cast<long long>(session_.n_past() + 1), static_cast<long long>(session_.n_ctx()));
     note(stats);
+    if (session_.speculator() && res.spec.passes > 0) {
+      std::snprintf(stats, sizeof stats, "[speculative: %lld of %lld drafted tokens accepted, %.2f tokens per pass]",
+                    static_cast<long long>(res.spec.accepted), static_cast<long long>(res.spec.drafted),
+                    res.spec.tokens_per_pass());
+      note(stats);
+    }
     if (res.stop == StopReason::Stopped) note("(stopped)");
     if (res.stop == StopReason::ContextFull)
       note("(the context is full: the answer was cut off; the next turn will offer to drop the oldest turns)");
@@ -421,6 +428,15 @@ void run_chat(const ChatArgs& a) {
   req.load.use_mmap = !a.no_mmap;
   LoadedModel loaded = load_model_planned(req);
   Session session(*loaded.model, loaded.session);
+  std::unique_ptr<SpecSetup> spec_setup;
+  std::unique_ptr<SpecSeq> spec_seq;
+  if (const SpecConfig sc = a.spec.config(); sc.enabled()) {
+    std::vector<std::string> warnings;
+    spec_setup = std::make_unique<SpecSetup>(*loaded.model, sc, req.load, &warnings);
+    for (const auto& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    spec_seq = spec_setup->make(session.pool(), session.n_ctx());
+    session.set_speculator(spec_seq->spec.get());
+  }
 
   const bool interactive = a.prompt.empty() && isatty(0);
   Chat chat(a, *loaded.model, session, interactive);
@@ -489,6 +505,7 @@ void register_chat(CLI::App& app, int* rc) {
   cmd->add_option("-n,--n-predict", a->n_predict, "Most tokens per answer (-1: until the end of the turn)")
       ->capture_default_str()->check(CLI::Range(-1, 1 << 30));
   add_sampling_options(cmd, a->sampling);
+  add_spec_options(cmd, a->spec);
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (0: model's, max 4096)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-b,--batch-size", a->batch, "Prompt tokens per forward batch")->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));

@@ -23,6 +23,7 @@ struct RunArgs {
   std::string model, prompt, prompt_file;
   int n_predict = 128;
   SamplingArgs sampling;
+  SpecArgs spec;
   std::string grammar_file, json_schema;
   bool no_parse_special = false;
   int threads = 0;
@@ -77,9 +78,21 @@ void run(const RunArgs& a) {
     prompt = read_text_input(a.prompt_file, cap,
                              "more than a " + std::to_string(n_ctx) + "-token context could ever hold; the prompt must fit in the context");
   }
+  const SpecConfig spec_cfg = a.spec.config();
   Session session(*model, so);
+  std::vector<std::string> spec_warnings;
+  std::unique_ptr<SpecSetup> spec_setup;
+  std::unique_ptr<SpecSeq> spec_seq;
+  if (spec_cfg.enabled()) {
+    spec_setup = std::make_unique<SpecSetup>(*model, spec_cfg, lo, &spec_warnings);
+    spec_seq = spec_setup->make(session.pool(), session.n_ctx());
+    session.set_speculator(spec_seq->spec.get());
+  }
   // What lokal plan predicts for exactly these settings (checked against the measured peak at the end).
-  const MemoryEstimate& predicted = loaded.estimate;  // load_model_planned's, for the settings the session runs with
+  // load_model_planned's, for the settings the session runs with; a draft adds its file (mapped) and its cache.
+  MemoryEstimate predicted = loaded.estimate;
+  if (spec_seq && spec_seq->model)
+    predicted.total_bytes += spec_setup->draft_model()->gguf().file_size() + spec_seq->model->bytes();
 
   SamplingParams sp = a.sampling.params(model->vocab());
   sp.grammar = grammar_from_args(a.grammar_file, a.json_schema);
@@ -111,6 +124,14 @@ void run(const RunArgs& a) {
                static_cast<double>(predicted.overhead_bytes) / (1024.0 * 1024.0));
   std::fprintf(stderr, "%d threads, kernels %s, seed %llu\n", session.n_threads(), vec_dot_isa(),
                static_cast<unsigned long long>(sp.seed));
+  if (spec_setup) {
+    std::fprintf(stderr, "speculative: %s\n", spec_setup->describe().c_str());
+    if (spec_seq->model)
+      std::fprintf(stderr, "memory: draft    %s weights + %s cache and scratch\n",
+                   mib_bytes(spec_setup->draft_model()->gguf().file_size()).c_str(),
+                   mib_bytes(spec_seq->model->bytes()).c_str());
+    for (const auto& w : spec_warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  }
   std::fflush(stderr);
 
   auto res = session.generate(prompt_tokens, a.n_predict, sp, [](const std::string& text) {
@@ -124,6 +145,7 @@ void run(const RunArgs& a) {
                res.prompt_seconds * 1e3, res.prompt_tps());
   std::fprintf(stderr, "generation: %zu tokens in %.1f ms (%.2f tokens/s), stop: %s\n", res.tokens.size(),
                res.gen_seconds * 1e3, res.gen_tps(), stop_reason_name(res.stop));
+  if (spec_setup) std::fprintf(stderr, "%s\n", spec_stats_line(spec_method(*spec_setup), res.spec).c_str());
   if (session.n_shifts() > 0)
     std::fprintf(stderr, "context: shifted %lld times (kept the first %lld tokens, dropped the older half of the rest)\n",
                  static_cast<long long>(session.n_shifts()), static_cast<long long>(a.n_keep));
@@ -148,6 +170,7 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_option("-n,--n-predict", a->n_predict, "Tokens to generate (-1: until end of text or full context)")
       ->capture_default_str()->check(CLI::Range(-1, 1 << 30));
   add_sampling_options(cmd, a->sampling);
+  add_spec_options(cmd, a->spec);
   cmd->add_option("--grammar-file", a->grammar_file, "Constrain the output to a GBNF grammar (llama.cpp's syntax)");
   cmd->add_option("--json-schema", a->json_schema, "Constrain the output to JSON matching this schema (a file or inline JSON)");
   cmd->add_flag("--no-parse-special", a->no_parse_special, "Tokenize special-token text in the prompt (<|im_start|>) as "

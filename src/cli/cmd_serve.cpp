@@ -36,6 +36,7 @@ struct ServeArgs {
   std::string chat_template;
   std::string pooling = "mean";
   std::vector<std::string> aliases;
+  SpecArgs spec;
   server::ServerOptions srv;
   std::vector<std::string> api_keys, admin_api_keys;
   std::string api_key_file, jwt_secret_file, jwt_public_key_file, jwt_issuer, jwt_audience;
@@ -174,6 +175,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   eo.load.load.use_mmap = !a.no_mmap;
   eo.chat_template = a.chat_template;
   eo.aliases = a.aliases;
+  eo.spec = a.spec.config();
   if (a.pooling == "mean") eo.pooling = Pooling::Mean;
   else if (a.pooling == "last") eo.pooling = Pooling::Last;
   else throw Error("--pooling " + a.pooling + ": expected mean or last");
@@ -276,6 +278,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--chat-template", a->chat_template, "Chat template: a built-in name, a .jinja file or tokenizer_config.json");
   cmd->add_option("--pooling", a->pooling, "Embeddings: mean or last of the final hidden states (L2-normalized)")->capture_default_str();
   cmd->add_option("-a,--alias", a->aliases, "Model name clients use (repeatable; the first is the id shown)");
+  add_spec_options(cmd, a->spec);
   cmd->add_option("--api-key", a->api_keys, "API key for inference endpoints (repeatable, or comma-separated)");
   cmd->add_option("--admin-api-key", a->admin_api_keys, "API key with the admin scope too (reload, slots)");
   cmd->add_option("--api-key-file", a->api_key_file, "File of keys: one `KEY [inference|admin] [NAME]` per line");

@@ -10,6 +10,7 @@
 #include "core/types.h"
 #include "runtime/load.h"
 #include "runtime/sampling.h"
+#include "runtime/speculative.h"
 
 namespace lokal {
 class Grammar;
@@ -108,6 +109,29 @@ struct SamplingArgs {
   SamplingParams params(const Vocab& vocab) const;
 };
 void add_sampling_options(CLI::App* cmd, SamplingArgs& s);
+
+// The speculative-decoding options shared by run, chat, batch and serve (llama.cpp's names where it has them):
+// --draft FILE (-md), --draft-max N, --draft-min N, --draft-p-min P, --draft-ngram, --draft-vocab auto|intersect|text,
+// --draft-fixed (no adaptation: always --draft-max), -ctkd/-ctvd (the draft's KV cache types).
+struct SpecArgs {
+  std::string draft;
+  int draft_max = 16;
+  int draft_min = 0;
+  float p_min = 0.75f;
+  bool ngram = false;
+  std::string vocab = "auto";
+  bool fixed = false;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
+  SpecConfig config() const;  // throws lokal::Error for a bad value, naming the flag
+};
+void add_spec_options(CLI::App* cmd, SpecArgs& s);
+// The speculative statistics line of run and chat ("speculative: ..."), without a newline.
+std::string spec_stats_line(const std::string& method, const SpecStats& st);
+// {"drafted", "accepted", "acceptance", "tokens_per_pass", "draft_ms", "verify_ms", "passes", "plain_passes",
+// "est_speedup"}: the JSON form (batch lines, the server's timings).
+nlohmann::ordered_json spec_json(const SpecStats& st);
+// "ngram", "draft (same vocabulary)", "ngram+draft (text translation)".
+std::string spec_method(const SpecSetup& s);
 
 // A JSON argument given inline (it starts with '{' or '[') or as a file (at most 16 MiB); throws lokal::Error naming
 // the flag and the parse error.

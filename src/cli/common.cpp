@@ -67,6 +67,9 @@ constexpr Spelling kSpellings[] = {
     {"-ctk", "--cache-type-k", true},
     {"-ctv", "--cache-type-v", true},
     {"-np", "--parallel", true},
+    {"-md", "--model-draft", true},
+    {"-ctkd", "--cache-type-k-draft", true},
+    {"-ctvd", "--cache-type-v-draft", true},
     {"--ctk", "--cache-type-k", false},
     {"--ctv", "--cache-type-v", false},
 };

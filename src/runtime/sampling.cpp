@@ -328,4 +328,84 @@ std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logit
   return out;
 }
 
+int32_t Sampler::sample_with_distribution(const float* logits, int n_vocab,
+                                          std::vector<std::pair<int32_t, float>>& q) {
+  const double total = prepare(logits, n_vocab);
+  q.clear();
+  q.reserve(cand_.size());
+  for (const Cand& c : cand_) q.emplace_back(c.id, static_cast<float>(c.w / total));
+  if (cand_.size() == 1) return cand_[0].id;
+  const double r = next_uniform() * total;  // the same draw as sample()
+  double cum = 0.0;
+  for (const Cand& c : cand_) {
+    cum += c.w;
+    if (r < cum) return c.id;
+  }
+  for (size_t i = cand_.size(); i-- > 0;)
+    if (cand_[i].w > 0.0) return cand_[i].id;
+  return cand_[0].id;
+}
+
+int32_t Sampler::verify(const float* logits, int n_vocab, int32_t drafted,
+                        const std::vector<std::pair<int32_t, float>>* q, bool* accepted, VerifyRule rule) {
+  const double total = prepare(logits, n_vocab);
+  if (p_.temperature <= 0.0f || cand_.size() == 1) {  // one candidate: p is a point mass
+    *accepted = cand_[0].id == drafted;
+    return cand_[0].id;
+  }
+  // p(drafted) and q(drafted).
+  double px = 0.0;
+  for (const Cand& c : cand_)
+    if (c.id == drafted) px = c.w / total;
+  double qx = 1.0;
+  if (q) {
+    qx = 0.0;
+    for (const auto& [id, pr] : *q)
+      if (id == drafted) qx = pr;
+  }
+  const double u = next_uniform();
+  if (px > 0.0 && (qx <= 0.0 || u * qx < px)) {  // u < p/q; a token q could not give is accepted iff p has it
+    *accepted = true;
+    return drafted;
+  }
+  *accepted = false;
+  // Residual max(0, p - q) over p's candidates (where p is 0 the residual is 0 too).
+  if (qdense_.size() < static_cast<size_t>(n_vocab)) qdense_.assign(static_cast<size_t>(n_vocab), 0.0f);
+  if (rule == VerifyRule::Exact) {
+    if (q) {
+      for (const auto& [id, pr] : *q)
+        if (id >= 0 && id < n_vocab) qdense_[static_cast<size_t>(id)] += pr;
+    } else if (drafted >= 0 && drafted < n_vocab) {
+      qdense_[static_cast<size_t>(drafted)] = 1.0f;
+    }
+  }
+  auto residual = [&](const Cand& c) {
+    return std::max(0.0, c.w / total - static_cast<double>(qdense_[static_cast<size_t>(c.id)]));
+  };
+  double rtotal = 0.0;
+  for (const Cand& c : cand_) rtotal += residual(c);
+  if (rtotal > 0.0) {
+    for (Cand& c : cand_) c.w = residual(c);
+  } else {
+    rtotal = total;  // p <= q everywhere (p == q up to rounding): rejection had probability ~0; draw from p
+  }
+  if (rule == VerifyRule::Exact) {  // clear the scratch for the next call
+    if (q) {
+      for (const auto& [id, pr] : *q)
+        if (id >= 0 && id < n_vocab) qdense_[static_cast<size_t>(id)] = 0.0f;
+    } else if (drafted >= 0 && drafted < n_vocab) {
+      qdense_[static_cast<size_t>(drafted)] = 0.0f;
+    }
+  }
+  const double r = next_uniform() * rtotal;
+  double cum = 0.0;
+  for (const Cand& c : cand_) {
+    cum += c.w;
+    if (r < cum) return c.id;
+  }
+  for (size_t i = cand_.size(); i-- > 0;)
+    if (cand_[i].w > 0.0) return cand_[i].id;
+  return cand_[0].id;
+}
+
 }  // namespace lokal

@@ -86,6 +86,23 @@ class Sampler {
   // inspection (it sorts what survives); does not advance the random generator.
   std::vector<std::pair<int32_t, double>> distribution(const float* logits, int n_vocab);
 
+  // Speculative decoding (runtime/speculative.h).
+  // A draw exactly like sample(), which also returns in `q` the distribution it drew from: (token, probability) of
+  // every candidate that survived the chain, in no particular order; greedy gives the argmax with probability 1.
+  int32_t sample_with_distribution(const float* logits, int n_vocab, std::vector<std::pair<int32_t, float>>& q);
+  // Decides a drafted token with these logits (the target model's at the drafted position), so that the token
+  // returned is distributed exactly as sample() would draw it (lossless speculative sampling, Leviathan et al. 2023):
+  //   p = this chain's distribution; q = the distribution the draft drew `drafted` from (null: a deterministic
+  //   proposal, q = 1 for `drafted`: greedy drafts, n-gram lookups, text translated from a draft);
+  //   accept with probability min(1, p(drafted) / q(drafted)); otherwise draw from max(0, p - q), normalized.
+  // Greedy: accepted exactly when `drafted` is the argmax, which is returned either way (token-identical output).
+  // Sets *accepted; the caller then accept_generated()s the returned token. `q` must be over the same token ids.
+  // VerifyRule::ResampleFromTarget is a deliberately wrong rule (on rejection it draws from p, biasing the output
+  // towards drafted tokens) that exists only so a test can show the statistical test detects a wrong rule.
+  enum class VerifyRule { Exact, ResampleFromTarget };
+  int32_t verify(const float* logits, int n_vocab, int32_t drafted, const std::vector<std::pair<int32_t, float>>* q,
+                 bool* accepted, VerifyRule rule = VerifyRule::Exact);
+
   // Records a token (prompt or generated) for the penalties.
   void accept(int32_t token);
   // Records a generated token: accept(), and advances the grammar (throws lokal::Error if the grammar does not
@@ -122,6 +139,7 @@ class Sampler {
   std::unique_ptr<GrammarMatcher> grammar_;
   std::vector<uint64_t> mask_;  // the grammar's bitmask
   std::vector<Cand> kept_;  // apply_grammar's scratch
+  std::vector<float> qdense_;  // verify()'s scratch: q by token id (zero outside q)
   int64_t full_masks_ = 0;
 };
 

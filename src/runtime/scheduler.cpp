@@ -45,6 +45,9 @@ struct Scheduler::Seq {
   bool has_first = false;
   std::vector<double> emb_sum;         // embeddings: the sum of the pooled hidden states so far
   int64_t emb_n = 0;
+  std::unique_ptr<SpecSeq> spec;       // speculative decoding: this sequence's drafters
+  Draft draft;                         // drafted tokens in the batch being built (todo = [last token] + draft)
+  std::vector<int32_t> ctx;            // scratch: the context handed to the drafters
   GenResult res;
 };
 
@@ -124,6 +127,11 @@ void Scheduler::finish(Seq& s, FinishReason why, const std::string& error) {
   }
   s.res.text = s.text;
   s.res.finish = why;
+  if (s.spec) {
+    s.res.spec = s.spec->spec->stats();
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.spec.add(s.res.spec);
+  }
   s.res.error = error;
   s.res.n_prompt = static_cast<int64_t>(s.req.prompt.size());
   if (!s.admitted_once) s.res.queue_seconds = secs(s.t_submit, now);
@@ -191,6 +199,7 @@ void Scheduler::admit() {
     s->emb_n = 0;
     s->todo.assign(full.begin() + reused, full.end());
     s->todo_pos = 0;
+    s->draft.clear();
     if (!s->admitted_once) {
       s->admitted_once = true;
       s->t_admit = Clock::now();
@@ -236,7 +245,8 @@ void Scheduler::emit(Seq& s, bool final) {
   if (s.req.on_text && !s.req.on_text(piece) && !s.done) finish(s, FinishReason::Cancelled);
 }
 
-void Scheduler::accept_token(Seq& s, int32_t tok) {
+void Scheduler::accept_token(Seq& s, int32_t tok, int64_t kv_len) {
+  if (kv_len < 0) kv_len = kv_.length(s.kv);
   s.sampler->accept_generated(tok);
   if (!s.has_first) {
     s.has_first = true;
@@ -264,9 +274,87 @@ void Scheduler::accept_token(Seq& s, int32_t tok) {
   if (s.done) return;
   if (s.req.max_tokens >= 0 && static_cast<int64_t>(s.res.tokens.size()) >= s.req.max_tokens)
     return finish(s, FinishReason::Length);
-  if (kv_.length(s.kv) + 1 > opt_.n_ctx) return finish(s, FinishReason::ContextFull);
+  if (kv_len + 1 > opt_.n_ctx) return finish(s, FinishReason::ContextFull);
   s.todo.assign(1, tok);
   s.todo_pos = 0;
+}
+
+void Scheduler::draft_for(Seq& s, int64_t len, int64_t used, int64_t budget) {
+  if (!s.draft.tokens.empty()) {  // a draft of a step in which the sequence found no room: forget it
+    s.todo.resize(s.todo.size() - s.draft.tokens.size());
+    s.draft.clear();
+  }
+  if (!opt_.spec || s.req.draft_max == 0 || s.req.pooling != Pooling::None || s.todo.size() != 1 || s.todo_pos != 0)
+    return;
+  if (!s.spec) {
+    SpecOptions o = opt_.spec->config().spec;
+    if (s.req.draft_max > 0) {
+      o.draft_max = s.req.draft_max;
+      o.draft_min = std::min(o.draft_min, o.draft_max);
+    }
+    try {
+      s.spec = opt_.spec->make(pool_, opt_.n_ctx, &pass_cost_, &o);
+    } catch (const Error&) {
+      s.req.draft_max = 0;  // cannot draft for this one (e.g. no memory for a draft cache): plain decoding
+      return;
+    }
+  }
+  int64_t room = std::min<int64_t>(opt_.n_ctx - len - 1, budget - used - 1);
+  if (s.req.max_tokens >= 0) room = std::min<int64_t>(room, s.req.max_tokens - static_cast<int64_t>(s.res.tokens.size()) - 1);
+  if (room <= 0) return;
+  const std::vector<int32_t>& have = kv_.tokens(s.kv);
+  s.ctx.assign(have.begin(), have.end());
+  s.ctx.push_back(s.todo[0]);
+  s.spec->spec->draft(s.ctx, used, room, s.req.sampling, s.draft);
+  if (s.draft.tokens.empty()) return;
+  // Drafted positions need pages too; without free ones (no preemption for a guess) the pass is plain.
+  const int64_t k = static_cast<int64_t>(s.draft.tokens.size());
+  if (kv_.pages_needed(s.kv, len + 1 + k) > kv_.available_pages()) {
+    s.draft.clear();
+    return;
+  }
+  s.todo.insert(s.todo.end(), s.draft.tokens.begin(), s.draft.tokens.end());
+}
+
+void Scheduler::verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_seconds) {
+  // The pass evaluated [last token, d1 .. dk] (all committed); row j holds the logits after entry j.
+  const int64_t n_vocab = model_.config().n_vocab;
+  const int64_t k = n - 1;
+  const int64_t len0 = kv_.length(s.kv) - n;  // where the last token went
+  int64_t accepted = 0;
+  for (int64_t j = 0; j <= k && !s.done; ++j) {
+    const float* lg = logits_.data() + (row0 + j) * n_vocab;
+    bool finite = true;
+    for (int64_t i = 0; i < n_vocab && finite; ++i) finite = std::isfinite(lg[i]);
+    if (!finite) {
+      finish(s, FinishReason::Error,
+             model_.gguf().name() + ": non-finite logits at position " + std::to_string(len0 + j) +
+                 " (NaN or Inf in the model's weights?)");
+      break;
+    }
+    bool ok = false;
+    int32_t tok;
+    try {
+      if (j < k)
+        tok = s.sampler->verify(lg, static_cast<int>(n_vocab), s.draft.tokens[static_cast<size_t>(j)],
+                                s.draft.q.empty() ? nullptr : &s.draft.q[static_cast<size_t>(j)], &ok,
+                                s.spec->spec->options().rule);
+      else
+        tok = s.sampler->sample(lg, static_cast<int>(n_vocab));
+      if (s.req.on_token) s.req.on_token(tok, lg, n_vocab);
+      if (ok) ++accepted;
+      // Positions after this one hold drafted tokens that are not (or no longer) part of the text.
+      if (!ok && j < k) kv_.truncate(s.kv, len0 + j + 1);
+      accept_token(s, tok, len0 + j + 1);  // the cache as plain decoding would hold it (before this token)
+    } catch (const Error& e) {
+      finish(s, FinishReason::Error, e.what());
+      break;
+    }
+    if (!ok) break;
+  }
+  if (s.done && s.kv >= 0) kv_.truncate(s.kv, std::min(kv_.length(s.kv), len0 + accepted + 1));
+  if (s.spec) s.spec->spec->record(k, accepted, 0, pass_seconds);
+  s.draft.clear();
 }
 
 bool Scheduler::step() {
@@ -285,10 +373,11 @@ bool Scheduler::step() {
     for (size_t i = 0; i < running_.size(); ++i) {
       Seq* s = running_[i].get();
       if (s->done || s->kv < 0 || s->n_batched > 0 || (pass == 0) != s->has_first) continue;
+      const int64_t len = kv_.length(s->kv);
+      if (pass == 0) draft_for(*s, len, used, budget);
       const int64_t remaining = static_cast<int64_t>(s->todo.size() - s->todo_pos);
       int64_t n = std::min(remaining, budget - used);
       if (n <= 0) continue;
-      const int64_t len = kv_.length(s->kv);
       if (!kv_.reserve(s->kv, len + n)) {
         // A prompt chunk first shrinks to what fits.
         if (pass == 1) {
@@ -328,7 +417,8 @@ bool Scheduler::step() {
     for (int64_t j = 0; j < s->n_batched; ++j) {
       const size_t ti = s->todo_pos + static_cast<size_t>(j);
       const bool last = ti + 1 == s->todo.size();
-      BatchEntry be{s->todo[ti], static_cast<int32_t>(k), len + j, last && pool == Pooling::None};
+      BatchEntry be{s->todo[ti], static_cast<int32_t>(k), len + j,
+                    (last || !s->draft.tokens.empty()) && pool == Pooling::None};
       be.hidden = pool == Pooling::Mean || (pool == Pooling::Last && last);
       entries.push_back(be);
       n_out += be.logits;
@@ -339,6 +429,7 @@ bool Scheduler::step() {
     logits_.resize(static_cast<size_t>(n_out) * static_cast<size_t>(model_.config().n_vocab));
   if (static_cast<size_t>(n_hidden) * static_cast<size_t>(model_.config().n_embd) > hidden_.size())
     hidden_.resize(static_cast<size_t>(n_hidden) * static_cast<size_t>(model_.config().n_embd));
+  const auto t_pass = Clock::now();
   try {
     fwd_.eval_batch(entries.data(), static_cast<int64_t>(entries.size()), tables.data(),
                     static_cast<int64_t>(tables.size()), kv_.cache(), logits_.data(),
@@ -351,6 +442,8 @@ bool Scheduler::step() {
     std::erase_if(running_, [](const std::unique_ptr<Seq>& s) { return s->done; });
     return true;
   }
+  const double pass_seconds = secs(t_pass, Clock::now());
+  if (opt_.spec) pass_cost_.observe(static_cast<int64_t>(entries.size()), pass_seconds);
   {
     std::lock_guard<std::mutex> lk(stats_mu_);
     ++stats_.steps;
@@ -389,8 +482,14 @@ bool Scheduler::step() {
       continue;
     }
     if (s->todo_pos < s->todo.size()) continue;
+    if (!s->draft.tokens.empty()) {
+      verify_drafts(*s, n, row, pass_seconds);
+      row += n;
+      continue;
+    }
     const float* lg = logits_.data() + row * n_vocab;
     ++row;
+    if (s->spec && s->has_first) s->spec->spec->record(0, 0, 0, pass_seconds);
     if (s->done) continue;  // cancelled from a callback meanwhile
     bool finite = true;
     for (int64_t i = 0; i < n_vocab && finite; ++i) finite = std::isfinite(lg[i]);

@@ -31,6 +31,7 @@
 #include "model/model.h"
 #include "runtime/kv_pool.h"
 #include "runtime/sampling.h"
+#include "runtime/speculative.h"
 
 namespace lokal {
 
@@ -51,6 +52,7 @@ struct GenResult {
   FinishReason finish = FinishReason::Length;
   std::string error;            // FinishReason::Error: what went wrong
   std::vector<float> embedding; // GenRequest::pooling: the pooled, L2-normalized final hidden state (n_embd floats)
+  SpecStats spec;               // speculative decoding (SchedulerOptions::spec): drafted, accepted, times
   double gen_tps() const {
     return gen_seconds > 0 && tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / gen_seconds : 0;
   }
@@ -69,6 +71,9 @@ struct GenRequest {
   int64_t max_tokens = -1;              // < 0: until end of generation or the sequence limit
   std::vector<std::string> stop;        // stop strings: generation ends before the first one (not included)
   bool ignore_eos = false;              // keep generating past end-of-generation tokens (benchmarks)
+  // Speculative decoding (SchedulerOptions::spec): -1 the scheduler's settings, 0 off for this request, N > 0 at most
+  // N drafted tokens per pass.
+  int draft_max = -1;
   // Called on the scheduler's thread with text as soon as it is final (text that could begin a stop string is
   // held back). Returning false cancels the request.
   std::function<bool(const std::string&)> on_text;
@@ -87,6 +92,11 @@ struct SchedulerOptions {
   int64_t n_batch = kDefaultBatchSize;  // tokens per forward step (decode tokens + prompt chunks)
   DType cache_type_k = DType::F16;
   DType cache_type_v = DType::F16;
+  // Speculative decoding for every generating sequence (borrowed; null: off). Each sequence gets its own drafters
+  // (a draft model's cache of n_ctx positions per running sequence); its drafted tokens are verified in the same
+  // batch as everything else, every drafted position with logits, and the rejected ones are rolled back with
+  // KVPool::truncate. The output is exactly what the sequence gives without it (runtime/speculative.h).
+  const SpecSetup* spec = nullptr;
 };
 
 struct SchedulerStats {
@@ -96,6 +106,7 @@ struct SchedulerStats {
   int64_t preemptions = 0;
   int64_t running = 0, waiting = 0;
   int64_t kv_pages_used = 0, kv_pages_total = 0;  // pages held by sequences (cached-but-free ones count as free)
+  SpecStats spec;  // speculative decoding, all finished sequences together
 };
 
 class Scheduler {
@@ -133,8 +144,14 @@ class Scheduler {
   void finish(Seq& s, FinishReason why, const std::string& error = {});
   void admit();
   bool preempt_one(const Seq* keep);
-  void accept_token(Seq& s, int32_t tok);
+  // kv_len: the sequence's cache length before `tok` as plain decoding would have it (-1: the pool's; speculative
+  // verification passes it while the cache still holds drafted positions).
+  void accept_token(Seq& s, int32_t tok, int64_t kv_len = -1);
   void emit(Seq& s, bool final);
+  // Speculative decoding: drafts for a generating sequence (todo becomes [last token] + draft) ...
+  void draft_for(Seq& s, int64_t len, int64_t used, int64_t budget);
+  // ... and decides the drafted tokens from the pass's rows (row0: its first), rolling back the rejected ones.
+  void verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_seconds);
 
   const Model& model_;
   ThreadPool& pool_;
@@ -143,6 +160,7 @@ class Scheduler {
   Forward fwd_;
   std::vector<float> logits_;
   std::vector<float> hidden_;  // final hidden states of embedding requests' entries
+  PassCost pass_cost_;         // measured step times by batch size (speculative decoding's cost model)
   std::shared_ptr<const TokenIndex> token_index_;  // built when the first request with a grammar arrives
 
   std::mutex mu_;

@@ -63,11 +63,11 @@ void Session::shift_context() {
   ++n_shifts_;
 }
 
-void Session::check_logits() const {
+void Session::check_row(const float* row) const {
   // One pass over a row of n_vocab floats per sampled token: nothing next to the forward pass that made it.
   for (size_t i = 0; i < logits_.size(); ++i)
-    if (!std::isfinite(logits_[i]))
-      throw Error(model_.gguf().name() + ": non-finite logits (" + (std::isnan(logits_[i]) ? "nan" : "inf") +
+    if (!std::isfinite(row[i]))
+      throw Error(model_.gguf().name() + ": non-finite logits (" + (std::isnan(row[i]) ? "nan" : "inf") +
                   " for token " + std::to_string(i) + ") at position " + std::to_string(n_past_ - 1) +
                   ": the model's output is not finite (NaN or Inf in its weights?)");
 }
@@ -120,22 +120,35 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
   feed(toks);
   res.prompt_seconds = since(t0);
   auto t1 = Clock::now();
-  for (int i = 0; n_predict < 0 || i < n_predict; ++i) {
-    check_logits();
-    const int32_t tok = sampler.sample(logits_.data(), static_cast<int>(logits_.size()));
+  const SpecStats spec0 = spec_ ? spec_->stats() : SpecStats{};
+
+  // Takes a token the sampler decided; false when generation ends with it.
+  auto take = [&](int32_t tok) {
     sampler.accept_generated(tok);
     if (vocab.is_eog(tok)) {
       res.stop = StopReason::EndOfGeneration;
-      break;
+      return false;
     }
     res.tokens.push_back(tok);
-    if (i == 0) t1 = Clock::now();  // generation speed excludes the first token (prompt logits)
+    if (res.tokens.size() == 1) t1 = Clock::now();  // generation speed excludes the first token (prompt logits)
     const std::string text = dec.push(tok);
     if (!text.empty() && on_text && !on_text(text)) {
       res.stop = StopReason::Stopped;
-      break;
+      return false;
     }
-    if (n_predict >= 0 && i + 1 >= n_predict) break;
+    return n_predict < 0 || static_cast<int64_t>(res.tokens.size()) < n_predict;
+  };
+
+  const int nv = static_cast<int>(logits_.size());
+  bool go = n_predict != 0;
+  int32_t pending = -1;  // the last token taken, not yet in the cache
+  if (go) {
+    check_logits();
+    pending = sampler.sample(logits_.data(), nv);
+    go = take(pending);
+  }
+  Draft draft;
+  while (go) {
     if (n_past_ >= n_ctx()) {
       if (opt_.overflow != SessionOptions::Overflow::Shift) {
         res.stop = StopReason::ContextFull;
@@ -143,7 +156,71 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
       }
       shift_context();
     }
-    feed({tok});
+    // Draft (speculative decoding): at most what fits in the context and what is still wanted after this pass.
+    draft.clear();
+    if (spec_) {
+      int64_t room = n_ctx() - n_past_ - 1;
+      if (n_predict >= 0) room = std::min<int64_t>(room, n_predict - static_cast<int64_t>(res.tokens.size()) - 1);
+      if (room > 0) {
+        history_.push_back(pending);
+        spec_->draft(history_, 0, room, sp, draft);
+        history_.pop_back();
+      }
+    }
+    const int64_t k = static_cast<int64_t>(draft.tokens.size());
+    const int64_t base = n_past_;
+    const auto tp = Clock::now();
+    const float* rows = logits_.data();
+    if (k == 0) {
+      feed({pending});
+    } else {
+      std::vector<int32_t> batch(1, pending);
+      batch.insert(batch.end(), draft.tokens.begin(), draft.tokens.end());
+      rows_.resize(static_cast<size_t>(k + 1) * static_cast<size_t>(nv));
+      fwd_.eval(batch.data(), k + 1, n_past_, true, rows_.data());
+      n_past_ += k + 1;
+      history_.insert(history_.end(), batch.begin(), batch.end());
+      rows = rows_.data();
+    }
+    const double secs = since(tp);
+    // Decide the drafted tokens in order, then (all accepted) one more from the last row.
+    int64_t accepted = 0;
+    for (int64_t j = 0; j <= k; ++j) {
+      const float* row = rows + j * nv;
+      check_row(row);
+      int32_t y;
+      bool ok = false;
+      if (j < k)
+        y = sampler.verify(row, nv, draft.tokens[static_cast<size_t>(j)],
+                           draft.q.empty() ? nullptr : &draft.q[static_cast<size_t>(j)], &ok,
+                           spec_->options().rule);
+      else
+        y = sampler.sample(row, nv);
+      if (ok) ++accepted;
+      go = take(y);
+      if (!go || !ok || j == k) {
+        if (j < k) {  // rows past j were computed for tokens that are not part of the text: roll them back
+          rewind(base + j + 1);
+          if (row != logits_.data()) std::copy(row, row + nv, logits_.begin());
+        } else if (k > 0) {
+          std::copy(row, row + nv, logits_.begin());
+        }
+        pending = y;
+        break;
+      }
+    }
+    if (spec_) spec_->record(k, accepted, k + 1, secs);
+  }
+  if (spec_) {
+    res.spec = spec_->stats();
+    const SpecStats& a = spec0;
+    res.spec.passes -= a.passes;
+    res.spec.plain_passes -= a.plain_passes;
+    res.spec.drafted -= a.drafted;
+    res.spec.accepted -= a.accepted;
+    res.spec.draft_seconds -= a.draft_seconds;
+    res.spec.verify_seconds -= a.verify_seconds;
+    res.spec.plain_seconds -= a.plain_seconds;
   }
   res.gen_seconds = since(t1);
   const std::string rest = dec.flush();

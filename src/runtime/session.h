@@ -7,8 +7,9 @@
 #include <vector>
 
 #include "core/threadpool.h"
-#include "runtime/sampling.h"
 #include "model/model.h"
+#include "runtime/sampling.h"
+#include "runtime/speculative.h"
 
 namespace lokal {
 
@@ -39,6 +40,7 @@ struct GenerationResult {
   double prompt_seconds = 0;     // time to process the prompt (first token logits)
   double gen_seconds = 0;        // time for the generated tokens after the first
   StopReason stop = StopReason::Length;
+  SpecStats spec;                // speculative decoding during this call (zero without a speculator)
   double prompt_tps() const { return prompt_seconds > 0 ? n_prompt / prompt_seconds : 0; }
   double gen_tps() const {
     return gen_seconds > 0 && tokens.size() > 1 ? static_cast<double>(tokens.size() - 1) / gen_seconds : 0;
@@ -73,6 +75,13 @@ class Session {
   int64_t common_prefix(const std::vector<int32_t>& prompt) const;
   int64_t n_shifts() const { return n_shifts_; }  // context shifts done by generate()
 
+  // Speculative decoding (runtime/speculative.h): generate() drafts with `spec` and verifies the drafts in batched
+  // passes; the output is what generate() gives without it (token-identical when greedy, identically distributed when
+  // sampling). Null: off. Borrowed; its drafters must use this session's thread pool.
+  void set_speculator(Speculator* spec) { spec_ = spec; }
+  Speculator* speculator() const { return spec_; }
+  ThreadPool& pool() { return pool_; }
+
   // Tokenizes a prompt (BOS per the vocabulary) and checks it fits the free context; throws
   // lokal::Error with the numbers otherwise. parse_special: text naming a special token (<|im_start|>) becomes
   // that token, as llama.cpp does for prompts; false keeps it as plain text.
@@ -90,7 +99,8 @@ class Session {
  private:
   // Throws lokal::Error naming the position when the current logits hold NaN or Inf (generate() calls it before
   // sampling, so a broken model stops with an error instead of sampling garbage).
-  void check_logits() const;
+  void check_logits() const { check_row(logits_.data()); }
+  void check_row(const float* row) const;
 
   const Model& model_;
   SessionOptions opt_;
@@ -105,6 +115,8 @@ class Session {
   std::vector<int32_t> history_;  // the tokens in the KV cache, in order
   std::vector<float> logits_;
   std::shared_ptr<const TokenIndex> token_index_;
+  Speculator* spec_ = nullptr;
+  std::vector<float> rows_;  // logits of every position of a verification pass
 };
 
 }  // namespace lokal

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "runtime/sampling.h"
 
 namespace lokal::server {
@@ -82,6 +83,12 @@ void Engine::load() {
     so.n_batch = loaded_.settings.n_batch;
     so.cache_type_k = loaded_.settings.type_k;
     so.cache_type_v = loaded_.settings.type_v;
+    if (opt_.spec.enabled()) {
+      std::vector<std::string> warnings;
+      spec_ = std::make_unique<SpecSetup>(*loaded_.model, opt_.spec, opt_.load.load, &warnings);
+      for (const auto& w : warnings) LOKAL_WARN("%s", w.c_str());
+      so.spec = spec_.get();
+    }
     sched_ = std::make_unique<Scheduler>(*loaded_.model, *pool_, so);
     try {
       tpl_.emplace(ChatTemplate::for_model(opt_.chat_template, loaded_.model->gguf(), loaded_.model->vocab()));
@@ -114,6 +121,7 @@ void Engine::reload(std::chrono::milliseconds drain) {
   }
   if (sched_) sched_->stop();
   sched_.reset();
+  spec_.reset();
   tpl_.reset();
   template_error_.clear();
   {

@@ -33,6 +33,7 @@ struct EngineOptions {
   std::string chat_template;        // --chat-template NAME|FILE ("" : the model's own)
   std::vector<std::string> aliases; // -a/--alias: the names clients use in "model" (first: the id shown)
   Pooling pooling = Pooling::Mean;  // --pooling: how embeddings pool the final hidden states
+  SpecConfig spec;                  // speculative decoding (--draft, --draft-ngram, ...): every slot
 };
 
 // A token's log-probability and its most likely alternatives (OpenAI's logprobs, llama-server's n_probs).
@@ -127,6 +128,7 @@ class Engine {
   std::string error_;
   LoadedModel loaded_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<SpecSetup> spec_;  // before sched_: the scheduler borrows it
   std::unique_ptr<Scheduler> sched_;
   std::optional<ChatTemplate> tpl_;
   std::string template_error_;

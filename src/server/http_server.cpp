@@ -120,7 +120,7 @@ json timings_json(const GenResult& r) {
   const double pn = static_cast<double>(std::max<int64_t>(1, r.n_prompt - r.n_reused));
   const double gn = static_cast<double>(r.tokens.size());
   const double pms = r.prompt_seconds * 1e3, gms = r.gen_seconds * 1e3;
-  return {{"prompt_n", r.n_prompt - r.n_reused},
+  json t = {{"prompt_n", r.n_prompt - r.n_reused},
           {"prompt_ms", pms},
           {"prompt_per_token_ms", pms / pn},
           {"prompt_per_second", pms > 0 ? pn * 1e3 / pms : 0.0},
@@ -129,6 +129,16 @@ json timings_json(const GenResult& r) {
           {"predicted_per_token_ms", gn > 1 ? gms / (gn - 1) : 0.0},
           {"predicted_per_second", r.gen_tps()},
           {"cache_n", r.n_reused}};
+  if (r.spec.passes + r.spec.plain_passes > 0) {
+    // llama-server's names, then lokal's details.
+    t["draft_n"] = r.spec.drafted;
+    t["draft_n_accepted"] = r.spec.accepted;
+    t["draft_acceptance"] = r.spec.acceptance();
+    t["draft_tokens_per_pass"] = r.spec.tokens_per_pass();
+    t["draft_ms"] = r.spec.draft_seconds * 1e3;
+    t["verify_ms"] = r.spec.verify_seconds * 1e3;
+  }
+  return t;
 }
 
 json bytes_json(const std::string& s) {
@@ -399,6 +409,7 @@ struct HttpServer::Impl {
     gr.sampling = g->prep.sampling;
     gr.max_tokens = g->req.max_tokens;
     gr.stop = g->req.stop;
+    gr.draft_max = g->req.draft_max;
     if (g->prep.parse_output) g->parser = std::make_unique<ChatOutputParser>(g->prep.parse);
     g->job = eng.submit(std::move(gr), g->req.logprobs ? g->req.top_logprobs : -1);
     switch (g->req.api) {

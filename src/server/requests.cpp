@@ -283,6 +283,18 @@ json parse_body(const std::string& body) {
   return j;
 }
 
+// Speculative decoding per request: "draft_max" (lokal) or llama-server's "speculative.n_max" (0: off for this
+// request), and "speculative": false.
+static void spec_fields(const json& b, TextRequest& r) {
+  if (auto v = field(b, "draft_max")) r.draft_max = static_cast<int>(integer(*v, "draft_max", 0, 128));
+  if (auto v = field(b, "speculative.n_max")) r.draft_max = static_cast<int>(integer(*v, "speculative.n_max", 0, 128));
+  if (auto v = field(b, "speculative"); v && v->is_boolean()) {
+    if (!v->get<bool>()) r.draft_max = 0;
+  } else if (v) {
+    bad("speculative", "must be true or false");
+  }
+}
+
 TextRequest parse_openai_chat(const json& b) {
   require_object(b);
   TextRequest r;
@@ -317,6 +329,7 @@ TextRequest parse_openai_chat(const json& b) {
   if (auto v = field(b, "user")) r.user = string(*v, "user");
   if (auto v = field(b, "cache_prompt")) r.cache_prompt = boolean(*v, "cache_prompt");
   if (auto v = field(b, "ignore_eos")) r.ignore_eos = boolean(*v, "ignore_eos");
+  spec_fields(b, r);
   if (auto v = field(b, "grammar")) r.grammar = string(*v, "grammar");
   if (auto v = field(b, "chat_template_kwargs")) {
     if (!v->is_object()) bad("chat_template_kwargs", "must be an object");
@@ -352,6 +365,7 @@ TextRequest parse_openai_completion(const json& b) {
   if (auto v = field(b, "user")) r.user = string(*v, "user");
   if (auto v = field(b, "cache_prompt")) r.cache_prompt = boolean(*v, "cache_prompt");
   if (auto v = field(b, "ignore_eos")) r.ignore_eos = boolean(*v, "ignore_eos");
+  spec_fields(b, r);
   if (auto v = field(b, "grammar")) r.grammar = string(*v, "grammar");
   if (auto v = field(b, "response_format")) response_format(*v, r);
   return r;
@@ -378,6 +392,7 @@ TextRequest parse_llama_completion(const json& b) {
   }
   if (auto v = field(b, "cache_prompt")) r.cache_prompt = boolean(*v, "cache_prompt");
   if (auto v = field(b, "ignore_eos")) r.ignore_eos = boolean(*v, "ignore_eos");
+  spec_fields(b, r);
   if (auto v = field(b, "grammar")) r.grammar = string(*v, "grammar");
   if (auto v = field(b, "json_schema")) {
     if (!v->is_object()) bad("json_schema", "must be a JSON schema object");

@@ -52,6 +52,7 @@ struct TextRequest {
   int64_t max_tokens = -1;               // -1: until the end of the turn or the context
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  int draft_max = -1;                    // speculative decoding: -1 the server's, 0 off, N at most N drafted tokens
   bool stream = false;
   bool include_usage = false;            // stream_options.include_usage
   bool logprobs = false;

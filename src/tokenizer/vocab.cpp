@@ -377,6 +377,15 @@ float Vocab::token_score(int32_t id) const {
 }
 
 std::vector<int32_t> Vocab::tokenize(std::string_view text, bool add_special, bool parse_special) const {
+  return tokenize_impl(text, add_special, parse_special, true);
+}
+
+std::vector<int32_t> Vocab::tokenize_fragment(std::string_view text) const {
+  return tokenize_impl(text, false, false, false);
+}
+
+std::vector<int32_t> Vocab::tokenize_impl(std::string_view text, bool add_special, bool parse_special,
+                                          bool dummy_space) const {
   const VocabData& d = *d_;
   std::vector<int32_t> out;
   const std::vector<Fragment> frags = partition(d, text, parse_special);
@@ -384,11 +393,11 @@ std::vector<int32_t> Vocab::tokenize(std::string_view text, bool add_special, bo
   const bool eos = add_special && (d.type == VocabType::WPM ? d.sep >= 0 : d.add_eos);
   if (bos) out.push_back(d.bos);
 
-  bool prev_special = true;  // SPM: the dummy space goes before the text and after each special token
+  bool prev_special = dummy_space;  // SPM: the dummy space goes before the text and after each special token
   for (const Fragment& fr : frags) {
     if (fr.token >= 0) {
       out.push_back(fr.token);
-      prev_special = true;
+      prev_special = dummy_space;
       continue;
     }
     const std::string_view piece = text.substr(fr.off, fr.len);

@@ -44,6 +44,11 @@ class Vocab {
   // matched either way). Never throws for any input bytes; characters the vocabulary cannot
   // represent become the unknown token (with one warning per Vocab).
   std::vector<int32_t> tokenize(std::string_view text, bool add_special, bool parse_special) const;
+  // Text that continues a sequence (the middle of a document): no BOS/EOS, no SentencePiece dummy space, special
+  // token text stays text (USER_DEFINED tokens are matched as always). Speculative decoding translates text between
+  // vocabularies with it: the pieces of `tokenize(t)` concatenated, tokenized again this way, give the same ids
+  // wherever the tokenizer's choices do not depend on what came before.
+  std::vector<int32_t> tokenize_fragment(std::string_view text) const;
 
   // The raw bytes a token stands for (may be part of a UTF-8 character). CONTROL and UNKNOWN
   // tokens give "" unless render_special. An id out of range gives "".
@@ -71,6 +76,8 @@ class Vocab {
 
  private:
   explicit Vocab(std::unique_ptr<VocabData> d);
+  std::vector<int32_t> tokenize_impl(std::string_view text, bool add_special, bool parse_special,
+                                     bool dummy_space) const;
   std::unique_ptr<VocabData> d_;
 };
 
