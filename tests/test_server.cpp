@@ -1009,3 +1009,57 @@ TEST(Server, QueueFullJwtAndSystemdNotify) {
   EXPECT_NE(stopping.find("STOPPING=1"), std::string::npos) << stopping;
   EXPECT_NE(s.log().find("\"subject\":\"jwt:alice\""), std::string::npos) << "the access log names the JWT subject";
 }
+
+// Speculative decoding in the server (docs/SPECULATIVE.md): every slot drafts with the same-vocabulary draft, greedy
+// answers are exactly those of a server without a draft (also with four requests at once, verified in shared
+// batches), timings report the drafts, and a request can turn speculation off ("speculative.n_max": 0).
+TEST(Server, SpeculativeDecodingIsExactAndReported) {
+  const std::string model = lokal::test::data_path("models/real/tinychat-4m-q8_0.gguf");
+  const std::string draft = lokal::test::data_path("models/real/tinychat-draft-1m-q8_0.gguf");
+  const std::vector<std::string> questions = {"Tell me a story about a cat.", "What is the capital of France?",
+                                              "Tell me a story about a dragon.", "Spell the word house."};
+  auto answers = [&](Server& s, const json& extra, std::vector<json>* timings) {
+    std::vector<std::string> out(questions.size());
+    std::vector<std::thread> th;
+    if (timings) timings->assign(questions.size(), json());
+    for (size_t i = 0; i < questions.size(); ++i)
+      th.emplace_back([&, i] {
+        auto c = s.client();
+        int st = 0;
+        json b = chat_body(questions[i], {{"max_tokens", 80}});
+        for (auto it = extra.begin(); it != extra.end(); ++it) b[it.key()] = it.value();
+        const json r = post(c, "/v1/chat/completions", b, &st);
+        EXPECT_EQ(st, 200) << r.dump();
+        out[i] = r["choices"][0]["message"].value("content", "");
+        if (timings) (*timings)[i] = r.value("timings", json());
+      });
+    for (auto& t : th) t.join();
+    return out;
+  };
+  std::vector<std::string> plain;
+  {
+    Server s({"-m", model, "-np", "4"});
+    ASSERT_GT(s.port(), 0) << s.log();
+    plain = answers(s, json::object(), nullptr);
+    s.stop();
+  }
+  Server s({"-m", model, "-np", "4", "--draft", draft, "--draft-p-min", "0", "--draft-fixed", "--draft-max", "4"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  std::vector<json> timings;
+  EXPECT_EQ(answers(s, json::object(), &timings), plain);
+  int64_t drafted = 0;
+  for (const json& t : timings) {
+    ASSERT_TRUE(t.contains("draft_n")) << t.dump();
+    EXPECT_LE(t["draft_n_accepted"].get<int64_t>(), t["draft_n"].get<int64_t>());
+    drafted += t["draft_n"].get<int64_t>();
+  }
+  EXPECT_GT(drafted, 0);
+  EXPECT_EQ(answers(s, {{"speculative.n_max", 0}}, &timings), plain);
+  for (const json& t : timings) EXPECT_EQ(t.value("draft_n", int64_t{0}), 0) << t.dump();
+  int st = 0;
+  auto c = s.client();
+  const json bad = post(c, "/v1/chat/completions", chat_body("Hi", {{"draft_max", 1000}}), &st);
+  EXPECT_EQ(st, 400) << bad.dump();
+  EXPECT_NE(bad.dump().find("draft_max"), std::string::npos) << bad.dump();
+  EXPECT_EQ(s.stop(), 0);
+}
