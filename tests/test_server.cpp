@@ -1054,6 +1054,14 @@ TEST(Server, SpeculativeDecodingIsExactAndReported) {
     drafted += t["draft_n"].get<int64_t>();
   }
   EXPECT_GT(drafted, 0);
+  {
+    auto c = s.client();
+    auto r = c.Get("/api/model/info");
+    ASSERT_TRUE(r);
+    const json info = json::parse(r->body);
+    EXPECT_EQ(info["speculative"]["drafted"].get<int64_t>(), drafted) << info.dump();
+    EXPECT_NE(info["speculative"]["method"].get<std::string>().find("same vocabulary"), std::string::npos);
+  }
   EXPECT_EQ(answers(s, {{"speculative.n_max", 0}}, &timings), plain);
   for (const json& t : timings) EXPECT_EQ(t.value("draft_n", int64_t{0}), 0) << t.dump();
   int st = 0;

@@ -452,9 +452,11 @@ void Speculator::draft(const std::vector<int32_t>& context, int64_t base, int64_
     }
     if (out.tokens.empty() && std::string(drafters_[i]->kind()) == "draft") {
       // A draft model that declines (--draft-p-min) cost its time for nothing: count it as a rejected token.
+      // A decline says little about the acceptance but costs a draft pass (and the catch-up of the context): halve
+      // the estimate, so a draft that keeps declining pauses after a few tries.
       Ctl& c = ctl_[i];
-      c.alpha = 0.9 * c.alpha;
-      if (c.t_token <= 0) c.t_token = dt;
+      c.alpha = 0.5 * c.alpha;
+      c.t_token = c.t_token > 0 ? 0.8 * c.t_token + 0.2 * dt : dt;
     }
     out.clear();
   }

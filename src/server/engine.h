@@ -96,6 +96,7 @@ class Engine {
   const ChatTemplate* chat_template() const { return tpl_ ? &*tpl_ : nullptr; }
   const std::string& template_error() const { return template_error_; }  // why chat_template() is null
   Scheduler& scheduler() { return *sched_; }
+  const SpecSetup* spec() const { return spec_.get(); }  // speculative decoding (null: off)
   const Scheduler& scheduler() const { return *sched_; }
   std::shared_ptr<const TokenIndex> token_index();  // built on first use (grammars)
   double load_seconds() const { return load_seconds_; }

@@ -1090,6 +1090,17 @@ struct HttpServer::Impl {
       const ModelConfig& cfg = eng.model().config();
       const auto& t = eng.totals();
       const double gen_s = static_cast<double>(t.gen_ns.load()) / 1e9, prompt_s = static_cast<double>(t.prompt_ns.load()) / 1e9;
+      json spec = nullptr;
+      if (const SpecSetup* sp = eng.spec()) {
+        const SpecStats st = eng.scheduler().stats().spec;
+        spec = {{"method", sp->describe()},
+                {"draft", sp->config().draft},
+                {"draft_bytes", sp->draft_model() ? sp->draft_model()->gguf().file_size() : 0},
+                {"drafted", st.drafted},
+                {"accepted", st.accepted},
+                {"acceptance", st.acceptance()},
+                {"tokens_per_pass", st.tokens_per_pass()}};
+      }
       send_json(res, {{"file", eng.options().load.path},
                       {"id", eng.model_id()},
                       {"architecture", cfg.arch},
@@ -1107,6 +1118,7 @@ struct HttpServer::Impl {
                                         {"total_predicted", l.estimate.total_bytes}, {"resident_now", rss_bytes()}}},
                       {"load_seconds", eng.load_seconds()},
                       {"chat_template", eng.chat_template() ? eng.chat_template()->name() : ""},
+                      {"speculative", spec},
                       {"speeds", {{"requests", t.requests.load()},
                                   {"prompt_tokens_per_second", prompt_s > 0 ? static_cast<double>(t.prompt_tokens.load() - t.cached_tokens.load()) / prompt_s : 0},
                                   {"generated_tokens_per_second", gen_s > 0 ? static_cast<double>(t.generated_tokens.load()) / gen_s : 0}}}});
