@@ -47,6 +47,11 @@ struct Scheduler::Seq {
   int64_t emb_n = 0;
   std::unique_ptr<SpecSeq> spec;       // speculative decoding: this sequence's drafters
   Draft draft;                         // drafted tokens in the batch being built (todo = [last token] + draft)
+  // A verification pass being decided: recorded when it is decided, or by finish() when a token of it ends the
+  // request (so the statistics count every pass).
+  bool pass_open = false;
+  int64_t pass_drafted = 0, pass_accepted = 0;
+  double pass_seconds = 0;
   std::vector<int32_t> ctx;            // scratch: the context handed to the drafters
   GenResult res;
 };
@@ -127,10 +132,18 @@ void Scheduler::finish(Seq& s, FinishReason why, const std::string& error) {
   }
   s.res.text = s.text;
   s.res.finish = why;
+  if (s.spec && s.pass_open) {
+    s.pass_open = false;
+    s.spec->spec->record(s.pass_drafted, s.pass_accepted, 0, s.pass_seconds);
+  }
   if (s.spec) {
     s.res.spec = s.spec->spec->stats();
-    std::lock_guard<std::mutex> lk(stats_mu_);
-    stats_.spec.add(s.res.spec);
+    {
+      std::lock_guard<std::mutex> lk(stats_mu_);
+      stats_.spec.add(s.res.spec);
+    }
+    if (spare_spec_.size() < static_cast<size_t>(opt_.n_parallel)) spare_spec_.push_back(std::move(s.spec));
+    s.spec.reset();
   }
   s.res.error = error;
   s.res.n_prompt = static_cast<int64_t>(s.req.prompt.size());
@@ -293,13 +306,26 @@ void Scheduler::draft_for(Seq& s, int64_t len, int64_t used, int64_t budget) {
       o.draft_min = std::min(o.draft_min, o.draft_max);
     }
     try {
-      s.spec = opt_.spec->make(pool_, opt_.n_ctx, &pass_cost_, &o);
+      if (!spare_spec_.empty()) {
+        s.spec = std::move(spare_spec_.back());
+        spare_spec_.pop_back();
+        s.spec->spec->restart(o);
+      } else {
+        s.spec = opt_.spec->make(pool_, opt_.n_ctx, &pass_cost_, &o);
+      }
     } catch (const Error&) {
-      s.req.draft_max = 0;  // cannot draft for this one (e.g. no memory for a draft cache): plain decoding
+      s.spec.reset();
+    }
+    if (!s.spec) {
+      s.req.draft_max = 0;  // nothing to draft with (a setup with nothing enabled, no memory for a draft cache)
       return;
     }
   }
-  int64_t room = std::min<int64_t>(opt_.n_ctx - len - 1, budget - used - 1);
+  // Every generating sequence still to be packed gets its one token first: drafts use what is left of the batch.
+  int64_t later = 0;
+  for (const auto& o : running_)
+    if (o.get() != &s && !o->done && o->kv >= 0 && o->has_first && o->n_batched == 0) ++later;
+  int64_t room = std::min<int64_t>(opt_.n_ctx - len - 1, budget - used - 1 - later);
   if (s.req.max_tokens >= 0) room = std::min<int64_t>(room, s.req.max_tokens - static_cast<int64_t>(s.res.tokens.size()) - 1);
   if (room <= 0) return;
   const std::vector<int32_t>& have = kv_.tokens(s.kv);
@@ -322,6 +348,10 @@ void Scheduler::verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_secon
   const int64_t k = n - 1;
   const int64_t len0 = kv_.length(s.kv) - n;  // where the last token went
   int64_t accepted = 0;
+  s.pass_open = true;
+  s.pass_drafted = k;
+  s.pass_accepted = 0;
+  s.pass_seconds = pass_seconds;
   for (int64_t j = 0; j <= k && !s.done; ++j) {
     const float* lg = logits_.data() + (row0 + j) * n_vocab;
     bool finite = true;
@@ -342,7 +372,7 @@ void Scheduler::verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_secon
       else
         tok = s.sampler->sample(lg, static_cast<int>(n_vocab));
       if (s.req.on_token) s.req.on_token(tok, lg, n_vocab);
-      if (ok) ++accepted;
+      if (ok) s.pass_accepted = ++accepted;
       // Positions after this one hold drafted tokens that are not (or no longer) part of the text.
       if (!ok && j < k) kv_.truncate(s.kv, len0 + j + 1);
       accept_token(s, tok, len0 + j + 1);  // the cache as plain decoding would hold it (before this token)
@@ -353,7 +383,8 @@ void Scheduler::verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_secon
     if (!ok) break;
   }
   if (s.done && s.kv >= 0) kv_.truncate(s.kv, std::min(kv_.length(s.kv), len0 + accepted + 1));
-  if (s.spec) s.spec->spec->record(k, accepted, 0, pass_seconds);
+  if (s.spec && s.pass_open) s.spec->spec->record(k, accepted, 0, pass_seconds);
+  s.pass_open = false;
   s.draft.clear();
 }
 

@@ -161,6 +161,9 @@ class Scheduler {
   std::vector<float> logits_;
   std::vector<float> hidden_;  // final hidden states of embedding requests' entries
   PassCost pass_cost_;         // measured step times by batch size (speculative decoding's cost model)
+  // Drafters of finished sequences, reused by the next ones (a draft model's cache is allocated once per slot, and
+  // re-syncs to the next context by common prefix: a shared system prompt is not drafted again).
+  std::vector<std::unique_ptr<SpecSeq>> spare_spec_;
   std::shared_ptr<const TokenIndex> token_index_;  // built when the first request with a grammar arrives
 
   std::mutex mu_;

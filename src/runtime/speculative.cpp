@@ -382,6 +382,15 @@ Speculator::Speculator(std::vector<Drafter*> drafters, const SpecOptions& opt, P
                 std::to_string(opt.draft_min) + ")");
 }
 
+void Speculator::restart(const SpecOptions& opt) {
+  Speculator check({}, opt);  // validates
+  opt_ = opt;
+  ctl_.assign(drafters_.size(), Ctl{});
+  stats_ = SpecStats{};
+  since_plain_ = 0;
+  last_ = -1;
+}
+
 std::string Speculator::describe() const {
   std::string s;
   for (const Drafter* d : drafters_) s += (s.empty() ? "" : ", then ") + d->describe();

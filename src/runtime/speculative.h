@@ -198,6 +198,9 @@ class Speculator {
   const SpecOptions& options() const { return opt_; }
   std::string describe() const;  // the drafters, one line
   bool enabled() const { return !drafters_.empty(); }
+  // For another sequence (a scheduler reuses its drafters, whose caches re-sync by common prefix): new options,
+  // statistics and adaptive state from scratch. Throws lokal::Error for bad options, like the constructor.
+  void restart(const SpecOptions& opt);
 
  private:
   struct Ctl {
