@@ -305,6 +305,10 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
   const double total = prepare(logits, n_vocab);
   if (cand_.size() == 1) return cand_[0].id;
   // 6. Draw: the first candidate whose cumulative weight exceeds u * total.
+  return draw(total);
+}
+
+int32_t Sampler::draw(double total) {
   const double r = next_uniform() * total;
   double cum = 0.0;
   for (const Cand& c : cand_) {
@@ -335,15 +339,7 @@ int32_t Sampler::sample_with_distribution(const float* logits, int n_vocab,
   q.reserve(cand_.size());
   for (const Cand& c : cand_) q.emplace_back(c.id, static_cast<float>(c.w / total));
   if (cand_.size() == 1) return cand_[0].id;
-  const double r = next_uniform() * total;  // the same draw as sample()
-  double cum = 0.0;
-  for (const Cand& c : cand_) {
-    cum += c.w;
-    if (r < cum) return c.id;
-  }
-  for (size_t i = cand_.size(); i-- > 0;)
-    if (cand_[i].w > 0.0) return cand_[i].id;
-  return cand_[0].id;
+  return draw(total);  // the same draw as sample()
 }
 
 int32_t Sampler::verify(const float* logits, int n_vocab, int32_t drafted,
@@ -397,15 +393,7 @@ int32_t Sampler::verify(const float* logits, int n_vocab, int32_t drafted,
       qdense_[static_cast<size_t>(drafted)] = 0.0f;
     }
   }
-  const double r = next_uniform() * rtotal;
-  double cum = 0.0;
-  for (const Cand& c : cand_) {
-    cum += c.w;
-    if (r < cum) return c.id;
-  }
-  for (size_t i = cand_.size(); i-- > 0;)
-    if (cand_[i].w > 0.0) return cand_[i].id;
-  return cand_[0].id;
+  return draw(rtotal);
 }
 
 }  // namespace lokal

@@ -128,6 +128,8 @@ class Sampler {
   double prepare(const float* logits, int n_vocab);
   // Keeps in cand_[0, n) only what the grammar allows (see the header); greedy: the best allowed token only.
   void apply_grammar(bool greedy);
+  // One draw from cand_ by weight (total: their sum).
+  int32_t draw(double total);
   uint64_t next_u64();
   double next_uniform();  // [0, 1), 53 random bits
 
