@@ -1040,11 +1040,12 @@ TEST(SpecDrafter, ModelDrafterProposesTheDraftsGreedyContinuation) {
       EXPECT_EQ(d.tokens, want);
     }
   }
-  // Confidence cut-off: with p_min 1 no token is ever confident enough.
+  // Confidence cut-off (llama.cpp's rule): a token is proposed, and drafting stops after it when its probability
+  // among the draft's top 10 is below p_min; with p_min 1 no token is confident enough, so exactly one is proposed.
   mo.p_min = 1.0f;
   ModelDrafter picky(tt, d1, shared_pool(), mo);
   picky.propose(ctxs[0], 6, greedy(), d);
-  EXPECT_TRUE(d.tokens.empty());
+  EXPECT_EQ(d.tokens, reference(ctxs[0], 1));
   // The end of the draft's context: nothing is proposed past it.
   mo.p_min = 0;
   mo.n_ctx = 32;

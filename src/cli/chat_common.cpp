@@ -80,14 +80,16 @@ void add_spec_options(CLI::App* cmd, SpecArgs& s) {
       ->capture_default_str()->check(CLI::Range(1, 128));
   cmd->add_option("--draft-min", s.draft_min, "Fewest drafted tokens worth a verification pass")
       ->capture_default_str()->check(CLI::Range(0, 128));
-  cmd->add_option("--draft-p-min", s.p_min, "Stop drafting when the draft's top probability is below this")
+  cmd->add_option("--draft-p-min", s.p_min, "Stop drafting after a token whose probability among the draft's top 10 is "
+                                                  "below this (llama.cpp's measure)")
       ->capture_default_str()->check(CLI::Range(0.0f, 1.0f));
   cmd->add_flag("--draft-ngram", s.ngram, "Speculative decoding by n-gram lookup in the context (no draft model; tried "
                                           "first when --draft is given too)");
   cmd->add_option("--draft-vocab", s.vocab, "A draft with another vocabulary: auto, intersect (shared tokens, "
                                             "lossless sampling) or text (translate through text)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "intersect", "text"}));
-  cmd->add_flag("--draft-fixed", s.fixed, "Always draft --draft-max tokens (no adaptation to the acceptance)");
+  cmd->add_flag("--draft-fixed", s.fixed, "Always draft up to --draft-max tokens (no adaptation to the acceptance; "
+                                          "--draft-p-min still ends a draft)");
   cmd->add_option("--cache-type-k-draft", s.cache_type_k, "The draft's KV cache type for K")->capture_default_str();
   cmd->add_option("--cache-type-v-draft", s.cache_type_v, "The draft's KV cache type for V")->capture_default_str();
 }

@@ -1,6 +1,7 @@
 #include "runtime/speculative.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -233,6 +234,7 @@ void ModelDrafter::translate(const std::vector<int32_t>& ctx) {
 
 void ModelDrafter::propose(const std::vector<int32_t>& ctx, int n_max, const SamplingParams& sp, Draft& out) {
   out.clear();
+  catchup_seconds_ = 0;
   if (n_max <= 0 || ctx.empty()) return;
   const std::vector<int32_t>* dctx = &ctx;
   if (bridge_ != VocabBridge::Same) {
@@ -248,7 +250,9 @@ void ModelDrafter::propose(const std::vector<int32_t>& ctx, int n_max, const Sam
   while (c < dhist_.size() && c < dctx->size() && dhist_[c] == (*dctx)[c]) ++c;
   if (c == dctx->size()) --c;
   dhist_.resize(c);
+  const auto tc = Clock::now();
   feed(dctx->data() + c, len - static_cast<int64_t>(c));
+  catchup_seconds_ = since(tc);
 
   const bool greedy = sp.temperature <= 0.0f || bridge_ == VocabBridge::Text;
   std::unique_ptr<Sampler> sampler;
@@ -269,18 +273,27 @@ void ModelDrafter::propose(const std::vector<int32_t>& ctx, int n_max, const Sam
   for (int i = 0; i < n; ++i) {
     if (bridge_ != VocabBridge::Same)
       for (int32_t u : dv_->unmapped) logits_[static_cast<size_t>(u)] = kNegInf;
-    // Confidence: the most likely token's probability (softmax at temperature 1).
-    float mx = kNegInf;
+    // Confidence, as llama.cpp measures it for --draft-p-min: the most likely token's probability among the ten most
+    // likely (softmax at temperature 1 over the top 10).
+    std::array<float, 10> top;
+    top.fill(kNegInf);
     int32_t best = 0;
-    for (int j = 0; j < nv; ++j)
-      if (logits_[static_cast<size_t>(j)] > mx) {
-        mx = logits_[static_cast<size_t>(j)];
-        best = j;
+    for (int j = 0; j < nv; ++j) {
+      const float l = logits_[static_cast<size_t>(j)];
+      if (!(l > top[9])) continue;
+      if (l > top[0]) best = j;
+      size_t at = 9;
+      while (at > 0 && top[at - 1] < l) {
+        top[at] = top[at - 1];
+        --at;
       }
+      top[at] = l;
+    }
+    const float mx = top[0];
     if (mx == kNegInf || !std::isfinite(mx)) break;
     double z = 0;
-    for (int j = 0; j < nv; ++j) z += std::exp(static_cast<double>(logits_[static_cast<size_t>(j)]) - mx);
-    if (1.0 / z < opt_.p_min) break;
+    for (float l : top) z += std::exp(static_cast<double>(l) - mx);
+    const double confidence = 1.0 / z;
     int32_t tok = best;
     if (!greedy) tok = sampler->sample_with_distribution(logits_.data(), nv, q);
     drafted.push_back(tok);
@@ -291,7 +304,8 @@ void ModelDrafter::propose(const std::vector<int32_t>& ctx, int n_max, const Sam
         out.q.push_back(q);
       }
     }
-    if (dv.is_eog(tok) || i + 1 == n) break;
+    // Like llama.cpp, the token is proposed and drafting stops after it when the draft was not confident.
+    if (dv.is_eog(tok) || i + 1 == n || confidence < opt_.p_min) break;
     feed(&tok, 1);
   }
   if (bridge_ == VocabBridge::Text && !drafted.empty()) {
@@ -355,7 +369,7 @@ double PassCost::estimate(int64_t n) const {
 }
 
 double SpecStats::speedup() const {
-  if (single_pass_seconds <= 0) return 0;
+  if (single_pass_seconds <= 0 || passes == 0) return 0;
   const double took = draft_seconds + verify_seconds + plain_seconds;
   if (took <= 0) return 0;
   const double produced = static_cast<double>(passes + accepted + plain_passes);
@@ -450,9 +464,12 @@ void Speculator::draft(const std::vector<int32_t>& context, int64_t base, int64_
     drafters_[i]->propose(context, k, sp, out);
     const double dt = since(t0);
     stats_.draft_seconds += dt;
+    // The draft's cost per token, without catching up with the context (after a pause it evaluates everything
+    // generated meanwhile in one batch: a cost of probing, not of each drafted token).
+    const double work = std::max(0.0, dt - drafters_[i]->catchup_seconds());
     if (!out.tokens.empty()) {
       Ctl& c = ctl_[i];
-      const double per = dt / static_cast<double>(out.tokens.size());
+      const double per = work / static_cast<double>(out.tokens.size());
       c.t_token = c.t_token > 0 ? 0.8 * c.t_token + 0.2 * per : per;
     }
     if (static_cast<int>(out.tokens.size()) >= std::max(1, opt_.draft_min)) {
@@ -465,7 +482,7 @@ void Speculator::draft(const std::vector<int32_t>& context, int64_t base, int64_
       // the estimate, so a draft that keeps declining pauses after a few tries.
       Ctl& c = ctl_[i];
       c.alpha = 0.5 * c.alpha;
-      c.t_token = c.t_token > 0 ? 0.8 * c.t_token + 0.2 * dt : dt;
+      c.t_token = c.t_token > 0 ? 0.8 * c.t_token + 0.2 * work : work;
     }
     out.clear();
   }

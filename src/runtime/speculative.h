@@ -64,6 +64,8 @@ class Drafter {
   // evaluates next). sp: the request's sampling (temperature <= 0: greedy proposals).
   virtual void propose(const std::vector<int32_t>& context, int n_max, const SamplingParams& sp, Draft& out) = 0;
   virtual size_t bytes() const { return 0; }  // memory the drafter holds (a draft model's cache and scratch)
+  // Seconds the last propose() spent catching up with the context (evaluating tokens the drafter had not seen).
+  virtual double catchup_seconds() const { return 0; }
 };
 
 class NgramDrafter : public Drafter {
@@ -108,7 +110,9 @@ struct DraftModelOptions {
   DType cache_type_k = DType::F16;
   DType cache_type_v = DType::F16;
   VocabMode vocab = VocabMode::Auto;
-  float p_min = 0.75f;      // stop drafting when the draft's most likely token has a probability below this
+  // Stop drafting after a token whose probability among the draft's ten most likely is below this (llama.cpp's
+  // --draft-p-min, the same measure and default).
+  float p_min = 0.75f;
 };
 
 class ModelDrafter : public Drafter {
@@ -122,6 +126,7 @@ class ModelDrafter : public Drafter {
   std::string describe() const override;
   void propose(const std::vector<int32_t>& context, int n_max, const SamplingParams& sp, Draft& out) override;
   size_t bytes() const override;
+  double catchup_seconds() const override { return catchup_seconds_; }
   VocabBridge bridge() const { return bridge_; }
   const VocabMatch& match() const { return dv_->match; }
   int64_t n_ctx() const { return fwd_.n_ctx(); }
@@ -144,6 +149,7 @@ class ModelDrafter : public Drafter {
   std::vector<int32_t> dctx_;   // their draft tokens
   std::vector<std::pair<int64_t, int64_t>> ckpt_;  // (target count, draft count) where both end on the same byte
   uint64_t draws_ = 0;
+  double catchup_seconds_ = 0;
 };
 
 // Measured time of a target pass by its number of tokens (moving averages), with interpolation where unmeasured.
