@@ -402,6 +402,8 @@ void Speculator::restart(const SpecOptions& opt) {
   ctl_.assign(drafters_.size(), Ctl{});
   stats_ = SpecStats{};
   since_plain_ = 0;
+  drafted_ = false;
+  drafted_before_ = true;
   last_ = -1;
 }
 
@@ -451,15 +453,17 @@ void Speculator::draft(const std::vector<int32_t>& context, int64_t base, int64_
                        Draft& out) {
   out.clear();
   last_ = -1;
-  // The first passes are plain: they measure what speculation has to beat (the very first one runs cold); one in 32
-  // passes stays plain to keep that measurement current.
+  // The first passes are plain: they measure what speculation has to beat (the very first one runs cold); every 32
+  // passes two stay plain to keep that measurement current (only a plain pass after a plain pass is measured: right
+  // after a draft model ran, the target's weights are partly out of the CPU caches, which is a cost of speculating).
   if (opt_.adaptive && (cost_->count(base + 1) < 3 || ++since_plain_ >= 32)) {
-    since_plain_ = 0;
+    if (since_plain_ >= 33) since_plain_ = 0;
     return;
   }
   for (size_t i = 0; i < drafters_.size(); ++i) {
     const int k = choose_k(ctl_[i], base, room);
     if (k <= 0) continue;
+    drafted_ = true;
     const auto t0 = Clock::now();
     drafters_[i]->propose(context, k, sp, out);
     const double dt = since(t0);
@@ -489,7 +493,10 @@ void Speculator::draft(const std::vector<int32_t>& context, int64_t base, int64_
 }
 
 void Speculator::record(int64_t n_drafted, int64_t n_accepted, int64_t pass_tokens, double seconds) {
-  cost_->observe(pass_tokens, seconds);
+  const bool after_draft = drafted_before_;
+  drafted_before_ = drafted_;
+  drafted_ = false;
+  if (n_drafted > 0 || !after_draft) cost_->observe(pass_tokens, seconds);
   if (pass_tokens == 1 || n_drafted == 0) {
     if (cost_->measured(1)) stats_.single_pass_seconds = cost_->estimate(1);
   }

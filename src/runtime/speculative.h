@@ -216,7 +216,9 @@ class Speculator {
     int backoff = 4;
     bool probe = false;
   };
-  int64_t since_plain_ = 0;  // speculative passes since the last plain one (a plain pass every 32 re-measures T(1))
+  int64_t since_plain_ = 0;  // speculative passes since the last plain ones (two plain passes every 32 re-measure T(1))
+  bool drafted_ = false;         // a drafter ran for the pending pass
+  bool drafted_before_ = true;   // ... for the pass before it (the first pass follows the prompt: not measured)
   int choose_k(Ctl& c, int64_t base, int64_t room);
 
   std::vector<Drafter*> drafters_;
