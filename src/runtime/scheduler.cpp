@@ -389,6 +389,16 @@ void Scheduler::verify_drafts(Seq& s, int64_t n, int64_t row0, double pass_secon
 }
 
 bool Scheduler::step() {
+  // Whatever way the step ends (also when a cancellation released the last sequence and there was nothing to
+  // evaluate), the published counts are those after it.
+  struct Publish {
+    Scheduler* s;
+    ~Publish() { s->publish_stats(); }
+  } publish{this};
+  return step_inner();
+}
+
+bool Scheduler::step_inner() {
   take_submissions();
   admit();
   // Drop what ended (cancelled before running).
@@ -539,14 +549,15 @@ bool Scheduler::step() {
     }
   }
   std::erase_if(running_, [](const std::unique_ptr<Seq>& s) { return s->done; });
-  {
-    std::lock_guard<std::mutex> lk(stats_mu_);
-    stats_.running = static_cast<int64_t>(running_.size());
-    stats_.waiting = static_cast<int64_t>(waiting_.size());
-    stats_.kv_pages_total = kv_.n_pages();
-    stats_.kv_pages_used = kv_.n_pages() - kv_.available_pages();
-  }
   return true;
+}
+
+void Scheduler::publish_stats() {
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  stats_.running = static_cast<int64_t>(running_.size());
+  stats_.waiting = static_cast<int64_t>(waiting_.size());
+  stats_.kv_pages_total = kv_.n_pages();
+  stats_.kv_pages_used = kv_.n_pages() - kv_.available_pages();
 }
 
 void Scheduler::run_until_idle() {

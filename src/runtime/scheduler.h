@@ -140,6 +140,8 @@ class Scheduler {
 
  private:
   struct Seq;
+  bool step_inner();
+  void publish_stats();  // running/waiting/KV-page counts after a step
   void take_submissions();
   void finish(Seq& s, FinishReason why, const std::string& error = {});
   void admit();
