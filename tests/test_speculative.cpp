@@ -885,7 +885,10 @@ std::vector<int32_t> at(const std::vector<std::vector<int32_t>>& runs, size_t po
 TEST(SpecSampling, EndToEndDistributionEqualsPlain) {
   const Model& tt = model(kTarget);
   const auto t0 = std::chrono::steady_clock::now();
-  const int n = 3000, n_predict = 4;
+  // Under AddressSanitizer the same paths run on 150 seeds without the statistical verdicts (3000 seeds would take
+  // longer than the test timeout there; the statistics are the same code in the Release run).
+  const bool stats_on = !lokal::test::kAddressSanitizer;
+  const int n = stats_on ? 3000 : 150, n_predict = 4;
   const std::vector<int32_t> prompt = tok(tt, "Once upon a time there was a little girl. She went into the forest and");
   SamplingParams sp;  // the defaults: top-k 40, top-p 0.95, min-p 0.05, no penalties
   sp.temperature = 1.0f;
@@ -927,6 +930,7 @@ TEST(SpecSampling, EndToEndDistributionEqualsPlain) {
       SCOPED_TRACE("token " + std::to_string(pos + 1));
       const Chi2 x = homogeneity(at(plain, pos), at(runs, pos));
       std::printf("[end to end]   token %zu: %s\n", pos + 1, x.str().c_str());
+      if (!stats_on) continue;
       if (v.lossless) {
         EXPECT_GT(x.p, 0.001) << x.str();
       } else if (pos == 1 || pos == 2) {
