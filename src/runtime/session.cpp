@@ -211,17 +211,7 @@ GenerationResult Session::generate(const std::vector<int32_t>& toks, int n_predi
     }
     if (spec_) spec_->record(k, accepted, k + 1, secs);
   }
-  if (spec_) {
-    res.spec = spec_->stats();
-    const SpecStats& a = spec0;
-    res.spec.passes -= a.passes;
-    res.spec.plain_passes -= a.plain_passes;
-    res.spec.drafted -= a.drafted;
-    res.spec.accepted -= a.accepted;
-    res.spec.draft_seconds -= a.draft_seconds;
-    res.spec.verify_seconds -= a.verify_seconds;
-    res.spec.plain_seconds -= a.plain_seconds;
-  }
+  if (spec_) res.spec = spec_->stats().since(spec0);
   res.gen_seconds = since(t1);
   const std::string rest = dec.flush();
   if (!rest.empty() && on_text) on_text(rest);

@@ -67,14 +67,17 @@ const char* vocab_bridge_name(VocabBridge b) {
   return "?";
 }
 
-VocabMatch match_vocabularies(const Vocab& t, const Vocab& d) {
+VocabMatch match_vocabularies(const Vocab& t, const Vocab& d, std::vector<int32_t>* d2t) {
   VocabMatch m;
   std::unordered_map<std::string, int32_t> by_text;
   by_text.reserve(static_cast<size_t>(t.n_tokens()));
   for (int32_t i = 0; i < t.n_tokens(); ++i) by_text.emplace(t.token_text(i), i);
+  if (d2t) d2t->assign(static_cast<size_t>(d.n_tokens()), -1);
   for (int32_t i = 0; i < d.n_tokens(); ++i) {
     auto it = by_text.find(d.token_text(i));
-    if (it != by_text.end() && token_kind(t, it->second) == token_kind(d, i)) ++m.shared;
+    if (it == by_text.end() || token_kind(t, it->second) != token_kind(d, i)) continue;
+    ++m.shared;
+    if (d2t) (*d2t)[static_cast<size_t>(i)] = it->second;
   }
   m.overlap = static_cast<double>(m.shared) / std::max<int32_t>(1, std::max(t.n_tokens(), d.n_tokens()));
   auto differ = [&](std::string why) {
@@ -115,7 +118,8 @@ std::shared_ptr<const DraftVocab> make_draft_vocab(const Model& target, const Mo
     throw Error("the draft's tokenizer is WordPiece (an encoder model's), not a text generator's");
   if (tv.type() == VocabType::WPM)
     throw Error("the target's tokenizer is WordPiece (an encoder model's): nothing can be drafted for it");
-  dv->match = match_vocabularies(tv, vv);
+  std::vector<int32_t> shared;
+  dv->match = match_vocabularies(tv, vv, &shared);
   const bool same_logits = draft.config().n_vocab == target.config().n_vocab;
   if (dv->match.same && same_logits && mode == VocabMode::Auto)
     dv->bridge = VocabBridge::Same;
@@ -125,14 +129,11 @@ std::shared_ptr<const DraftVocab> make_draft_vocab(const Model& target, const Mo
     dv->bridge = VocabBridge::Text;
   const int32_t nd = static_cast<int32_t>(draft.config().n_vocab);
   dv->d2t.assign(static_cast<size_t>(nd), -1);
-  std::unordered_map<std::string, int32_t> by_text;
-  by_text.reserve(static_cast<size_t>(tv.n_tokens()));
-  for (int32_t i = 0; i < tv.n_tokens(); ++i) by_text.emplace(tv.token_text(i), i);
   int64_t mapped = 0;
   for (int32_t i = 0; i < vv.n_tokens() && i < nd; ++i) {
-    auto it = by_text.find(vv.token_text(i));
-    if (it != by_text.end() && token_kind(tv, it->second) == token_kind(vv, i) && it->second < target.config().n_vocab) {
-      dv->d2t[static_cast<size_t>(i)] = it->second;
+    const int32_t t = shared[static_cast<size_t>(i)];
+    if (t >= 0 && t < target.config().n_vocab) {
+      dv->d2t[static_cast<size_t>(i)] = t;
       ++mapped;
     }
   }
@@ -374,6 +375,18 @@ double SpecStats::speedup() const {
   if (took <= 0) return 0;
   const double produced = static_cast<double>(passes + accepted + plain_passes);
   return produced * single_pass_seconds / took;
+}
+
+SpecStats SpecStats::since(const SpecStats& b) const {
+  SpecStats d = *this;
+  d.passes -= b.passes;
+  d.plain_passes -= b.plain_passes;
+  d.drafted -= b.drafted;
+  d.accepted -= b.accepted;
+  d.draft_seconds -= b.draft_seconds;
+  d.verify_seconds -= b.verify_seconds;
+  d.plain_seconds -= b.plain_seconds;
+  return d;
 }
 
 void SpecStats::add(const SpecStats& o) {

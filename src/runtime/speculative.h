@@ -88,7 +88,8 @@ struct VocabMatch {
   double overlap = 0;    // shared / max(target tokens, draft tokens)
   std::string difference;  // the first difference found (empty when same)
 };
-VocabMatch match_vocabularies(const Vocab& target, const Vocab& draft);
+// d2t (optional): for each draft token, the target token with the same text and kind (-1: none).
+VocabMatch match_vocabularies(const Vocab& target, const Vocab& draft, std::vector<int32_t>* d2t = nullptr);
 
 enum class VocabMode { Auto, Intersect, Text };  // --draft-vocab auto|intersect|text
 // Overlap from which Auto picks Intersect for different vocabularies.
@@ -186,6 +187,8 @@ struct SpecStats {
   // produced (one single-token pass each) over the time they took.
   double speedup() const;
   void add(const SpecStats& o);
+  // The counts and times accumulated since `before` (a snapshot of the same statistics).
+  SpecStats since(const SpecStats& before) const;
 };
 
 // One sequence's speculation: its drafters (tried in order; the first that proposes at least draft_min tokens wins),
