@@ -15,6 +15,8 @@ PACKAGES=(
   tmux                                                 # tests/test_chat_tmux.cpp drives `lokal chat` in a terminal
   libcpp-httplib-dev libssl-dev libjwt-dev             # lokal serve: HTTP(S) server and client, JWT verification
   libsystemd-dev libtomlplusplus-dev                   # lokal serve: sd_notify, TOML config files
+  zlib1g-dev libjs-marked libjs-highlight.js node-dompurify  # the web chat page: Markdown, code highlighting, HTML sanitizing (embedded at build time)
+  chromium                                             # e2e/webui.test.mjs drives the web chat page in headless Chromium (playwright-core)
 )
 # e2e/ runs the official openai and ollama npm clients under node --test. Debian's nodejs is v18;
 # a newer node already on PATH is kept.

@@ -40,7 +40,7 @@ struct ServeArgs {
   server::ServerOptions srv;
   std::vector<std::string> api_keys, admin_api_keys;
   std::string api_key_file, jwt_secret_file, jwt_public_key_file, jwt_issuer, jwt_audience;
-  bool metrics = false, no_access_log = false, print_config = false, verbose = false;
+  bool metrics = false, no_access_log = false, no_webui = false, print_config = false, verbose = false;
   std::string config;
 };
 
@@ -195,6 +195,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   so.auth.jwt_audience = a.jwt_audience;
   so.metrics = a.metrics;
   so.access_log = !a.no_access_log;
+  so.webui = !a.no_webui;
 
   server::Engine engine(eo);
   server::HttpServer http(engine, so);
@@ -298,6 +299,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--ssl-cert-file", a->srv.ssl_cert_file, "TLS certificate (PEM)");
   cmd->add_flag("--metrics", a->metrics, "Serve Prometheus metrics at /metrics");
   cmd->add_flag("--no-access-log", a->no_access_log, "No JSON access-log line per request on stderr");
+  cmd->add_flag("--no-webui", a->no_webui, "No web chat page at / (the APIs only)");
   cmd->add_option("--drain-timeout", a->srv.drain_timeout_s, "Seconds in-flight requests may finish after SIGTERM")->capture_default_str();
   cmd->add_option("--config", a->config, "TOML config file (keys: these long option names with _ for -)");
   cmd->add_flag("--print-config", a->print_config, "Print the effective settings as TOML and exit");

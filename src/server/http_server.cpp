@@ -24,6 +24,7 @@
 #include "server/engine.h"
 #include "server/metrics.h"
 #include "server/requests.h"
+#include "server/webui.h"
 #include "tokenizer/unicode.h"
 #include "tokenizer/vocab.h"
 
@@ -197,6 +198,7 @@ struct HttpServer::Impl {
   ServerOptions opt;
   std::unique_ptr<httplib::Server> srv;
   std::unique_ptr<Authenticator> auth;
+  std::unique_ptr<WebUi> webui;  // the web chat page (null with --no-webui)
   RateLimiter limiter;
   Registry reg;
   std::vector<std::string> warnings;
@@ -519,7 +521,9 @@ struct HttpServer::Impl {
         }
         if (final) {
           const bool calls = g.parser && !g.parser->message().tool_calls.empty();
-          out.push_back(chunk(json::object(), finish_name(r->finish, calls), nullptr));
+          json last = chunk(json::object(), finish_name(r->finish, calls), nullptr);
+          last["timings"] = timings_json(*r);  // as llama-server does: the web page shows speed and context from it
+          out.push_back(std::move(last));
           if (g.req.include_usage)
             out.push_back({{"id", g.id}, {"object", "chat.completion.chunk"}, {"created", g.created}, {"model", g.model},
                            {"system_fingerprint", "lokal"}, {"choices", json::array()}, {"usage", usage_json(*r)}});
@@ -889,9 +893,39 @@ struct HttpServer::Impl {
   void routes() {
     const auto J = [](const httplib::Request& req) { return parse_body(req.body); };
 
-    add("GET", "/", Scope::Open, Style::Ollama, false, false, [](auto&, auto& res, auto&) {
-      res.set_content("lokal is running", "text/plain");
-    });
+    if (opt.webui) {
+      // The web chat page (docs/WEBUI.md): open like /health, since it holds no data; the API calls it makes need
+      // a key when the server does, and the page asks for one.
+      webui = std::make_unique<WebUi>();
+      auto page = [this](const httplib::Request& req, httplib::Response& res, Ctx&) {
+        const WebResponse w = webui->get(req.path, req.get_param_value("v"), req.get_header_value("Accept-Encoding"),
+                                         req.get_header_value("If-None-Match"));
+        if (w.status == 404) throw ApiError(404, "no such file of the web page: " + req.path, "", "not_found");
+        res.status = w.status;
+        res.set_header("Content-Security-Policy", WebUi::content_security_policy());
+        res.set_header("X-Content-Type-Options", "nosniff");
+        res.set_header("Referrer-Policy", "no-referrer");
+        res.set_header("X-Frame-Options", "DENY");
+        res.set_header("ETag", w.etag);
+        res.set_header("Cache-Control", w.cache_control);
+        res.set_header("Vary", "Accept-Encoding");
+        if (w.status != 200) return;
+        if (!w.content_encoding.empty()) res.set_header("Content-Encoding", w.content_encoding);
+        // A content provider with a length: httplib sends the bytes as they are (its own compression would run per
+        // request, and brotli at its default level costs seconds for highlight.js).
+        const std::string_view body = w.body;
+        res.set_content_provider(body.size(), w.content_type, [body](size_t off, size_t len, httplib::DataSink& sink) {
+          return sink.write(body.data() + off, std::min(len, body.size() - off));
+        });
+      };
+      add("GET", "/", Scope::Open, Style::OpenAI, false, false, page);
+      add("GET", "/index.html", Scope::Open, Style::OpenAI, false, false, page);
+      add("GET", R"(/ui/[A-Za-z0-9_./-]+)", Scope::Open, Style::OpenAI, false, false, page);
+    } else {
+      add("GET", "/", Scope::Open, Style::Ollama, false, false, [](auto&, auto& res, auto&) {
+        res.set_content("lokal is running", "text/plain");
+      });
+    }
     auto health = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
       json j = {{"model", eng.model_id()}, {"memory", {{"rss_bytes", rss_bytes()}}}};
       switch (eng.state()) {

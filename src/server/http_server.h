@@ -30,6 +30,7 @@ struct ServerOptions {
   int http_threads = 0;               // connection threads; 0: n_parallel + queue_size + 8, in [16, 256]
   std::vector<std::string> cors_origins;  // allowed Origins ("*": any); none: same-origin only
   bool metrics = true;                // GET /metrics
+  bool webui = true;                  // the web chat page at / (docs/WEBUI.md); false: / answers plain text
   std::string ssl_key_file, ssl_cert_file;
   bool access_log = true;             // one JSON line per request on stderr
   double drain_timeout_s = 30;        // on SIGTERM: in-flight generations may finish this long
