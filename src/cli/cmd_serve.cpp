@@ -204,6 +204,12 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   std::fprintf(stderr, "lokal serve: listening on http%s://%s:%d (loading %s)\n", so.ssl_cert_file.empty() ? "" : "s",
                so.host.find(':') != std::string::npos ? ("[" + so.host + "]").c_str() : so.host.c_str(), port,
                a.model.c_str());
+  if (so.webui) {
+    const std::string shown = so.host == "0.0.0.0" || so.host == "::" ? std::string("127.0.0.1")
+                              : so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
+    std::fprintf(stderr, "lokal serve: chat in a browser at http%s://%s:%d/ (--no-webui turns the page off)\n",
+                 so.ssl_cert_file.empty() ? "" : "s", shown.c_str(), port);
+  }
   std::fflush(stderr);
 
   struct sigaction sa {};

@@ -342,18 +342,36 @@
     }
     for (const code of target.querySelectorAll('pre > code')) {
       const lang = ((code.className.match(/language-([\w+#.-]+)/) || [])[1] || '').toLowerCase();
-      if (window.hljs) {
-        try {
-          const r = lang && window.hljs.getLanguage(lang) ? window.hljs.highlight(lang, code.textContent, true) : window.hljs.highlightAuto(code.textContent);
-          code.innerHTML = r.value; // highlight.js escapes the code it returns
-        } catch { /* leave it plain */ }
-      }
       code.classList.add('hljs');
+      if (window.hljs) highlight(code, lang);
+      else loadHighlighter();
       const pre = code.parentElement;
       const b = button('Copy', 'code-copy', `Copy code${lang ? ` (${lang})` : ''}`);
       b.addEventListener('click', () => copyText(code.textContent, b));
       pre.appendChild(b);
     }
+  }
+  // highlight.js (846 KB, 269 KB gzip) loads only when the first code block appears, so the page itself loads fast.
+  const assetVersion = (document.currentScript && new URL(document.currentScript.src).searchParams.get('v')) || '';
+  let highlighterLoading = false;
+  function loadHighlighter() {
+    if (highlighterLoading) return;
+    highlighterLoading = true;
+    const sc = document.createElement('script');
+    sc.src = `/ui/vendor/highlight.min.js?v=${encodeURIComponent(assetVersion)}`;
+    sc.addEventListener('load', () => {
+      for (const code of document.querySelectorAll('.msg-content pre > code.hljs:not([data-highlighted])')) {
+        highlight(code, ((code.className.match(/language-([\w+#.-]+)/) || [])[1] || '').toLowerCase());
+      }
+    });
+    document.head.appendChild(sc);
+  }
+  function highlight(code, lang) {
+    try {
+      const r = lang && window.hljs.getLanguage(lang) ? window.hljs.highlight(lang, code.textContent, true) : window.hljs.highlightAuto(code.textContent);
+      code.innerHTML = r.value; // highlight.js escapes the code it returns
+      code.dataset.highlighted = 'true';
+    } catch { /* leave it plain */ }
   }
   function button(text, cls, label) {
     const b = document.createElement('button');
