@@ -449,7 +449,7 @@ TEST(Server, LlamaServerAndOllamaEndpoints) {
   // Ollama: root text, version, tags, ps, show, chat (NDJSON stream and whole), generate.
   auto root = c.Get("/");
   ASSERT_TRUE(root);
-  EXPECT_EQ(root->body, "lokal is running");
+  EXPECT_EQ(root->body, "lokal is running");  // a script probing / (no text/html in Accept) gets Ollama's answer
   auto tags = c.Get("/api/tags");
   ASSERT_TRUE(tags);
   EXPECT_EQ(json::parse(tags->body)["models"][0]["details"]["format"], "gguf");
@@ -1070,4 +1070,109 @@ TEST(Server, SpeculativeDecodingIsExactAndReported) {
   EXPECT_EQ(st, 400) << bad.dump();
   EXPECT_NE(bad.dump().find("draft_max"), std::string::npos) << bad.dump();
   EXPECT_EQ(s.stop(), 0);
+}
+
+// The web chat page (docs/WEBUI.md): served to browsers at / with a CSP that allows nothing external, versioned
+// assets cached for a year, validators (304), gzip; byte-identical to the files it embeds; open even when the API
+// needs a key; --no-webui leaves the plain text. The page's behaviour in a browser: e2e/webui.test.mjs.
+TEST(Server, WebPageHeadersCachingAndNoWebui) {
+  Server s({"-m", tinychat(), "--api-key", "k3y-for-the-page"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  c.set_decompress(false);  // see the bytes as sent
+  const httplib::Headers html = {{"Accept", "text/html,application/xhtml+xml"}};
+  auto page = c.Get("/", html);
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);  // open: the page holds no data (the API it calls needs the key)
+  EXPECT_EQ(page->get_header_value("Content-Type"), "text/html; charset=utf-8");
+  const std::string csp = page->get_header_value("Content-Security-Policy");
+  for (const char* part : {"default-src 'none'", "script-src 'self'", "connect-src 'self'", "style-src 'self'", "frame-ancestors 'none'"})
+    EXPECT_NE(csp.find(part), std::string::npos) << part << " in " << csp;
+  EXPECT_EQ(csp.find("unsafe"), std::string::npos) << csp;
+  EXPECT_EQ(csp.find("http"), std::string::npos) << "no external origin: " << csp;
+  EXPECT_EQ(page->get_header_value("X-Content-Type-Options"), "nosniff");
+  EXPECT_EQ(page->get_header_value("Cache-Control"), "no-cache");
+  EXPECT_NE(page->body.find("id=\"composer\""), std::string::npos);
+  EXPECT_EQ(page->body.find("@VERSION@"), std::string::npos);
+  EXPECT_EQ(page->body.find("http://"), std::string::npos) << "nothing loaded from elsewhere";
+  EXPECT_EQ(page->body.find("https://"), std::string::npos) << "nothing loaded from elsewhere";
+  // A script probing / (curl, Ollama's clients) still gets Ollama's text.
+  auto probe = c.Get("/");
+  ASSERT_TRUE(probe);
+  EXPECT_EQ(probe->body, "lokal is running");
+
+  // Revalidation of the page: 304 without a body.
+  auto again = c.Get("/", {{"Accept", "text/html"}, {"If-None-Match", page->get_header_value("ETag")}});
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 304);
+  EXPECT_TRUE(again->body.empty());
+
+  // Every asset the page names carries ?v=VERSION and is immutable at that version.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(page->body, m, std::regex(R"(/ui/app\.js\?v=([0-9a-f]+))"))) << page->body;
+  const std::string v = m[1];
+  auto app = c.Get("/ui/app.js?v=" + v);
+  ASSERT_TRUE(app);
+  EXPECT_EQ(app->status, 200);
+  EXPECT_EQ(app->get_header_value("Content-Type"), "text/javascript; charset=utf-8");
+  EXPECT_EQ(app->get_header_value("Cache-Control"), "public, max-age=31536000, immutable");
+  EXPECT_NE(app->get_header_value("ETag"), "");
+  EXPECT_EQ(app->body, lokal::test::read_file(std::string(LOKAL_SOURCE_DIR) + "/src/server/webui/app.js"));
+  auto stale = c.Get("/ui/app.js?v=0000");
+  ASSERT_TRUE(stale);
+  EXPECT_EQ(stale->get_header_value("Cache-Control"), "no-cache") << "an old version's URL is revalidated";
+  auto css = c.Get("/ui/style.css?v=" + v);
+  ASSERT_TRUE(css);
+  EXPECT_EQ(css->get_header_value("Content-Type"), "text/css; charset=utf-8");
+
+  // The Debian libraries, byte for byte; gzip when accepted (and a different validator for it), identity otherwise.
+  const std::string marked = lokal::test::read_file("/usr/share/javascript/marked/marked.umd.min.js");
+  auto plain = c.Get("/ui/vendor/marked.min.js?v=" + v);
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->get_header_value("Content-Encoding"), "");
+  EXPECT_TRUE(plain->body == marked) << plain->body.size() << " vs " << marked.size();
+  auto gz = c.Get("/ui/vendor/marked.min.js?v=" + v, {{"Accept-Encoding", "gzip, deflate, br"}});
+  ASSERT_TRUE(gz);
+  EXPECT_EQ(gz->get_header_value("Content-Encoding"), "gzip");
+  EXPECT_EQ(gz->get_header_value("Vary"), "Accept-Encoding");
+  EXPECT_LT(gz->body.size(), marked.size() / 2);
+  ASSERT_GE(gz->body.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(gz->body[0]), 0x1f);  // the gzip magic
+  EXPECT_EQ(static_cast<unsigned char>(gz->body[1]), 0x8b);
+  EXPECT_NE(gz->get_header_value("ETag"), plain->get_header_value("ETag"));
+  auto gz304 = c.Get("/ui/vendor/marked.min.js?v=" + v, {{"Accept-Encoding", "gzip"}, {"If-None-Match", gz->get_header_value("ETag")}});
+  ASSERT_TRUE(gz304);
+  EXPECT_EQ(gz304->status, 304);
+  auto q0 = c.Get("/ui/vendor/marked.min.js?v=" + v, {{"Accept-Encoding", "gzip;q=0, identity"}});
+  ASSERT_TRUE(q0);
+  EXPECT_EQ(q0->get_header_value("Content-Encoding"), "") << "q=0 refuses gzip";
+  for (const char* lib : {"/ui/vendor/purify.min.js", "/ui/vendor/highlight.min.js", "/ui/icon.svg"}) {
+    auto r = c.Get(lib);
+    ASSERT_TRUE(r) << lib;
+    EXPECT_EQ(r->status, 200) << lib;
+  }
+
+  // Unknown files are JSON 404s; nothing outside the embedded set is reachable.
+  for (const char* bad : {"/ui/nope.js", "/ui/../CMakeLists.txt", "/ui/vendor/", "/ui/%2e%2e/etc/passwd"}) {
+    auto r = c.Get(bad);
+    ASSERT_TRUE(r) << bad;
+    EXPECT_EQ(r->status, 404) << bad;
+  }
+  // The API behind the page still needs the key.
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 401);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+
+  Server off({"-m", tinychat(), "--no-webui"});
+  ASSERT_GT(off.port(), 0) << off.log();
+  auto oc = off.client();
+  auto root = oc.Get("/", html);
+  ASSERT_TRUE(root);
+  EXPECT_EQ(root->body, "lokal is running");
+  auto none = oc.Get("/ui/app.js");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 404);
+  EXPECT_EQ(off.log().find("chat in a browser"), std::string::npos);
+  EXPECT_EQ(off.stop(), 0) << off.log();
 }

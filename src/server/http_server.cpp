@@ -918,7 +918,11 @@ struct HttpServer::Impl {
           return sink.write(body.data() + off, std::min(len, body.size() - off));
         });
       };
-      add("GET", "/", Scope::Open, Style::OpenAI, false, false, page);
+      // `/` is the page for browsers (they ask for text/html) and Ollama's "is running" text for scripts that probe it.
+      add("GET", "/", Scope::Open, Style::OpenAI, false, false, [page](const httplib::Request& req, httplib::Response& res, Ctx& c) {
+        if (req.get_header_value("Accept").find("text/html") == std::string::npos) res.set_content("lokal is running", "text/plain");
+        else page(req, res, c);
+      });
       add("GET", "/index.html", Scope::Open, Style::OpenAI, false, false, page);
       add("GET", R"(/ui/[A-Za-z0-9_./-]+)", Scope::Open, Style::OpenAI, false, false, page);
     } else {
