@@ -18,8 +18,9 @@ PACKAGES=(
   zlib1g-dev libjs-marked libjs-highlight.js node-dompurify  # the web chat page: Markdown, code highlighting, HTML sanitizing (embedded at build time)
   chromium                                             # e2e/webui.test.mjs drives the web chat page in headless Chromium (playwright-core)
 )
-# e2e/ runs the official openai and ollama npm clients under node --test. Debian's nodejs is v18;
-# a newer node already on PATH is kept.
+# e2e/ runs the official openai and ollama npm clients and playwright-core under node --test. They need Node 20
+# or newer (playwright-core's engines field); Debian 12's nodejs is v18, so a newer node already on PATH is kept and
+# an older one is reported below.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   PACKAGES+=(nodejs npm)
 fi
@@ -38,6 +39,13 @@ else
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: error: node $(node --version) is too old for the end-to-end tests (playwright-core needs Node 20+)." >&2
+  echo "setup: install Node 20 or newer on PATH (Debian 12's nodejs package is 18)." >&2
+  exit 1
 fi
 
 # npm packages of the end-to-end tests, exactly as e2e/package-lock.json pins them.
