@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/quant.h"
+#include "core/quant_gptq.h"
 
 namespace lokal {
 
@@ -438,6 +439,21 @@ void run_blocks(DType type, const float* x, const float* w, void* dst, int64_t n
 }
 
 }  // namespace
+
+void quantize_block_weighted(DType type, const float* x, const float* w, void* block) {
+  switch (type) {
+    case DType::Q4_0: return run_blocks<BlockQ4_0>(type, x, w, block, QK4_0, QK4_0, q4_0_w);
+    case DType::Q4_1: return run_blocks<BlockQ4_1>(type, x, w, block, QK4_1, QK4_1, q4_1_w);
+    case DType::Q5_0: return run_blocks<BlockQ5_0>(type, x, w, block, QK5_0, QK5_0, q5_0_w);
+    case DType::Q5_1: return run_blocks<BlockQ5_1>(type, x, w, block, QK5_1, QK5_1, q5_1_w);
+    case DType::Q2_K: return run_blocks<BlockQ2_K>(type, x, w, block, QK_K, QK_K, q2_k_w);
+    case DType::Q3_K: return run_blocks<BlockQ3_K>(type, x, w, block, QK_K, QK_K, q3_k_w);
+    case DType::Q4_K: return run_blocks<BlockQ4_K>(type, x, w, block, QK_K, QK_K, q4_k_w);
+    case DType::Q5_K: return run_blocks<BlockQ5_K>(type, x, w, block, QK_K, QK_K, q5_k_w);
+    case DType::Q6_K: return run_blocks<BlockQ6_K>(type, x, w, block, QK_K, QK_K, q6_k_w);
+    default: throw Error(std::string("quantize_block_weighted: no weighted quantizer for ") + type_name(type));
+  }
+}
 
 void importance_weights(const float* x, const float* importance, int64_t n, float* w) {
   double sum_x2 = 0.0;

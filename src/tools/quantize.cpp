@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/gguf_writer.h"
 #include "core/quant.h"
+#include "core/quant_gptq.h"
 #include "core/threadpool.h"
 #include "model/config.h"
 
@@ -298,7 +299,10 @@ class TensorConverter {
   explicit TensorConverter(int n_threads) : pool_(n_threads), tmp_(static_cast<size_t>(pool_.size())) {}
   int threads() const { return pool_.size(); }
 
-  void convert(const GGUFTensorInfo& t, DType to, const float* importance, const GGUFWriter::Sink& out) {
+  // `gptq` (may be null): the matrix's GPTQ factor; then `method` decides (Gptq: GPTQ only, Auto: per row the lower
+  // calibration output error of GPTQ and the importance search).
+  void convert(const GGUFTensorInfo& t, DType to, const float* importance, const GGUFWriter::Sink& out,
+               QuantMethod method = QuantMethod::Search, const GptqFactor* gptq = nullptr) {
     const int64_t ne0 = t.ne[0], ne1 = t.ne[1], nrows = t.n_rows();
     const DType from = t.type;
     const size_t in_row = row_size(from, ne0), out_row = row_size(to, ne0);
@@ -306,7 +310,11 @@ class TensorConverter {
     const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 24) / ne0, 1, nrows);
     buf_.resize(static_cast<size_t>(chunk) * out_row);
     for (auto& v : tmp_) v.resize(static_cast<size_t>(ne0));
-    const int64_t grain = std::max<int64_t>(1, 16384 / ne0);
+    const int64_t grain = std::max<int64_t>(1, (gptq ? 1024 : 16384) / ne0);
+    if (gptq) {
+      gptq_diag_.resize(static_cast<size_t>(gptq->n));
+      for (int64_t j = 0; j < gptq->n; ++j) gptq_diag_[static_cast<size_t>(j)] = std::max(0.0f, gptq->H[static_cast<size_t>(j * (gptq->n + 1))]);
+    }
     for (int64_t r0 = 0; r0 < nrows; r0 += chunk) {
       const int64_t n = std::min(chunk, nrows - r0);
       failed_.store(false);
@@ -328,7 +336,21 @@ class TensorConverter {
               throw Error("tensor '" + t.name + "' has a non-finite value (" + std::to_string(x[j]) + ") in row " +
                           std::to_string(r) + "; refusing to quantize it");
           const float* imp = importance ? importance + (r / ne1) * ne0 : nullptr;
-          quantize_rows(to, x, buf_.data() + static_cast<size_t>(k) * out_row, 1, ne0, imp);
+          uint8_t* dst = buf_.data() + static_cast<size_t>(k) * out_row;
+          if (method == QuantMethod::Rtn) {
+            quantize_row(to, x, dst, ne0);
+          } else if (gptq) {
+            quantize_row_gptq(to, x, dst, ne0, gptq_diag_.data(), *gptq);
+            if (method == QuantMethod::Auto) {
+              auto& alt = alt_[static_cast<size_t>(tid)];
+              alt.resize(out_row);
+              quantize_row_weighted(to, x, alt.data(), ne0, imp ? imp : gptq_diag_.data());
+              if (gptq_output_error(to, alt.data(), x, *gptq) < gptq_output_error(to, dst, x, *gptq))
+                std::memcpy(dst, alt.data(), out_row);
+            }
+          } else {
+            quantize_rows(to, x, dst, 1, ne0, imp);
+          }
         } catch (const std::exception& e) {
           std::lock_guard<std::mutex> lk(mu_);
           if (!failed_.exchange(true)) error_ = e.what();
@@ -342,6 +364,8 @@ class TensorConverter {
  private:
   ThreadPool pool_;
   std::vector<std::vector<float>> tmp_;  // per-thread dequantized row
+  std::vector<std::vector<uint8_t>> alt_ = std::vector<std::vector<uint8_t>>(static_cast<size_t>(pool_.size()));  // per-thread 2nd candidate
+  std::vector<float> gptq_diag_;         // diag H of the current matrix (the GPTQ block search's importance)
   std::vector<uint8_t> buf_;             // one chunk of output rows
   std::atomic<bool> failed_{false};
   std::mutex mu_;
@@ -407,6 +431,22 @@ DType mix_tensor_type(const QuantFileType& ft, const MixModelInfo& m, const std:
   to = fallback_type(to, ne0, &reason);
   if (why) *why = reason;
   return to;
+}
+
+const char* quant_method_name(QuantMethod m) {
+  switch (m) {
+    case QuantMethod::Auto: return "auto";
+    case QuantMethod::Gptq: return "gptq";
+    case QuantMethod::Search: return "search";
+    case QuantMethod::Rtn: return "rtn";
+  }
+  return "?";
+}
+
+std::optional<QuantMethod> parse_quant_method(std::string_view s) {
+  for (QuantMethod m : {QuantMethod::Auto, QuantMethod::Gptq, QuantMethod::Search, QuantMethod::Rtn})
+    if (iequals(quant_method_name(m), s)) return m;
+  return std::nullopt;
 }
 
 void quantize_rows(DType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* importance) {
@@ -530,6 +570,35 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
     }
   }
 
+  // Input covariances (GPTQ), looked up and checked before anything is written.
+  if (opt.method == QuantMethod::Gptq && !opt.covariance)
+    throw Error("--quant-method gptq needs the input covariance of each matrix (lokal imatrix --covariance writes "
+                "IMATRIX.cov beside the importance matrix); none was given");
+  if (opt.method == QuantMethod::Search && !opt.importance)
+    throw Error("--quant-method search needs an importance matrix (--imatrix)");
+  std::vector<CovarianceView> covs(ts.size());
+  if (opt.covariance && (opt.method == QuantMethod::Gptq || opt.method == QuantMethod::Auto)) {
+    int n_missing = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !gptq_supports(p.to)) continue;
+      const CovarianceView v = opt.covariance(ts[i]);
+      if (!v.data) {
+        ++n_missing;
+        continue;
+      }
+      if (v.n != ts[i].ne[0])
+        throw Error("covariance: the entry for '" + p.name + "' is " + std::to_string(v.n) + " x " + std::to_string(v.n) +
+                    ", but the tensor " + ts[i].shape_str() + " has " + std::to_string(ts[i].ne[0]) +
+                    " columns; was it computed for another model?");
+      if (ts[i].ne[2] * ts[i].ne[3] != 1) continue;  // stacked experts: one covariance does not describe every slice
+      covs[i] = v;
+    }
+    if (n_missing)
+      plan.notes.push_back("note: the covariance has no entry for " + std::to_string(n_missing) + " matri" +
+                           (n_missing == 1 ? "x" : "ces") + " (quantized by the per-block search or round-to-nearest)");
+  }
+
   GGUFWriter w;
   w.copy_metadata(*in);
   w.remove("split.no");
@@ -559,7 +628,12 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
         constexpr size_t kPiece = size_t{64} << 20;
         for (size_t off = 0; off < t.nbytes; off += kPiece) out(t.data + off, std::min(kPiece, t.nbytes - off));
       } else {
-        conv->convert(t, p.to, importance[i], out);
+        if (covs[i].data) {
+          const GptqFactor f = gptq_prepare(covs[i].data, covs[i].n, opt.gptq_damp);
+          conv->convert(t, p.to, importance[i], out, opt.method, &f);
+        } else {
+          conv->convert(t, p.to, opt.method == QuantMethod::Rtn ? nullptr : importance[i], out, opt.method);
+        }
       }
       release_pages(*in, t);
       if (opt.on_tensor) {

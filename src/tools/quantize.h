@@ -80,6 +80,25 @@ struct ImportanceView {
 };
 using ImportanceFn = std::function<ImportanceView(const GGUFTensorInfo& tensor)>;
 
+// The input covariance H = E[x x^T] of a matrix (n = ne0; n x n floats, row-major), or {nullptr, 0} for none.
+// The data must stay valid until quantize_model returns.
+struct CovarianceView {
+  const float* data = nullptr;
+  int64_t n = 0;
+};
+using CovarianceFn = std::function<CovarianceView(const GGUFTensorInfo& tensor)>;
+
+// How block-quantized matrices are rounded (`lokal quantize --quant-method`):
+//   rtn     the reference round-to-nearest quantizers (llama.cpp's bytes without an imatrix); importance unused
+//   search  the importance-weighted per-block search (core/quant.h, quantize_row_weighted); needs importance
+//   gptq    error feedback along each row with the input covariance (core/quant_gptq.h); needs a covariance
+//   auto    per matrix: with a covariance, each row is quantized both by gptq and by search and the one with the
+//           lower calibration output error (w - q)^T H (w - q) is kept; else search with importance; else rtn
+enum class QuantMethod { Auto, Gptq, Search, Rtn };
+const char* quant_method_name(QuantMethod m);
+// "auto", "gptq", "search", "rtn" (case-insensitive); nullopt otherwise.
+std::optional<QuantMethod> parse_quant_method(std::string_view s);
+
 // Where an importance matrix came from, recorded in the output's metadata like llama-quantize does:
 // quantize.imatrix.file (string), .dataset (string, if non-empty), .entries_count (i32), .chunks_count (i32, if > 0).
 struct ImatrixMetadata {
@@ -163,6 +182,9 @@ struct QuantizeOptions {
   bool dry_run = false;           // plan only; nothing is written
   ImportanceFn importance;        // optional per-tensor importance (see quantize_rows); also selects llama.cpp's
                                   // imatrix variant of the mix (Q4_0/Q5_0: the first n_layer/8 ffn_down get Q4_1/Q5_1)
+  CovarianceFn covariance;        // optional per-tensor input covariance (for QuantMethod gptq / auto)
+  QuantMethod method = QuantMethod::Auto;
+  float gptq_damp = 0.01f;        // GPTQ damping, relative to the mean of diag H
   ImatrixMetadata imatrix_meta;   // written to the output when `importance` is set and imatrix_meta.file is non-empty
   // Called once the plan is made and every check has passed, before any data is converted or written.
   std::function<void(const QuantizePlan&)> on_plan;
