@@ -170,8 +170,8 @@ void register_quantize(CLI::App& app, int* rc) {
   cmd->add_option("--covariance", a->covariance,
                   "Input covariance file (lokal imatrix --covariance; default: IMATRIX.cov beside --imatrix if present)");
   cmd->add_option("--quant-method", a->method,
-                  "auto (GPTQ or search per row, whichever has the lower calibration output error, where a covariance "
-                  "exists; else the importance search), gptq, search, rtn (round-to-nearest, llama.cpp's bytes)")
+                  "auto (GPTQ where the covariance has the matrix, else the importance search, else rtn), gptq, search, "
+                  "rtn (round-to-nearest: llama.cpp's bytes without an imatrix)")
       ->capture_default_str();
   cmd->add_option("--gptq-damp", a->gptq_damp, "GPTQ damping, relative to the mean input variance")
       ->capture_default_str()->check(CLI::Range(1e-6f, 10.0f));

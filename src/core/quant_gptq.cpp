@@ -105,24 +105,25 @@ int code_max(DType type) {
   }
 }
 
-// Lower Cholesky factor of the n x n matrix a (in place, lower triangle); false if not positive definite.
-bool cholesky_lower(std::vector<double>& a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = a.data() + j * n;
-    double d = rj[j];
-    for (int64_t k = 0; k < j; ++k) d -= rj[k] * rj[k];
+// Upper Cholesky factor R of the symmetric n x n matrix a (a = R^T R), in place: R in the upper triangle, the
+// strict lower triangle zeroed. Row-oriented (every inner loop is a contiguous axpy). False if not positive definite.
+bool cholesky_upper(std::vector<double>& a, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    double* rk = a.data() + k * n;
+    const double d = rk[k];
     if (!(d > 0.0) || !std::isfinite(d)) return false;
-    const double ljj = std::sqrt(d);
-    rj[j] = ljj;
-    for (int64_t i = j + 1; i < n; ++i) {
+    const double r = std::sqrt(d), inv = 1.0 / r;
+    rk[k] = r;
+    for (int64_t j = k + 1; j < n; ++j) rk[j] *= inv;
+    for (int64_t i = k + 1; i < n; ++i) {
+      const double c = rk[i];
+      if (c == 0.0) continue;
       double* ri = a.data() + i * n;
-      double s = ri[j];
-      for (int64_t k = 0; k < j; ++k) s -= ri[k] * rj[k];
-      ri[j] = s / ljj;
+      for (int64_t j = i; j < n; ++j) ri[j] -= c * rk[j];
     }
   }
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = i + 1; j < n; ++j) a[static_cast<size_t>(i * n + j)] = 0.0;
+    for (int64_t j = 0; j < i; ++j) a[static_cast<size_t>(i * n + j)] = 0.0;
   return true;
 }
 
@@ -137,53 +138,44 @@ GptqFactor gptq_prepare(const float* H, int64_t n, float damp) {
   mean_diag /= static_cast<double>(n);
   if (!(mean_diag > 0.0) || !std::isfinite(mean_diag)) throw Error("GPTQ: the covariance has no positive diagonal");
   const size_t nn = static_cast<size_t>(n * n);
+  // U is the inverse of the upper triangular M with H = M M^T (then H^-1 = M^-T M^-1 = U^T U). M comes from the
+  // ordinary Cholesky factor of H with its rows and columns reversed (J H J = R^T R gives M = J R^T J), so
+  // U = J (R^-1)^T J: one factorisation and one triangular inverse, no explicit H^-1.
   std::vector<double> a(nn);
   double lambda = static_cast<double>(damp) * mean_diag;
   bool ok = false;
   for (int attempt = 0; attempt < 4 && !ok; ++attempt, lambda *= 10.0) {
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        // symmetrised; columns never active (H_ii = 0) get the damping alone
-        const double v = 0.5 * (static_cast<double>(H[i * n + j]) + static_cast<double>(H[j * n + i]));
+      for (int64_t j = i; j < n; ++j) {
+        // J H J, symmetrised; columns never active (H_ii = 0) get the damping alone
+        const int64_t ri = n - 1 - i, rj = n - 1 - j;
+        const double v = 0.5 * (static_cast<double>(H[ri * n + rj]) + static_cast<double>(H[rj * n + ri]));
         a[static_cast<size_t>(i * n + j)] = v + (i == j ? lambda : 0.0);
       }
-    ok = cholesky_lower(a, n);
+    ok = cholesky_upper(a, n);  // J H J = R^T R
   }
   if (!ok) throw Error("GPTQ: the damped covariance is not positive definite");
-  // Linv = L^-1 (lower), row by row: Linv_i = (e_i - sum_{k<i} L_ik Linv_k) / L_ii (rows are contiguous).
-  std::vector<double> li(nn, 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-    double* ri = li.data() + i * n;
-    const double* lrow = a.data() + i * n;
-    for (int64_t k = 0; k < i; ++k) {
-      const double c = lrow[k];
+  // Rinv = R^-1 (upper), bottom row first: Rinv_i = (e_i - sum_{k>i} R_ik Rinv_k) / R_ii; row k lives in [k, n).
+  std::vector<double> rinv(nn, 0.0);
+  for (int64_t i = n - 1; i >= 0; --i) {
+    double* out = rinv.data() + i * n;
+    const double* r = a.data() + i * n;
+    for (int64_t k = i + 1; k < n; ++k) {
+      const double c = r[k];
       if (c == 0.0) continue;
-      const double* rk = li.data() + k * n;
-      for (int64_t j = 0; j <= k; ++j) ri[j] -= c * rk[j];
+      const double* rk = rinv.data() + k * n;
+      for (int64_t j = k; j < n; ++j) out[j] -= c * rk[j];
     }
-    ri[i] += 1.0;
-    const double inv = 1.0 / lrow[i];
-    for (int64_t j = 0; j <= i; ++j) ri[j] *= inv;
+    out[i] += 1.0;
+    const double inv = 1.0 / r[i];
+    for (int64_t j = i; j < n; ++j) out[j] *= inv;
   }
-  // Hinv = Linv^T Linv: Hinv_ij = sum_k Linv_ki Linv_kj (upper triangle accumulated row by row, then mirrored)
-  std::vector<double> hinv(nn, 0.0);
-  for (int64_t k = 0; k < n; ++k) {
-    const double* rk = li.data() + k * n;
-    for (int64_t i = 0; i <= k; ++i) {
-      const double c = rk[i];
-      if (c == 0.0) continue;
-      double* hi = hinv.data() + i * n;
-      for (int64_t j = i; j <= k; ++j) hi[j] += c * rk[j];
-    }
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = i + 1; j < n; ++j) hinv[static_cast<size_t>(j * n + i)] = hinv[static_cast<size_t>(i * n + j)];
-  if (!cholesky_lower(hinv, n)) throw Error("GPTQ: the inverse covariance is not positive definite");
   GptqFactor f;
   f.n = n;
   f.U.assign(nn, 0.0f);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j <= i; ++j) f.U[static_cast<size_t>(j * n + i)] = static_cast<float>(hinv[static_cast<size_t>(i * n + j)]);
+    for (int64_t j = i; j < n; ++j)
+      f.U[static_cast<size_t>(i * n + j)] = static_cast<float>(rinv[static_cast<size_t>((n - 1 - j) * n + (n - 1 - i))]);
   f.H.assign(H, H + nn);
   return f;
 }
@@ -211,9 +203,11 @@ void quantize_row_gptq(DType type, const float* src, void* dst, int64_t n, const
   auto* out = static_cast<uint8_t*>(dst);
   for (int64_t c0 = 0; c0 < n; c0 += bs) {
     float* xb = w.data() + c0;
+    // the search's weights: importance times sqrt(sigma2 + x^2), as quantize_row_weighted (measured against
+    // 1/U_jj^2 and importance alone: this one gives the lowest KL on tinytales, most clearly for Q2_K)
     for (int j = 0; j < bs; ++j) wt[j] = std::max(importance[c0 + j], floor) * std::sqrt(sigma2 + xb[j] * xb[j]);
     void* blk = out + static_cast<size_t>(c0 / bs) * bbytes;
-    quantize_block_weighted(type, xb, wt.data(), blk);
+    quantize_block_weighted(type, xb, wt.data(), blk, false);  // only its scales are used
     // The block's grid: value(u) = y0 + u * step, from the reference dequantizer.
     std::fill(u.begin(), u.end(), 0);
     set_codes(type, blk, u.data());

@@ -48,8 +48,9 @@ double gptq_output_error(DType type, const void* row, const float* w, const Gptq
 // Whether quantize_row_gptq supports `type`.
 bool gptq_supports(DType type);
 
-// The weighted per-block search of quant_imatrix.cpp for one block of `type` (never worse in weighted error than
-// the reference block). For the types of quantize_row_weighted except Q8_0.
-void quantize_block_weighted(DType type, const float* x, const float* w, void* block);
+// The weighted per-block search of quant_imatrix.cpp for one block of `type`. With `check_reference`, the
+// reference (round-to-nearest) block is written instead where its weighted error is lower, as quantize_row_weighted
+// does. For the types of quantize_row_weighted except Q8_0.
+void quantize_block_weighted(DType type, const float* x, const float* w, void* block, bool check_reference = true);
 
 }  // namespace lokal

@@ -426,13 +426,14 @@ void q6_k_w(const float* x, const float* w, BlockQ6_K* b) {
 
 template <typename Block>
 void run_blocks(DType type, const float* x, const float* w, void* dst, int64_t n, int bs,
-                void (*fn)(const float*, const float*, Block*)) {
+                void (*fn)(const float*, const float*, Block*), bool check_reference = true) {
   auto* out = static_cast<Block*>(dst);
   Block ref;
   for (int64_t i = 0; i < n / bs; ++i) {
     const float* xb = x + i * bs;
     const float* wb = w + i * bs;
     fn(xb, wb, &out[i]);
+    if (!check_reference) continue;
     quantize_row(type, xb, &ref, bs);
     if (weighted_error(type, &ref, xb, wb, bs) <= weighted_error(type, &out[i], xb, wb, bs)) out[i] = ref;
   }
@@ -440,17 +441,17 @@ void run_blocks(DType type, const float* x, const float* w, void* dst, int64_t n
 
 }  // namespace
 
-void quantize_block_weighted(DType type, const float* x, const float* w, void* block) {
+void quantize_block_weighted(DType type, const float* x, const float* w, void* block, bool check_reference) {
   switch (type) {
-    case DType::Q4_0: return run_blocks<BlockQ4_0>(type, x, w, block, QK4_0, QK4_0, q4_0_w);
-    case DType::Q4_1: return run_blocks<BlockQ4_1>(type, x, w, block, QK4_1, QK4_1, q4_1_w);
-    case DType::Q5_0: return run_blocks<BlockQ5_0>(type, x, w, block, QK5_0, QK5_0, q5_0_w);
-    case DType::Q5_1: return run_blocks<BlockQ5_1>(type, x, w, block, QK5_1, QK5_1, q5_1_w);
-    case DType::Q2_K: return run_blocks<BlockQ2_K>(type, x, w, block, QK_K, QK_K, q2_k_w);
-    case DType::Q3_K: return run_blocks<BlockQ3_K>(type, x, w, block, QK_K, QK_K, q3_k_w);
-    case DType::Q4_K: return run_blocks<BlockQ4_K>(type, x, w, block, QK_K, QK_K, q4_k_w);
-    case DType::Q5_K: return run_blocks<BlockQ5_K>(type, x, w, block, QK_K, QK_K, q5_k_w);
-    case DType::Q6_K: return run_blocks<BlockQ6_K>(type, x, w, block, QK_K, QK_K, q6_k_w);
+    case DType::Q4_0: return run_blocks<BlockQ4_0>(type, x, w, block, QK4_0, QK4_0, q4_0_w, check_reference);
+    case DType::Q4_1: return run_blocks<BlockQ4_1>(type, x, w, block, QK4_1, QK4_1, q4_1_w, check_reference);
+    case DType::Q5_0: return run_blocks<BlockQ5_0>(type, x, w, block, QK5_0, QK5_0, q5_0_w, check_reference);
+    case DType::Q5_1: return run_blocks<BlockQ5_1>(type, x, w, block, QK5_1, QK5_1, q5_1_w, check_reference);
+    case DType::Q2_K: return run_blocks<BlockQ2_K>(type, x, w, block, QK_K, QK_K, q2_k_w, check_reference);
+    case DType::Q3_K: return run_blocks<BlockQ3_K>(type, x, w, block, QK_K, QK_K, q3_k_w, check_reference);
+    case DType::Q4_K: return run_blocks<BlockQ4_K>(type, x, w, block, QK_K, QK_K, q4_k_w, check_reference);
+    case DType::Q5_K: return run_blocks<BlockQ5_K>(type, x, w, block, QK_K, QK_K, q5_k_w, check_reference);
+    case DType::Q6_K: return run_blocks<BlockQ6_K>(type, x, w, block, QK_K, QK_K, q6_k_w, check_reference);
     default: throw Error(std::string("quantize_block_weighted: no weighted quantizer for ") + type_name(type));
   }
 }

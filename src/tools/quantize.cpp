@@ -299,8 +299,7 @@ class TensorConverter {
   explicit TensorConverter(int n_threads) : pool_(n_threads), tmp_(static_cast<size_t>(pool_.size())) {}
   int threads() const { return pool_.size(); }
 
-  // `gptq` (may be null): the matrix's GPTQ factor; then `method` decides (Gptq: GPTQ only, Auto: per row the lower
-  // calibration output error of GPTQ and the importance search).
+  // `gptq` (may be null): the matrix's GPTQ factor (then every row goes through quantize_row_gptq).
   void convert(const GGUFTensorInfo& t, DType to, const float* importance, const GGUFWriter::Sink& out,
                QuantMethod method = QuantMethod::Search, const GptqFactor* gptq = nullptr) {
     const int64_t ne0 = t.ne[0], ne1 = t.ne[1], nrows = t.n_rows();
@@ -341,13 +340,6 @@ class TensorConverter {
             quantize_row(to, x, dst, ne0);
           } else if (gptq) {
             quantize_row_gptq(to, x, dst, ne0, gptq_diag_.data(), *gptq);
-            if (method == QuantMethod::Auto) {
-              auto& alt = alt_[static_cast<size_t>(tid)];
-              alt.resize(out_row);
-              quantize_row_weighted(to, x, alt.data(), ne0, imp ? imp : gptq_diag_.data());
-              if (gptq_output_error(to, alt.data(), x, *gptq) < gptq_output_error(to, dst, x, *gptq))
-                std::memcpy(dst, alt.data(), out_row);
-            }
           } else {
             quantize_rows(to, x, dst, 1, ne0, imp);
           }
@@ -364,7 +356,6 @@ class TensorConverter {
  private:
   ThreadPool pool_;
   std::vector<std::vector<float>> tmp_;  // per-thread dequantized row
-  std::vector<std::vector<uint8_t>> alt_ = std::vector<std::vector<uint8_t>>(static_cast<size_t>(pool_.size()));  // per-thread 2nd candidate
   std::vector<float> gptq_diag_;         // diag H of the current matrix (the GPTQ block search's importance)
   std::vector<uint8_t> buf_;             // one chunk of output rows
   std::atomic<bool> failed_{false};
@@ -614,6 +605,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
     if (im.chunks > 0) w.set_i32("quantize.imatrix.chunks_count", im.chunks);
   }
 
+  GptqFactor gptq;  // the last matrix's factor
   std::unique_ptr<TensorConverter> conv;
   if (!opt.dry_run) conv = std::make_unique<TensorConverter>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
 
@@ -629,8 +621,11 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
         for (size_t off = 0; off < t.nbytes; off += kPiece) out(t.data + off, std::min(kPiece, t.nbytes - off));
       } else {
         if (covs[i].data) {
-          const GptqFactor f = gptq_prepare(covs[i].data, covs[i].n, opt.gptq_damp);
-          conv->convert(t, p.to, importance[i], out, opt.method, &f);
+          // q/k/v (and gate/up) meet the same input: one factor for consecutive matrices with an equal covariance
+          const size_t nn = static_cast<size_t>(covs[i].n * covs[i].n);
+          if (gptq.n != covs[i].n || std::memcmp(gptq.H.data(), covs[i].data, nn * sizeof(float)) != 0)
+            gptq = gptq_prepare(covs[i].data, covs[i].n, opt.gptq_damp);
+          conv->convert(t, p.to, importance[i], out, opt.method, &gptq);
         } else {
           conv->convert(t, p.to, opt.method == QuantMethod::Rtn ? nullptr : importance[i], out, opt.method);
         }

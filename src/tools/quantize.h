@@ -92,8 +92,8 @@ using CovarianceFn = std::function<CovarianceView(const GGUFTensorInfo& tensor)>
 //   rtn     the reference round-to-nearest quantizers (llama.cpp's bytes without an imatrix); importance unused
 //   search  the importance-weighted per-block search (core/quant.h, quantize_row_weighted); needs importance
 //   gptq    error feedback along each row with the input covariance (core/quant_gptq.h); needs a covariance
-//   auto    per matrix: with a covariance, each row is quantized both by gptq and by search and the one with the
-//           lower calibration output error (w - q)^T H (w - q) is kept; else search with importance; else rtn
+//   auto    per matrix: gptq where the matrix has a covariance, else search where it has importance, else rtn
+//           (a .dat alone therefore gives exactly the search's bytes, as before the covariance existed)
 enum class QuantMethod { Auto, Gptq, Search, Rtn };
 const char* quant_method_name(QuantMethod m);
 // "auto", "gptq", "search", "rtn" (case-insensitive); nullopt otherwise.
