@@ -340,3 +340,34 @@ TEST(QuantMethod, DatAloneIsUnchangedAndCovarianceSwitchesToGptq) {
   EXPECT_EQ(differ, 28);  // every matrix of the 4 blocks has a covariance, and GPTQ wins on some rows of each
   EXPECT_NO_THROW(Model::load(dir.file("auto-cov.gguf")));
 }
+
+// The CLI end to end: `lokal imatrix --covariance` writes X and X.cov; `lokal quantize --imatrix X` finds X.cov and
+// uses GPTQ (auto); --quant-method search ignores it and gives the .dat-only bytes; the written file has the type's
+// tensor types and sizes.
+TEST(QuantMethod, CliFindsTheCovarianceBesideTheImatrix) {
+  TempDir dir;
+  const std::string in = tinytales("f32"), im = dir.file("im.dat");
+  const std::string books = test::data_path("golden/ppl-text-books.txt");
+  test::CliResult r = test::run_lokal("imatrix -m " + q(in) + " -f " + q(books) + " -c 64 --chunks 2 -t 2 --covariance -o " + q(im));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(fs::exists(im + ".cov"));
+  EXPECT_NE(r.err.find("input covariance of 28 matrices"), std::string::npos) << r.err;
+  r = test::run_lokal("quantize " + q(in) + " " + q(dir.file("g.gguf")) + " Q4_0 -t 2 --imatrix " + q(im));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("im.dat.cov, 28 entries (quant method auto)"), std::string::npos) << r.err;
+  r = test::run_lokal("quantize " + q(in) + " " + q(dir.file("s.gguf")) + " Q4_0 -t 2 --quant-method search --imatrix " + q(im));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err.find("covariance:"), std::string::npos) << r.err;
+  auto g = GGUFFile::open(dir.file("g.gguf"));
+  auto s = GGUFFile::open(dir.file("s.gguf"));
+  ASSERT_EQ(g->tensors().size(), s->tensors().size());
+  bool any_differs = false;
+  for (size_t i = 0; i < g->tensors().size(); ++i) {
+    const GGUFTensorInfo& a = g->tensors()[i];
+    const GGUFTensorInfo& b = s->tensors()[i];
+    EXPECT_EQ(a.type, b.type) << a.name;
+    ASSERT_EQ(a.nbytes, b.nbytes) << a.name;
+    any_differs = any_differs || std::memcmp(a.data, b.data, a.nbytes) != 0;
+  }
+  EXPECT_TRUE(any_differs);
+}
