@@ -168,7 +168,8 @@ void register_quantize(CLI::App& app, int* rc) {
   cmd->add_flag("--pure", a->pure, "No mix: every weight matrix gets TYPE's base type");
   cmd->add_option("--imatrix", a->imatrix, "Importance matrix (lokal imatrix / llama-imatrix .dat) to weight rounding errors");
   cmd->add_option("--covariance", a->covariance,
-                  "Input covariance file (lokal imatrix --covariance; default: IMATRIX.cov beside --imatrix if present)");
+                  "Input covariance file (lokal imatrix --covariance; default: IMATRIX.cov beside --imatrix if present)")
+      ->type_name("FILE");
   cmd->add_option("--quant-method", a->method,
                   "auto (GPTQ where the covariance has the matrix, else the importance search, else rtn), gptq, search, "
                   "rtn (round-to-nearest: llama.cpp's bytes without an imatrix)")
