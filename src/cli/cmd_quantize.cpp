@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -99,9 +100,10 @@ void run(const QuantizeArgs& a) {
     throw Error("--quant-method search needs --imatrix");
   if (!cov_file.empty()) {
     check_input_file(cov_file, "covariance file");
-    const CovarianceSet c = read_covariance(cov_file);
-    use_covariance(opt, c);
-    std::fprintf(stderr, "covariance: %s, %zu entries (quant method %s)\n", cov_file.c_str(), c.entries.size(),
+    CovarianceSet c = read_covariance(cov_file);
+    const size_t n_entries = c.entries.size();
+    use_covariance(opt, std::move(c));
+    std::fprintf(stderr, "covariance: %s, %zu entries (quant method %s)\n", cov_file.c_str(), n_entries,
                  quant_method_name(opt.method));
   }
   if (!a.imatrix.empty()) {

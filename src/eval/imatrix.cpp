@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <utility>
 
 #include "core/error.h"
 #include "core/safe_io.h"
@@ -241,13 +243,25 @@ CovarianceSet read_covariance(const std::string& path) {
   return c;
 }
 
-void use_covariance(QuantizeOptions& opt, const CovarianceSet& c) {
-  auto table = std::make_shared<std::map<std::string, std::pair<int64_t, std::vector<float>>>>();
-  for (const auto& [name, e] : c.entries) (*table)[name] = {e.n, e.full()};
-  opt.covariance = [table](const GGUFTensorInfo& t) -> CovarianceView {
-    auto it = table->find(t.name);
-    if (it == table->end()) return {};
-    return {it->second.second.data(), it->second.first};
+void use_covariance(QuantizeOptions& opt, CovarianceSet c) {
+  // Upper triangles kept as read; one matrix at a time expanded to n x n (valid until the next call).
+  struct State {
+    CovarianceSet set;
+    std::string expanded_name;
+    std::vector<float> expanded;
+    std::mutex mu;
+  };
+  auto st = std::make_shared<State>();
+  st->set = std::move(c);
+  opt.covariance = [st](const GGUFTensorInfo& t) -> CovarianceView {
+    std::lock_guard<std::mutex> lk(st->mu);
+    auto it = st->set.entries.find(t.name);
+    if (it == st->set.entries.end()) return {};
+    if (st->expanded_name != t.name) {
+      st->expanded = it->second.full();
+      st->expanded_name = t.name;
+    }
+    return {st->expanded.data(), it->second.n};
   };
 }
 

@@ -105,8 +105,9 @@ struct CovarianceSet {
 void write_covariance(const std::string& path, const CovarianceSet& c);
 CovarianceSet read_covariance(const std::string& path);
 
-// Sets opt.covariance to serve `c`'s matrices (expanded to n x n) by tensor name.
-void use_covariance(QuantizeOptions& opt, const CovarianceSet& c);
+// Sets opt.covariance to serve `c`'s matrices by tensor name (kept as upper triangles; the matrix asked for is
+// expanded to n x n, one at a time).
+void use_covariance(QuantizeOptions& opt, CovarianceSet c);
 
 struct ImatrixOptions {
   PerplexityOptions ppl;        // n_ctx, n_chunks, n_batch, allow_long_ctx (as `lokal perplexity`)

@@ -567,7 +567,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
                 "IMATRIX.cov beside the importance matrix); none was given");
   if (opt.method == QuantMethod::Search && !opt.importance)
     throw Error("--quant-method search needs an importance matrix (--imatrix)");
-  std::vector<CovarianceView> covs(ts.size());
+  std::vector<bool> use_gptq(ts.size(), false);  // the covariance is fetched again (and expanded) when the tensor is written
   if (opt.covariance && (opt.method == QuantMethod::Gptq || opt.method == QuantMethod::Auto)) {
     int n_missing = 0;
     for (size_t i = 0; i < ts.size(); ++i) {
@@ -583,7 +583,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
                     ", but the tensor " + ts[i].shape_str() + " has " + std::to_string(ts[i].ne[0]) +
                     " columns; was it computed for another model?");
       if (ts[i].ne[2] * ts[i].ne[3] != 1) continue;  // stacked experts: one covariance does not describe every slice
-      covs[i] = v;
+      use_gptq[i] = true;
     }
     if (n_missing)
       plan.notes.push_back("note: the covariance has no entry for " + std::to_string(n_missing) + " matri" +
@@ -620,11 +620,13 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
         constexpr size_t kPiece = size_t{64} << 20;
         for (size_t off = 0; off < t.nbytes; off += kPiece) out(t.data + off, std::min(kPiece, t.nbytes - off));
       } else {
-        if (covs[i].data) {
+        if (use_gptq[i]) {
+          const CovarianceView cv = opt.covariance(t);
+          if (!cv.data || cv.n != t.ne[0]) throw Error("covariance: the entry for '" + t.name + "' changed while quantizing");
           // q/k/v (and gate/up) meet the same input: one factor for consecutive matrices with an equal covariance
-          const size_t nn = static_cast<size_t>(covs[i].n * covs[i].n);
-          if (gptq.n != covs[i].n || std::memcmp(gptq.H.data(), covs[i].data, nn * sizeof(float)) != 0)
-            gptq = gptq_prepare(covs[i].data, covs[i].n, opt.gptq_damp);
+          const size_t nn = static_cast<size_t>(cv.n * cv.n);
+          if (gptq.n != cv.n || std::memcmp(gptq.H.data(), cv.data, nn * sizeof(float)) != 0)
+            gptq = gptq_prepare(cv.data, cv.n, opt.gptq_damp);
           conv->convert(t, p.to, importance[i], out, opt.method, &gptq);
         } else {
           conv->convert(t, p.to, opt.method == QuantMethod::Rtn ? nullptr : importance[i], out, opt.method);

@@ -81,7 +81,8 @@ struct ImportanceView {
 using ImportanceFn = std::function<ImportanceView(const GGUFTensorInfo& tensor)>;
 
 // The input covariance H = E[x x^T] of a matrix (n = ne0; n x n floats, row-major), or {nullptr, 0} for none.
-// The data must stay valid until quantize_model returns.
+// The data must stay valid until the next call of the function (quantize_model asks for each matrix's covariance
+// once to check it and once more when it quantizes that matrix, so only one expanded matrix need be in memory).
 struct CovarianceView {
   const float* data = nullptr;
   int64_t n = 0;
