@@ -327,6 +327,19 @@ TEST(QuantMethod, DatAloneIsUnchangedAndCovarianceSwitchesToGptq) {
   auto rtn = run("rtn.gguf", QuantMethod::Rtn, true);
   auto gptq = run("auto-cov.gguf", QuantMethod::Auto, true);
   auto ref = GGUFFile::open(tinytales("q4_k_m"));
+  // rtn with an imatrix: llama.cpp's no-imatrix file exactly, mix included (Q4_0's imatrix mix differs), no imatrix keys
+  {
+    QuantizeOptions o;
+    o.file_type = *find_quant_file_type("Q4_0");
+    o.n_threads = 2;
+    o.method = QuantMethod::Rtn;
+    use_imatrix(o, calib().im, "im.dat");
+    quantize_model(tinytales("f32"), dir.file("rtn-q4_0.gguf"), o);
+    auto r0 = GGUFFile::open(dir.file("rtn-q4_0.gguf"));
+    auto l0 = GGUFFile::open(tinytales("q4_0"));
+    for (const auto& t : l0->tensors()) EXPECT_EQ(tensor_bytes(*r0, t.name), tensor_bytes(*l0, t.name)) << t.name;
+    EXPECT_FALSE(r0->opt_str("quantize.imatrix.file").has_value());
+  }
   int differ = 0;
   for (const auto& t : search->tensors()) {
     EXPECT_EQ(tensor_bytes(*autod, t.name), tensor_bytes(*search, t.name)) << t.name;

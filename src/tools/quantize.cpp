@@ -456,7 +456,8 @@ QuantizePlan plan_quantization(const GGUFFile& in, const QuantizeOptions& opt) {
   if (in.opt_int("split.count").value_or(1) > 1)
     throw Error(in.name() + ": is one part of a split model; merge the parts first (split models are not supported)");
 
-  const ModelFacts m = mix_model_info(in, static_cast<bool>(opt.importance));
+  // rtn uses no statistics: llama.cpp's no-imatrix mix (and bytes) even when an importance matrix is given
+  const ModelFacts m = mix_model_info(in, static_cast<bool>(opt.importance) && opt.method != QuantMethod::Rtn);
   const auto& ts = in.tensors();
   QuantizePlan plan;
   plan.file_type = ft;
@@ -597,7 +598,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
   w.remove("split.tensors.count");
   w.set_u32("general.quantization_version", 2);
   w.set_u32("general.file_type", static_cast<uint32_t>(plan.file_type.ftype));
-  if (opt.importance && !opt.imatrix_meta.file.empty()) {
+  if (opt.importance && opt.method != QuantMethod::Rtn && !opt.imatrix_meta.file.empty()) {
     const ImatrixMetadata& im = opt.imatrix_meta;
     w.set_str("quantize.imatrix.file", im.file);
     if (!im.dataset.empty()) w.set_str("quantize.imatrix.dataset", im.dataset);

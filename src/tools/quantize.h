@@ -90,7 +90,7 @@ struct CovarianceView {
 using CovarianceFn = std::function<CovarianceView(const GGUFTensorInfo& tensor)>;
 
 // How block-quantized matrices are rounded (`lokal quantize --quant-method`):
-//   rtn     the reference round-to-nearest quantizers (llama.cpp's bytes without an imatrix); importance unused
+//   rtn     the reference round-to-nearest quantizers and llama.cpp's no-imatrix mix (its bytes); statistics unused
 //   search  the importance-weighted per-block search (core/quant.h, quantize_row_weighted); needs importance
 //   gptq    error feedback along each row with the input covariance (core/quant_gptq.h); needs a covariance
 //   auto    per matrix: gptq where the matrix has a covariance, else search where it has importance, else rtn
