@@ -40,7 +40,16 @@ namespace {
 inline float h2f(uint16_t h) { return fp16_to_fp32(h); }
 inline uint16_t f2h(float f) { return fp32_to_fp16(f); }
 inline float round_fp16(float f) { return h2f(f2h(f)); }
-inline int nearest(float v) { return static_cast<int>(std::nearbyint(v)); }
+// Round half to even, as std::nearbyint in the default rounding mode, without a libm call (the baseline x86-64
+// target has no SSE4.1 round instruction, so nearbyint is a call per element): adding and subtracting 1.5 * 2^23
+// leaves exactly the nearest integer for |v| < 2^22 (the sum lies in [2^23, 2^24), where floats are the integers).
+inline int nearest(float v) {
+  if (std::fabs(v) < 4194304.0f) {
+    const float t = v + 12582912.0f;  // not folded: the build uses no -ffast-math (IEEE semantics)
+    return static_cast<int>(t - 12582912.0f);
+  }
+  return static_cast<int>(std::nearbyint(v));
+}
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 constexpr float kTiny = 1e-20f;

@@ -591,6 +591,30 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
                            (n_missing == 1 ? "x" : "ces") + " (quantized by the per-block search or round-to-nearest)");
   }
 
+  // With the covariance (auto/gptq), the block-quantized matrices that have no statistics at all - token_embd, a
+  // lookup table, not a product - go through the weighted search with uniform importance (its weights are then
+  // sqrt(sigma2 + x^2) alone) instead of round-to-nearest: measured on tinytales-4m, 0-5% lower KL per type.
+  // (Without a covariance nothing changes: a .dat alone keeps its earlier behaviour.)
+  std::vector<float> uniform;
+  if (opt.covariance && (opt.method == QuantMethod::Gptq || opt.method == QuantMethod::Auto)) {
+    int n_uniform = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !is_block_quantized(p.to) || importance[i] || use_gptq[i]) continue;
+      uniform.resize(std::max(uniform.size(), static_cast<size_t>(ts[i].ne[0] * ts[i].ne[2])), 1.0f);
+      ++n_uniform;
+    }
+    std::string names;
+    for (size_t i = 0; i < ts.size() && n_uniform; ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !is_block_quantized(p.to) || importance[i] || use_gptq[i]) continue;
+      importance[i] = uniform.data();
+      names += (names.empty() ? "" : ", ") + p.name;
+    }
+    if (n_uniform)
+      plan.notes.push_back("note: without statistics, quantized by the weighted search with uniform importance: " + names);
+  }
+
   GGUFWriter w;
   w.copy_metadata(*in);
   w.remove("split.no");
