@@ -132,6 +132,12 @@ bool cholesky_upper(std::vector<double>& a, int64_t n) {
 bool gptq_supports(DType type) { return code_max(type) > 0; }
 
 GptqFactor gptq_prepare(const float* H, int64_t n, float damp) {
+  GptqFactor f;
+  gptq_prepare(H, n, damp, f);
+  return f;
+}
+
+void gptq_prepare(const float* H, int64_t n, float damp, GptqFactor& f) {
   if (n <= 0) throw Error("GPTQ: empty covariance");
   double mean_diag = 0.0;
   for (int64_t i = 0; i < n; ++i) mean_diag += H[i * n + i];
@@ -141,7 +147,10 @@ GptqFactor gptq_prepare(const float* H, int64_t n, float damp) {
   // U is the inverse of the upper triangular M with H = M M^T (then H^-1 = M^-T M^-1 = U^T U). M comes from the
   // ordinary Cholesky factor of H with its rows and columns reversed (J H J = R^T R gives M = J R^T J), so
   // U = J (R^-1)^T J: one factorisation and one triangular inverse, no explicit H^-1.
-  std::vector<double> a(nn);
+  // scratch reused across calls (no fresh zeroed pages per matrix); every element read is written first
+  static thread_local std::vector<double> a, rinv;
+  a.resize(nn);
+  rinv.resize(nn);
   double lambda = static_cast<double>(damp) * mean_diag;
   bool ok = false;
   for (int attempt = 0; attempt < 4 && !ok; ++attempt, lambda *= 10.0) {
@@ -156,9 +165,9 @@ GptqFactor gptq_prepare(const float* H, int64_t n, float damp) {
   }
   if (!ok) throw Error("GPTQ: the damped covariance is not positive definite");
   // Rinv = R^-1 (upper), bottom row first: Rinv_i = (e_i - sum_{k>i} R_ik Rinv_k) / R_ii; row k lives in [k, n).
-  std::vector<double> rinv(nn, 0.0);
   for (int64_t i = n - 1; i >= 0; --i) {
     double* out = rinv.data() + i * n;
+    std::fill(out + i, out + n, 0.0);
     const double* r = a.data() + i * n;
     for (int64_t k = i + 1; k < n; ++k) {
       const double c = r[k];
@@ -170,14 +179,13 @@ GptqFactor gptq_prepare(const float* H, int64_t n, float damp) {
     const double inv = 1.0 / r[i];
     for (int64_t j = i; j < n; ++j) out[j] *= inv;
   }
-  GptqFactor f;
   f.n = n;
-  f.U.assign(nn, 0.0f);
+  f.U.resize(nn);
+  for (int64_t i = 0; i < n; ++i) std::fill(f.U.begin() + i * n, f.U.begin() + i * n + i, 0.0f);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = i; j < n; ++j)
       f.U[static_cast<size_t>(i * n + j)] = static_cast<float>(rinv[static_cast<size_t>((n - 1 - j) * n + (n - 1 - i))]);
   f.H.assign(H, H + nn);
-  return f;
 }
 
 void quantize_row_gptq(DType type, const float* src, void* dst, int64_t n, const float* importance, const GptqFactor& f) {

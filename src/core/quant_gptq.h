@@ -35,6 +35,8 @@ struct GptqFactor {
 // mean of the diagonal (GPTQ's 1%). If the damped matrix is still not positive definite (rounding), the damping is
 // raised tenfold up to 3 times, then lokal::Error.
 GptqFactor gptq_prepare(const float* H, int64_t n, float damp = 0.01f);
+// The same into `f`, reusing its memory (quantize_model keeps one factor for the whole model).
+void gptq_prepare(const float* H, int64_t n, float damp, GptqFactor& f);
 
 // GPTQ-quantizes one row of n elements (n = f.n, a multiple of the type's block size) into `dst`, in the layout of
 // quantize_row. `importance` (n floats, normally diag H) weights the per-block scale search. Types: Q4_0, Q4_1,

@@ -651,7 +651,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
           // q/k/v (and gate/up) meet the same input: one factor for consecutive matrices with an equal covariance
           const size_t nn = static_cast<size_t>(cv.n * cv.n);
           if (gptq.n != cv.n || std::memcmp(gptq.H.data(), cv.data, nn * sizeof(float)) != 0)
-            gptq = gptq_prepare(cv.data, cv.n, opt.gptq_damp);
+            gptq_prepare(cv.data, cv.n, opt.gptq_damp, gptq);
           conv->convert(t, p.to, importance[i], out, opt.method, &gptq);
         } else {
           conv->convert(t, p.to, opt.method == QuantMethod::Rtn ? nullptr : importance[i], out, opt.method);
