@@ -340,7 +340,7 @@ TEST(Imatrix, QuantizeRefusesAnImatrixOfAnotherShapeAndWarnsAboutMissingEntries)
 //   importance-matrix file (llama-imatrix -c 128 --process-output on the same text, then llama-quantize --imatrix,
 //   c392e50; those files cannot be stored in shared/, so their KL, measured by the same compare_models on the same
 //   chunks, is a constant here - docs/QUANTIZATION.md gives the commands), and at least 15% below for Q2_K, Q4_0 and
-//   Q4_K_M. Measured: 23-38% below, so the 15% bound has 8+ points of margin for platform differences.
+//   Q4_K_M. Measured: 26-41% below, so the 15% bound has 10+ points of margin for platform differences.
 // Q8_0 ignores both statistics, so its files are byte-identical to llama.cpp's and the KL equal. Everything here is
 // deterministic (same data, same code, fixed thread count).
 TEST(Imatrix, TinytalesKLWithImatrixIsNoHigherThanLlamaCpp) {
