@@ -2,9 +2,10 @@
 // `lokal imatrix --covariance`, the LOKALCOV file) and `lokal quantize --quant-method` (tools/quantize.h).
 //
 // On real weights (tinytales-4m, trained) with a covariance collected on real text, GPTQ must lower the
-// calibration output error sum_rows (w - q)^T H (w - q) below the importance-weighted per-block search's for every
-// type (measured margins 10-45%; the test asks for any improvement, and "auto" must never be above either, as it
-// keeps the lower of the two per row). Everything is deterministic.
+// calibration output error sum_rows (w - q)^T H (w - q) below the importance-weighted per-block search's (and
+// round-to-nearest's) for every type. Measured here: GPTQ's error is 8-36% of the search's (the calibration is 2
+// chunks of 64 tokens, a low-rank H, so the gap is wider than with the full text); the test asks only for "lower",
+// which any working error feedback gives. Everything is deterministic.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -111,7 +112,9 @@ TEST(Gptq, LowerCalibrationOutputErrorThanTheSearchOnRealWeights) {
 }
 
 // With H = identity there is nothing to feed forward (the factor is diagonal), so GPTQ is the block search's scales
-// with nearest rounding: its weighted error stays within 1% of the search's. Also checks that each GPTQ block holds
+// with nearest rounding: its error stays within 1% of the search's (not exactly equal: inside GPTQ the search does
+// not fall back to the reference block when that one is better, and the search weights by sqrt(sigma2 + x^2), GPTQ's
+// output error does not). Also checks that each GPTQ block holds
 // no more distinct levels than the type allows (codes were packed in range).
 TEST(Gptq, IdentityCovarianceIsThePerBlockSearchAndCodesAreInRange) {
   const int64_t n = 512;
