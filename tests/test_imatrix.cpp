@@ -330,14 +330,19 @@ TEST(Imatrix, QuantizeRefusesAnImatrixOfAnotherShapeAndWarnsAboutMissingEntries)
   EXPECT_EQ(f->opt_int("quantize.imatrix.entries_count").value_or(-1), 1);
 }
 
-// The acceptance check of issue #4: on the real trained model, lokal's quantization with an importance matrix
-// has a mean KL-divergence vs F32 no higher than that of llama.cpp's file of the same type (made without an
-// imatrix). The imatrix is computed on the second half of golden/ppl-text-books.txt (held-out book text: the
-// model's domain) and the KL measured on the first 8 chunks of the same file, a different stretch of text.
-// (An imatrix from the Apache licence text, golden/ppl-text.txt, is off-domain for this model: it makes Q2_K and
-// Q3_K_M slightly worse than llama.cpp's no-imatrix files - see docs/QUANTIZATION.md.) Q8_0 ignores the
-// importance matrix, so its file is byte-identical to llama.cpp's and the KL equal. Everything here is
-// deterministic (same data, same code, fixed thread count); the measured margins are 1-13%.
+// The acceptance checks of issue #4 and issue #21 on the real trained model. The imatrix (and the input covariance)
+// is computed on the second half of golden/ppl-text-books.txt (held-out book text: the model's domain) and the KL
+// measured on the first 8 chunks of the same file, a different stretch of text.
+// * issue #4: lokal's per-block search with an importance matrix (no covariance) has a mean KL-divergence vs F32 no
+//   higher than llama.cpp's file of the same type made without an imatrix (the files in shared/). (An imatrix from
+//   the Apache licence text, golden/ppl-text.txt, is off-domain: see docs/QUANTIZATION.md.)
+// * issue #21: with the covariance (GPTQ, the default `auto` method) the mean KL is below that of llama.cpp's
+//   importance-matrix file (llama-imatrix -c 128 --process-output on the same text, then llama-quantize --imatrix,
+//   c392e50; those files cannot be stored in shared/, so their KL, measured by the same compare_models on the same
+//   chunks, is a constant here - docs/QUANTIZATION.md gives the commands), and at least 15% below for Q2_K, Q4_0 and
+//   Q4_K_M. Measured: 26-41% below, so the 15% bound has 10+ points of margin for platform differences.
+// Q8_0 ignores both statistics, so its files are byte-identical to llama.cpp's and the KL equal. Everything here is
+// deterministic (same data, same code, fixed thread count).
 TEST(Imatrix, TinytalesKLWithImatrixIsNoHigherThanLlamaCpp) {
   TempDir dir;
   auto model = Model::load(tinytales("f32"));
@@ -345,26 +350,37 @@ TEST(Imatrix, TinytalesKLWithImatrixIsNoHigherThanLlamaCpp) {
   io.ppl.n_ctx = 128;
   io.n_threads = 2;
   io.process_output = true;
+  io.covariance = true;
   // The second half of the books text: the KL below is measured on its first 8 chunks of 256 tokens (about the
   // first 9 KB), so the two texts do not overlap.
   const std::string books = test::read_file(test::data_path("golden/ppl-text-books.txt"));
   const ImatrixResult ir = compute_imatrix(*model, books.substr(books.size() / 2), "books-second-half", io);
   model.reset();
   EXPECT_EQ(ir.matrix.entries.size(), 4u * 7u + (io.process_output ? 1u : 0u));  // 4 layers x (q, k, v, o, gate, up, down)
+  EXPECT_EQ(ir.cov.entries.size(), ir.matrix.entries.size());
   EXPECT_GE(ir.matrix.chunks, 8);
   write_imatrix(dir.file("im.dat"), ir.matrix);
+  write_covariance(dir.file("im.dat.cov"), ir.cov);
   const ImportanceMatrix m = read_imatrix(dir.file("im.dat"));
+  const CovarianceSet cov = read_covariance(dir.file("im.dat.cov"));
 
+  // mean KL of llama.cpp's importance-matrix files (see above)
+  const std::map<std::string, double> llama_imatrix_kl = {{"q2_k", 0.03919}, {"q3_k_m", 0.00692}, {"q4_0", 0.00307},
+                                                         {"q4_k_m", 0.00222}, {"q5_k_m", 0.000788}, {"q6_k", 0.000471}};
   const std::vector<std::string> types = {"q2_k", "q3_k_m", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0"};
   std::vector<std::string> paths = {tinytales("f32")};
   for (const auto& t : types) {
-    QuantizeOptions o;
-    o.file_type = *find_quant_file_type(t);
-    o.n_threads = 2;
-    use_imatrix(o, m, dir.file("im.dat"));
-    quantize_model(tinytales("f32"), dir.file("imat-" + t + ".gguf"), o);
-    paths.push_back(tinytales(t));
-    paths.push_back(dir.file("imat-" + t + ".gguf"));
+    for (const bool with_cov : {false, true}) {
+      QuantizeOptions o;
+      o.file_type = *find_quant_file_type(t);
+      o.n_threads = 2;
+      use_imatrix(o, m, dir.file("im.dat"));
+      if (with_cov) use_covariance(o, cov);
+      const std::string out = dir.file((with_cov ? "gptq-" : "imat-") + t + ".gguf");
+      quantize_model(tinytales("f32"), out, o);
+      if (!with_cov) paths.push_back(tinytales(t));
+      paths.push_back(out);
+    }
   }
   CompareOptions co;
   co.ppl.n_ctx = 256;
@@ -372,17 +388,25 @@ TEST(Imatrix, TinytalesKLWithImatrixIsNoHigherThanLlamaCpp) {
   co.n_threads = 2;
   co.decode_tokens = 1;
   co.temp_dir = dir.file("");
-  const auto rows = compare_models(paths, test::read_file(test::data_path("golden/ppl-text-books.txt")), "books", co);
+  const auto rows = compare_models(paths, books, "books", co);
   ASSERT_EQ(rows.size(), paths.size());
   for (size_t i = 0; i < types.size(); ++i) {
-    const CompareRow& llama = rows[1 + 2 * i];
-    const CompareRow& ours = rows[2 + 2 * i];
-    std::printf("%-7s llama.cpp KL %.6f p99 %.5f top1 %.2f ppl %.4f | lokal+imatrix KL %.6f p99 %.5f top1 %.2f ppl %.4f\n",
-                types[i].c_str(), llama.kl_mean, llama.kl_p99, llama.top1_agreement, llama.ppl, ours.kl_mean, ours.kl_p99,
-                ours.top1_agreement, ours.ppl);
+    const CompareRow& llama = rows[1 + 3 * i];
+    const CompareRow& ours = rows[2 + 3 * i];
+    const CompareRow& gptq = rows[3 + 3 * i];
+    std::printf("%-7s llama.cpp KL %.6f top1 %.2f | lokal search KL %.6f top1 %.2f | lokal gptq KL %.6f p99 %.5f top1 %.2f ppl %.4f\n",
+                types[i].c_str(), llama.kl_mean, llama.top1_agreement, ours.kl_mean, ours.top1_agreement, gptq.kl_mean,
+                gptq.kl_p99, gptq.top1_agreement, gptq.ppl);
     EXPECT_LE(ours.kl_mean, llama.kl_mean) << types[i];
     if (types[i] == "q8_0") {
       EXPECT_EQ(ours.kl_mean, llama.kl_mean);
+      EXPECT_EQ(gptq.kl_mean, llama.kl_mean);
+      continue;
+    }
+    const double target = llama_imatrix_kl.at(types[i]);
+    EXPECT_LT(gptq.kl_mean, target) << types[i];
+    if (types[i] == "q2_k" || types[i] == "q4_0" || types[i] == "q4_k_m") {
+      EXPECT_LT(gptq.kl_mean, 0.85 * target) << types[i];
     }
   }
 }

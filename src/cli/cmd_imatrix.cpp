@@ -22,6 +22,7 @@ struct ImatrixArgs {
   int threads = 0;
   bool process_output = false;
   bool allow_long_ctx = false;
+  bool covariance = false;
 };
 
 void run_imatrix(const ImatrixArgs& a) {
@@ -29,6 +30,7 @@ void run_imatrix(const ImatrixArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   check_input_file(a.model, "GGUF model file");
   check_output_file(a.output, {a.model, a.text_file});  // before the (possibly long) computation
+  if (a.covariance) check_output_file(a.output + ".cov", {a.model, a.text_file});
   const std::string text = read_text_file(a.text_file);
   auto model = Model::load(a.model);
   ImatrixOptions o;
@@ -38,6 +40,7 @@ void run_imatrix(const ImatrixArgs& a) {
   o.ppl.allow_long_ctx = a.allow_long_ctx;
   o.n_threads = a.threads;
   o.process_output = a.process_output;
+  o.covariance = a.covariance;
   std::fprintf(stderr, "imatrix: %s on %s%s\n", a.model.c_str(), a.text_file.c_str(),
                a.process_output ? " (with output.weight)" : "");
   std::fflush(stderr);
@@ -46,6 +49,10 @@ void run_imatrix(const ImatrixArgs& a) {
     std::fflush(stderr);
   });
   write_imatrix(a.output, r.matrix);
+  if (a.covariance) {
+    write_covariance(a.output + ".cov", r.cov);
+    std::fprintf(stderr, "wrote %s.cov: input covariance of %zu matrices\n", a.output.c_str(), r.cov.entries.size());
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("wrote %s: %zu entries from %lld chunks of %lld tokens (%lld tokens), PPL = %.4f +/- %.5f, %.2f s\n",
               a.output.c_str(), r.matrix.entries.size(), static_cast<long long>(r.ppl.n_chunks),
@@ -69,6 +76,8 @@ void register_imatrix(CLI::App& app, int* rc) {
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 16));
   cmd->add_option("-t,--threads", a->threads, "Threads (0: all)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_flag("--process-output", a->process_output, "Also collect output.weight (off by default, as in llama.cpp)");
+  cmd->add_flag("--covariance", a->covariance,
+                "Also write OUTPUT.cov: the full input covariance of each matrix (for quantize's GPTQ method)");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->callback([a, rc] {
     run_imatrix(*a);

@@ -2,7 +2,9 @@
 // (tools/quantize.h). Progress on stderr, one line per tensor; the summary (or, with --dry-run,
 // the plan) on stdout.
 #include <cstdio>
+#include <filesystem>
 #include <string>
+#include <utility>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -16,7 +18,8 @@ namespace lokal::cli {
 namespace {
 
 struct QuantizeArgs {
-  std::string input, output, type, imatrix;
+  std::string input, output, type, imatrix, covariance, method = "auto";
+  float gptq_damp = 0.01f;
   std::string model;              // -m IN.gguf (then the positionals are OUT.gguf TYPE)
   std::vector<std::string> args;  // the positionals: IN.gguf OUT.gguf TYPE, or OUT.gguf TYPE after -m
   int threads = 0;
@@ -78,6 +81,31 @@ void run(const QuantizeArgs& a) {
   opt.keep_output_f16 = a.keep_output_f16;
   opt.pure = a.pure;
   opt.dry_run = a.dry_run;
+  const auto method = parse_quant_method(a.method);
+  if (!method)
+    throw Error("unknown --quant-method '" + a.method + "'; valid methods: auto, gptq, search, rtn");
+  opt.method = *method;
+  opt.gptq_damp = a.gptq_damp;
+  std::string cov_file = a.covariance;
+  if (cov_file.empty() && !a.imatrix.empty() && opt.method != QuantMethod::Rtn && opt.method != QuantMethod::Search) {
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(a.imatrix + ".cov", ec)) cov_file = a.imatrix + ".cov";  // written beside it by lokal imatrix --covariance
+  }
+  if (!a.covariance.empty() && (opt.method == QuantMethod::Rtn || opt.method == QuantMethod::Search))
+    throw Error("--covariance is only used by --quant-method auto or gptq (got " + a.method + ")");
+  if (opt.method == QuantMethod::Gptq && cov_file.empty())
+    throw Error("--quant-method gptq needs the input covariance: give --covariance FILE, or --imatrix X with X.cov beside "
+                "it (lokal imatrix --covariance writes both)");
+  if (opt.method == QuantMethod::Search && a.imatrix.empty())
+    throw Error("--quant-method search needs --imatrix");
+  if (!cov_file.empty()) {
+    check_input_file(cov_file, "covariance file");
+    CovarianceSet c = read_covariance(cov_file);
+    const size_t n_entries = c.entries.size();
+    use_covariance(opt, std::move(c));
+    std::fprintf(stderr, "covariance: %s, %zu entries (quant method %s)\n", cov_file.c_str(), n_entries,
+                 quant_method_name(opt.method));
+  }
   if (!a.imatrix.empty()) {
     check_input_file(a.imatrix, "importance matrix file");
     check_input_file(a.input, "GGUF model file");
@@ -141,6 +169,15 @@ void register_quantize(CLI::App& app, int* rc) {
   cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan and the resulting size; write nothing");
   cmd->add_flag("--pure", a->pure, "No mix: every weight matrix gets TYPE's base type");
   cmd->add_option("--imatrix", a->imatrix, "Importance matrix (lokal imatrix / llama-imatrix .dat) to weight rounding errors");
+  cmd->add_option("--covariance", a->covariance,
+                  "Input covariance file (lokal imatrix --covariance; default: IMATRIX.cov beside --imatrix if present)")
+      ->type_name("FILE");
+  cmd->add_option("--quant-method", a->method,
+                  "auto (GPTQ where the covariance has the matrix, else the importance search, else rtn), gptq, search, "
+                  "rtn (round-to-nearest: llama.cpp's bytes without an imatrix)")
+      ->capture_default_str();
+  cmd->add_option("--gptq-damp", a->gptq_damp, "GPTQ damping, relative to the mean input variance")
+      ->capture_default_str()->check(CLI::Range(1e-6f, 10.0f));
   cmd->callback([a, rc] {
     const size_t n = a->args.size();
     if (a->model.empty() ? n != 3 : (n < 2 || n > 3))  // -m with 3 positionals: one_model says "given twice"

@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/quant.h"
+#include "core/quant_gptq.h"
 
 namespace lokal {
 
@@ -39,7 +40,16 @@ namespace {
 inline float h2f(uint16_t h) { return fp16_to_fp32(h); }
 inline uint16_t f2h(float f) { return fp32_to_fp16(f); }
 inline float round_fp16(float f) { return h2f(f2h(f)); }
-inline int nearest(float v) { return static_cast<int>(std::nearbyint(v)); }
+// Round half to even, as std::nearbyint in the default rounding mode, without a libm call (the baseline x86-64
+// target has no SSE4.1 round instruction, so nearbyint is a call per element): adding and subtracting 1.5 * 2^23
+// leaves exactly the nearest integer for |v| < 2^22 (the sum lies in [2^23, 2^24), where floats are the integers).
+inline int nearest(float v) {
+  if (std::fabs(v) < 4194304.0f) {
+    const float t = v + 12582912.0f;  // not folded: the build uses no -ffast-math (IEEE semantics)
+    return static_cast<int>(t - 12582912.0f);
+  }
+  return static_cast<int>(std::nearbyint(v));
+}
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 constexpr float kTiny = 1e-20f;
@@ -425,19 +435,35 @@ void q6_k_w(const float* x, const float* w, BlockQ6_K* b) {
 
 template <typename Block>
 void run_blocks(DType type, const float* x, const float* w, void* dst, int64_t n, int bs,
-                void (*fn)(const float*, const float*, Block*)) {
+                void (*fn)(const float*, const float*, Block*), bool check_reference = true) {
   auto* out = static_cast<Block*>(dst);
   Block ref;
   for (int64_t i = 0; i < n / bs; ++i) {
     const float* xb = x + i * bs;
     const float* wb = w + i * bs;
     fn(xb, wb, &out[i]);
+    if (!check_reference) continue;
     quantize_row(type, xb, &ref, bs);
     if (weighted_error(type, &ref, xb, wb, bs) <= weighted_error(type, &out[i], xb, wb, bs)) out[i] = ref;
   }
 }
 
 }  // namespace
+
+void quantize_block_weighted(DType type, const float* x, const float* w, void* block, bool check_reference) {
+  switch (type) {
+    case DType::Q4_0: return run_blocks<BlockQ4_0>(type, x, w, block, QK4_0, QK4_0, q4_0_w, check_reference);
+    case DType::Q4_1: return run_blocks<BlockQ4_1>(type, x, w, block, QK4_1, QK4_1, q4_1_w, check_reference);
+    case DType::Q5_0: return run_blocks<BlockQ5_0>(type, x, w, block, QK5_0, QK5_0, q5_0_w, check_reference);
+    case DType::Q5_1: return run_blocks<BlockQ5_1>(type, x, w, block, QK5_1, QK5_1, q5_1_w, check_reference);
+    case DType::Q2_K: return run_blocks<BlockQ2_K>(type, x, w, block, QK_K, QK_K, q2_k_w, check_reference);
+    case DType::Q3_K: return run_blocks<BlockQ3_K>(type, x, w, block, QK_K, QK_K, q3_k_w, check_reference);
+    case DType::Q4_K: return run_blocks<BlockQ4_K>(type, x, w, block, QK_K, QK_K, q4_k_w, check_reference);
+    case DType::Q5_K: return run_blocks<BlockQ5_K>(type, x, w, block, QK_K, QK_K, q5_k_w, check_reference);
+    case DType::Q6_K: return run_blocks<BlockQ6_K>(type, x, w, block, QK_K, QK_K, q6_k_w, check_reference);
+    default: throw Error(std::string("quantize_block_weighted: no weighted quantizer for ") + type_name(type));
+  }
+}
 
 void importance_weights(const float* x, const float* importance, int64_t n, float* w) {
   double sum_x2 = 0.0;

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/gguf_writer.h"
 #include "core/quant.h"
+#include "core/quant_gptq.h"
 #include "core/threadpool.h"
 #include "model/config.h"
 
@@ -298,7 +299,9 @@ class TensorConverter {
   explicit TensorConverter(int n_threads) : pool_(n_threads), tmp_(static_cast<size_t>(pool_.size())) {}
   int threads() const { return pool_.size(); }
 
-  void convert(const GGUFTensorInfo& t, DType to, const float* importance, const GGUFWriter::Sink& out) {
+  // `gptq` (may be null): the matrix's GPTQ factor (then every row goes through quantize_row_gptq).
+  void convert(const GGUFTensorInfo& t, DType to, const float* importance, const GGUFWriter::Sink& out,
+               QuantMethod method = QuantMethod::Search, const GptqFactor* gptq = nullptr) {
     const int64_t ne0 = t.ne[0], ne1 = t.ne[1], nrows = t.n_rows();
     const DType from = t.type;
     const size_t in_row = row_size(from, ne0), out_row = row_size(to, ne0);
@@ -306,7 +309,11 @@ class TensorConverter {
     const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 24) / ne0, 1, nrows);
     buf_.resize(static_cast<size_t>(chunk) * out_row);
     for (auto& v : tmp_) v.resize(static_cast<size_t>(ne0));
-    const int64_t grain = std::max<int64_t>(1, 16384 / ne0);
+    const int64_t grain = std::max<int64_t>(1, (gptq ? 1024 : 16384) / ne0);
+    if (gptq) {
+      gptq_diag_.resize(static_cast<size_t>(gptq->n));
+      for (int64_t j = 0; j < gptq->n; ++j) gptq_diag_[static_cast<size_t>(j)] = std::max(0.0f, gptq->H[static_cast<size_t>(j * (gptq->n + 1))]);
+    }
     for (int64_t r0 = 0; r0 < nrows; r0 += chunk) {
       const int64_t n = std::min(chunk, nrows - r0);
       failed_.store(false);
@@ -328,7 +335,14 @@ class TensorConverter {
               throw Error("tensor '" + t.name + "' has a non-finite value (" + std::to_string(x[j]) + ") in row " +
                           std::to_string(r) + "; refusing to quantize it");
           const float* imp = importance ? importance + (r / ne1) * ne0 : nullptr;
-          quantize_rows(to, x, buf_.data() + static_cast<size_t>(k) * out_row, 1, ne0, imp);
+          uint8_t* dst = buf_.data() + static_cast<size_t>(k) * out_row;
+          if (method == QuantMethod::Rtn) {
+            quantize_row(to, x, dst, ne0);
+          } else if (gptq) {
+            quantize_row_gptq(to, x, dst, ne0, gptq_diag_.data(), *gptq);
+          } else {
+            quantize_rows(to, x, dst, 1, ne0, imp);
+          }
         } catch (const std::exception& e) {
           std::lock_guard<std::mutex> lk(mu_);
           if (!failed_.exchange(true)) error_ = e.what();
@@ -342,6 +356,7 @@ class TensorConverter {
  private:
   ThreadPool pool_;
   std::vector<std::vector<float>> tmp_;  // per-thread dequantized row
+  std::vector<float> gptq_diag_;         // diag H of the current matrix (the GPTQ block search's importance)
   std::vector<uint8_t> buf_;             // one chunk of output rows
   std::atomic<bool> failed_{false};
   std::mutex mu_;
@@ -409,6 +424,22 @@ DType mix_tensor_type(const QuantFileType& ft, const MixModelInfo& m, const std:
   return to;
 }
 
+const char* quant_method_name(QuantMethod m) {
+  switch (m) {
+    case QuantMethod::Auto: return "auto";
+    case QuantMethod::Gptq: return "gptq";
+    case QuantMethod::Search: return "search";
+    case QuantMethod::Rtn: return "rtn";
+  }
+  return "?";
+}
+
+std::optional<QuantMethod> parse_quant_method(std::string_view s) {
+  for (QuantMethod m : {QuantMethod::Auto, QuantMethod::Gptq, QuantMethod::Search, QuantMethod::Rtn})
+    if (iequals(quant_method_name(m), s)) return m;
+  return std::nullopt;
+}
+
 void quantize_rows(DType type, const float* src, void* dst, int64_t nrows, int64_t n_per_row, const float* importance) {
   const size_t rs = row_size(type, n_per_row);
   auto* d = static_cast<uint8_t*>(dst);
@@ -425,7 +456,8 @@ QuantizePlan plan_quantization(const GGUFFile& in, const QuantizeOptions& opt) {
   if (in.opt_int("split.count").value_or(1) > 1)
     throw Error(in.name() + ": is one part of a split model; merge the parts first (split models are not supported)");
 
-  const ModelFacts m = mix_model_info(in, static_cast<bool>(opt.importance));
+  // rtn uses no statistics: llama.cpp's no-imatrix mix (and bytes) even when an importance matrix is given
+  const ModelFacts m = mix_model_info(in, static_cast<bool>(opt.importance) && opt.method != QuantMethod::Rtn);
   const auto& ts = in.tensors();
   QuantizePlan plan;
   plan.file_type = ft;
@@ -530,6 +562,59 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
     }
   }
 
+  // Input covariances (GPTQ), looked up and checked before anything is written.
+  if (opt.method == QuantMethod::Gptq && !opt.covariance)
+    throw Error("--quant-method gptq needs the input covariance of each matrix (lokal imatrix --covariance writes "
+                "IMATRIX.cov beside the importance matrix); none was given");
+  if (opt.method == QuantMethod::Search && !opt.importance)
+    throw Error("--quant-method search needs an importance matrix (--imatrix)");
+  std::vector<bool> use_gptq(ts.size(), false);  // the covariance is fetched again (and expanded) when the tensor is written
+  if (opt.covariance && (opt.method == QuantMethod::Gptq || opt.method == QuantMethod::Auto)) {
+    int n_missing = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !gptq_supports(p.to)) continue;
+      const CovarianceView v = opt.covariance(ts[i]);
+      if (!v.data) {
+        ++n_missing;
+        continue;
+      }
+      if (v.n != ts[i].ne[0])
+        throw Error("covariance: the entry for '" + p.name + "' is " + std::to_string(v.n) + " x " + std::to_string(v.n) +
+                    ", but the tensor " + ts[i].shape_str() + " has " + std::to_string(ts[i].ne[0]) +
+                    " columns; was it computed for another model?");
+      if (ts[i].ne[2] * ts[i].ne[3] != 1) continue;  // stacked experts: one covariance does not describe every slice
+      use_gptq[i] = true;
+    }
+    if (n_missing)
+      plan.notes.push_back("note: the covariance has no entry for " + std::to_string(n_missing) + " matri" +
+                           (n_missing == 1 ? "x" : "ces") + " (quantized by the per-block search or round-to-nearest)");
+  }
+
+  // With the covariance (auto/gptq), the block-quantized matrices that have no statistics at all - token_embd, a
+  // lookup table, not a product - go through the weighted search with uniform importance (its weights are then
+  // sqrt(sigma2 + x^2) alone) instead of round-to-nearest: measured on tinytales-4m, 0-5% lower KL per type.
+  // (Without a covariance nothing changes: a .dat alone keeps its earlier behaviour.)
+  std::vector<float> uniform;
+  if (opt.covariance && (opt.method == QuantMethod::Gptq || opt.method == QuantMethod::Auto)) {
+    int n_uniform = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !is_block_quantized(p.to) || importance[i] || use_gptq[i]) continue;
+      uniform.resize(std::max(uniform.size(), static_cast<size_t>(ts[i].ne[0] * ts[i].ne[2])), 1.0f);
+      ++n_uniform;
+    }
+    std::string names;
+    for (size_t i = 0; i < ts.size() && n_uniform; ++i) {
+      const TensorPlan& p = plan.tensors[i];
+      if (!p.matrix || !p.converted() || !is_block_quantized(p.to) || importance[i] || use_gptq[i]) continue;
+      importance[i] = uniform.data();
+      names += (names.empty() ? "" : ", ") + p.name;
+    }
+    if (n_uniform)
+      plan.notes.push_back("note: without statistics, quantized by the weighted search with uniform importance: " + names);
+  }
+
   GGUFWriter w;
   w.copy_metadata(*in);
   w.remove("split.no");
@@ -537,7 +622,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
   w.remove("split.tensors.count");
   w.set_u32("general.quantization_version", 2);
   w.set_u32("general.file_type", static_cast<uint32_t>(plan.file_type.ftype));
-  if (opt.importance && !opt.imatrix_meta.file.empty()) {
+  if (opt.importance && opt.method != QuantMethod::Rtn && !opt.imatrix_meta.file.empty()) {
     const ImatrixMetadata& im = opt.imatrix_meta;
     w.set_str("quantize.imatrix.file", im.file);
     if (!im.dataset.empty()) w.set_str("quantize.imatrix.dataset", im.dataset);
@@ -545,6 +630,7 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
     if (im.chunks > 0) w.set_i32("quantize.imatrix.chunks_count", im.chunks);
   }
 
+  GptqFactor gptq;  // the last matrix's factor
   std::unique_ptr<TensorConverter> conv;
   if (!opt.dry_run) conv = std::make_unique<TensorConverter>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
 
@@ -559,7 +645,17 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
         constexpr size_t kPiece = size_t{64} << 20;
         for (size_t off = 0; off < t.nbytes; off += kPiece) out(t.data + off, std::min(kPiece, t.nbytes - off));
       } else {
-        conv->convert(t, p.to, importance[i], out);
+        if (use_gptq[i]) {
+          const CovarianceView cv = opt.covariance(t);
+          if (!cv.data || cv.n != t.ne[0]) throw Error("covariance: the entry for '" + t.name + "' changed while quantizing");
+          // q/k/v (and gate/up) meet the same input: one factor for consecutive matrices with an equal covariance
+          const size_t nn = static_cast<size_t>(cv.n * cv.n);
+          if (gptq.n != cv.n || std::memcmp(gptq.H.data(), cv.data, nn * sizeof(float)) != 0)
+            gptq_prepare(cv.data, cv.n, opt.gptq_damp, gptq);
+          conv->convert(t, p.to, importance[i], out, opt.method, &gptq);
+        } else {
+          conv->convert(t, p.to, opt.method == QuantMethod::Rtn ? nullptr : importance[i], out, opt.method);
+        }
       }
       release_pages(*in, t);
       if (opt.on_tensor) {

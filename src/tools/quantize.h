@@ -80,6 +80,26 @@ struct ImportanceView {
 };
 using ImportanceFn = std::function<ImportanceView(const GGUFTensorInfo& tensor)>;
 
+// The input covariance H = E[x x^T] of a matrix (n = ne0; n x n floats, row-major), or {nullptr, 0} for none.
+// The data must stay valid until the next call of the function (quantize_model asks for each matrix's covariance
+// once to check it and once more when it quantizes that matrix, so only one expanded matrix need be in memory).
+struct CovarianceView {
+  const float* data = nullptr;
+  int64_t n = 0;
+};
+using CovarianceFn = std::function<CovarianceView(const GGUFTensorInfo& tensor)>;
+
+// How block-quantized matrices are rounded (`lokal quantize --quant-method`):
+//   rtn     the reference round-to-nearest quantizers and llama.cpp's no-imatrix mix (its bytes); statistics unused
+//   search  the importance-weighted per-block search (core/quant.h, quantize_row_weighted); needs importance
+//   gptq    error feedback along each row with the input covariance (core/quant_gptq.h); needs a covariance
+//   auto    per matrix: gptq where the matrix has a covariance, else search where it has importance, else rtn
+//           (a .dat alone therefore gives exactly the search's bytes, as before the covariance existed)
+enum class QuantMethod { Auto, Gptq, Search, Rtn };
+const char* quant_method_name(QuantMethod m);
+// "auto", "gptq", "search", "rtn" (case-insensitive); nullopt otherwise.
+std::optional<QuantMethod> parse_quant_method(std::string_view s);
+
 // Where an importance matrix came from, recorded in the output's metadata like llama-quantize does:
 // quantize.imatrix.file (string), .dataset (string, if non-empty), .entries_count (i32), .chunks_count (i32, if > 0).
 struct ImatrixMetadata {
@@ -163,6 +183,9 @@ struct QuantizeOptions {
   bool dry_run = false;           // plan only; nothing is written
   ImportanceFn importance;        // optional per-tensor importance (see quantize_rows); also selects llama.cpp's
                                   // imatrix variant of the mix (Q4_0/Q5_0: the first n_layer/8 ffn_down get Q4_1/Q5_1)
+  CovarianceFn covariance;        // optional per-tensor input covariance (for QuantMethod gptq / auto)
+  QuantMethod method = QuantMethod::Auto;
+  float gptq_damp = 0.01f;        // GPTQ damping, relative to the mean of diag H
   ImatrixMetadata imatrix_meta;   // written to the output when `importance` is set and imatrix_meta.file is non-empty
   // Called once the plan is made and every check has passed, before any data is converted or written.
   std::function<void(const QuantizePlan&)> on_plan;
