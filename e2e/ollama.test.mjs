@@ -2,7 +2,7 @@
 // Run: LOKAL_BIN=build/src/lokal LOKAL_TEST_DATA=../shared node --test e2e/ollama.test.mjs
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkPrerequisites, startServer, MODEL_ID } from './server.mjs';
+import { checkPrerequisites, startServer, MODEL_ID, GET_WEATHER, PARIS } from './server.mjs';
 
 checkPrerequisites(); // fails the file with a clear message (run scripts/setup.sh, LOKAL_BIN, model)
 const { Ollama } = await import('ollama');
@@ -10,16 +10,7 @@ const { Ollama } = await import('ollama');
 const T = { timeout: 30000 };
 const GREEDY = { temperature: 0 };
 const FRANCE = [{ role: 'user', content: 'What is the capital of France?' }];
-const PARIS = 'The capital of France is Paris.';
 const WEATHER = [{ role: 'user', content: "What's the weather in Tokyo?" }];
-const GET_WEATHER = {
-  type: 'function',
-  function: {
-    name: 'get_weather',
-    description: 'Get the current weather in a city',
-    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
-  },
-};
 const THINK = [
   { role: 'system', content: 'Think step by step before you answer.' },
   { role: 'user', content: 'What is the capital of France?' },

@@ -12,6 +12,18 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 
 export const MODEL_ID = 'tinychat-4m-q8_0';
 
+// Fixtures every client test shares: tinychat's greedy answer to "What is the capital of France?" and the tool it
+// was trained to call.
+export const PARIS = 'The capital of France is Paris.';
+export const GET_WEATHER = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Get the current weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+};
+
 const tail = (s) => (s.length > 4000 ? `...${s.slice(-4000)}` : s);
 
 // Throws a clear error when the npm clients, the binary or the model are missing.

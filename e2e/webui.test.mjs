@@ -14,7 +14,7 @@ import zlib from 'node:zlib';
 import { readdirSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { checkPrerequisites, startServer, waitIdle } from './server.mjs';
+import { checkPrerequisites, startServer, waitIdle, GET_WEATHER, PARIS } from './server.mjs';
 import { artifactsDir, checkBrowserPrerequisites, launchBrowser, screenshot, startStreamGate } from './browser.mjs';
 
 checkPrerequisites(); // fails the file with a clear message (run scripts/setup.sh, LOKAL_BIN, model)
@@ -22,18 +22,9 @@ checkBrowserPrerequisites(); // playwright-core and /usr/bin/chromium (scripts/s
 
 const T = { timeout: 90000 }; // upper bounds only (passing runs take seconds); generous for an ASan binary on a loaded 2-core machine
 const FRANCE_Q = 'What is the capital of France?';
-const PARIS = 'The capital of France is Paris.';
 const STORY_Q = 'Tell me a short story about a cat.';
 const WEATHER_Q = "What's the weather in Tokyo?";
 const THINK_SYSTEM = 'Think step by step before you answer.';
-const GET_WEATHER = {
-  type: 'function',
-  function: {
-    name: 'get_weather',
-    description: 'Get the current weather in a city',
-    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
-  },
-};
 const N_CTX = 512; // tinychat-4m's trained context, which lokal serve uses by default
 
 // ---- helpers ------------------------------------------------------------------------------------------------------

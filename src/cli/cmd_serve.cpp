@@ -201,14 +201,13 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   server::HttpServer http(engine, so);
   const int port = http.bind();  // refuses an unsafe bind before the model is loaded
   for (const std::string& w : http.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
-  std::fprintf(stderr, "lokal serve: listening on http%s://%s:%d (loading %s)\n", so.ssl_cert_file.empty() ? "" : "s",
-               so.host.find(':') != std::string::npos ? ("[" + so.host + "]").c_str() : so.host.c_str(), port,
-               a.model.c_str());
+  const char* scheme = so.ssl_cert_file.empty() ? "http" : "https";
+  const std::string host = so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;  // IPv6 in brackets
+  std::fprintf(stderr, "lokal serve: listening on %s://%s:%d (loading %s)\n", scheme, host.c_str(), port, a.model.c_str());
   if (so.webui) {
-    const std::string shown = so.host == "0.0.0.0" || so.host == "::" ? std::string("127.0.0.1")
-                              : so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
-    std::fprintf(stderr, "lokal serve: chat in a browser at http%s://%s:%d/ (--no-webui turns the page off)\n",
-                 so.ssl_cert_file.empty() ? "" : "s", shown.c_str(), port);
+    const bool any = so.host == "0.0.0.0" || so.host == "::";  // a browser on this machine reaches it on loopback
+    std::fprintf(stderr, "lokal serve: chat in a browser at %s://%s:%d/ (--no-webui turns the page off)\n", scheme,
+                 any ? "127.0.0.1" : host.c_str(), port);
   }
   std::fflush(stderr);
 

@@ -97,7 +97,8 @@ bool matches_etag(std::string_view inm, const std::string& etag) {
 
 struct File {
   std::string path;             // "/" for index.html, else "/ui/..."
-  std::string body;             // index.html: with the version filled in; others: a copy of the embedded bytes
+  std::string_view body;        // the embedded bytes (read-only data of the binary; no copy), or `page` for index.html
+  std::string page;             // index.html with the version filled in
   std::string type, etag;
   bool is_index = false;
   mutable std::once_flag gz_once;
@@ -108,7 +109,7 @@ struct File {
 
 struct WebUi::Impl {
   std::vector<std::unique_ptr<File>> files;
-  std::string version;
+  std::string version;  // every asset URL in index.html carries ?v=version (a hash of all embedded bytes)
 };
 
 WebUi::WebUi() : impl_(std::make_unique<Impl>()) {
@@ -118,14 +119,16 @@ WebUi::WebUi() : impl_(std::make_unique<Impl>()) {
   for (const auto& a : embedded_web_assets()) {
     auto f = std::make_unique<File>();
     f->type = content_type_of(a.path);
-    f->body.assign(a.data);
+    f->body = a.data;
     f->is_index = a.path == "index.html";
     f->path.assign(f->is_index ? std::string_view("/") : std::string_view("/ui/"));
     if (!f->is_index) f->path.append(a.path);
     if (f->is_index) {
       // Every asset URL in the page carries ?v=VERSION, so a new binary's page never runs an old cached script.
-      for (size_t at = 0; (at = f->body.find("@VERSION@", at)) != std::string::npos; at += impl_->version.size())
-        f->body.replace(at, 9, impl_->version);
+      f->page.assign(a.data);
+      for (size_t at = 0; (at = f->page.find("@VERSION@", at)) != std::string::npos; at += impl_->version.size())
+        f->page.replace(at, 9, impl_->version);
+      f->body = f->page;
     }
     f->etag = std::string(1, '"').append(hex16(fnv1a(f->body))).append(1, '"');
     impl_->files.push_back(std::move(f));
@@ -133,8 +136,6 @@ WebUi::WebUi() : impl_(std::make_unique<Impl>()) {
 }
 
 WebUi::~WebUi() = default;
-
-const std::string& WebUi::version() const { return impl_->version; }
 
 const char* WebUi::content_security_policy() {
   return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "

@@ -37,8 +37,6 @@ class WebUi {
                   std::string_view if_none_match) const;
   // The Content-Security-Policy of every page response: same-origin scripts, styles and API calls; nothing else.
   static const char* content_security_policy();
-  // The version every asset URL in index.html carries (a hash of all embedded bytes).
-  const std::string& version() const;
 
  private:
   struct Impl;

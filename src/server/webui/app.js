@@ -341,7 +341,7 @@
       a.target = '_blank';
     }
     for (const code of target.querySelectorAll('pre > code')) {
-      const lang = ((code.className.match(/language-([\w+#.-]+)/) || [])[1] || '').toLowerCase();
+      const lang = codeLang(code);
       code.classList.add('hljs');
       if (window.hljs) highlight(code, lang);
       else loadHighlighter();
@@ -361,10 +361,14 @@
     sc.src = `/ui/vendor/highlight.min.js?v=${encodeURIComponent(assetVersion)}`;
     sc.addEventListener('load', () => {
       for (const code of document.querySelectorAll('.msg-content pre > code.hljs:not([data-highlighted])')) {
-        highlight(code, ((code.className.match(/language-([\w+#.-]+)/) || [])[1] || '').toLowerCase());
+        highlight(code, codeLang(code));
       }
     });
     document.head.appendChild(sc);
+  }
+  // The language a Markdown code block names (```python -> class "language-python"), or ''.
+  function codeLang(code) {
+    return ((code.className.match(/language-([\w+#.-]+)/) || [])[1] || '').toLowerCase();
   }
   function highlight(code, lang) {
     try {
@@ -373,13 +377,24 @@
       code.dataset.highlighted = 'true';
     } catch { /* leave it plain */ }
   }
+  // An element with a class and a text (both optional).
+  function make(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
   function button(text, cls, label) {
-    const b = document.createElement('button');
+    const b = make('button', cls, text);
     b.type = 'button';
-    b.className = cls;
-    b.textContent = text;
     if (label) b.setAttribute('aria-label', label);
     return b;
+  }
+  // The box of a tool call or a tool result: "LABEL name" and the body in a <pre>.
+  function toolBox(cls, label, name, body, bodyCls) {
+    const box = make('div', cls);
+    box.append(make('span', 'tool-label', label), make('span', 'tool-name', name), make('pre', bodyCls, body));
+    return box;
   }
   async function copyText(text, b) {
     try {
@@ -405,46 +420,25 @@
   }
 
   function messageEl(conv, m, i) {
-    const div = document.createElement('div');
-    div.className = 'msg';
+    const div = make('div', 'msg');
     div.dataset.role = m.role;
     div.dataset.index = String(i);
     const isStreaming = streaming && streaming.msg === m;
     if (isStreaming) div.dataset.streaming = 'true';
     else if (m.role === 'assistant' && m.finish) div.dataset.finish = m.finish;
-    const head = document.createElement('div');
-    head.className = 'msg-head';
-    head.textContent = m.role === 'user' ? 'You' : m.role === 'tool' ? 'Tool result' : (m.model || 'Assistant');
-    div.appendChild(head);
+    div.appendChild(make('div', 'msg-head', m.role === 'user' ? 'You' : m.role === 'tool' ? 'Tool result' : (m.model || 'Assistant')));
 
     if (m.role === 'tool') {
-      const box = document.createElement('div');
-      box.className = 'tool-result';
-      const lab = document.createElement('span');
-      lab.className = 'tool-label';
-      lab.textContent = 'Result of ';
-      const name = document.createElement('span');
-      name.className = 'tool-name';
-      name.textContent = m.name || m.tool_call_id || 'tool';
-      const pre = document.createElement('pre');
-      pre.textContent = m.content;
-      box.append(lab, name, pre);
-      div.appendChild(box);
+      div.appendChild(toolBox('tool-result', 'Result of ', m.name || m.tool_call_id || 'tool', m.content));
     } else {
       if (m.role === 'assistant' && m.reasoning) {
-        const det = document.createElement('details');
-        det.className = 'msg-reasoning';
+        const det = make('details', 'msg-reasoning');
         det.open = !!isStreaming && !m.content;
-        const sum = document.createElement('summary');
-        sum.textContent = isStreaming && !m.content ? 'Reasoning…' : 'Reasoning';
-        const rb = document.createElement('div');
-        rb.className = 'reasoning-body';
-        rb.textContent = m.reasoning.trim();
-        det.append(sum, rb);
+        det.append(make('summary', '', isStreaming && !m.content ? 'Reasoning…' : 'Reasoning'),
+          make('div', 'reasoning-body', m.reasoning.trim()));
         div.appendChild(det);
       }
-      const content = document.createElement('div');
-      content.className = 'msg-content';
+      const content = make('div', 'msg-content');
       if (m.role === 'user') {
         content.classList.add('plain');
         content.textContent = m.content;
@@ -461,28 +455,13 @@
       return div;
     }
     if (m.role === 'assistant' && !isStreaming) {
-      if (m.note) {
-        const n = document.createElement('div');
-        n.className = 'finish-note';
-        n.textContent = m.note;
-        div.appendChild(n);
-      } else if (m.finish === 'stopped') {
-        const n = document.createElement('div');
-        n.className = 'finish-note';
-        n.textContent = 'Stopped.';
-        div.appendChild(n);
-      }
+      const note = m.note || (m.finish === 'stopped' ? 'Stopped.' : '');
+      if (note) div.appendChild(make('div', 'finish-note', note));
       const st = statsText(m.stats);
-      if (st) {
-        const s = document.createElement('div');
-        s.className = 'msg-stats';
-        s.textContent = st;
-        div.appendChild(s);
-      }
+      if (st) div.appendChild(make('div', 'msg-stats', st));
     }
     if (!isStreaming) {
-      const actions = document.createElement('div');
-      actions.className = 'msg-actions';
+      const actions = make('div', 'msg-actions');
       const copy = button('Copy', 'msg-copy', 'Copy message');
       copy.addEventListener('click', () => copyText(m.content || '', copy));
       actions.appendChild(copy);
@@ -512,24 +491,11 @@
     return -1;
   }
   function toolCallEl(conv, m, i, t, isStreaming) {
-    const box = document.createElement('div');
-    box.className = 'tool-call';
-    const lab = document.createElement('span');
-    lab.className = 'tool-label';
-    lab.textContent = 'Tool call: ';
-    const name = document.createElement('span');
-    name.className = 'tool-name';
-    name.textContent = t.name;
-    const args = document.createElement('pre');
-    args.className = 'tool-args';
-    args.textContent = prettyArgs(t.arguments);
-    box.append(lab, name, args);
+    const box = toolBox('tool-call', 'Tool call: ', t.name, prettyArgs(t.arguments), 'tool-args');
     const answered = conv.messages.some((x) => x.role === 'tool' && x.tool_call_id === t.id);
     if (!isStreaming && !answered && i === lastIndex(conv, 'assistant')) {
-      const row = document.createElement('div');
-      row.className = 'tool-answer';
-      const ta = document.createElement('textarea');
-      ta.className = 'tool-result-input';
+      const row = make('div', 'tool-answer');
+      const ta = make('textarea', 'tool-result-input');
       ta.rows = 1;
       ta.placeholder = 'Result (JSON or text)';
       ta.setAttribute('aria-label', `Result of ${t.name}`);
