@@ -79,7 +79,9 @@ for target in fuzz_jinja fuzz_chat_parse fuzz_grammar fuzz_server_requests; do
       dict=(-dict=fuzz/chat_parse.dict) ;;
     fuzz_grammar)
       printf 'root ::= "a" [b-d]* (x | "y"){1,3}\nx ::= [^"]+ "."\n' >"$seeds/gbnf"
-      printf '{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}},"required":["a"]}' >"$seeds/schema" ;;
+      printf '{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"array","items":{"type":"string"}}},"required":["a"]}' >"$seeds/schema"
+      # A regression seed: nested one-or-more loops once took 45 s per input (a CI timeout) before max_expand_steps.
+      printf 'root ::= "x" .%s\n' "$(printf '+%.0s' $(seq 60))" >"$seeds/nested-repeat" ;;
     fuzz_server_requests)
       printf '{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true,"stream_options":{"include_usage":true},"temperature":0.5,"top_p":1,"max_tokens":8,"stop":["a","b"],"seed":3,"logit_bias":{"5":-100},"logprobs":true,"top_logprobs":2,"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"tool_choice":{"type":"function","function":{"name":"f"}},"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}}' >"$seeds/openai"
       printf '{"prompt":[1,2,3],"n_predict":-1,"logit_bias":[[1,false],["a",1.5]],"n_probs":3,"json_schema":{},"grammar":"root ::= \"a\""}' >"$seeds/llama"

@@ -37,7 +37,7 @@
 //   dropped and rebuilt when it grows past the limits of GrammarMatcherOptions) and guarded by a mutex: matchers
 //   sharing a cache may be used from different threads (their calls take turns); one matcher is not thread-safe.
 //   Ambiguous grammars can multiply stacks: a step that would need more than max_stacks stacks (or a stack deeper
-//   than max_stack_depth) is refused as if the byte were not allowed.
+//   than max_stack_depth, or more work than max_expand_steps) is refused as if the byte were not allowed.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -157,6 +157,10 @@ class TokenIndex {
 struct GrammarMatcherOptions {
   size_t max_stacks = 1024;          // stacks in one state; a step needing more is refused
   size_t max_stack_depth = 8192;     // entries in one stack (nesting); deeper is refused
+  // Work of one step (expanding the stacks after a character; a step costs 1 + stack depth / 16). The grammars of
+  // JSON schemas and tool calls need a few hundred at most; a hugely ambiguous grammar ((x+)+)+... hits the
+  // limit and the character is refused, so a hostile grammar costs bounded time per byte.
+  size_t max_expand_steps = size_t{1} << 15;
   size_t max_cached_masks = 256;     // masks kept (n_tokens / 8 bytes each); 0 = no mask cache
   size_t max_cache_states = 32768;   // interned states before the whole cache is dropped (each up to ~1.2 KiB)
 };

@@ -185,8 +185,6 @@ struct VecHash {
   }
 };
 
-constexpr size_t kMaxExpandSteps = 1u << 18;
-
 // Expands stacks until every top is a terminal (Chars) or the stack is empty (everything matched).
 struct Expander {
   const Grammar& g;
@@ -203,7 +201,9 @@ struct Expander {
     while (!work.empty() && !overflow) {
       std::vector<uint32_t> cur = std::move(work.back());
       work.pop_back();
-      if (++steps > kMaxExpandSteps) {
+      // A step costs more the deeper its stack (it is copied): the budget bounds the work, not just the count.
+      steps += 1 + cur.size() / 16;
+      if (steps > opt.max_expand_steps) {
         overflow = true;
         break;
       }
@@ -730,6 +730,7 @@ GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shar
   GrammarMatcherOptions o = options;
   o.max_stacks = std::max<size_t>(o.max_stacks, 1);
   o.max_stack_depth = std::max<size_t>(o.max_stack_depth, 2);
+  o.max_expand_steps = std::max<size_t>(o.max_expand_steps, 16);
   cache_ = std::make_shared<Cache>(o);
   start_ = grammar_detail::initial_state(*grammar_, o);
   state_ = start_;
