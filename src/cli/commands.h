@@ -36,6 +36,14 @@ void register_batch(CLI::App& app, int* rc);
 void register_serve(CLI::App& app, int* rc);
 void register_template(CLI::App& app, int* rc);
 void register_chat(CLI::App& app, int* rc);
+void register_models(CLI::App& app, int* rc);
+
+// Store names as models (cli/cmd_models.cpp): in the arguments of any command but `models`, the value of
+// -m/--model/--draft/--model-draft that is not an existing file but a name in the model store (--models-dir DIR,
+// taken out of the arguments here, else $LOKAL_MODELS, else ~/.local/share/lokal/models) becomes the stored file's
+// path. For the first such model, serve gets --alias NAME, and a preset's settings become options (ctx size, KV types,
+// system prompt, chat template, draft, sampling) where the command has them and the user did not give them.
+std::vector<std::string> resolve_store_models(std::vector<std::string> args, const CLI::App& app);
 
 // The most bytes a text input (perplexity, imatrix, compare) may have: 1 GiB (~250 M tokens).
 inline constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;

@@ -33,14 +33,18 @@ int main(int argc, char** argv) {
   lokal::cli::register_chat(app, &rc);
   lokal::cli::register_template(app, &rc);
   lokal::cli::register_serve(app, &rc);
+  lokal::cli::register_models(app, &rc);
   lokal::cli::register_usage(app, &rc);  // hidden: README's Usage block
   // llama.cpp spells some options with one dash and several letters (-ctk, -ctv), which CLI11 cannot declare; they
   // and lokal's older spellings (--ctk) become the long names (cli/common.cpp).
   std::vector<std::string> args = lokal::cli::canonical_args(std::vector<std::string>(argv, argv + argc));
   std::vector<char*> argp;
-  for (auto& a : args) argp.push_back(a.data());
-  argv = argp.data();
   try {
+    // Model names from the store (lokal models) become their files' paths (and a preset's settings, options).
+    args = lokal::cli::resolve_store_models(std::move(args), app);
+    for (auto& a : args) argp.push_back(a.data());
+    argv = argp.data();
+    argc = static_cast<int>(argp.size());
     if (argc > 1 && argv[1][0] != '-') {
       bool known = false;
       for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->check_name(argv[1]);

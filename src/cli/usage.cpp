@@ -112,7 +112,8 @@ std::vector<std::string> command_tokens(const CLI::App* cmd) {
     if (o == help || o->get_group().empty()) continue;
     if (o->get_positional()) {
       const std::string t = own_type_name(o);
-      out.push_back(generic_type_name(t) ? upper_name(o->get_name(true)) : t);
+      const std::string n = generic_type_name(t) ? upper_name(o->get_name(true)) : t;
+      out.push_back(o->get_required() || n.front() == '[' ? n : "[" + n + "]");
       continue;
     }
     if (fold_m && !o->get_snames().empty() && o->get_snames().front() == "m") continue;
@@ -123,24 +124,38 @@ std::vector<std::string> command_tokens(const CLI::App* cmd) {
 
 }  // namespace
 
+namespace {
+
+// One entry per command; a command made of subcommands (service, models) gives one entry per subcommand.
+void usage_entries(const CLI::App* cmd, const std::string& name, size_t width, std::string& out) {
+  const auto subs = cmd->get_subcommands([](const CLI::App* c) { return !c->get_group().empty(); });
+  if (!subs.empty() && command_tokens(cmd).empty()) {
+    for (const CLI::App* sub : subs) usage_entries(sub, name + " " + sub->get_name(), width, out);
+    return;
+  }
+  const std::string prefix = name + " ";
+  std::string line = prefix;
+  bool first = true;
+  // Tokens are never split: "[-c CTX]" stays together; a line holds at least one token.
+  for (const std::string& tok : command_tokens(cmd)) {
+    if (!first && line.size() + 1 + tok.size() > width) {
+      out += line + "\n";
+      line = std::string(prefix.size(), ' ') + tok;
+    } else {
+      line += (first ? "" : " ") + tok;
+    }
+    first = false;
+  }
+  while (!line.empty() && line.back() == ' ') line.pop_back();
+  out += line + "\n";
+}
+
+}  // namespace
+
 std::string usage_text(const CLI::App& app, size_t width) {
   std::string out;
-  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App* c) { return !c->get_group().empty(); })) {
-    const std::string prefix = "lokal " + cmd->get_name() + " ";
-    std::string line = prefix;
-    bool first = true;
-    // Tokens are never split: "[-c CTX]" stays together; a line holds at least one token.
-    for (const std::string& tok : command_tokens(cmd)) {
-      if (!first && line.size() + 1 + tok.size() > width) {
-        out += line + "\n";
-        line = std::string(prefix.size(), ' ') + tok;
-      } else {
-        line += (first ? "" : " ") + tok;
-      }
-      first = false;
-    }
-    out += line + "\n";
-  }
+  for (const CLI::App* cmd : app.get_subcommands([](const CLI::App* c) { return !c->get_group().empty(); }))
+    usage_entries(cmd, "lokal " + cmd->get_name(), width, out);
   return out;
 }
 
