@@ -48,85 +48,9 @@ export function modelPath() {
 }
 
 // Spawns `lokal serve -m MODEL --port 0 -t 2 ...extraArgs` on 127.0.0.1 and resolves once GET /health
-// answers 200. Returns { port, baseURL, url(p), stop(), kill(), stderr() }.
-export async function startServer(extraArgs = [], { timeoutMs = 20000 } = {}) {
-  checkPrerequisites();
-  const args = ['serve', '-m', modelPath(), '--port', '0', '-t', '2', ...extraArgs];
-  const child = spawn(process.env.LOKAL_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  let exited = null;
-  const exitPromise = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      exited = { code, signal };
-      resolve(exited);
-    });
-  });
-  child.on('error', (e) => {
-    stderr += `\nspawn error: ${e.message}`;
-  });
-
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`lokal serve printed no listening line in ${timeoutMs} ms; stderr:\n${tail(stderr)}`)), timeoutMs);
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-      const m = /lokal serve: listening on http:\/\/127\.0\.0\.1:(\d+) /.exec(stderr);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    exitPromise.then((e) => {
-      clearTimeout(timer);
-      reject(new Error(`lokal serve exited (${e.code ?? e.signal}) before listening; stderr:\n${tail(stderr)}`));
-    });
-  }).catch((e) => {
-    child.kill('SIGKILL');
-    throw e;
-  });
-
-  const baseURL = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (exited) throw new Error(`lokal serve exited (${exited.code ?? exited.signal}) while loading; stderr:\n${tail(stderr)}`);
-    try {
-      const r = await fetch(`${baseURL}/health`);
-      await r.arrayBuffer();
-      if (r.status === 200) break;
-    } catch { /* not accepting yet */ }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`GET /health was not 200 within ${timeoutMs} ms; stderr:\n${tail(stderr)}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-
-  return {
-    port,
-    baseURL,
-    url: (p) => `${baseURL}${p}`,
-    stderr: () => stderr,
-    // SIGTERM, then expects a clean exit 0 within timeoutMs (the server drains in-flight work).
-    async stop(stopTimeoutMs = 15000) {
-      if (exited) throw new Error(`lokal serve had already exited (${exited.code ?? exited.signal}); stderr:\n${tail(stderr)}`);
-      child.kill('SIGTERM');
-      let timer;
-      const res = await Promise.race([
-        exitPromise,
-        new Promise((r) => { timer = setTimeout(() => r(null), stopTimeoutMs); }),
-      ]);
-      clearTimeout(timer);
-      if (res === null) {
-        child.kill('SIGKILL');
-        throw new Error(`lokal serve did not exit within ${stopTimeoutMs} ms of SIGTERM; stderr:\n${tail(stderr)}`);
-      }
-      if (res.code !== 0) throw new Error(`lokal serve exited with ${res.code ?? res.signal} after SIGTERM (want 0); stderr:\n${tail(stderr)}`);
-    },
-    // Teardown safety net: never leaves a server behind.
-    kill() {
-      if (!exited) child.kill('SIGKILL');
-    },
-  };
+// answers 200. Returns what spawnServe returns: { port, baseURL, url(p), pid, stderr(), exited(), stop(), kill() }.
+export function startServer(extraArgs = [], { timeoutMs = 20000 } = {}) {
+  return spawnServe(['-m', modelPath(), '--port', '0', '-t', '2', ...extraArgs], { timeoutMs });
 }
 
 // GET /health as JSON.
@@ -145,4 +69,82 @@ export async function waitIdle(server, timeoutMs = 10000) {
     if (Date.now() > deadline) throw new Error(`slots.in_flight still ${last?.slots?.in_flight} after ${timeoutMs} ms: ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+// Like startServer, but runs `lokal serve ...args` with exactly the given arguments (the caller names the model,
+// --port and -t): a replica on a fixed port, e.g. one restarted where a load balancer expects it
+// (e2e/scaleout.test.mjs). Resolves once GET /health answers 200; returns { port, baseURL, url(p), pid, stderr(),
+// stop(), kill(), exited() }, where kill(signal = 'SIGKILL') resolves once the process is gone.
+export async function spawnServe(args, { timeoutMs = 20000 } = {}) {
+  checkPrerequisites();
+  const child = spawn(process.env.LOKAL_BIN, ['serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+  });
+  child.on('error', (e) => {
+    stderr += `\nspawn error: ${e.message}`;
+  });
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+  });
+  const fail = (message) => {
+    if (!exited) child.kill('SIGKILL');
+    return new Error(`lokal serve ${args.join(' ')}: ${message}; stderr:\n${tail(stderr)}`);
+  };
+
+  const deadline = Date.now() + timeoutMs;
+  let port = null;
+  for (;;) {
+    if (exited) throw fail(`exited (${exited.code ?? exited.signal}) before it was ready`);
+    if (port === null) {
+      const m = /lokal serve: listening on http:\/\/127\.0\.0\.1:(\d+) /.exec(stderr);
+      if (m) port = Number(m[1]);
+    }
+    if (port !== null) {
+      try {
+        const r = await fetch(`http://127.0.0.1:${port}/health`);
+        await r.arrayBuffer();
+        if (r.status === 200) break;
+      } catch { /* not accepting yet */ }
+    }
+    if (Date.now() > deadline) {
+      throw fail(port === null ? `printed no listening line in ${timeoutMs} ms` : `GET /health was not 200 within ${timeoutMs} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  const baseURL = `http://127.0.0.1:${port}`;
+  return {
+    port,
+    baseURL,
+    pid: child.pid,
+    url: (p) => `${baseURL}${p}`,
+    stderr: () => stderr,
+    exited: () => exited,
+    // SIGTERM, then expects a clean exit 0 within stopTimeoutMs (the server drains in-flight work).
+    async stop(stopTimeoutMs = 15000) {
+      if (exited) throw new Error(`lokal serve had already exited (${exited.code ?? exited.signal}); stderr:\n${tail(stderr)}`);
+      child.kill('SIGTERM');
+      let timer;
+      const res = await Promise.race([exitPromise, new Promise((r) => { timer = setTimeout(() => r(null), stopTimeoutMs); })]);
+      clearTimeout(timer);
+      if (res === null) {
+        child.kill('SIGKILL');
+        throw new Error(`lokal serve did not exit within ${stopTimeoutMs} ms of SIGTERM; stderr:\n${tail(stderr)}`);
+      }
+      if (res.code !== 0) throw new Error(`lokal serve exited with ${res.code ?? res.signal} after SIGTERM (want 0); stderr:\n${tail(stderr)}`);
+    },
+    // Sends the signal (default SIGKILL: a crash) and resolves once the process is gone; a no-op when it is.
+    async kill(signal = 'SIGKILL') {
+      if (exited) return exited;
+      child.kill(signal);
+      return exitPromise;
+    },
+  };
 }

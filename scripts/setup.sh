@@ -17,6 +17,7 @@ PACKAGES=(
   libsystemd-dev libtomlplusplus-dev                   # lokal serve: sd_notify, TOML config files
   zlib1g-dev libjs-marked libjs-highlight.js node-dompurify  # the web chat page: Markdown, code highlighting, HTML sanitizing (embedded at build time)
   chromium                                             # e2e/webui.test.mjs drives the web chat page in headless Chromium (playwright-core)
+  nginx haproxy python3-yaml                           # e2e/scaleout.test.mjs runs deploy/'s load balancers; e2e/deploy.test.mjs parses deploy/k8s/*.yaml
 )
 # e2e/ runs the official openai and ollama npm clients and playwright-core under node --test. They need Node 20
 # or newer (playwright-core's engines field); Debian 12's nodejs is v18, so a newer node already on PATH is kept and

@@ -24,4 +24,12 @@ void log_msg(LogLevel level, const char* fmt, ...) {
   fprintf(stderr, "%s%s\n", prefix, printable(buf).c_str());
 }
 
+std::string iso_utc(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
 }  // namespace lokal

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #endif
 
+#include "core/log.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "runtime/kv_pool.h"
@@ -31,15 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 double now_ns() {
   return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
-}
-
-std::string iso_time_utc() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 std::string cpu_model_name() {
@@ -240,7 +232,7 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
   pp.n_threads = tg.n_threads = nt;
   pp.name = "pp" + std::to_string(P) + " x" + std::to_string(N);
   tg.name = "tg" + std::to_string(G) + " x" + std::to_string(N);
-  pp.test_time = tg.test_time = iso_time_utc();
+  pp.test_time = tg.test_time = iso_utc();
   for (int r = 0; r <= opt.reps; ++r) {
     log("bench: " + std::to_string(N) + " sequences, " + std::to_string(nt) + " threads, " +
         (r == 0 ? std::string("first run") : "run " + std::to_string(r) + "/" + std::to_string(opt.reps)));
@@ -393,7 +385,7 @@ BenchReport run_bench(const BenchOptions& opt) {
       t.n_threads = nt;
       t.name = s.p > 0 ? "pp" + std::to_string(s.p) : "tg" + std::to_string(s.n);
       if (s.d > 0) t.name += " @ d" + std::to_string(s.d);
-      t.test_time = iso_time_utc();
+      t.test_time = iso_utc();
       for (int r = 0; r <= opt.reps; ++r) {
         log("bench: " + t.name + ", " + std::to_string(nt) + " threads, " +
             (r == 0 ? std::string("first run") : "run " + std::to_string(r) + "/" + std::to_string(opt.reps)));

@@ -69,15 +69,6 @@ std::string why_bad_name(const std::string& s, StoreName& out) {
   return check_part(out.name, "the name", false);
 }
 
-std::string now_iso() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 std::string hex(const unsigned char* p, size_t n) {
   static const char* d = "0123456789abcdef";
   std::string s(2 * n, '0');
@@ -382,7 +373,7 @@ ModelManifest ModelStore::import_file(const std::string& file, const StoreName& 
   m.digest = "sha256:" + digest;
   m.size = static_cast<uint64_t>(fs::file_size(blob_path(digest)));
   m.source = fs::absolute(file).lexically_normal().string();
-  m.created = now_iso();
+  m.created = iso_utc();
   write_manifest(m);
   return m;
 }
@@ -484,7 +475,7 @@ ModelManifest ModelStore::create_preset(const std::string& toml_text, const std:
     p = ModelPreset::from_json(a);
   }
   m.preset = p;
-  m.created = now_iso();
+  m.created = iso_utc();
   write_manifest(m);
   return m;
 }
@@ -494,7 +485,7 @@ ModelManifest ModelStore::copy(const StoreName& from, const StoreName& to, bool 
   if (from == to) throw Error("model '" + from.str() + "': source and destination are the same name");
   if (!force && find(to)) throw Error("model '" + to.str() + "' is already in the store (--force replaces it)");
   m.name = to;
-  m.created = now_iso();
+  m.created = iso_utc();
   write_manifest(m);
   return m;
 }

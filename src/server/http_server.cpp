@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "chat/chat_parse.h"
+#include "core/log.h"
 #include "core/error.h"
 #include "model/config.h"
 #include "server/engine.h"
@@ -41,14 +42,6 @@ enum class Style { OpenAI, Ollama };        // error shape
 enum class Scope { Open, Inference, Admin };
 
 int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
-
-std::string iso_time(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string iso_now() {
   const auto now = std::chrono::system_clock::now();
@@ -1066,7 +1059,7 @@ struct HttpServer::Impl {
         m["context_length"] = eng.n_ctx();
       } else {
         struct stat st {};
-        m["modified_at"] = ::stat(eng.options().load.path.c_str(), &st) == 0 ? iso_time(st.st_mtime) : iso_now();
+        m["modified_at"] = ::stat(eng.options().load.path.c_str(), &st) == 0 ? iso_utc(st.st_mtime) : iso_now();
       }
       return m;
     };
