@@ -245,6 +245,18 @@ TEST(ModelStore, PresetsAndStoreNamesOnTheCommandLine) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   EXPECT_EQ(pclose(p), 0) << out;
   EXPECT_NE(out.find("generation: 4 tokens"), std::string::npos) << out;
+  // serve: a name from the config file resolves too (LOKAL_MODELS), and the model is served under that name.
+  write(tmp.path().string() + "/serve.toml", "model = \"terse\"\nport = 0\nthreads = 1\n");
+  {
+    const std::string sc = "sh -c \"" + env + "timeout -s INT 4 '" + binary_dir() + "/src/lokal' serve --config '" +
+                           tmp.path().string() + "/serve.toml' 2>&1\"";
+    FILE* sp = popen(sc.c_str(), "r");
+    ASSERT_NE(sp, nullptr);
+    std::string log;
+    while ((n = fread(buf, 1, sizeof buf, sp)) > 0) log.append(buf, n);
+    pclose(sp);
+    EXPECT_NE(log.find("ready: terse:latest"), std::string::npos) << log;
+  }
   // A name that is neither a file nor in the store stays an error about the file.
   r = run_lokal("run -m no-such-model -p x -n 1 --models-dir '" + root + "'");
   expect_one_line_error(r, "no-such-model");

@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "server/requests.h"
 #include "support/test_data.h"
 
 using json = nlohmann::ordered_json;
@@ -483,6 +484,50 @@ TEST(Server, LlamaServerAndOllamaEndpoints) {
   json gen = post(c, "/api/generate", {{"prompt", "What is the capital of France?"}, {"stream", false}, {"options", {{"temperature", 0}, {"num_predict", 16}}}}, &st);
   EXPECT_EQ(gen["response"], text);
   EXPECT_EQ(s.stop(), 0);
+}
+
+TEST(Server, RequestDefaultsFromFlags) {
+  // llama-server's --temp/--top-k/... and a default --system: what a request leaves out; its own values win.
+  Server s({"-m", tinychat(), "--temp", "0.25", "--top-k", "7", "--min-p", "0.1", "--system", "You are terse."});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  int st = 0;
+  json comp = post(c, "/completion", {{"prompt", "Once"}, {"n_predict", 2}}, &st);
+  ASSERT_EQ(st, 200) << comp.dump();
+  EXPECT_FLOAT_EQ(comp["generation_settings"]["temperature"].get<float>(), 0.25f) << comp.dump();
+  EXPECT_EQ(comp["generation_settings"]["top_k"], 7) << comp.dump();
+  EXPECT_FLOAT_EQ(comp["generation_settings"]["min_p"].get<float>(), 0.1f) << comp.dump();
+  comp = post(c, "/completion", {{"prompt", "Once"}, {"n_predict", 2}, {"temperature", 0.9}, {"top_k", 3}}, &st);
+  ASSERT_EQ(st, 200) << comp.dump();
+  EXPECT_FLOAT_EQ(comp["generation_settings"]["temperature"].get<float>(), 0.9f) << comp.dump();
+  EXPECT_EQ(comp["generation_settings"]["top_k"], 3) << comp.dump();
+  // The system prompt goes first into a chat that has none, and never replaces the client's.
+  const json user = {{"role", "user"}, {"content", "What is the capital of France?"}};
+  json at = post(c, "/apply-template", {{"messages", json::array({user})}}, &st);
+  ASSERT_EQ(st, 200) << at.dump();
+  EXPECT_NE(at["prompt"].get<std::string>().find("You are terse."), std::string::npos) << at.dump();
+  at = post(c, "/apply-template", {{"messages", json::array({{{"role", "system"}, {"content", "Be kind."}}, user})}}, &st);
+  EXPECT_NE(at["prompt"].get<std::string>().find("Be kind."), std::string::npos) << at.dump();
+  EXPECT_EQ(at["prompt"].get<std::string>().find("You are terse."), std::string::npos) << at.dump();
+  // A chat completion answers as before (greedy here: the client's temperature 0 wins over the default 0.25).
+  json r = post(c, "/v1/chat/completions", chat_body("What is the capital of France?", {{"temperature", 0}}), &st);
+  ASSERT_EQ(st, 200) << r.dump();
+  EXPECT_EQ(r["choices"][0]["message"]["content"], "The capital of France is Paris.") << r.dump();
+  // Ollama's shapes: sampling defaults go into "options", the system prompt into generate's "system".
+  lokal::server::RequestDefaults d;
+  d.sampling = {{"temperature", 0.25}, {"seed", 5}};
+  d.system = "S";
+  using lokal::server::Api;
+  json o = lokal::server::apply_defaults({{"model", "m"}, {"prompt", "p"}, {"options", {{"seed", 9}}}}, Api::OllamaGenerate, d);
+  EXPECT_EQ(o["options"], json({{"seed", 9}, {"temperature", 0.25}})) << o.dump();
+  EXPECT_EQ(o["system"], "S");
+  o = lokal::server::apply_defaults({{"model", "m"}, {"messages", json::array({{{"role", "developer"}, {"content", "D"}}})}}, Api::OllamaChat, d);
+  EXPECT_EQ(o["messages"].size(), 1u) << o.dump();
+  EXPECT_EQ(o["options"]["seed"], 5);
+  o = lokal::server::apply_defaults({{"prompt", "p"}, {"temperature", nullptr}}, Api::OpenAICompletion, d);
+  EXPECT_EQ(o["temperature"], 0.25);
+  EXPECT_FALSE(o.contains("system"));
+  EXPECT_EQ(lokal::server::apply_defaults(json::array({1}), Api::OpenAIChat, d), json::array({1}));  // wrong shape: untouched
 }
 
 TEST(Server, ConcurrentStreamsAndDisconnectsFreeTheirSequences) {

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <sys/stat.h>
 #include <thread>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safe_io.h"
+#include "runtime/model_store.h"
 #include "server/engine.h"
 #include "server/http_server.h"
 #include "server/service.h"
@@ -36,6 +38,11 @@ struct ServeArgs {
   std::string chat_template;
   std::string pooling = "mean";
   std::vector<std::string> aliases;
+  // Request defaults (what a request leaves out), llama-server's flags; unset: the sampler's defaults.
+  double temp = 0, top_p = 0, min_p = 0, repeat_penalty = 0;
+  int top_k = 0;
+  int64_t seed = -1;
+  std::string system;
   SpecArgs spec;
   server::ServerOptions srv;
   std::vector<std::string> api_keys, admin_api_keys;
@@ -159,6 +166,15 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     return 0;
   }
   if (a.model.empty()) throw Error("serve: give the model with -m FILE.gguf (or `model = \"...\"` in --config)");
+  // A store name from the config file or LOKAL_MODEL (names on the command line were resolved in main).
+  for (std::string* m : {&a.model, &a.spec.draft}) {
+    struct stat st{};
+    if (m->empty() || ::stat(m->c_str(), &st) == 0) continue;
+    if (const auto r = resolve_model_arg(*m, ModelStore(ModelStore::default_root())); r && !r->name.empty()) {
+      if (m == &a.model && a.aliases.empty()) a.aliases.push_back(r->name);
+      *m = r->path;
+    }
+  }
   check_input_file(a.model, "GGUF model file");
 
   server::EngineOptions eo;
@@ -176,6 +192,14 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   eo.chat_template = a.chat_template;
   eo.aliases = a.aliases;
   eo.spec = a.spec.config();
+  auto given = [&](const char* name) { return cmd->get_option(name)->count() > 0; };
+  if (given("--temp")) eo.defaults.sampling["temperature"] = a.temp;
+  if (given("--top-k")) eo.defaults.sampling["top_k"] = a.top_k;
+  if (given("--top-p")) eo.defaults.sampling["top_p"] = a.top_p;
+  if (given("--min-p")) eo.defaults.sampling["min_p"] = a.min_p;
+  if (given("--repeat-penalty")) eo.defaults.sampling["repeat_penalty"] = a.repeat_penalty;
+  if (given("--seed") && a.seed >= 0) eo.defaults.sampling["seed"] = a.seed;
+  eo.defaults.system = a.system;
   if (a.pooling == "mean") eo.pooling = Pooling::Mean;
   else if (a.pooling == "last") eo.pooling = Pooling::Last;
   else throw Error("--pooling " + a.pooling + ": expected mean or last");
@@ -284,6 +308,13 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--chat-template", a->chat_template, "Chat template: a built-in name, a .jinja file or tokenizer_config.json");
   cmd->add_option("--pooling", a->pooling, "Embeddings: mean or last of the final hidden states (L2-normalized)")->capture_default_str();
   cmd->add_option("-a,--alias", a->aliases, "Model name clients use (repeatable; the first is the id shown)");
+  cmd->add_option("--temp", a->temp, "Default temperature of requests that give none")->check(CLI::Range(0.0, 100.0));
+  cmd->add_option("--top-k", a->top_k, "Default top-k (0: off)")->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--top-p", a->top_p, "Default top-p")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--min-p", a->min_p, "Default min-p")->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--repeat-penalty", a->repeat_penalty, "Default repeat penalty (1: off)")->check(CLI::Range(1e-3, 100.0));
+  cmd->add_option("-s,--seed", a->seed, "Default seed of requests that give none (-1: random per request)");
+  cmd->add_option("--system", a->system, "System prompt of chats that bring none");
   add_spec_options(cmd, a->spec);
   cmd->add_option("--api-key", a->api_keys, "API key for inference endpoints (repeatable, or comma-separated)");
   cmd->add_option("--admin-api-key", a->admin_api_keys, "API key with the admin scope too (reload, slots)");

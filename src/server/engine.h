@@ -21,6 +21,7 @@
 #include "core/threadpool.h"
 #include "runtime/load.h"
 #include "runtime/scheduler.h"
+#include "server/requests.h"
 
 namespace lokal {
 class TokenIndex;
@@ -34,6 +35,7 @@ struct EngineOptions {
   std::vector<std::string> aliases; // -a/--alias: the names clients use in "model" (first: the id shown)
   Pooling pooling = Pooling::Mean;  // --pooling: how embeddings pool the final hidden states
   SpecConfig spec;                  // speculative decoding (--draft, --draft-ngram, ...): every slot
+  RequestDefaults defaults;         // --temp, --top-k, ..., --system: what requests leave out
 };
 
 // A token's log-probability and its most likely alternatives (OpenAI's logprobs, llama-server's n_probs).

@@ -295,6 +295,32 @@ static void spec_fields(const json& b, TextRequest& r) {
   }
 }
 
+json apply_defaults(json b, Api api, const RequestDefaults& d) {
+  if (d.empty() || !b.is_object()) return b;
+  const bool ollama = api == Api::OllamaChat || api == Api::OllamaGenerate;
+  if (!d.sampling.empty()) {
+    if (ollama && !b.contains("options")) b["options"] = json::object();
+    json& target = ollama ? b["options"] : b;
+    if (target.is_object())
+      for (auto it = d.sampling.begin(); it != d.sampling.end(); ++it)
+        if (!target.contains(it.key()) || target[it.key()].is_null()) target[it.key()] = it.value();
+  }
+  if (!d.system.empty()) {
+    if (api == Api::OllamaGenerate) {
+      if (!b.contains("system") || b["system"].is_null()) b["system"] = d.system;
+    } else if (api == Api::OpenAIChat || api == Api::OllamaChat) {
+      json* m = b.contains("messages") ? &b["messages"] : nullptr;
+      if (m && m->is_array()) {
+        bool has = false;
+        for (const json& x : *m)
+          if (x.is_object() && x.contains("role") && (x["role"] == "system" || x["role"] == "developer")) has = true;
+        if (!has) m->insert(m->begin(), json{{"role", "system"}, {"content", d.system}});
+      }
+    }
+  }
+  return b;
+}
+
 TextRequest parse_openai_chat(const json& b) {
   require_object(b);
   TextRequest r;

@@ -66,6 +66,19 @@ struct TextRequest {
   std::vector<std::pair<std::string, float>> logit_bias_text;  // llama-server's [["text", bias]] form, resolved later
 };
 
+// A model's request defaults (serve's --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed, --system; a
+// preset's settings): what a request leaves out. `sampling` holds API field names (temperature, top_k, top_p, min_p,
+// repeat_penalty, seed) with values.
+struct RequestDefaults {
+  nlohmann::ordered_json sampling = nlohmann::ordered_json::object();
+  std::string system;  // a chat without a system (or developer) message gets this one first
+  bool empty() const { return sampling.empty() && system.empty(); }
+};
+// The body with the defaults filled in where it gives no value of its own: sampling fields at the top level (OpenAI,
+// llama-server) or in "options" (Ollama); the system prompt as a first message (chat) or Ollama generate's "system".
+// A body of the wrong shape is returned unchanged (parsing reports it).
+nlohmann::ordered_json apply_defaults(nlohmann::ordered_json body, Api api, const RequestDefaults& d);
+
 TextRequest parse_openai_chat(const nlohmann::ordered_json& body);
 TextRequest parse_openai_completion(const nlohmann::ordered_json& body);
 TextRequest parse_llama_completion(const nlohmann::ordered_json& body);

@@ -1,0 +1,187 @@
+// runtime/residency.cpp - keep-alive, pinning and LRU eviction under a memory budget (rules in residency.h).
+#include "runtime/residency.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "core/safe_io.h"
+#include "runtime/load.h"
+
+namespace lokal {
+
+std::optional<Residency::Clock::time_point> Residency::Entry::expires_at() const {
+  if (in_flight > 0) return std::nullopt;
+  if (unload_now) return last_used;
+  if (pinned || keep_alive.count() < 0) return std::nullopt;
+  return last_used + keep_alive;
+}
+
+uint64_t Residency::used_bytes() const {
+  uint64_t sum = 0;
+  for (const auto& [name, e] : models_) sum += e.bytes;
+  return sum;
+}
+
+Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes, Clock::time_point now) const {
+  (void)now;
+  Decision d;
+  if (models_.count(name)) {
+    d.kind = Decision::Kind::Ready;
+    return d;
+  }
+  if (budget_ > 0 && bytes > budget_) {
+    d.kind = Decision::Kind::Impossible;
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(bytes)) + ", more than the whole budget of " +
+            format_bytes(static_cast<double>(budget_));
+    return d;
+  }
+  uint64_t used = used_bytes();
+  size_t count = models_.size();
+  auto fits = [&] {
+    return (budget_ == 0 || used + bytes <= budget_) && (max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_));
+  };
+  if (fits()) return d;
+  // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic).
+  std::vector<std::pair<Clock::time_point, std::string>> idle;
+  for (const auto& [n, e] : models_)
+    if (!e.pinned && e.in_flight == 0) idle.emplace_back(e.last_used, n);
+  std::sort(idle.begin(), idle.end());
+  for (const auto& [t, n] : idle) {
+    d.evict.push_back(n);
+    used -= models_.at(n).bytes;
+    --count;
+    if (fits()) return d;
+  }
+  // Not enough idle room. If unloading the busy unpinned models too would do, their requests will end: wait.
+  std::vector<std::string> busy;
+  for (const auto& [n, e] : models_)
+    if (!e.pinned && e.in_flight > 0) {
+      busy.push_back(n);
+      used -= e.bytes;
+      --count;
+    }
+  d.evict.clear();
+  if (fits()) {
+    d.kind = Decision::Kind::Wait;
+    std::string names;
+    for (const std::string& n : busy) names += (names.empty() ? "'" : ", '") + n + "'";
+    d.why = "'" + name + "' (" + format_bytes(static_cast<double>(bytes)) + ") fits once requests to " + names + " end";
+    return d;
+  }
+  d.kind = Decision::Kind::Impossible;
+  uint64_t pinned_bytes = 0;
+  size_t n_pinned = 0;
+  for (const auto& [n, e] : models_)
+    if (e.pinned) pinned_bytes += e.bytes, ++n_pinned;
+  if (max_loaded_ > 0 && n_pinned >= static_cast<size_t>(max_loaded_))
+    d.why = "'" + name + "' cannot load: " + std::to_string(n_pinned) + " pinned models already fill the maximum of " +
+            std::to_string(max_loaded_) + " loaded models";
+  else
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(bytes)) + " but pinned models hold " +
+            format_bytes(static_cast<double>(pinned_bytes)) + " of the " + format_bytes(static_cast<double>(budget_)) +
+            " budget";
+  return d;
+}
+
+void Residency::loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive,
+                       Clock::time_point now) {
+  Entry e;
+  e.bytes = bytes;
+  e.pinned = pinned;
+  e.keep_alive = keep_alive;
+  e.last_used = now;
+  models_[name] = e;
+}
+
+void Residency::unloaded(const std::string& name) { models_.erase(name); }
+
+void Residency::begin(const std::string& name, Clock::time_point now) {
+  auto it = models_.find(name);
+  if (it == models_.end()) throw Error("residency: '" + name + "' is not loaded");
+  ++it->second.in_flight;
+  it->second.last_used = now;
+  it->second.unload_now = false;
+}
+
+void Residency::end(const std::string& name, Clock::time_point now, std::optional<Duration> keep_alive) {
+  auto it = models_.find(name);
+  if (it == models_.end()) throw Error("residency: '" + name + "' is not loaded");
+  Entry& e = it->second;
+  if (e.in_flight > 0) --e.in_flight;
+  e.last_used = now;
+  if (keep_alive) {
+    e.keep_alive = *keep_alive;
+    e.unload_now = keep_alive->count() == 0;
+  }
+}
+
+void Residency::set_pinned(const std::string& name, bool pinned) {
+  auto it = models_.find(name);
+  if (it == models_.end()) throw Error("residency: '" + name + "' is not loaded");
+  it->second.pinned = pinned;
+}
+
+std::vector<std::string> Residency::expired(Clock::time_point now) const {
+  std::vector<std::string> out;
+  for (const auto& [n, e] : models_) {
+    const auto at = e.expires_at();
+    if (at && *at <= now) out.push_back(n);
+  }
+  return out;
+}
+
+std::optional<Residency::Clock::time_point> Residency::next_expiry() const {
+  std::optional<Clock::time_point> best;
+  for (const auto& [n, e] : models_) {
+    const auto at = e.expires_at();
+    if (at && (!best || *at < *best)) best = at;
+  }
+  return best;
+}
+
+Residency::Duration parse_keep_alive(const std::string& text) {
+  auto bad = [&]() -> Error {
+    return Error("keep_alive '" + printable(text) + "' is not a duration (e.g. \"5m\", \"1h30m\", \"300\" seconds, "
+                 "0 to unload at once, -1 to keep the model loaded)");
+  };
+  if (text.empty() || text.size() > 64) throw bad();
+  size_t i = 0;
+  bool neg = false;
+  if (text[i] == '+' || text[i] == '-') neg = text[i++] == '-';
+  if (i == text.size() || !((text[i] >= '0' && text[i] <= '9') || text[i] == '.')) throw bad();
+  // A plain number: seconds.
+  char* end = nullptr;
+  const double secs = std::strtod(text.c_str() + i, &end);
+  if (end == text.c_str() + text.size()) {
+    if (!std::isfinite(secs)) throw bad();
+    if (neg && secs > 0) return Residency::kForever;
+    return Residency::Duration(static_cast<int64_t>(std::min(secs, 1e10) * 1000.0));
+  }
+  // Go's duration syntax: one or more NUMBER UNIT pairs.
+  double ms = 0;
+  while (i < text.size()) {
+    const char* start = text.c_str() + i;
+    const double v = std::strtod(start, &end);
+    if (!((*start >= '0' && *start <= '9') || *start == '.') || end == start || !std::isfinite(v)) throw bad();
+    i = static_cast<size_t>(end - text.c_str());
+    size_t u = i;
+    while (u < text.size() && ((text[u] >= 'a' && text[u] <= 'z') || static_cast<unsigned char>(text[u]) >= 0x80)) ++u;
+    const std::string unit = text.substr(i, u - i);
+    double scale;
+    if (unit == "h") scale = 3600e3;
+    else if (unit == "m") scale = 60e3;
+    else if (unit == "s") scale = 1e3;
+    else if (unit == "ms") scale = 1;
+    else if (unit == "us" || unit == "\xC2\xB5s" || unit == "\xCE\xBCs") scale = 1e-3;
+    else if (unit == "ns") scale = 1e-6;
+    else throw bad();
+    ms += v * scale;
+    i = u;
+  }
+  if (neg && ms > 0) return Residency::kForever;
+  return Residency::Duration(static_cast<int64_t>(std::min(ms, 1e13)));
+}
+
+}  // namespace lokal
