@@ -245,11 +245,13 @@ TEST(ModelStore, PresetsAndStoreNamesOnTheCommandLine) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   EXPECT_EQ(pclose(p), 0) << out;
   EXPECT_NE(out.find("generation: 4 tokens"), std::string::npos) << out;
-  // serve: a name from the config file resolves too (LOKAL_MODELS), and the model is served under that name.
+  // serve: a name from the config file resolves too, through --models-dir (which wins over LOKAL_MODELS), and the
+  // model is served under that name.
   write(tmp.path().string() + "/serve.toml", "model = \"terse\"\nport = 0\nthreads = 1\n");
   {
-    const std::string sc = "sh -c \"" + env + "timeout -s INT 4 '" + binary_dir() + "/src/lokal' serve --config '" +
-                           tmp.path().string() + "/serve.toml' 2>&1\"";
+    const std::string sc = "sh -c \"LOKAL_MODELS=/nonexistent timeout -s INT 4 '" + binary_dir() +
+                           "/src/lokal' serve --models-dir '" + root + "' --config '" + tmp.path().string() +
+                           "/serve.toml' 2>&1\"";
     FILE* sp = popen(sc.c_str(), "r");
     ASSERT_NE(sp, nullptr);
     std::string log;

@@ -17,17 +17,17 @@ const Residency::Clock::time_point t0{};
 TEST(Residency, TwoOfThreeFitTheThirdEvictsTheLeastRecentlyUsedIdleOne) {
   // A budget that holds two of three 400 MiB models.
   Residency r(1000 * MiB, 0);
-  EXPECT_EQ(r.plan_load("a", 400 * MiB, t0).kind, Kind::Load);
+  EXPECT_EQ(r.plan_load("a", 400 * MiB).kind, Kind::Load);
   r.loaded("a", 400 * MiB, false, 5min, t0);
-  EXPECT_EQ(r.plan_load("a", 400 * MiB, t0).kind, Kind::Ready);
-  const auto db = r.plan_load("b", 400 * MiB, t0 + 1s);
+  EXPECT_EQ(r.plan_load("a", 400 * MiB).kind, Kind::Ready);
+  const auto db = r.plan_load("b", 400 * MiB);
   EXPECT_EQ(db.kind, Kind::Load);
   EXPECT_TRUE(db.evict.empty());
   r.loaded("b", 400 * MiB, false, 5min, t0 + 1s);
   // a is used again after b was loaded: b is now the least recently used.
   r.begin("a", t0 + 2s);
   r.end("a", t0 + 3s);
-  const auto dc = r.plan_load("c", 400 * MiB, t0 + 4s);
+  const auto dc = r.plan_load("c", 400 * MiB);
   EXPECT_EQ(dc.kind, Kind::Load);
   EXPECT_EQ(dc.evict, std::vector<std::string>{"b"});
   r.unloaded("b");
@@ -35,7 +35,7 @@ TEST(Residency, TwoOfThreeFitTheThirdEvictsTheLeastRecentlyUsedIdleOne) {
   EXPECT_EQ(r.used_bytes(), 800 * MiB);
   // A pinned model stays even when it is the least recently used.
   r.set_pinned("a", true);
-  const auto db2 = r.plan_load("b", 400 * MiB, t0 + 5s);
+  const auto db2 = r.plan_load("b", 400 * MiB);
   EXPECT_EQ(db2.kind, Kind::Load);
   EXPECT_EQ(db2.evict, std::vector<std::string>{"c"});
   // Two evictions when one is not enough, oldest first.
@@ -43,7 +43,7 @@ TEST(Residency, TwoOfThreeFitTheThirdEvictsTheLeastRecentlyUsedIdleOne) {
   s.loaded("x", 300 * MiB, false, 5min, t0 + 2s);
   s.loaded("y", 300 * MiB, false, 5min, t0 + 1s);
   s.loaded("z", 300 * MiB, false, 5min, t0 + 3s);
-  EXPECT_EQ(s.plan_load("big", 700 * MiB, t0 + 4s).evict, (std::vector<std::string>{"y", "x"}));
+  EXPECT_EQ(s.plan_load("big", 700 * MiB).evict, (std::vector<std::string>{"y", "x"}));
 }
 
 TEST(Residency, BusyModelsMakeTheLoadWaitPinnedOnesMakeItImpossible) {
@@ -51,26 +51,26 @@ TEST(Residency, BusyModelsMakeTheLoadWaitPinnedOnesMakeItImpossible) {
   r.loaded("a", 600 * MiB, false, 5min, t0);
   r.begin("a", t0);
   // a is answering a request: b waits for it instead of evicting it.
-  const auto d = r.plan_load("b", 600 * MiB, t0 + 1s);
+  const auto d = r.plan_load("b", 600 * MiB);
   EXPECT_EQ(d.kind, Kind::Wait);
   EXPECT_NE(d.why.find("'a'"), std::string::npos) << d.why;
   r.end("a", t0 + 2s);
-  EXPECT_EQ(r.plan_load("b", 600 * MiB, t0 + 3s).evict, std::vector<std::string>{"a"});
+  EXPECT_EQ(r.plan_load("b", 600 * MiB).evict, std::vector<std::string>{"a"});
   // More than the whole budget, or more than pinned models leave: impossible, with the numbers.
-  const auto big = r.plan_load("huge", 2000 * MiB, t0);
+  const auto big = r.plan_load("huge", 2000 * MiB);
   EXPECT_EQ(big.kind, Kind::Impossible);
   EXPECT_NE(big.why.find("more than the whole budget"), std::string::npos) << big.why;
   r.set_pinned("a", true);
-  const auto p = r.plan_load("b", 600 * MiB, t0 + 4s);
+  const auto p = r.plan_load("b", 600 * MiB);
   EXPECT_EQ(p.kind, Kind::Impossible);
   EXPECT_NE(p.why.find("pinned models hold 600.00 MiB"), std::string::npos) << p.why;
   // No budget: only the count limits.
   Residency n(0, 2);
   n.loaded("a", 1ull << 40, false, 5min, t0);
   n.loaded("b", 1ull << 40, true, 5min, t0 + 1s);
-  EXPECT_EQ(n.plan_load("c", 1ull << 40, t0 + 2s).evict, std::vector<std::string>{"a"});
+  EXPECT_EQ(n.plan_load("c", 1ull << 40).evict, std::vector<std::string>{"a"});
   n.set_pinned("a", true);
-  const auto full = n.plan_load("c", 1, t0 + 2s);
+  const auto full = n.plan_load("c", 1);
   EXPECT_EQ(full.kind, Kind::Impossible);
   EXPECT_NE(full.why.find("maximum of 2 loaded models"), std::string::npos) << full.why;
 }

@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -225,8 +227,9 @@ std::vector<std::string> resolve_store_models(std::vector<std::string> args, con
   for (const CLI::App* s : app.get_subcommands({}))
     if (s->check_name(args[1])) sub = s;
   if (!sub || sub->get_name() == "models") return args;
-  // --models-dir DIR works with every command; it is taken out here (the commands themselves do not declare it).
-  std::string dir;
+  // --models-dir DIR works with every command: it is taken out here (the commands themselves do not declare it) and
+  // becomes $LOKAL_MODELS for the rest of the process, so a store name found later (serve's config file) uses it too.
+  std::optional<std::string> dir;
   for (size_t i = 2; i < args.size() && args[i] != "--"; ++i) {
     if (args[i] == "--models-dir" && i + 1 < args.size()) {
       dir = args[i + 1];
@@ -238,12 +241,15 @@ std::vector<std::string> resolve_store_models(std::vector<std::string> args, con
       --i;
     }
   }
+  if (dir) {
+    if (dir->empty()) throw Error("--models-dir: empty folder name");
+    ::setenv("LOKAL_MODELS", dir->c_str(), 1);
+  }
   std::unique_ptr<ModelStore> store;
   try {
-    store = std::make_unique<ModelStore>(dir.empty() ? ModelStore::default_root() : dir);
+    store = std::make_unique<ModelStore>(ModelStore::default_root());
   } catch (const Error&) {
-    if (!dir.empty()) throw;
-    return args;  // no HOME: paths only
+    return args;  // no HOME and no --models-dir / LOKAL_MODELS: paths only
   }
   const size_t first = 2;
   std::vector<std::string> extra;

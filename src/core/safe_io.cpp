@@ -249,6 +249,12 @@ void AtomicFile::write(const void* p, size_t n) {
   }
 }
 
+void AtomicFile::commit_to(const std::string& path) {
+  if (dir_of(path) != dir_of(path_)) throw Error(path + ": not in the folder of '" + path_ + "' (a rename would copy)");
+  path_ = path;
+  commit();
+}
+
 void AtomicFile::commit() {
   if (committed_) return;
   flush();

@@ -60,6 +60,9 @@ class AtomicFile {
   void write(const std::string& s) { write(s.data(), s.size()); }
   // Flushes, fsyncs, closes and renames into place.
   void commit();
+  // The same, renamed to `path` in the same folder instead: for a name known only once the bytes are written (a
+  // content hash). The earlier target is not touched.
+  void commit_to(const std::string& path);
   const std::string& path() const { return path_; }
   const std::string& temp_path() const { return tmp_; }
   uint64_t bytes_written() const { return written_; }

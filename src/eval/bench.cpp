@@ -17,8 +17,8 @@
 #include <immintrin.h>
 #endif
 
-#include "core/log.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/threadpool.h"
 #include "runtime/kv_pool.h"
 #include "runtime/session.h"

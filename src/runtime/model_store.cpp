@@ -332,41 +332,18 @@ ModelManifest ModelStore::import_file(const std::string& file, const StoreName& 
     }
   } else {
     // Copy and hash in one pass into a temporary file in blobs/ (removed on failure or a fatal signal), then
-    // rename it to its digest.
-    std::string tmp = root_ + "/blobs/.import-XXXXXX";
-    Fd out;
-    out.fd = ::mkstemp(tmp.data());
-    if (out.fd < 0) throw Error(root_ + "/blobs: cannot create a file: " + std::strerror(errno));
-    struct Cleanup {
-      std::string path;
-      int slot;
-      bool keep = false;
-      ~Cleanup() {
-        if (!keep) ::unlink(path.c_str());
-        unregister_temp_path(slot);
-      }
-    } cleanup{tmp, register_temp_path(tmp)};
+    // rename it to its digest; an identical blob already there makes the copy unneeded (it is dropped).
+    AtomicFile copy(root_ + "/blobs/import");
     Sha256 h;
     read_pieces(file, progress, [&](const unsigned char* p, size_t n) {
       h.update(p, n);
-      while (n > 0) {
-        const ssize_t w = ::write(out.fd, p, n);
-        if (w < 0) {
-          if (errno == EINTR) continue;
-          throw Error(tmp + ": write failed: " + std::strerror(errno));
-        }
-        p += w;
-        n -= static_cast<size_t>(w);
-      }
+      copy.write(p, n);
     });
-    if (::fsync(out.fd) != 0) throw Error(tmp + ": fsync failed: " + std::strerror(errno));
     digest = h.hex_digest();
     const std::string blob = blob_path(digest);
-    if (!fs::exists(blob)) {  // else already stored under another name: the copy is dropped
-      ::fchmod(out.fd, 0444);
-      if (std::rename(tmp.c_str(), blob.c_str()) != 0)
-        throw Error(blob + ": cannot rename the imported copy: " + std::strerror(errno));
-      cleanup.keep = true;
+    if (!fs::exists(blob)) {
+      copy.commit_to(blob);
+      ::chmod(blob.c_str(), 0444);
     }
   }
   m.name = name;

@@ -24,8 +24,7 @@ uint64_t Residency::used_bytes() const {
   return sum;
 }
 
-Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes, Clock::time_point now) const {
-  (void)now;
+Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes) const {
   Decision d;
   if (models_.count(name)) {
     d.kind = Decision::Kind::Ready;

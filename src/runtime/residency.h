@@ -42,7 +42,7 @@ class Residency {
     std::string why;
   };
   // What it takes to load `name`, predicted to need `bytes`.
-  Decision plan_load(const std::string& name, uint64_t bytes, Clock::time_point now) const;
+  Decision plan_load(const std::string& name, uint64_t bytes) const;
 
   // Bookkeeping. loaded(): the model is resident (its prediction counted), idle since `now`. unloaded(): gone.
   void loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive, Clock::time_point now);

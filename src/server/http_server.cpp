@@ -19,8 +19,8 @@
 #include <thread>
 
 #include "chat/chat_parse.h"
-#include "core/log.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "model/config.h"
 #include "server/engine.h"
 #include "server/metrics.h"
@@ -885,6 +885,8 @@ struct HttpServer::Impl {
 
   void routes() {
     const auto J = [](const httplib::Request& req) { return parse_body(req.body); };
+    // A generation request's body with the model's request defaults (--temp, --system, a preset's) filled in.
+    const auto JD = [this](const httplib::Request& req, Api api) { return apply_defaults(parse_body(req.body), api, eng.options().defaults); };
 
     if (opt.webui) {
       // The web chat page (docs/WEBUI.md): open like /health, since it holds no data; the API calls it makes need
@@ -959,10 +961,10 @@ struct HttpServer::Impl {
     add("GET", "/models", Scope::Inference, Style::OpenAI, true, false, models);
     for (const char* p : {"/v1/chat/completions", "/chat/completions"})
       add("POST", p, Scope::Inference, Style::OpenAI, true, true,
-          [this, J](auto& req, auto& res, Ctx& c) { generate(parse_openai_chat(apply_defaults(J(req), Api::OpenAIChat, eng.options().defaults)), req, res, c); });
+          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_chat(JD(req, Api::OpenAIChat)), req, res, c); });
     for (const char* p : {"/v1/completions", "/completions"})
       add("POST", p, Scope::Inference, Style::OpenAI, true, true,
-          [this, J](auto& req, auto& res, Ctx& c) { generate(parse_openai_completion(apply_defaults(J(req), Api::OpenAICompletion, eng.options().defaults)), req, res, c); });
+          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_completion(JD(req, Api::OpenAICompletion)), req, res, c); });
 
     for (const char* p : {"/v1/embeddings", "/embeddings"})
       add("POST", p, Scope::Inference, Style::OpenAI, true, true,
@@ -974,7 +976,7 @@ struct HttpServer::Impl {
 
     // llama-server.
     add("POST", "/completion", Scope::Inference, Style::OpenAI, true, true,
-        [this, J](auto& req, auto& res, Ctx& c) { generate(parse_llama_completion(apply_defaults(J(req), Api::LlamaCompletion, eng.options().defaults)), req, res, c); });
+        [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_llama_completion(JD(req, Api::LlamaCompletion)), req, res, c); });
     add("POST", "/tokenize", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
       const json b = J(req);
       if (!b.contains("content") || !b["content"].is_string()) throw ApiError(400, "'content' must be a string", "content");
@@ -1001,8 +1003,8 @@ struct HttpServer::Impl {
       }
       send_json(res, {{"content", valid_utf8_or_replaced(v.detokenize(ids, true))}});
     });
-    add("POST", "/apply-template", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
-      TextRequest r = parse_openai_chat(apply_defaults(J(req), Api::OpenAIChat, eng.options().defaults));
+    add("POST", "/apply-template", Scope::Inference, Style::OpenAI, true, false, [this, JD](auto& req, auto& res, Ctx&) {
+      TextRequest r = parse_openai_chat(JD(req, Api::OpenAIChat));
       send_json(res, {{"prompt", render_chat(eng, r)}});
     });
     add("GET", "/props", Scope::Inference, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
@@ -1093,9 +1095,9 @@ struct HttpServer::Impl {
                       {"capabilities", caps}});
     });
     add("POST", "/api/chat", Scope::Inference, Style::Ollama, true, true,
-        [this, J](auto& req, auto& res, Ctx& c) { generate(parse_ollama_chat(apply_defaults(J(req), Api::OllamaChat, eng.options().defaults)), req, res, c); });
-    add("POST", "/api/generate", Scope::Inference, Style::Ollama, true, true, [this, J](auto& req, auto& res, Ctx& c) {
-      TextRequest r = parse_ollama_generate(apply_defaults(J(req), Api::OllamaGenerate, eng.options().defaults));
+        [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_ollama_chat(JD(req, Api::OllamaChat)), req, res, c); });
+    add("POST", "/api/generate", Scope::Inference, Style::Ollama, true, true, [this, JD](auto& req, auto& res, Ctx& c) {
+      TextRequest r = parse_ollama_generate(JD(req, Api::OllamaGenerate));
       if (r.prompt.empty() && r.messages.size() <= 1 && !r.raw) {  // Ollama: an empty prompt loads the model
         send_json(res, {{"model", eng.model_id()}, {"created_at", iso_now()}, {"response", ""}, {"done", true}, {"done_reason", "load"}});
         return;
