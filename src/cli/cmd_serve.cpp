@@ -4,7 +4,9 @@
 // Settings come from, highest first: command-line flags, LOKAL_* environment variables (LOKAL_ + the long flag name
 // in capitals with '_' for '-': LOKAL_PORT, LOKAL_API_KEY_FILE), the TOML file of --config (keys: the long flag
 // names with '_' for '-': port = 8080, api_key_file = "..."), the defaults. --print-config shows the result.
+#include <algorithm>
 #include <csignal>
+#include <set>
 #include <cstdio>
 #include <filesystem>
 #include <sys/stat.h>
@@ -17,8 +19,11 @@
 #include "core/log.h"
 #include "core/safe_io.h"
 #include "runtime/model_store.h"
+#include "runtime/plan.h"
+#include "runtime/residency.h"
 #include "server/engine.h"
 #include "server/http_server.h"
+#include "server/router.h"
 #include "server/service.h"
 
 namespace lokal::cli {
@@ -49,13 +54,19 @@ struct ServeArgs {
   std::string api_key_file, jwt_secret_file, jwt_public_key_file, jwt_issuer, jwt_audience;
   bool metrics = false, no_access_log = false, no_webui = false, print_config = false, verbose = false;
   std::string config;
+  // Several models (docs/MODELS.md): the config file's [models.NAME] tables and [routes], or the whole store.
+  bool all_models = false;
+  int max_loaded = 0;
+  std::string keep_alive = "5m";
+  double load_timeout = 120;
+  toml::table models_tbl, routes_tbl;
 };
 
 std::atomic<int> g_signal{0};
 void on_signal(int sig) { g_signal.store(sig); }
 
 // Fills options not given on the command line from LOKAL_* variables, then from the config file.
-void apply_env_and_config(CLI::App* cmd, const std::string& config_path) {
+void apply_env_and_config(CLI::App* cmd, const std::string& config_path, ServeArgs& a) {
   toml::table tbl;
   if (!config_path.empty()) {
     check_input_file(config_path, "config file");
@@ -68,6 +79,13 @@ void apply_env_and_config(CLI::App* cmd, const std::string& config_path) {
     }
     // Unknown keys are errors (a typo must not silently leave the default).
     for (const auto& [k, v] : tbl) {
+      if (k.str() == "models" || k.str() == "routes") {
+        if (!v.is_table())
+          throw Error(config_path + ": '" + std::string(k.str()) + "' must be a table ([" + std::string(k.str()) + "] or [" +
+                      std::string(k.str()) + ".NAME])");
+        (k.str() == "models" ? a.models_tbl : a.routes_tbl) = *v.as_table();
+        continue;
+      }
       const std::string name = "--" + std::string(k.str());
       std::string flag = name;
       for (char& ch : flag) if (ch == '_') ch = '-';
@@ -159,13 +177,166 @@ void print_config(CLI::App* cmd) {
   }
 }
 
+// The model (path or store name, and for a preset its settings) of `arg`; `what` names it in errors.
+ResolvedModel resolve_serve_model(const std::string& arg, const std::string& what) {
+  struct stat st{};
+  if (::stat(arg.c_str(), &st) == 0) return ResolvedModel{arg, "", std::nullopt};
+  std::optional<ResolvedModel> r;
+  try {
+    r = resolve_model_arg(arg, ModelStore(ModelStore::default_root()));
+  } catch (const Error&) {
+  }
+  if (!r) {
+    check_input_file(arg, what.c_str());  // the usual "no such file" error
+    return ResolvedModel{arg, "", std::nullopt};
+  }
+  return *r;
+}
+
+// A preset's settings, where the model's own settings leave them open.
+void apply_preset(const ModelPreset& p, server::EngineOptions& eo, bool ctx_given, bool draft_given) {
+  if (p.ctx_size > 0 && !ctx_given) eo.load.n_ctx = p.ctx_size;
+  if (!p.cache_type_k.empty() && !eo.load.type_k) eo.load.type_k = parse_kv_type(p.cache_type_k, "cache_type_k");
+  if (!p.cache_type_v.empty() && !eo.load.type_v) eo.load.type_v = parse_kv_type(p.cache_type_v, "cache_type_v");
+  if (!p.system.empty() && eo.defaults.system.empty()) eo.defaults.system = p.system;
+  if (!p.chat_template.empty() && eo.chat_template.empty()) eo.chat_template = p.chat_template;
+  if (!p.draft.empty() && !draft_given) eo.spec.draft = resolve_serve_model(p.draft, "draft model of a preset").path;
+  auto& sm = eo.defaults.sampling;
+  if (p.temperature && !sm.contains("temperature")) sm["temperature"] = *p.temperature;
+  if (p.top_k && !sm.contains("top_k")) sm["top_k"] = *p.top_k;
+  if (p.top_p && !sm.contains("top_p")) sm["top_p"] = *p.top_p;
+  if (p.min_p && !sm.contains("min_p")) sm["min_p"] = *p.min_p;
+  if (p.repeat_penalty && !sm.contains("repeat_penalty")) sm["repeat_penalty"] = *p.repeat_penalty;
+  if (p.seed && !sm.contains("seed")) sm["seed"] = *p.seed;
+}
+
+// One [models.NAME] table: the serve-wide settings in `base`, overridden by the table's keys.
+server::ModelSpec model_from_table(const std::string& name, const toml::table& t, const server::EngineOptions& base,
+                                   const std::string& where) {
+  server::ModelSpec m;
+  m.name = name;
+  m.engine = base;
+  m.engine.aliases.clear();
+  m.engine.defaults = base.defaults;
+  const std::string at = where + ": [models." + name + "]";
+  auto str = [&](const std::string& k) -> std::optional<std::string> {
+    const auto* n = t.get(k);
+    if (!n) return std::nullopt;
+    if (auto v = n->value_exact<std::string>()) return *v;
+    throw Error(at + " " + k + ": expected a string");
+  };
+  auto integer = [&](const std::string& k, int64_t lo, int64_t hi) -> std::optional<int64_t> {
+    const auto* n = t.get(k);
+    if (!n) return std::nullopt;
+    const auto v = n->value_exact<int64_t>();
+    if (!v || *v < lo || *v > hi)
+      throw Error(at + " " + k + ": expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return *v;
+  };
+  auto number = [&](const std::string& k, double lo, double hi) -> std::optional<double> {
+    const auto* n = t.get(k);
+    if (!n) return std::nullopt;
+    std::optional<double> v = n->value<double>();
+    if (!v || !(*v >= lo && *v <= hi))
+      throw Error(at + " " + k + ": expected a number from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return *v;
+  };
+  auto strings = [&](const std::string& k) -> std::optional<std::vector<std::string>> {
+    const auto* n = t.get(k);
+    if (!n) return std::nullopt;
+    std::vector<std::string> out;
+    if (auto v = n->value_exact<std::string>()) out.push_back(*v);
+    else if (const auto* arr = n->as_array()) {
+      for (const auto& e : *arr) {
+        const auto v2 = e.value_exact<std::string>();
+        if (!v2) throw Error(at + " " + k + ": expected strings");
+        out.push_back(*v2);
+      }
+    } else {
+      throw Error(at + " " + k + ": expected a string or an array of strings");
+    }
+    return out;
+  };
+  static const std::set<std::string> keys = {
+      "model", "alias", "aliases", "tasks", "pinned", "keep_alive", "ctx_size", "parallel", "batch_size", "kv_tokens",
+      "threads", "cache_type_k", "cache_type_v", "chat_template", "pooling", "system", "temp", "top_k", "top_p",
+      "min_p", "repeat_penalty", "seed", "draft", "model_draft"};
+  for (const auto& [k, v] : t)
+    if (!keys.count(std::string(k.str())))
+      throw Error(at + ": unknown key '" + std::string(k.str()) + "' (see docs/MODELS.md for a model's keys)");
+  const auto model = str("model");
+  if (!model || model->empty()) throw Error(at + ": give the model file or store name: model = \"...\"");
+  const ResolvedModel r = resolve_serve_model(*model, "GGUF model file of " + at);
+  m.engine.load.path = r.path;
+  for (const char* k : {"alias", "aliases"})
+    if (auto v = strings(k)) m.engine.aliases.insert(m.engine.aliases.end(), v->begin(), v->end());
+  if (auto v = strings("tasks")) {
+    for (const std::string& s : *v) {
+      const auto task = server::parse_task(s);
+      if (!task) throw Error(at + " tasks: '" + s + "' is not a task (chat, completion, reasoning, embedding, vision)");
+      m.tasks.push_back(*task);
+    }
+    if (m.tasks.empty()) throw Error(at + " tasks: empty (leave it out to infer them from the file)");
+    m.tasks_explicit = true;
+  }
+  if (const auto* n = t.get("pinned")) {
+    const auto b = n->value_exact<bool>();
+    if (!b) throw Error(at + " pinned: expected true or false");
+    m.pinned = *b;
+  }
+  if (const auto* n = t.get("keep_alive")) {
+    std::string text;
+    if (auto s = n->value_exact<std::string>()) text = *s;
+    else if (auto i = n->value_exact<int64_t>()) text = std::to_string(*i);
+    else throw Error(at + " keep_alive: expected a duration (\"5m\", \"-1\", 0)");
+    try {
+      m.keep_alive = parse_keep_alive(text);
+    } catch (const Error& e) {
+      throw Error(at + ": " + e.what());
+    }
+  }
+  const auto ctx = integer("ctx_size", 0, int64_t(1) << 24);
+  if (ctx) m.engine.load.n_ctx = *ctx;
+  if (auto v = integer("parallel", 1, 1024)) m.engine.load.n_parallel = static_cast<int>(*v);
+  if (auto v = integer("batch_size", 1, int64_t(1) << 16)) m.engine.load.n_batch = *v;
+  if (auto v = integer("kv_tokens", 0, int64_t(1) << 30)) m.engine.load.kv_tokens = *v;
+  if (auto v = integer("threads", 0, 1024)) m.engine.load.n_threads = static_cast<int>(*v);
+  if (auto v = str("cache_type_k")) m.engine.load.type_k = parse_kv_type(*v, "cache_type_k");
+  if (auto v = str("cache_type_v")) m.engine.load.type_v = parse_kv_type(*v, "cache_type_v");
+  if (auto v = str("chat_template")) m.engine.chat_template = *v;
+  if (auto v = str("pooling")) {
+    if (*v == "mean") m.engine.pooling = Pooling::Mean;
+    else if (*v == "last") m.engine.pooling = Pooling::Last;
+    else throw Error(at + " pooling: expected mean or last");
+  }
+  if (auto v = str("system")) m.engine.defaults.system = *v;
+  auto& sm = m.engine.defaults.sampling;
+  if (auto v = number("temp", 0, 100)) sm["temperature"] = *v;
+  if (auto v = integer("top_k", 0, 1 << 30)) sm["top_k"] = *v;
+  if (auto v = number("top_p", 0, 1)) sm["top_p"] = *v;
+  if (auto v = number("min_p", 0, 1)) sm["min_p"] = *v;
+  if (auto v = number("repeat_penalty", 1e-3, 100)) sm["repeat_penalty"] = *v;
+  if (auto v = integer("seed", -1, INT64_MAX); v && *v >= 0) sm["seed"] = *v;
+  bool draft_given = false;
+  for (const char* k : {"draft", "model_draft"})
+    if (auto v = str(k)) {
+      draft_given = true;
+      m.engine.spec.draft = v->empty() ? "" : resolve_serve_model(*v, "draft model of " + at).path;
+    }
+  if (r.preset) apply_preset(*r.preset, m.engine, ctx.has_value(), draft_given);
+  return m;
+}
+
 int serve(ServeArgs& a, CLI::App* cmd) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   if (a.print_config) {
     print_config(cmd);
     return 0;
   }
-  if (a.model.empty()) throw Error("serve: give the model with -m FILE.gguf (or `model = \"...\"` in --config)");
+  const bool multi = !a.models_tbl.empty() || a.all_models;
+  if (a.model.empty() && !multi)
+    throw Error("serve: give the model with -m FILE.gguf (or `model = \"...\"` in --config; several models: [models.NAME] "
+                "tables in --config, or --all-models to serve the whole store; see docs/MODELS.md)");
   // A store name from the config file or LOKAL_MODEL (names on the command line were resolved in main).
   for (std::string* m : {&a.model, &a.spec.draft}) {
     struct stat st{};
@@ -175,15 +346,15 @@ int serve(ServeArgs& a, CLI::App* cmd) {
       *m = r->path;
     }
   }
-  check_input_file(a.model, "GGUF model file");
+  if (!a.model.empty()) check_input_file(a.model, "GGUF model file");
 
   server::EngineOptions eo;
   eo.load.path = a.model;
   eo.load.n_ctx = a.ctx;
   eo.load.allow_long_ctx = a.allow_long_ctx;
-  eo.load.ram = a.ram;
-  eo.load.type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
-  eo.load.type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
+  if (!multi) eo.load.ram = a.ram;  // one model: the planner fits its settings; several: --ram is the shared budget
+  if (cmd->get_option("--cache-type-k")->count() > 0 || !multi) eo.load.type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
+  if (cmd->get_option("--cache-type-v")->count() > 0 || !multi) eo.load.type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
   eo.load.n_batch = a.batch;
   eo.load.n_threads = a.threads;
   eo.load.n_parallel = a.n_parallel;
@@ -204,6 +375,69 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   else if (a.pooling == "last") eo.pooling = Pooling::Last;
   else throw Error("--pooling " + a.pooling + ": expected mean or last");
 
+  // The models and the router's settings.
+  server::RouterOptions ro;
+  ro.max_loaded = a.max_loaded;
+  ro.load_wait_s = a.load_timeout;
+  try {
+    ro.keep_alive = parse_keep_alive(a.keep_alive);
+  } catch (const Error& e) {
+    throw Error(std::string("--keep-alive: ") + e.what());
+  }
+  std::vector<server::ModelSpec> specs;
+  if (!a.model.empty()) {
+    server::ModelSpec m;
+    m.engine = eo;
+    m.name = server::Engine(eo).model_id();
+    if (!multi) {
+      // One model: loaded at start and kept (llama-server's way), unless --keep-alive says otherwise.
+      m.pinned = !given("--keep-alive");
+      m.keep_alive = given("--keep-alive") ? ro.keep_alive : Residency::kForever;
+    }
+    specs.push_back(std::move(m));
+  }
+  if (multi) {
+    if (!a.ram.empty()) {
+      ro.budget_bytes = parse_byte_size(a.ram);
+      ro.budget_text = a.ram;
+    }
+    server::EngineOptions base = eo;
+    base.aliases.clear();
+    // In the file's order (the first model that does a task serves it when [routes] names none).
+    std::vector<std::pair<toml::source_position, std::string>> order;
+    for (const auto& [k, v] : a.models_tbl) {
+      if (!v.is_table()) throw Error(a.config + ": models." + std::string(k.str()) + " must be a table: [models." + std::string(k.str()) + "]");
+      order.emplace_back(k.source().begin, std::string(k.str()));  // (a copied table keeps its keys' positions only)
+    }
+    std::sort(order.begin(), order.end(), [](const auto& x, const auto& y) {
+      return x.first.line != y.first.line ? x.first.line < y.first.line : x.first.column < y.first.column;
+    });
+    for (const auto& [pos, name] : order) specs.push_back(model_from_table(name, *a.models_tbl.get(name)->as_table(), base, a.config));
+    if (a.all_models) {
+      const ModelStore store(ModelStore::default_root());
+      for (const ModelManifest& man : store.list()) {
+        const std::string name = man.name.str();
+        if (std::any_of(specs.begin(), specs.end(), [&](const server::ModelSpec& s) { return s.name == name; })) continue;
+        server::ModelSpec m;
+        m.name = name;
+        m.engine = base;
+        const auto r = resolve_model_arg(name, store);
+        if (!r) continue;
+        m.engine.load.path = r->path;
+        if (r->preset) apply_preset(*r->preset, m.engine, given("--ctx-size"), given("--model-draft"));
+        specs.push_back(std::move(m));
+      }
+      if (specs.empty()) throw Error("--all-models: the store (" + store.root() + ") holds no model; import one with `lokal models import FILE.gguf`");
+    }
+    for (const auto& [k, v] : a.routes_tbl) {
+      const auto target = v.value_exact<std::string>();
+      if (!target) throw Error(a.config + ": [routes] " + std::string(k.str()) + ": expected a model name (a string)");
+      ro.routes[std::string(k.str())] = *target;
+    }
+  }
+  ro.server_bytes = server::kServerBaseBytes + (a.no_webui ? 0 : server::kWebPageBytes);
+  server::Router router(std::move(specs), ro);
+
   server::ServerOptions so = a.srv;
   so.auth.api_keys = a.api_keys;
   so.auth.admin_api_keys = a.admin_api_keys;
@@ -221,13 +455,25 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   so.access_log = !a.no_access_log;
   so.webui = !a.no_webui;
 
-  server::Engine engine(eo);
-  server::HttpServer http(engine, so);
+  server::HttpServer http(router, so);
   const int port = http.bind();  // refuses an unsafe bind before the model is loaded
   for (const std::string& w : http.warnings()) std::fprintf(stderr, "warning: %s\n", w.c_str());
   const char* scheme = so.ssl_cert_file.empty() ? "http" : "https";
   const std::string host = so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;  // IPv6 in brackets
-  std::fprintf(stderr, "lokal serve: listening on %s://%s:%d (loading %s)\n", scheme, host.c_str(), port, a.model.c_str());
+  if (multi) {
+    std::string names;
+    for (const server::ModelStatus& m : router.status()) {
+      std::string tasks;
+      for (server::Task t : m.tasks) tasks += (tasks.empty() ? "" : ",") + std::string(server::task_name(t));
+      names += "\n  " + m.name + " (" + tasks + (m.pinned ? ", pinned" : "") + "): " + m.facts.path + ", " +
+               format_bytes(static_cast<double>(m.predicted_bytes));
+    }
+    std::fprintf(stderr, "lokal serve: listening on %s://%s:%d, %zu models (loaded on first use%s%s):%s\n", scheme, host.c_str(),
+                 port, router.size(), ro.budget_bytes ? (", budget --ram " + ro.budget_text).c_str() : "",
+                 ro.max_loaded ? (", at most " + std::to_string(ro.max_loaded) + " loaded").c_str() : "", names.c_str());
+  } else {
+    std::fprintf(stderr, "lokal serve: listening on %s://%s:%d (loading %s)\n", scheme, host.c_str(), port, a.model.c_str());
+  }
   if (so.webui) {
     const bool any = so.host == "0.0.0.0" || so.host == "::";  // a browser on this machine reaches it on loopback
     std::fprintf(stderr, "lokal serve: chat in a browser at %s://%s:%d/ (--no-webui turns the page off)\n", scheme,
@@ -246,21 +492,34 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   std::atomic<bool> load_failed{false};
   std::string load_error;
   std::thread loader([&] {
-    try {
-      engine.load();
-      const auto& l = engine.loaded();
-      std::fprintf(stderr, "lokal serve: ready: %s, context %lld tokens x %d sequences, KV cache %s, %d threads, load %.2f s\n",
-                   engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
-                   format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
-      if (!engine.template_error().empty())
-        std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
-      (void)l;
+    // Pinned models load at start (one model: always); the others on their first request.
+    for (size_t i = 0; i < router.size(); ++i) {
+      if (!router.spec(i).pinned) continue;
+      try {
+        router.load(i);
+      } catch (const std::exception& e) {
+        const std::string why = router.status(i).last_error;
+        load_error = multi ? "model '" + router.spec(i).name + "': " + (why.empty() ? e.what() : why) : (why.empty() ? e.what() : why);
+        load_failed.store(true);
+        return;
+      }
+      if (!multi) {
+        router.for_each_loaded([&](size_t, server::Engine& engine) {
+          std::fprintf(stderr, "lokal serve: ready: %s, context %lld tokens x %d sequences, KV cache %s, %d threads, load %.2f s\n",
+                       engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
+                       format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
+          if (!engine.template_error().empty())
+            std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
+        });
+      } else {
+        std::fprintf(stderr, "lokal serve: loaded pinned model '%s'\n", router.spec(i).name.c_str());
+      }
       std::fflush(stderr);
-      server::notify_ready("serving " + engine.model_id() + " on port " + std::to_string(port));
-    } catch (const std::exception& e) {
-      load_error = e.what();
-      load_failed.store(true);
     }
+    if (multi) std::fprintf(stderr, "lokal serve: ready\n");
+    std::fflush(stderr);
+    server::notify_ready(multi ? "serving " + std::to_string(router.size()) + " models on port " + std::to_string(port)
+                               : "serving " + router.spec(0).name + " on port " + std::to_string(port));
   });
 
   const auto wd = server::watchdog_interval();
@@ -268,17 +527,19 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   while (g_signal.load() == 0 && !load_failed.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (wd.count() > 0 && std::chrono::steady_clock::now() - last_ping >= wd / 2) {
-      // WATCHDOG=1 only while the scheduler loop goes round: a loop stuck for 10 minutes (a deadlock: one step of a
-      // big model's 512-token prompt chunk on a slow CPU can legitimately take a minute) stops the pings, and systemd
-      // restarts the service. While loading there is no loop yet.
-      if (engine.scheduler_stuck_seconds() < 600) server::notify_watchdog();
+      // WATCHDOG=1 only while every loaded model's scheduler loop goes round: a loop stuck for 10 minutes (a
+      // deadlock: one step of a big model's 512-token prompt chunk on a slow CPU can legitimately take a minute)
+      // stops the pings, and systemd restarts the service. While loading there is no loop yet.
+      double stuck = 0;
+      router.for_each_loaded([&](size_t, server::Engine& e) { stuck = std::max(stuck, e.scheduler_stuck_seconds()); });
+      if (stuck < 600) server::notify_watchdog();
       last_ping = std::chrono::steady_clock::now();
     }
   }
   loader.join();
   server::notify_stopping();
   if (g_signal.load() != 0) std::fprintf(stderr, "lokal serve: stopping (signal %d): finishing %lld in-flight requests\n", g_signal.load(),
-                                         static_cast<long long>(engine.state() == server::Engine::State::Ready ? engine.in_flight() : 0));
+                                         static_cast<long long>(router.in_flight()));
   http.stop();
   listener.join();
   if (load_failed.load()) throw Error(load_error);
@@ -301,7 +562,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--kv-tokens", a->kv_tokens, "Positions of the shared KV cache (0: ctx-size x parallel)")->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
-  cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB)");
+  cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB); several models: all of them together");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--jinja", a->jinja, "Use the model's Jinja chat template (always on; accepted for llama-server compatibility)");
@@ -337,11 +598,15 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_flag("--no-access-log", a->no_access_log, "No JSON access-log line per request on stderr");
   cmd->add_flag("--no-webui", a->no_webui, "No web chat page at / (the APIs only)");
   cmd->add_option("--drain-timeout", a->srv.drain_timeout_s, "Seconds in-flight requests may finish after SIGTERM")->capture_default_str();
+  cmd->add_flag("--all-models", a->all_models, "Serve every model of the store (--models-dir), loaded on first use");
+  cmd->add_option("--max-loaded", a->max_loaded, "Several models: at most this many loaded at once (0: as --ram allows)")->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("--keep-alive", a->keep_alive, "Several models: how long an idle model stays loaded (5m, 1h, 0, -1: forever)")->capture_default_str();
+  cmd->add_option("--load-timeout", a->load_timeout, "Seconds a request waits for its model to load or for room before 503")->capture_default_str()->check(CLI::Range(0.0, 86400.0));
   cmd->add_option("--config", a->config, "TOML config file (keys: these long option names with _ for -)");
   cmd->add_flag("--print-config", a->print_config, "Print the effective settings as TOML and exit");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
   cmd->callback([a, rc, cmd] {
-    apply_env_and_config(cmd, a->config);
+    apply_env_and_config(cmd, a->config, *a);
     *rc = serve(*a, cmd);
   });
 

@@ -93,6 +93,8 @@ ModelFacts ModelFacts::from_gguf(const GGUFFile& gguf, const std::string& path) 
   return m;
 }
 
+uint64_t process_base_bytes() { return kProcessBase; }
+
 uint64_t runtime_overhead_bytes(const ModelFacts& m, int n_threads) {
   return kProcessBase + tokenizer_bytes(m) + static_cast<uint64_t>(std::max(1, n_threads)) * kPerThread;
 }

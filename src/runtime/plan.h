@@ -78,6 +78,9 @@ struct MemoryEstimate {
 MemoryEstimate estimate_memory(const ModelFacts& model, const RunSettings& s);
 // The process and tokenizer part of estimate_memory (exposed for reporting).
 uint64_t runtime_overhead_bytes(const ModelFacts& model, int n_threads);
+// The model-independent part of it: the process itself (code, libraries, C++ runtime, heap), counted once however
+// many models one process holds (a multi-model `lokal serve` adds each model's estimate minus this).
+uint64_t process_base_bytes();
 
 struct PlanRequest {
   std::vector<ModelFacts> models;        // the files to choose from (e.g. quantizations of one model)

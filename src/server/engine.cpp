@@ -146,14 +146,6 @@ std::shared_ptr<const TokenIndex> Engine::token_index() {
   return index_;
 }
 
-bool Engine::answers_to(const std::string& name) const {
-  if (name.empty() || name == id_ || name == opt_.load.path) return true;
-  for (const std::string& a : opt_.aliases)
-    if (name == a) return true;
-  const std::string file = std::filesystem::path(opt_.load.path).filename().string();
-  return name == file;
-}
-
 std::shared_ptr<Job> Engine::submit(GenRequest req, int top_logprobs) {
   auto job = std::make_shared<Job>();
   job->n_prompt = static_cast<int64_t>(req.prompt.size());

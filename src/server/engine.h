@@ -1,9 +1,9 @@
-// server/engine.h - the loaded model behind `lokal serve`: the model, its chat template, one Scheduler (continuous
+// server/engine.h - one loaded model behind `lokal serve` (server/router.h holds one Engine per loaded model): the model, its chat template, one Scheduler (continuous
 // batching over n_parallel sequences, prefix reuse) running on its own thread, and Jobs — one per HTTP request — that
 // carry a generation's text and token log-probabilities from the scheduler's thread to the request's thread.
 //
-// The engine loads in the background (server/http_server.cpp binds the socket first, so /health answers 503
-// "loading" meanwhile); state() says where it is. Everything here is thread-safe.
+// The router loads an engine on the thread of the request that needs it (or at start, for a pinned model: the socket
+// is bound first, so /health answers 503 "loading" meanwhile); state() says where it is. Everything here is thread-safe.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -107,8 +107,6 @@ class Engine {
 
   // The id clients see ("model" of responses): the first alias, else the file's name without ".gguf".
   const std::string& model_id() const { return id_; }
-  // Whether `name` (a request's "model") names this model: empty, the id, an alias, the file name or its path.
-  bool answers_to(const std::string& name) const;
   const EngineOptions& options() const { return opt_; }
 
   // Queues a generation. top_logprobs < 0: no log-probabilities; >= 0: each token's log-probability and that many

@@ -24,6 +24,7 @@
 #include "model/config.h"
 #include "server/engine.h"
 #include "server/metrics.h"
+#include "server/router.h"
 #include "server/requests.h"
 #include "server/webui.h"
 #include "tokenizer/unicode.h"
@@ -187,7 +188,7 @@ bool is_loopback_host(const std::string& host) {
 
 // ---------------------------------------------------------------------------------------------------------------
 struct HttpServer::Impl {
-  Engine& eng;
+  Router& router;
   ServerOptions opt;
   std::unique_ptr<httplib::Server> srv;
   std::unique_ptr<Authenticator> auth;
@@ -209,8 +210,8 @@ struct HttpServer::Impl {
   Histogram& m_tpot;
   Histogram& m_duration;
 
-  Impl(Engine& e, ServerOptions o)
-      : eng(e),
+  Impl(Router& r, ServerOptions o)
+      : router(r),
         opt(std::move(o)),
         limiter(opt.limits),
         m_prompt_tokens(reg.counter("llamacpp:prompt_tokens_total", "Number of prompt tokens processed.")),
@@ -237,7 +238,9 @@ struct HttpServer::Impl {
     Style style = Style::OpenAI;
     Clock::time_point t0 = Clock::now();
     int64_t prompt_tokens = 0, gen_tokens = 0, cached_tokens = 0;
-    Engine::Use use;  // held while the request uses the model (a stream: until its last byte)
+    std::shared_ptr<Router::Lease> lease;  // held while the request uses the model (a stream: until its last byte)
+    Engine* eng = nullptr;                 // the lease's engine
+    json body;                             // a POST's parsed body (routes that pick a model)
   };
 
   void send_error(httplib::Response& res, const Ctx& c, int status, const std::string& message, const std::string& param = {},
@@ -269,9 +272,20 @@ struct HttpServer::Impl {
 
   using Handler = std::function<void(const httplib::Request&, httplib::Response&, Ctx&)>;
 
+  // What a route needs: nothing, its JSON body parsed (c.body), any model (tokenize, show, props), or a model that does the endpoint's task.
+  enum class Needs { Nothing, Body, AnyModel, Chat, Completion, Embedding };
+  static std::optional<Task> task_of(Needs n) {
+    switch (n) {
+      case Needs::Chat: return Task::Chat;
+      case Needs::Completion: return Task::Completion;
+      case Needs::Embedding: return Task::Embedding;
+      default: return std::nullopt;
+    }
+  }
+
   // Wraps a handler: request id, CORS, authentication and scope, rate limit, readiness, errors, access log.
-  httplib::Server::Handler wrap(const std::string& path, Scope scope, Style style, bool needs_model, bool generation, Handler h) {
-    return [this, path, scope, style, needs_model, generation, h](const httplib::Request& req, httplib::Response& res) {
+  httplib::Server::Handler wrap(const std::string& path, Scope scope, Style style, Needs needs, bool generation, Handler h) {
+    return [this, path, scope, style, needs, generation, h](const httplib::Request& req, httplib::Response& res) {
       Ctx c;
       c.style = style;
       c.request_id = req.has_header("x-request-id") && req.get_header_value("x-request-id").size() <= 64
@@ -301,21 +315,54 @@ struct HttpServer::Impl {
             throw ApiError(429, "rate limit reached for " + c.who.subject + ": retry in " + std::to_string(wait) + " s", "", "rate_limit_exceeded");
           }
         }
-        if (needs_model) {
-          c.use = eng.use();  // a reload waits for this request (and refuses new ones meanwhile: state Loading)
+        if (needs != Needs::Nothing) {
           if (draining.load()) {
             res.set_header("Retry-After", "5");
             throw ApiError(503, "the server is shutting down", "", "shutting_down");
           }
-          if (eng.state() == Engine::State::Loading) {
-            res.set_header("Retry-After", "2");
-            throw ApiError(503, "the model is still loading", "", "model_loading");
+          // The model: the body's "model" (Ollama's show: "name"), or ?model= on a GET; then the endpoint's task.
+          std::string model;
+          std::optional<Residency::Duration> keep_alive;
+          if (req.method == "POST") c.body = parse_body(req.body);
+          if (needs == Needs::Body) {
+            // the handler reads the body
+          } else if (req.method == "POST") {
+            if (c.body.is_object()) {
+              for (const char* k : {"model", "name"})
+                if (c.body.contains(k) && c.body[k].is_string()) {
+                  model = c.body[k].get<std::string>();
+                  break;
+                }
+              if (c.body.contains("keep_alive") && !c.body["keep_alive"].is_null()) {
+                const json& ka = c.body["keep_alive"];
+                try {
+                  if (ka.is_string()) keep_alive = parse_keep_alive(ka.get<std::string>());
+                  else if (ka.is_number()) keep_alive = parse_keep_alive(ka.dump());
+                  else throw Error("keep_alive must be a duration string or a number of seconds");
+                } catch (const Error& e) {
+                  throw ApiError(400, e.what(), "keep_alive");
+                }
+              }
+            }
+          } else {
+            model = req.get_param_value("model");
           }
-          if (eng.state() == Engine::State::Failed) throw ApiError(500, "the model failed to load: " + eng.error(), "", "model_load_failed");
+          if (needs != Needs::Body) {
+            const size_t index = router.resolve(model, task_of(needs));
+            c.lease = router.acquire(index);  // loads it when needed; a reload waits for this request
+            if (keep_alive) c.lease->set_keep_alive(*keep_alive);
+            c.eng = &c.lease->engine();
+            if (c.eng->state() == Engine::State::Loading) {
+              res.set_header("Retry-After", "2");
+              throw ApiError(503, "the model is reloading", "", "model_loading");
+            }
+            if (c.eng->state() == Engine::State::Failed)
+              throw ApiError(500, "the model failed to load: " + c.eng->error(), "", "model_load_failed");
+          }
         }
         h(req, res, c);
       } catch (const ApiError& e) {
-        if (!res.is_chunked_content_provider_) c.use.reset();
+        if (!res.is_chunked_content_provider_) c.lease.reset();
         if (e.retry_after > 0) res.set_header("Retry-After", std::to_string(e.retry_after));
         send_error(res, c, e.status, e.what(), e.param, e.code);
       } catch (const std::exception& e) {
@@ -341,15 +388,15 @@ struct HttpServer::Impl {
     log_line(j);
   }
 
-  void add(const std::string& method, const std::string& path, Scope scope, Style style, bool needs_model, bool generation,
+  void add(const std::string& method, const std::string& path, Scope scope, Style style, Needs needs, bool generation,
            Handler h) {
-    auto w = wrap(path, scope, style, needs_model, generation, std::move(h));
+    auto w = wrap(path, scope, style, needs, generation, std::move(h));
     if (method == "GET") srv->Get(path, w);
     else srv->Post(path, w);
   }
 
   // A 503 for a full queue, with a Retry-After from the running requests' average duration so far (at least 1 s).
-  ApiError busy(ApiError e) {
+  ApiError busy(const Engine& eng, ApiError e) {
     const auto& t = eng.totals();
     const double per = t.requests.load() > 0
                            ? static_cast<double>(t.prompt_ns.load() + t.gen_ns.load()) / 1e9 / static_cast<double>(t.requests.load())
@@ -370,6 +417,7 @@ struct HttpServer::Impl {
     int64_t created = 0;
     Clock::time_point t0;
     std::string model;
+    Engine* eng = nullptr;             // the model it runs on (ctx.lease holds it)
     // Accumulated for the whole response.
     std::string text;                  // raw generated text (completions) / content (chat)
     bool sent_role = false, finished = false, timed_out = false, logged = false;
@@ -390,12 +438,14 @@ struct HttpServer::Impl {
     g->method = hreq.method;
     g->path = hreq.path;
     g->remote = hreq.remote_addr;
+    Engine& eng = *c.eng;
+    g->eng = &eng;
     g->model = eng.model_id();
     g->created = unix_now();
     g->prep = prepare(eng, g->req);
     const SchedulerOptions& so = eng.scheduler().options();
     if (eng.in_flight() >= so.n_parallel + opt.queue_size) {
-      throw busy(ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued (-np " +
+      throw busy(eng, ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued (-np " +
                               std::to_string(so.n_parallel) + " + --queue-size " + std::to_string(opt.queue_size) + ")",
                      "", "queue_full"));
     }
@@ -420,13 +470,12 @@ struct HttpServer::Impl {
     const bool done = g.job->wait(text, lps, wait);
     if (!done && g.over_time() && !g.timed_out) {
       g.timed_out = true;
-      eng.cancel(*g.job);
+      g.eng->cancel(*g.job);
     }
     return done;
   }
 
-  json logprobs_openai_chat(const std::vector<TokenLogprob>& lps) {
-    const Vocab& v = eng.model().vocab();
+  json logprobs_openai_chat(const Vocab& v, const std::vector<TokenLogprob>& lps) {
     json content = json::array();
     for (const TokenLogprob& t : lps) {
       const std::string piece = v.token_to_piece(t.token);
@@ -440,8 +489,7 @@ struct HttpServer::Impl {
     return {{"content", content}};
   }
 
-  json logprobs_openai_completion(const std::vector<TokenLogprob>& lps, size_t offset0) {
-    const Vocab& v = eng.model().vocab();
+  json logprobs_openai_completion(const Vocab& v, const std::vector<TokenLogprob>& lps, size_t offset0) {
     json tokens = json::array(), token_lps = json::array(), top = json::array(), offsets = json::array();
     size_t off = offset0;
     for (const TokenLogprob& t : lps) {
@@ -457,8 +505,7 @@ struct HttpServer::Impl {
     return {{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", top}, {"text_offset", offsets}};
   }
 
-  json logprobs_llama(const std::vector<TokenLogprob>& lps) {
-    const Vocab& v = eng.model().vocab();
+  json logprobs_llama(const Vocab& v, const std::vector<TokenLogprob>& lps) {
     json out = json::array();
     for (const TokenLogprob& t : lps) {
       const std::string piece = v.token_to_piece(t.token);
@@ -497,7 +544,7 @@ struct HttpServer::Impl {
           out.push_back(chunk({{"role", "assistant"}, {"content", ""}}, nullptr, nullptr));
           g.sent_role = true;
         }
-        json lp = g.req.logprobs && !lps.empty() ? logprobs_openai_chat(lps) : json(nullptr);
+        json lp = g.req.logprobs && !lps.empty() ? logprobs_openai_chat(g.eng->model().vocab(), lps) : json(nullptr);
         if (!d.reasoning_content.empty()) out.push_back(chunk({{"reasoning_content", d.reasoning_content}}, nullptr, nullptr));
         if (!d.content.empty() || !lp.is_null()) {
           out.push_back(chunk({{"content", d.content}}, nullptr, lp));
@@ -530,7 +577,7 @@ struct HttpServer::Impl {
           json c = {{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", g.model},
                     {"system_fingerprint", "lokal"},
                     {"choices", json::array({{{"text", piece}, {"index", 0},
-                                             {"logprobs", g.req.logprobs ? logprobs_openai_completion(lps, off) : json(nullptr)},
+                                             {"logprobs", g.req.logprobs ? logprobs_openai_completion(g.eng->model().vocab(), lps, off) : json(nullptr)},
                                              {"finish_reason", final ? json(finish_name(r->finish, false)) : json(nullptr)}}})}};
           out.push_back(c);
         }
@@ -543,11 +590,11 @@ struct HttpServer::Impl {
         g.text += piece;
         if (!piece.empty() && !final) {
           json c = {{"content", piece}, {"stop", false}, {"id_slot", -1}, {"index", 0}};
-          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(lps);
+          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(g.eng->model().vocab(), lps);
           out.push_back(c);
         } else if (final) {
           json c = llama_final(g, *r, piece);
-          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(lps);
+          if (g.req.logprobs) c["completion_probabilities"] = logprobs_llama(g.eng->model().vocab(), lps);
           out.push_back(c);
         }
         break;
@@ -594,7 +641,7 @@ struct HttpServer::Impl {
             {"tokens_predicted", r.tokens.size()},
             {"tokens_evaluated", r.n_prompt},
             {"tokens_cached", r.n_reused},
-            {"generation_settings", {{"n_ctx", eng.n_ctx()}, {"temperature", sp.temperature}, {"top_k", sp.top_k},
+            {"generation_settings", {{"n_ctx", g.eng->n_ctx()}, {"temperature", sp.temperature}, {"top_k", sp.top_k},
                                      {"top_p", sp.top_p}, {"min_p", sp.min_p}, {"repeat_penalty", sp.repeat_penalty},
                                      {"repeat_last_n", sp.repeat_last_n}, {"presence_penalty", sp.presence_penalty},
                                      {"frequency_penalty", sp.frequency_penalty}, {"seed", sp.seed},
@@ -659,7 +706,7 @@ struct HttpServer::Impl {
         return {{"id", g.id}, {"object", "chat.completion"}, {"created", g.created}, {"model", g.model},
                 {"system_fingerprint", "lokal"},
                 {"choices", json::array({{{"index", 0}, {"message", m},
-                                         {"logprobs", g.req.logprobs ? logprobs_openai_chat(lps) : json(nullptr)},
+                                         {"logprobs", g.req.logprobs ? logprobs_openai_chat(g.eng->model().vocab(), lps) : json(nullptr)},
                                          {"finish_reason", finish_name(r.finish, !msg.tool_calls.empty())}}})},
                 {"usage", usage_json(r)},
                 {"timings", timings_json(r)}};
@@ -668,13 +715,13 @@ struct HttpServer::Impl {
         return {{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", g.model},
                 {"system_fingerprint", "lokal"},
                 {"choices", json::array({{{"text", raw}, {"index", 0},
-                                         {"logprobs", g.req.logprobs ? logprobs_openai_completion(lps, 0) : json(nullptr)},
+                                         {"logprobs", g.req.logprobs ? logprobs_openai_completion(g.eng->model().vocab(), lps, 0) : json(nullptr)},
                                          {"finish_reason", finish_name(r.finish, false)}}})},
                 {"usage", usage_json(r)}};
       case Api::LlamaCompletion: {
         g.text = raw;
         json j = llama_final(g, r, raw);
-        if (g.req.logprobs) j["completion_probabilities"] = logprobs_llama(lps);
+        if (g.req.logprobs) j["completion_probabilities"] = logprobs_llama(g.eng->model().vocab(), lps);
         return j;
       }
       case Api::OllamaChat:
@@ -720,7 +767,7 @@ struct HttpServer::Impl {
         [this, g, sse](size_t, httplib::DataSink& sink) { return pump(*g, sink, sse); },
         [this, g](bool) {
           if (!g->job->done()) {
-            eng.cancel(*g->job);  // the client went away: free its sequence now
+            g->eng->cancel(*g->job);  // the client went away: free its sequence now
             // The cancel lands at the scheduler's next step: wait briefly so the tokens made so far are counted.
             std::string rest;
             std::vector<TokenLogprob> lps;
@@ -804,8 +851,7 @@ struct HttpServer::Impl {
   }
 
   void embed(EmbedRequest&& er, httplib::Response& res, Ctx& c) {
-    if (!eng.answers_to(er.model))
-      throw ApiError(404, "the model '" + er.model + "' is not served here (this server serves '" + eng.model_id() + "')", "model", "model_not_found");
+    Engine& eng = *c.eng;  // the router checked the name
     const Vocab& v = eng.model().vocab();
     const int64_t n_embd = eng.model().config().n_embd, n_ctx = eng.n_ctx();
     if (er.dimensions != 0 && er.dimensions != n_embd)
@@ -828,7 +874,7 @@ struct HttpServer::Impl {
     }
     const SchedulerOptions& so = eng.scheduler().options();
     if (eng.in_flight() >= so.n_parallel + opt.queue_size)
-      throw busy(ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued", "", "queue_full"));
+      throw busy(eng, ApiError(503, "the server is busy: " + std::to_string(eng.in_flight()) + " requests running or queued", "", "queue_full"));
     std::vector<std::shared_ptr<Job>> jobs;
     for (auto& toks : inputs) {
       GenRequest gr;
@@ -872,9 +918,8 @@ struct HttpServer::Impl {
   }
 
   // ---- the endpoints --------------------------------------------------------------------------------------------
-  json model_details() {
-    const ModelConfig& cfg = eng.model().config();
-    const ModelFacts& f = eng.loaded().facts;
+  static json model_details(const ModelFacts& f) {
+    const ModelConfig& cfg = f.cfg;
     char params[32];
     const double n = static_cast<double>(f.n_params);
     if (n >= 1e9) std::snprintf(params, sizeof params, "%.1fB", n / 1e9);
@@ -883,10 +928,17 @@ struct HttpServer::Impl {
             {"parameter_size", params}, {"quantization_level", f.type_label}};
   }
 
+  // Whether a body's keep_alive says "unload now" (0 or "0").
+  static bool unloads(const json& body) {
+    if (!body.is_object() || !body.contains("keep_alive")) return false;
+    const json& k = body["keep_alive"];
+    return (k.is_number() && k.get<double>() == 0) || (k.is_string() && k.get<std::string>() == "0");
+  }
+
   void routes() {
-    const auto J = [](const httplib::Request& req) { return parse_body(req.body); };
+    const auto J = [](const Ctx& c) { return c.body; };  // parsed in wrap()
     // A generation request's body with the model's request defaults (--temp, --system, a preset's) filled in.
-    const auto JD = [this](const httplib::Request& req, Api api) { return apply_defaults(parse_body(req.body), api, eng.options().defaults); };
+    const auto JD = [](const Ctx& c, Api api) { return apply_defaults(c.body, api, c.eng->options().defaults); };
 
     if (opt.webui) {
       // The web chat page (docs/WEBUI.md): open like /health, since it holds no data; the API calls it makes need
@@ -914,71 +966,122 @@ struct HttpServer::Impl {
         });
       };
       // `/` is the page for browsers (they ask for text/html) and Ollama's "is running" text for scripts that probe it.
-      add("GET", "/", Scope::Open, Style::OpenAI, false, false, [page](const httplib::Request& req, httplib::Response& res, Ctx& c) {
+      add("GET", "/", Scope::Open, Style::OpenAI, Needs::Nothing, false, [page](const httplib::Request& req, httplib::Response& res, Ctx& c) {
         if (req.get_header_value("Accept").find("text/html") == std::string::npos) res.set_content("lokal is running", "text/plain");
         else page(req, res, c);
       });
-      add("GET", "/index.html", Scope::Open, Style::OpenAI, false, false, page);
-      add("GET", R"(/ui/[A-Za-z0-9_./-]+)", Scope::Open, Style::OpenAI, false, false, page);
+      add("GET", "/index.html", Scope::Open, Style::OpenAI, Needs::Nothing, false, page);
+      add("GET", R"(/ui/[A-Za-z0-9_./-]+)", Scope::Open, Style::OpenAI, Needs::Nothing, false, page);
     } else {
-      add("GET", "/", Scope::Open, Style::Ollama, false, false, [](auto&, auto& res, auto&) {
+      add("GET", "/", Scope::Open, Style::Ollama, Needs::Nothing, false, [](auto&, auto& res, auto&) {
         res.set_content("lokal is running", "text/plain");
       });
     }
+    // /health: the process is up and can answer. One model: its state (503 while it loads at start, 500 when that
+    // failed). Several: ok as soon as the server listens (models load on demand), with each model's state.
     auto health = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
-      json j = {{"model", eng.model_id()}, {"memory", {{"rss_bytes", rss_bytes()}}}};
-      switch (eng.state()) {
-        case Engine::State::Loading:
+      json j = {{"memory", {{"rss_bytes", rss_bytes()}, {"predicted_bytes", router.predicted_bytes()}}}};
+      const std::vector<ModelStatus> all = router.status();
+      int status = draining.load() ? 503 : 200;
+      j["status"] = draining.load() ? "draining" : "ok";
+      if (all.size() == 1) {
+        j["model"] = all[0].name;
+        if (all[0].state != "loaded") {
+          if (!all[0].last_error.empty()) {
+            j["status"] = "error";
+            j["error"] = all[0].last_error;
+            send_json(res, j, 500);
+            return;
+          }
           j["status"] = "loading model";
           res.set_header("Retry-After", "2");
           send_json(res, j, 503);
           return;
-        case Engine::State::Failed:
-          j["status"] = "error";
-          j["error"] = eng.error();
-          send_json(res, j, 500);
-          return;
-        case Engine::State::Ready: break;
+        }
+      } else {
+        json models = json::array();
+        for (const ModelStatus& m : all) models.push_back({{"name", m.name}, {"state", m.state}, {"in_flight", m.in_flight}});
+        j["models"] = models;
       }
-      j["status"] = draining.load() ? "draining" : "ok";
-      j["slots"] = {{"parallel", eng.scheduler().options().n_parallel}, {"in_flight", eng.in_flight()}};
-      send_json(res, j, draining.load() ? 503 : 200);
+      bool reloading = false;
+      int64_t parallel = 0, in_flight = 0;
+      router.for_each_loaded([&](size_t, Engine& e) {
+        if (e.state() != Engine::State::Ready) {
+          reloading = true;
+          return;
+        }
+        parallel += e.scheduler().options().n_parallel;
+        in_flight += e.in_flight();
+      });
+      if (all.size() == 1 && reloading) {
+        j["status"] = "loading model";
+        res.set_header("Retry-After", "2");
+        send_json(res, j, 503);
+        return;
+      }
+      j["slots"] = {{"parallel", parallel}, {"in_flight", in_flight}};
+      send_json(res, j, status);
     };
-    add("GET", "/health", Scope::Open, Style::OpenAI, false, false, health);
-    add("GET", "/v1/health", Scope::Open, Style::OpenAI, false, false, health);
+    add("GET", "/health", Scope::Open, Style::OpenAI, Needs::Nothing, false, health);
+    add("GET", "/v1/health", Scope::Open, Style::OpenAI, Needs::Nothing, false, health);
 
-    // OpenAI.
+    // OpenAI: every model the server can serve, loaded or not, with what it does and its state.
     auto models = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
       json data = json::array();
-      data.push_back({{"id", eng.model_id()}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"},
-                      {"meta", {{"n_ctx", eng.n_ctx()}, {"n_vocab", eng.model().vocab().n_tokens()},
-                                {"n_params", eng.loaded().facts.n_params}, {"size", eng.loaded().facts.file_bytes}}}});
-      for (size_t i = 1; i < eng.options().aliases.size(); ++i)
-        data.push_back({{"id", eng.options().aliases[i]}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"}});
+      for (const ModelStatus& m : router.status()) {
+        json tasks = json::array();
+        for (Task t : m.tasks) tasks.push_back(task_name(t));
+        data.push_back({{"id", m.name}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"},
+                        {"status", {{"value", m.state}}}, {"tasks", tasks}, {"aliases", m.aliases},
+                        {"meta", {{"n_ctx", m.n_ctx}, {"n_ctx_train", m.facts.cfg.n_ctx_train}, {"n_vocab", m.facts.n_tokens},
+                                  {"n_params", m.facts.n_params}, {"size", m.facts.file_bytes},
+                                  {"memory_bytes", m.predicted_bytes}, {"quantization", m.facts.type_label},
+                                  {"loads", m.loads}, {"pinned", m.pinned}}}});
+        for (const std::string& a : m.aliases)
+          data.push_back({{"id", a}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"}, {"alias_of", m.name}});
+      }
       send_json(res, {{"object", "list"}, {"data", data}});
     };
-    add("GET", "/v1/models", Scope::Inference, Style::OpenAI, true, false, models);
-    add("GET", "/models", Scope::Inference, Style::OpenAI, true, false, models);
+    add("GET", "/v1/models", Scope::Inference, Style::OpenAI, Needs::Nothing, false, models);
+    add("GET", "/models", Scope::Inference, Style::OpenAI, Needs::Nothing, false, models);
+    // llama-server's router: load / unload a model by name (admin).
+    auto admin_model = [this](bool load_it) {
+      return [this, load_it](const httplib::Request&, httplib::Response& res, Ctx& c) {
+        const std::string name = c.body.is_object() && c.body.contains("model") && c.body["model"].is_string()
+                                     ? c.body["model"].get<std::string>() : "";
+        if (name.empty()) throw ApiError(400, "'model' must name a model of this server", "model");
+        const size_t i = router.resolve(name, std::nullopt);
+        const auto t0 = Clock::now();
+        if (load_it) router.load(i);
+        else router.unload(i);
+        log_line({{"time", iso_now()}, {"event", load_it ? "loaded" : "unloaded"}, {"model", router.spec(i).name}, {"subject", c.who.subject}});
+        send_json(res, {{"success", true}, {"model", router.spec(i).name}, {"state", router.status(i).state},
+                        {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}});
+      };
+    };
+    add("POST", "/models/load", Scope::Admin, Style::OpenAI, Needs::Body, false, admin_model(true));
+    add("POST", "/models/unload", Scope::Admin, Style::OpenAI, Needs::Body, false, admin_model(false));
     for (const char* p : {"/v1/chat/completions", "/chat/completions"})
-      add("POST", p, Scope::Inference, Style::OpenAI, true, true,
-          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_chat(JD(req, Api::OpenAIChat)), req, res, c); });
+      add("POST", p, Scope::Inference, Style::OpenAI, Needs::Chat, true,
+          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_chat(JD(c, Api::OpenAIChat)), req, res, c); });
     for (const char* p : {"/v1/completions", "/completions"})
-      add("POST", p, Scope::Inference, Style::OpenAI, true, true,
-          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_completion(JD(req, Api::OpenAICompletion)), req, res, c); });
+      add("POST", p, Scope::Inference, Style::OpenAI, Needs::Completion, true,
+          [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_openai_completion(JD(c, Api::OpenAICompletion)), req, res, c); });
 
     for (const char* p : {"/v1/embeddings", "/embeddings"})
-      add("POST", p, Scope::Inference, Style::OpenAI, true, true,
-          [this, J](auto& req, auto& res, Ctx& c) { embed(parse_openai_embeddings(J(req)), res, c); });
-    add("POST", "/api/embed", Scope::Inference, Style::Ollama, true, true,
-        [this, J](auto& req, auto& res, Ctx& c) { embed(parse_ollama_embed(J(req)), res, c); });
-    add("POST", "/api/embeddings", Scope::Inference, Style::Ollama, true, true,
-        [this, J](auto& req, auto& res, Ctx& c) { embed(parse_ollama_embeddings(J(req)), res, c); });
+      add("POST", p, Scope::Inference, Style::OpenAI, Needs::Embedding, true,
+          [this, J](auto&, auto& res, Ctx& c) { embed(parse_openai_embeddings(J(c)), res, c); });
+    add("POST", "/api/embed", Scope::Inference, Style::Ollama, Needs::Embedding, true,
+        [this, J](auto&, auto& res, Ctx& c) { embed(parse_ollama_embed(J(c)), res, c); });
+    add("POST", "/api/embeddings", Scope::Inference, Style::Ollama, Needs::Embedding, true,
+        [this, J](auto&, auto& res, Ctx& c) { embed(parse_ollama_embeddings(J(c)), res, c); });
 
     // llama-server.
-    add("POST", "/completion", Scope::Inference, Style::OpenAI, true, true,
-        [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_llama_completion(JD(req, Api::LlamaCompletion)), req, res, c); });
-    add("POST", "/tokenize", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
-      const json b = J(req);
+    add("POST", "/completion", Scope::Inference, Style::OpenAI, Needs::Completion, true,
+        [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_llama_completion(JD(c, Api::LlamaCompletion)), req, res, c); });
+    add("POST", "/tokenize", Scope::Inference, Style::OpenAI, Needs::AnyModel, false, [this, J](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
+      const json b = J(c);
       if (!b.contains("content") || !b["content"].is_string()) throw ApiError(400, "'content' must be a string", "content");
       const bool add_special = b.value("add_special", false);
       const bool with_pieces = b.value("with_pieces", false);
@@ -991,8 +1094,9 @@ struct HttpServer::Impl {
       }
       send_json(res, {{"tokens", out}});
     });
-    add("POST", "/detokenize", Scope::Inference, Style::OpenAI, true, false, [this, J](auto& req, auto& res, Ctx&) {
-      const json b = J(req);
+    add("POST", "/detokenize", Scope::Inference, Style::OpenAI, Needs::AnyModel, false, [this, J](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
+      const json b = J(c);
       if (!b.contains("tokens") || !b["tokens"].is_array()) throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
       const Vocab& v = eng.model().vocab();
       std::vector<int32_t> ids;
@@ -1003,11 +1107,12 @@ struct HttpServer::Impl {
       }
       send_json(res, {{"content", valid_utf8_or_replaced(v.detokenize(ids, true))}});
     });
-    add("POST", "/apply-template", Scope::Inference, Style::OpenAI, true, false, [this, JD](auto& req, auto& res, Ctx&) {
-      TextRequest r = parse_openai_chat(JD(req, Api::OpenAIChat));
-      send_json(res, {{"prompt", render_chat(eng, r)}});
+    add("POST", "/apply-template", Scope::Inference, Style::OpenAI, Needs::Chat, false, [this, JD](auto&, auto& res, Ctx& c) {
+      TextRequest r = parse_openai_chat(JD(c, Api::OpenAIChat));
+      send_json(res, {{"prompt", render_chat(*c.eng, r)}});
     });
-    add("GET", "/props", Scope::Inference, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
+    add("GET", "/props", Scope::Inference, Style::OpenAI, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
       const ChatTemplate* t = eng.chat_template();
       const SamplingParams sp;
       send_json(res, {{"default_generation_settings", {{"n_ctx", eng.n_ctx()}, {"temperature", sp.temperature}, {"top_k", sp.top_k},
@@ -1020,7 +1125,8 @@ struct HttpServer::Impl {
                       {"tool_call_format", t ? format_name(t->tool_format()) : "none"},
                       {"build_info", std::string("lokal ") + kVersion}});
     });
-    add("GET", "/slots", Scope::Admin, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
+    add("GET", "/slots", Scope::Admin, Style::OpenAI, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
       const SchedulerStats st = eng.scheduler().stats();
       json slots = json::array();
       for (int i = 0; i < eng.scheduler().options().n_parallel; ++i)
@@ -1028,8 +1134,28 @@ struct HttpServer::Impl {
       send_json(res, slots);
     });
     if (opt.metrics) {
-      add("GET", "/metrics", Scope::Inference, Style::OpenAI, true, false, [this](auto&, auto& res, Ctx&) {
-        const SchedulerStats st = eng.scheduler().stats();
+      add("GET", "/metrics", Scope::Inference, Style::OpenAI, Needs::Nothing, false, [this](auto&, auto& res, Ctx&) {
+        // Summed over the loaded models (one model: its own numbers, as before).
+        SchedulerStats st{};
+        int64_t prompt_tokens = 0, cached_tokens = 0, generated = 0, prompt_ns = 0, gen_ns = 0;
+        int loaded = 0;
+        router.for_each_loaded([&](size_t, Engine& eng) {
+          if (eng.state() != Engine::State::Ready) return;
+          ++loaded;
+          const SchedulerStats s1 = eng.scheduler().stats();
+          st.running += s1.running;
+          st.waiting += s1.waiting;
+          st.kv_pages_used += s1.kv_pages_used;
+          st.kv_pages_total += s1.kv_pages_total;
+          st.prompt_tokens_reused += s1.prompt_tokens_reused;
+          st.preemptions += s1.preemptions;
+          const auto& t = eng.totals();
+          prompt_tokens += t.prompt_tokens.load();
+          cached_tokens += t.cached_tokens.load();
+          generated += t.generated_tokens.load();
+          prompt_ns += t.prompt_ns.load();
+          gen_ns += t.gen_ns.load();
+        });
         reg.gauge("llamacpp:requests_processing", "Number of requests processing.").set(static_cast<double>(st.running));
         reg.gauge("llamacpp:requests_deferred", "Number of requests deferred (queued).").set(static_cast<double>(st.waiting));
         reg.gauge("lokal_kv_pages_used", "KV-cache pages (64 positions each) held by sequences.").set(static_cast<double>(st.kv_pages_used));
@@ -1039,41 +1165,54 @@ struct HttpServer::Impl {
         reg.gauge("lokal_prefix_cache_hit_tokens", "Prompt tokens taken from the prefix cache since start.").set(static_cast<double>(st.prompt_tokens_reused));
         reg.gauge("lokal_preemptions", "Sequences preempted for lack of KV pages since start.").set(static_cast<double>(st.preemptions));
         reg.gauge("lokal_resident_memory_bytes", "Resident memory of the server process.").set(static_cast<double>(rss_bytes()));
-        const auto& t = eng.totals();
-        const double gen_s = static_cast<double>(t.gen_ns.load()) / 1e9, prompt_s = static_cast<double>(t.prompt_ns.load()) / 1e9;
+        reg.gauge("lokal_predicted_memory_bytes", "Memory the loaded models and the process are predicted to hold.")
+            .set(static_cast<double>(router.predicted_bytes()));
+        reg.gauge("lokal_models_loaded", "Models loaded now.").set(loaded);
+        const double gen_s = static_cast<double>(gen_ns) / 1e9, prompt_s = static_cast<double>(prompt_ns) / 1e9;
         reg.gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.")
-            .set(prompt_s > 0 ? static_cast<double>(t.prompt_tokens.load() - t.cached_tokens.load()) / prompt_s : 0);
+            .set(prompt_s > 0 ? static_cast<double>(prompt_tokens - cached_tokens) / prompt_s : 0);
         reg.gauge("llamacpp:predicted_tokens_seconds", "Average generation throughput in tokens/s.")
-            .set(gen_s > 0 ? static_cast<double>(t.generated_tokens.load()) / gen_s : 0);
+            .set(gen_s > 0 ? static_cast<double>(generated) / gen_s : 0);
         res.set_content(reg.render(), "text/plain; version=0.0.4");
       });
     }
 
     // Ollama.
-    add("GET", "/api/version", Scope::Open, Style::Ollama, false, false,
+    add("GET", "/api/version", Scope::Open, Style::Ollama, Needs::Nothing, false,
         [this](auto&, auto& res, Ctx&) { send_json(res, {{"version", kVersion}}); });
-    auto tag = [this](bool ps) {
-      json m = {{"name", eng.model_id()}, {"model", eng.model_id()}, {"size", eng.loaded().facts.file_bytes},
-                {"digest", ""}, {"details", model_details()}};
+    // Ollama's listings: /api/tags every model (with its state), /api/ps the loaded ones with when they unload.
+    auto tag = [this](const ModelStatus& m, bool ps) {
+      json tasks = json::array();
+      for (Task t : m.tasks) tasks.push_back(task_name(t));
+      json j = {{"name", m.name}, {"model", m.name}, {"size", ps ? m.predicted_bytes : m.facts.file_bytes},
+                {"digest", ""}, {"details", model_details(m.facts)}, {"state", m.state}, {"tasks", tasks}};
       if (ps) {
-        m["expires_at"] = "2318-01-01T00:00:00Z";  // stays loaded (no keep_alive unloading in a one-model server)
-        m["size_vram"] = 0;
-        m["context_length"] = eng.n_ctx();
+        j["expires_at"] = m.expires_at ? iso_utc(std::chrono::system_clock::to_time_t(*m.expires_at))
+                                       : std::string("2318-01-01T00:00:00Z");  // never (pinned, busy, or keep_alive < 0)
+        j["size_vram"] = 0;
+        j["context_length"] = m.n_ctx;
+        j["in_flight"] = m.in_flight;
+        j["pinned"] = m.pinned;
       } else {
         struct stat st {};
-        m["modified_at"] = ::stat(eng.options().load.path.c_str(), &st) == 0 ? iso_utc(st.st_mtime) : iso_now();
+        j["modified_at"] = ::stat(m.facts.path.c_str(), &st) == 0 ? iso_utc(st.st_mtime) : iso_now();
       }
-      return m;
+      return j;
     };
-    add("GET", "/api/tags", Scope::Inference, Style::Ollama, true, false,
-        [this, tag](auto&, auto& res, Ctx&) { send_json(res, {{"models", json::array({tag(false)})}}); });
-    add("GET", "/api/ps", Scope::Inference, Style::Ollama, true, false,
-        [this, tag](auto&, auto& res, Ctx&) { send_json(res, {{"models", json::array({tag(true)})}}); });
-    add("POST", "/api/show", Scope::Inference, Style::Ollama, true, false, [this, J](auto& req, auto& res, Ctx&) {
-      const json b = J(req);
-      std::string name = b.contains("model") && b["model"].is_string() ? b["model"].get<std::string>()
-                         : b.contains("name") && b["name"].is_string() ? b["name"].get<std::string>() : "";
-      if (!eng.answers_to(name)) throw ApiError(404, "model '" + name + "' not found");
+    add("GET", "/api/tags", Scope::Inference, Style::Ollama, Needs::Nothing, false, [this, tag](auto&, auto& res, Ctx&) {
+      json out = json::array();
+      for (const ModelStatus& m : router.status()) out.push_back(tag(m, false));
+      send_json(res, {{"models", out}});
+    });
+    add("GET", "/api/ps", Scope::Inference, Style::Ollama, Needs::Nothing, false, [this, tag](auto&, auto& res, Ctx&) {
+      json out = json::array();
+      for (const ModelStatus& m : router.status())
+        if (m.state == "loaded") out.push_back(tag(m, true));
+      send_json(res, {{"models", out}, {"memory", {{"predicted_bytes", router.predicted_bytes()}, {"rss_bytes", rss_bytes()},
+                                                   {"budget_bytes", router.options().budget_bytes}}}});
+    });
+    add("POST", "/api/show", Scope::Inference, Style::Ollama, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
       const ModelConfig& cfg = eng.model().config();
       const ChatTemplate* t = eng.chat_template();
       json caps = json::array({"completion"});
@@ -1086,7 +1225,7 @@ struct HttpServer::Impl {
       send_json(res, {{"modelfile", "FROM " + eng.options().load.path + "\n"},
                       {"parameters", ""},
                       {"template", t ? t->source() : ""},
-                      {"details", model_details()},
+                      {"details", model_details(eng.loaded().facts)},
                       {"model_info", {{"general.architecture", cfg.arch},
                                       {"general.parameter_count", eng.loaded().facts.n_params},
                                       {cfg.arch + ".context_length", cfg.n_ctx_train},
@@ -1094,19 +1233,35 @@ struct HttpServer::Impl {
                                       {cfg.arch + ".block_count", cfg.n_layer}}},
                       {"capabilities", caps}});
     });
-    add("POST", "/api/chat", Scope::Inference, Style::Ollama, true, true,
-        [this, JD](auto& req, auto& res, Ctx& c) { generate(parse_ollama_chat(JD(req, Api::OllamaChat)), req, res, c); });
-    add("POST", "/api/generate", Scope::Inference, Style::Ollama, true, true, [this, JD](auto& req, auto& res, Ctx& c) {
-      TextRequest r = parse_ollama_generate(JD(req, Api::OllamaGenerate));
-      if (r.prompt.empty() && r.messages.size() <= 1 && !r.raw) {  // Ollama: an empty prompt loads the model
-        send_json(res, {{"model", eng.model_id()}, {"created_at", iso_now()}, {"response", ""}, {"done", true}, {"done_reason", "load"}});
+    add("POST", "/api/chat", Scope::Inference, Style::Ollama, Needs::Chat, true, [this, JD](auto& req, auto& res, Ctx& c) {
+      const bool no_messages = c.body.is_object() && !c.body.contains("message") &&
+                               (!c.body.contains("messages") || (c.body["messages"].is_array() && c.body["messages"].empty()));
+      if (no_messages) {  // Ollama: no messages loads the model (keep_alive 0: unloads it)
+        send_json(res, {{"model", c.eng->model_id()}, {"created_at", iso_now()}, {"message", {{"role", "assistant"}, {"content", ""}}},
+                        {"done", true}, {"done_reason", unloads(c.body) ? "unload" : "load"}});
+        return;
+      }
+      generate(parse_ollama_chat(JD(c, Api::OllamaChat)), req, res, c);
+    });
+    add("POST", "/api/generate", Scope::Inference, Style::Ollama, Needs::Completion, true, [this, JD](auto& req, auto& res, Ctx& c) {
+      TextRequest r = parse_ollama_generate(JD(c, Api::OllamaGenerate));
+      if (r.prompt.empty() && r.messages.size() <= 1 && !r.raw) {  // Ollama: an empty prompt loads the model (keep_alive 0: unloads)
+        send_json(res, {{"model", c.eng->model_id()}, {"created_at", iso_now()}, {"response", ""}, {"done", true},
+                        {"done_reason", unloads(c.body) ? "unload" : "load"}});
         return;
       }
       generate(std::move(r), req, res, c);
     });
 
     // lokal's simple API.
-    add("POST", "/api/debug/reload", Scope::Admin, Style::Ollama, false, false, [this](auto&, auto& res, Ctx&) {
+    add("POST", "/api/debug/reload", Scope::Admin, Style::Ollama, Needs::Nothing, false, [this](const httplib::Request& req, auto& res, Ctx&) {
+      // Reloads a loaded model's file (?model=NAME; default: the first model) without a restart.
+      const size_t index = router.resolve(req.get_param_value("model"), std::nullopt);
+      if (router.status(index).state != "loaded")
+        throw ApiError(409, "the model '" + router.spec(index).name + "' is not loaded", "", "not_loaded");
+      auto lease = router.acquire(index);  // keeps it loaded; its use lock is dropped, or the reload would wait for it
+      lease->drop_use();
+      Engine& eng = lease->engine();
       if (eng.state() == Engine::State::Loading) throw ApiError(409, "the model is loading already", "", "loading");
       const auto t0 = Clock::now();
       try {
@@ -1118,7 +1273,8 @@ struct HttpServer::Impl {
       send_json(res, {{"status", "reloaded"}, {"model", eng.model_id()}, {"load_seconds", eng.load_seconds()},
                       {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()}});
     });
-    add("GET", "/api/model/info", Scope::Inference, Style::Ollama, true, false, [this](auto&, auto& res, Ctx&) {
+    add("GET", "/api/model/info", Scope::Inference, Style::Ollama, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
+      Engine& eng = *c.eng;
       const LoadedModel& l = eng.loaded();
       const ModelConfig& cfg = eng.model().config();
       const auto& t = eng.totals();
@@ -1165,7 +1321,7 @@ struct HttpServer::Impl {
   }
 };
 
-HttpServer::HttpServer(Engine& engine, ServerOptions opt) : impl_(std::make_unique<Impl>(engine, std::move(opt))) {}
+HttpServer::HttpServer(Router& router, ServerOptions opt) : impl_(std::make_unique<Impl>(router, std::move(opt))) {}
 HttpServer::~HttpServer() = default;
 const std::vector<std::string>& HttpServer::warnings() const { return impl_->warnings; }
 bool HttpServer::draining() const { return impl_->draining.load(); }
@@ -1193,7 +1349,11 @@ int HttpServer::bind() {
   // a few for health checks and idle connections. Connections beyond wait in cpp-httplib's queue. Not more: every
   // thread that ever served a request keeps its stack and malloc arena resident (measured: 272 threads grew the
   // peak RSS of a 6-client soak by 3.5 MiB over a minute; 28 stay flat).
-  if (threads <= 0) threads = std::clamp(m.eng.options().load.n_parallel + m.opt.queue_size + 8, 16, 256);
+  if (threads <= 0) {
+    int parallel = 0;
+    for (size_t i = 0; i < m.router.size(); ++i) parallel += m.router.spec(i).engine.load.n_parallel;
+    threads = std::clamp(parallel + m.opt.queue_size + 8, 16, 256);
+  }
   m.srv->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   m.srv->set_payload_max_length(m.opt.max_body_bytes);
   m.srv->set_read_timeout(m.opt.read_timeout_s, 0);
@@ -1228,7 +1388,8 @@ void HttpServer::stop() {
   Impl& m = *impl_;
   if (m.draining.exchange(true)) return;
   const auto t0 = Clock::now();
-  while (m.eng.state() == Engine::State::Ready && m.eng.in_flight() > 0 &&
+  m.router.close();  // new requests: 503; those in flight may finish
+  while (m.router.in_flight() > 0 &&
          std::chrono::duration<double>(Clock::now() - t0).count() < m.opt.drain_timeout_s)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   m.srv->stop();

@@ -14,7 +14,7 @@
 
 namespace lokal::server {
 
-class Engine;
+class Router;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -38,7 +38,7 @@ struct ServerOptions {
 
 class HttpServer {
  public:
-  HttpServer(Engine& engine, ServerOptions opt);
+  HttpServer(Router& router, ServerOptions opt);
   ~HttpServer();
   // Checks the options (a non-loopback host without keys is refused unless no_auth) and binds; returns the port.
   // Throws lokal::Error.

@@ -56,9 +56,7 @@ Prepared prepare(Engine& engine, TextRequest& req) {
   Prepared p;
   const Vocab& vocab = engine.model().vocab();
   const int64_t n_vocab = vocab.n_tokens();
-  if (!engine.answers_to(req.model))
-    throw ApiError(404, "the model '" + req.model + "' is not served here (this server serves '" + engine.model_id() + "')", "model",
-                   "model_not_found");
+  // The request's "model" was resolved by the router (server/router.h): names, aliases, routes, tasks.
 
   // The prompt.
   if (req.prompt_is_tokens) {
