@@ -1,5 +1,6 @@
 // gpu/device.cpp - the Vulkan loader, instance, devices, buffers, pipelines and command buffers (gpu/gpu.h).
 #include <dlfcn.h>
+#include <link.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -7,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <utility>
 
 #include "gpu/gpu.h"
@@ -103,6 +105,28 @@ const char* type_word(VkPhysicalDeviceType t) {
   }
 }
 
+// The file names of the shared objects loaded in this process.
+std::set<std::string> loaded_objects() {
+  std::set<std::string> names;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name && info->dlpi_name[0]) static_cast<std::set<std::string>*>(out)->insert(info->dlpi_name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+// Libraries the Vulkan loader opened (drivers, layers) stay loaded for the rest of the process, as the loader itself
+// does: the loader unloads a driver when its last instance is destroyed, and reloading llvmpipe (LLVM) for the next
+// instance is slow, unloading Mesa's drivers at run time is a known source of crashes (LLVM's exit-time handlers), and
+// LeakSanitizer can no longer see an unloaded driver's global data, so everything the driver keeps there would be
+// reported as leaked from "<unknown module>". RTLD_NOLOAD only pins what is already loaded.
+void pin_new_objects(const std::set<std::string>& before) {
+  for (const std::string& name : loaded_objects())
+    if (!before.count(name)) dlopen(name.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 }  // namespace
 
 // A VkInstance with its function table. Destroyed when the last Device (or list_devices call) lets go of it.
@@ -126,6 +150,7 @@ class Instance {
     app.pApplicationName = "lokal";
     app.pEngineName = "lokal";
     app.apiVersion = std::min<uint32_t>(loader_version, VK_API_VERSION_1_3);
+    const std::set<std::string> before = loaded_objects();
     auto ci = vk_struct<VkInstanceCreateInfo>(VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO);
     ci.pApplicationInfo = &app;
     const VkResult r = f.vkCreateInstance(&ci, nullptr, &inst->instance_);
@@ -136,6 +161,8 @@ class Instance {
   if (!f.name) throw Error("Vulkan: the loader has no " #name " (Vulkan 1.1 is required)");
     LOKAL_VK_INSTANCE_FUNCS(LOKAL_VK_LOAD_INSTANCE)
 #undef LOKAL_VK_LOAD_INSTANCE
+    inst->physical_ = inst->enumerate();  // drivers are loaded by now
+    pin_new_objects(before);
     return inst;
   }
   ~Instance() {
@@ -143,8 +170,9 @@ class Instance {
   }
   const VkFns& vk() const { return fns_; }
 
-  std::vector<VkPhysicalDevice> physical_devices() const {
-    if (instance_ == VK_NULL_HANDLE) return {};
+  const std::vector<VkPhysicalDevice>& physical_devices() const { return physical_; }
+
+  std::vector<VkPhysicalDevice> enumerate() const {
     uint32_t n = 0;
     VkResult r = fns_.vkEnumeratePhysicalDevices(instance_, &n, nullptr);
     if (r == VK_ERROR_INITIALIZATION_FAILED) return {};
@@ -246,13 +274,14 @@ class Instance {
   Instance() = default;
   VkFns fns_;
   VkInstance instance_ = VK_NULL_HANDLE;
+  std::vector<VkPhysicalDevice> physical_;
 };
 
 std::string DeviceInfo::api_string() const { return version_string(api_version); }
 
 std::vector<DeviceInfo> list_devices() {
   auto inst = Instance::create();
-  const auto pds = inst->physical_devices();
+  const auto& pds = inst->physical_devices();
   std::vector<DeviceInfo> out;
   for (uint32_t i = 0; i < pds.size(); ++i) out.push_back(inst->describe(pds[i], i));
   return out;
@@ -273,7 +302,7 @@ std::string no_device_reason() {
 
 std::shared_ptr<Device> Device::open(uint32_t index) {
   auto inst = Instance::create();
-  const auto pds = inst->physical_devices();
+  const auto& pds = inst->physical_devices();
   if (pds.empty()) throw Error("no Vulkan device found");
   if (index >= pds.size())
     throw Error("Vulkan device " + std::to_string(index) + " does not exist (" + std::to_string(pds.size()) +
