@@ -18,6 +18,8 @@ PACKAGES=(
   zlib1g-dev libjs-marked libjs-highlight.js node-dompurify  # the web chat page: Markdown, code highlighting, HTML sanitizing (embedded at build time)
   chromium                                             # e2e/webui.test.mjs drives the web chat page in headless Chromium (playwright-core)
   nginx haproxy python3-yaml                           # e2e/scaleout.test.mjs runs deploy/'s load balancers; e2e/deploy.test.mjs parses deploy/k8s/*.yaml
+  libvulkan-dev glslc                                  # gpu/: Vulkan headers (the loader is dlopen'ed at run time), GLSL -> SPIR-V shader compiler
+  mesa-vulkan-drivers                                  # tests/test_vulkan.cpp runs the GPU kernels on lavapipe (Vulkan on the CPU)
 )
 # e2e/ runs the official openai and ollama npm clients and playwright-core under node --test. They need Node 20
 # or newer (playwright-core's engines field); Debian 12's nodejs is v18, so a newer node already on PATH is kept and

@@ -1,10 +1,12 @@
 // `lokal info MODEL`: architecture, hyperparameters, tokenizer, tensor types, memory needed.
+// `lokal info --devices`: the Vulkan devices GPU offload can use (gpu/gpu.h), or why there are none.
 #include <cstdio>
 #include <map>
 
 #include "cli/commands.h"
 #include "core/log.h"
 #include "core/safe_io.h"
+#include "gpu/gpu.h"
 #include "runtime/plan.h"
 #include "runtime/session.h"
 
@@ -15,7 +17,37 @@ struct InfoArgs {
   std::string model, model_flag;  // the positional, -m (one_model: exactly one of them)
   int64_t ctx = 0;
   bool all_kv = false;
+  bool devices = false;
 };
+
+// One block per device; with none, the one line saying why ("no Vulkan loader (libvulkan.so.1) found ...", "no
+// Vulkan device found") and exit status 0: finding no GPU is an answer, not a failure.
+void info_devices() {
+  std::vector<gpu::DeviceInfo> devs;
+  try {
+    devs = gpu::list_devices();
+  } catch (const Error& e) {
+    std::printf("%s\n", e.what());
+    return;
+  }
+  if (devs.empty()) {
+    std::printf("no Vulkan device found\n");
+    return;
+  }
+  for (const gpu::DeviceInfo& d : devs) {
+    std::printf("device %u: %s\n", d.index, printable(d.name).c_str());
+    std::printf("  type           %s\n", d.type.c_str());
+    std::printf("  driver         %s (Vulkan %s)\n", printable(d.driver).c_str(), d.api_string().c_str());
+    std::printf("  memory         %s device-local (largest allocation %s)\n",
+                format_bytes(static_cast<double>(d.device_local_bytes)).c_str(),
+                format_bytes(static_cast<double>(d.max_allocation_bytes)).c_str());
+    std::printf("  fp16           %s\n", d.fp16 ? "yes" : "no");
+    std::printf("  int8 dot       %s\n", d.int8_dot ? (d.int8_dot_accelerated ? "yes (accelerated)" : "yes (not accelerated)") : "no");
+    std::printf("  subgroup size  %u\n", d.subgroup_size);
+    std::printf("  workgroup      up to %u x %u x %u, %u invocations\n", d.max_workgroup_size[0], d.max_workgroup_size[1],
+                d.max_workgroup_size[2], d.max_workgroup_invocations);
+  }
+}
 
 void info(const InfoArgs& a) {
   set_log_level(LogLevel::Warn);
@@ -100,7 +132,15 @@ void register_info(CLI::App& app, int* rc) {
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size for the memory estimate (0: model's, max 4096)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_flag("--metadata", a->all_kv, "Also list every metadata key");
+  cmd->add_flag("--devices", a->devices, "List the Vulkan GPU devices instead (no model needed)");
   cmd->callback([a, rc] {
+    if (a->devices) {
+      if (!a->model.empty() || !a->model_flag.empty())
+        throw CLI::ParseError("info: --devices lists GPUs and takes no model", 2);
+      info_devices();
+      *rc = 0;
+      return;
+    }
     a->model = one_model("info", a->model_flag, a->model);
     info(*a);
     *rc = 0;

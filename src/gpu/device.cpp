@@ -1,0 +1,679 @@
+// gpu/device.cpp - the Vulkan loader, instance, devices, buffers, pipelines and command buffers (gpu/gpu.h).
+#include <dlfcn.h>
+#include <link.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "gpu/gpu.h"
+
+namespace lokal::gpu {
+
+const char* vk_result_name(VkResult r) {
+  switch (r) {
+    case VK_SUCCESS: return "VK_SUCCESS";
+    case VK_NOT_READY: return "VK_NOT_READY";
+    case VK_TIMEOUT: return "VK_TIMEOUT";
+    case VK_INCOMPLETE: return "VK_INCOMPLETE";
+    case VK_ERROR_OUT_OF_HOST_MEMORY: return "VK_ERROR_OUT_OF_HOST_MEMORY";
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY: return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
+    case VK_ERROR_INITIALIZATION_FAILED: return "VK_ERROR_INITIALIZATION_FAILED";
+    case VK_ERROR_DEVICE_LOST: return "VK_ERROR_DEVICE_LOST";
+    case VK_ERROR_MEMORY_MAP_FAILED: return "VK_ERROR_MEMORY_MAP_FAILED";
+    case VK_ERROR_LAYER_NOT_PRESENT: return "VK_ERROR_LAYER_NOT_PRESENT";
+    case VK_ERROR_EXTENSION_NOT_PRESENT: return "VK_ERROR_EXTENSION_NOT_PRESENT";
+    case VK_ERROR_FEATURE_NOT_PRESENT: return "VK_ERROR_FEATURE_NOT_PRESENT";
+    case VK_ERROR_INCOMPATIBLE_DRIVER: return "VK_ERROR_INCOMPATIBLE_DRIVER";
+    case VK_ERROR_TOO_MANY_OBJECTS: return "VK_ERROR_TOO_MANY_OBJECTS";
+    case VK_ERROR_FRAGMENTED_POOL: return "VK_ERROR_FRAGMENTED_POOL";
+    case VK_ERROR_OUT_OF_POOL_MEMORY: return "VK_ERROR_OUT_OF_POOL_MEMORY";
+    default: return "VkResult error";
+  }
+}
+
+namespace {
+
+// A zero-initialized Vulkan struct with its sType set (brace-initializing only sType trips -Wmissing-field-initializers).
+template <class T>
+T vk_struct(VkStructureType type) {
+  T t{};
+  t.sType = type;
+  return t;
+}
+
+void check(VkResult r, const char* what) {
+  if (r != VK_SUCCESS) throw Error(std::string("Vulkan: ") + what + " failed (" + vk_result_name(r) + ")");
+}
+
+std::string bytes_text(uint64_t b) {
+  char buf[64];
+  const double v = static_cast<double>(b);
+  if (v >= 1024.0 * 1024 * 1024)
+    std::snprintf(buf, sizeof buf, "%.2f GiB", v / (1024.0 * 1024 * 1024));
+  else if (v >= 1024.0 * 1024)
+    std::snprintf(buf, sizeof buf, "%.2f MiB", v / (1024.0 * 1024));
+  else
+    std::snprintf(buf, sizeof buf, "%.2f KiB", v / 1024.0);
+  return buf;
+}
+
+// The loader: dlopen'ed once per process and kept (unloading Mesa's drivers at exit is a known source of crashes;
+// the handle is one small allocation owned by the dynamic linker). LOKAL_VULKAN_LOADER names another file (tests use
+// it to check the message of a machine without a loader).
+struct Loader {
+  void* handle = nullptr;
+  PFN_vkGetInstanceProcAddr gipa = nullptr;
+  std::string error;
+};
+
+const Loader& loader() {
+  static Loader l;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("LOKAL_VULKAN_LOADER");
+    const char* file = env && *env ? env : "libvulkan.so.1";
+    l.handle = dlopen(file, RTLD_NOW | RTLD_LOCAL);
+    if (!l.handle) {
+      l.error = std::string("no Vulkan loader (") + file + ") found; install it (Debian: apt-get install libvulkan1 " +
+                "mesa-vulkan-drivers) or use the CPU";
+      return;
+    }
+    l.gipa = reinterpret_cast<PFN_vkGetInstanceProcAddr>(dlsym(l.handle, "vkGetInstanceProcAddr"));
+    if (!l.gipa) l.error = std::string("the Vulkan loader ") + file + " has no vkGetInstanceProcAddr";
+  });
+  return l;
+}
+
+std::string version_string(uint32_t v) {
+  return std::to_string(VK_API_VERSION_MAJOR(v)) + "." + std::to_string(VK_API_VERSION_MINOR(v)) + "." +
+         std::to_string(VK_API_VERSION_PATCH(v));
+}
+
+const char* type_word(VkPhysicalDeviceType t) {
+  switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return "discrete";
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return "integrated";
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return "virtual";
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return "cpu";
+    default: return "other";
+  }
+}
+
+// The file names of the shared objects loaded in this process.
+std::set<std::string> loaded_objects() {
+  std::set<std::string> names;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        if (info->dlpi_name && info->dlpi_name[0]) static_cast<std::set<std::string>*>(out)->insert(info->dlpi_name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+// Libraries the Vulkan loader opened (drivers, layers) stay loaded for the rest of the process, as the loader itself
+// does: the loader unloads a driver when its last instance is destroyed, and reloading llvmpipe (LLVM) for the next
+// instance is slow, unloading Mesa's drivers at run time is a known source of crashes (LLVM's exit-time handlers), and
+// LeakSanitizer can no longer see an unloaded driver's global data, so everything the driver keeps there would be
+// reported as leaked from "<unknown module>". RTLD_NOLOAD only pins what is already loaded.
+void pin_new_objects(const std::set<std::string>& before) {
+  for (const std::string& name : loaded_objects())
+    if (!before.count(name)) dlopen(name.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+}  // namespace
+
+// A VkInstance with its function table. Destroyed when the last Device (or list_devices call) lets go of it.
+class Instance {
+ public:
+  static std::shared_ptr<Instance> create() {
+    const Loader& l = loader();
+    if (!l.handle || !l.gipa) throw Error(l.error);
+    auto inst = std::shared_ptr<Instance>(new Instance());
+    VkFns& f = inst->fns_;
+    f.vkGetInstanceProcAddr = l.gipa;
+#define LOKAL_VK_LOAD_GLOBAL(name) f.name = reinterpret_cast<PFN_##name>(l.gipa(nullptr, #name));
+    LOKAL_VK_GLOBAL_FUNCS(LOKAL_VK_LOAD_GLOBAL)
+#undef LOKAL_VK_LOAD_GLOBAL
+    if (!f.vkCreateInstance) throw Error("no Vulkan loader (libvulkan.so.1) found: it exports no vkCreateInstance");
+    uint32_t loader_version = VK_API_VERSION_1_0;
+    if (f.vkEnumerateInstanceVersion) f.vkEnumerateInstanceVersion(&loader_version);
+    if (loader_version < VK_API_VERSION_1_1)
+      throw Error("the Vulkan loader supports only Vulkan " + version_string(loader_version) + "; lokal needs 1.1");
+    auto app = vk_struct<VkApplicationInfo>(VK_STRUCTURE_TYPE_APPLICATION_INFO);
+    app.pApplicationName = "lokal";
+    app.pEngineName = "lokal";
+    app.apiVersion = std::min<uint32_t>(loader_version, VK_API_VERSION_1_3);
+    const std::set<std::string> before = loaded_objects();
+    auto ci = vk_struct<VkInstanceCreateInfo>(VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO);
+    ci.pApplicationInfo = &app;
+    const VkResult r = f.vkCreateInstance(&ci, nullptr, &inst->instance_);
+    if (r == VK_ERROR_INCOMPATIBLE_DRIVER) return inst;  // a loader without any driver: no devices
+    check(r, "vkCreateInstance");
+#define LOKAL_VK_LOAD_INSTANCE(name)                                                          \
+  f.name = reinterpret_cast<PFN_##name>(l.gipa(inst->instance_, #name));                       \
+  if (!f.name) throw Error("Vulkan: the loader has no " #name " (Vulkan 1.1 is required)");
+    LOKAL_VK_INSTANCE_FUNCS(LOKAL_VK_LOAD_INSTANCE)
+#undef LOKAL_VK_LOAD_INSTANCE
+    inst->physical_ = inst->enumerate();  // drivers are loaded by now
+    pin_new_objects(before);
+    return inst;
+  }
+  ~Instance() {
+    if (instance_ != VK_NULL_HANDLE && fns_.vkDestroyInstance) fns_.vkDestroyInstance(instance_, nullptr);
+  }
+  const VkFns& vk() const { return fns_; }
+
+  const std::vector<VkPhysicalDevice>& physical_devices() const { return physical_; }
+
+  std::vector<VkPhysicalDevice> enumerate() const {
+    uint32_t n = 0;
+    VkResult r = fns_.vkEnumeratePhysicalDevices(instance_, &n, nullptr);
+    if (r == VK_ERROR_INITIALIZATION_FAILED) return {};
+    check(r, "vkEnumeratePhysicalDevices");
+    std::vector<VkPhysicalDevice> v(n);
+    if (n) check(fns_.vkEnumeratePhysicalDevices(instance_, &n, v.data()), "vkEnumeratePhysicalDevices");
+    v.resize(n);
+    return v;
+  }
+
+  DeviceInfo describe(VkPhysicalDevice pd, uint32_t index) const {
+    const VkFns& f = fns_;
+    DeviceInfo d;
+    d.index = index;
+    VkPhysicalDeviceProperties base{};
+    f.vkGetPhysicalDeviceProperties(pd, &base);
+    const uint32_t api = base.apiVersion;
+    bool ext_dot = false, ext_f16i8 = false, ext_driver = false;
+    {
+      uint32_t n = 0;
+      f.vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr);
+      std::vector<VkExtensionProperties> exts(n);
+      if (n) f.vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, exts.data());
+      for (uint32_t i = 0; i < n; ++i) {
+        const std::string e = exts[i].extensionName;
+        ext_dot |= e == VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+        ext_f16i8 |= e == VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
+        ext_driver |= e == VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME;
+      }
+    }
+    const bool has_dot = api >= VK_API_VERSION_1_3 || ext_dot;
+    const bool has_f16i8 = api >= VK_API_VERSION_1_2 || ext_f16i8;
+    const bool has_driver = api >= VK_API_VERSION_1_2 || ext_driver;
+
+    // Properties: subgroup size, allocation limit, driver name, integer dot product speed.
+    auto sub = vk_struct<VkPhysicalDeviceSubgroupProperties>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES);
+    auto m3 = vk_struct<VkPhysicalDeviceMaintenance3Properties>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES);
+    auto drv = vk_struct<VkPhysicalDeviceDriverProperties>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES);
+    auto dotp = vk_struct<VkPhysicalDeviceShaderIntegerDotProductProperties>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES);
+    auto p2 = vk_struct<VkPhysicalDeviceProperties2>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2);
+    p2.pNext = &sub;
+    sub.pNext = &m3;
+    void** tail = &m3.pNext;
+    if (has_driver) {
+      *tail = &drv;
+      tail = &drv.pNext;
+    }
+    if (has_dot) {
+      *tail = &dotp;
+      tail = &dotp.pNext;
+    }
+    f.vkGetPhysicalDeviceProperties2(pd, &p2);
+
+    // Features: fp16 and int8 arithmetic, integer dot product.
+    auto f16 = vk_struct<VkPhysicalDeviceShaderFloat16Int8Features>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES);
+    auto dotf = vk_struct<VkPhysicalDeviceShaderIntegerDotProductFeatures>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES);
+    auto f2 = vk_struct<VkPhysicalDeviceFeatures2>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2);
+    tail = &f2.pNext;
+    if (has_f16i8) {
+      *tail = &f16;
+      tail = &f16.pNext;
+    }
+    if (has_dot) {
+      *tail = &dotf;
+      tail = &dotf.pNext;
+    }
+    f.vkGetPhysicalDeviceFeatures2(pd, &f2);
+
+    VkPhysicalDeviceMemoryProperties mem{};
+    f.vkGetPhysicalDeviceMemoryProperties(pd, &mem);
+    for (uint32_t h = 0; h < mem.memoryHeapCount; ++h)
+      if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) d.device_local_bytes += mem.memoryHeaps[h].size;
+
+    d.name = base.deviceName;
+    d.type = type_word(base.deviceType);
+    d.api_version = api;
+    if (has_driver) {
+      d.driver = drv.driverName;
+      if (drv.driverInfo[0]) d.driver += std::string(" ") + drv.driverInfo;
+    } else {
+      d.driver = "driver version " + std::to_string(base.driverVersion);
+    }
+    d.max_allocation_bytes = m3.maxMemoryAllocationSize;
+    d.max_storage_buffer_bytes = base.limits.maxStorageBufferRange;
+    d.fp16 = has_f16i8 && f16.shaderFloat16;
+    d.int8 = has_f16i8 && f16.shaderInt8;
+    d.int8_dot = has_dot && dotf.shaderIntegerDotProduct;
+    d.int8_dot_accelerated = d.int8_dot && dotp.integerDotProduct4x8BitPackedSignedAccelerated;
+    d.subgroup_size = sub.subgroupSize;
+    for (int i = 0; i < 3; ++i) {
+      d.max_workgroup_size[i] = base.limits.maxComputeWorkGroupSize[i];
+      d.max_workgroup_count[i] = base.limits.maxComputeWorkGroupCount[i];
+    }
+    d.max_workgroup_invocations = base.limits.maxComputeWorkGroupInvocations;
+    return d;
+  }
+
+ private:
+  Instance() = default;
+  VkFns fns_;
+  VkInstance instance_ = VK_NULL_HANDLE;
+  std::vector<VkPhysicalDevice> physical_;
+};
+
+std::string DeviceInfo::api_string() const { return version_string(api_version); }
+
+std::vector<DeviceInfo> list_devices() {
+  auto inst = Instance::create();
+  const auto& pds = inst->physical_devices();
+  std::vector<DeviceInfo> out;
+  for (uint32_t i = 0; i < pds.size(); ++i) out.push_back(inst->describe(pds[i], i));
+  return out;
+}
+
+std::string no_device_reason() {
+  try {
+    if (list_devices().empty()) return "no Vulkan device found";
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device
+// ---------------------------------------------------------------------------------------------
+
+std::shared_ptr<Device> Device::open(uint32_t index) {
+  auto inst = Instance::create();
+  const auto& pds = inst->physical_devices();
+  if (pds.empty()) throw Error("no Vulkan device found");
+  if (index >= pds.size())
+    throw Error("Vulkan device " + std::to_string(index) + " does not exist (" + std::to_string(pds.size()) +
+                " found: 0.." + std::to_string(pds.size() - 1) + ")");
+  const VkFns& f = inst->vk();
+  auto dev = std::shared_ptr<Device>(new Device());
+  dev->instance_ = inst;
+  dev->physical_ = pds[index];
+  dev->info_ = inst->describe(pds[index], index);
+  f.vkGetPhysicalDeviceMemoryProperties(dev->physical_, &dev->mem_);
+
+  uint32_t nq = 0;
+  f.vkGetPhysicalDeviceQueueFamilyProperties(dev->physical_, &nq, nullptr);
+  std::vector<VkQueueFamilyProperties> qf(nq);
+  f.vkGetPhysicalDeviceQueueFamilyProperties(dev->physical_, &nq, qf.data());
+  // Prefer a compute queue without graphics (an async compute family), else any compute queue.
+  int64_t family = -1;
+  for (uint32_t i = 0; i < nq; ++i)
+    if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) {
+      family = i;
+      break;
+    }
+  for (uint32_t i = 0; family < 0 && i < nq; ++i)
+    if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = i;
+  if (family < 0) throw Error("Vulkan device " + std::to_string(index) + " (" + dev->info_.name + ") has no compute queue");
+  dev->queue_family_ = static_cast<uint32_t>(family);
+
+  const float priority = 1.0f;
+  auto qci = vk_struct<VkDeviceQueueCreateInfo>(VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO);
+  qci.queueFamilyIndex = dev->queue_family_;
+  qci.queueCount = 1;
+  qci.pQueuePriorities = &priority;
+  auto dci = vk_struct<VkDeviceCreateInfo>(VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO);
+  dci.queueCreateInfoCount = 1;
+  dci.pQueueCreateInfos = &qci;
+  // No optional features: the shaders read weights through 32-bit words and compute in f32 (the plain path every
+  // Vulkan 1.1 device runs). fp16 / int8 / dot-product paths come later, behind DeviceInfo's flags.
+  check(f.vkCreateDevice(dev->physical_, &dci, nullptr, &dev->device_), "vkCreateDevice");
+  f.vkGetDeviceQueue(dev->device_, dev->queue_family_, 0, &dev->queue_);
+
+  auto pci = vk_struct<VkCommandPoolCreateInfo>(VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO);
+  pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+  pci.queueFamilyIndex = dev->queue_family_;
+  check(f.vkCreateCommandPool(dev->device_, &pci, nullptr, &dev->pool_), "vkCreateCommandPool");
+  return dev;
+}
+
+Device::~Device() {
+  if (device_ == VK_NULL_HANDLE) return;
+  const VkFns& f = vk();
+  f.vkDeviceWaitIdle(device_);
+  if (pool_ != VK_NULL_HANDLE) f.vkDestroyCommandPool(device_, pool_, nullptr);
+  f.vkDestroyDevice(device_, nullptr);
+}
+
+const VkFns& Device::vk() const { return instance_->vk(); }
+
+uint32_t Device::memory_type(uint32_t bits, VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid) const {
+  for (int pass = 0; pass < 2; ++pass)
+    for (uint32_t i = 0; i < mem_.memoryTypeCount; ++i) {
+      const VkMemoryPropertyFlags fl = mem_.memoryTypes[i].propertyFlags;
+      if (!(bits & (1u << i)) || (fl & want) != want) continue;
+      if (pass == 0 && (fl & avoid)) continue;
+      return i;
+    }
+  return UINT32_MAX;
+}
+
+Buffer Device::alloc(uint64_t bytes) { return make_buffer(bytes, false); }
+Buffer Device::staging(uint64_t bytes) { return make_buffer(bytes, true); }
+
+Buffer Device::make_buffer(uint64_t bytes, bool host_visible) {
+  const VkFns& f = vk();
+  const uint64_t size = std::max<uint64_t>(16, (bytes + 15) & ~uint64_t(15));
+  auto oom = [&](const std::string& why) {
+    return OutOfMemory("GPU out of memory: " + std::to_string(bytes) + " bytes (" + bytes_text(bytes) + ") asked for on " +
+                           info_.name + ", " + why,
+                       bytes);
+  };
+  // Sizes the driver must never see (a request beyond maxMemoryAllocationSize is undefined behaviour, not an error).
+  if (bytes > (uint64_t(1) << 62) || size > info_.max_allocation_bytes)
+    throw oom("whose largest single allocation is " + std::to_string(info_.max_allocation_bytes) + " bytes (" +
+              bytes_text(info_.max_allocation_bytes) + ")");
+  Buffer b;
+  b.dev_ = shared_from_this();
+  b.size_ = size;
+  auto bci = vk_struct<VkBufferCreateInfo>(VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO);
+  bci.size = size;
+  bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+  VkResult r = f.vkCreateBuffer(device_, &bci, nullptr, &b.buffer_);
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) throw oom(vk_result_name(r));
+  check(r, "vkCreateBuffer");
+  VkMemoryRequirements req{};
+  f.vkGetBufferMemoryRequirements(device_, b.buffer_, &req);
+  const VkMemoryPropertyFlags want =
+      host_visible ? VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
+                   : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
+  uint32_t type = memory_type(req.memoryTypeBits, want, host_visible ? 0 : VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT);
+  if (type == UINT32_MAX && !host_visible) type = memory_type(req.memoryTypeBits, 0, 0);
+  if (type == UINT32_MAX) throw Error("Vulkan: " + info_.name + " has no suitable memory type for a buffer");
+  const uint64_t heap = mem_.memoryHeaps[mem_.memoryTypes[type].heapIndex].size;
+  if (req.size > heap)
+    throw oom("whose memory heap holds " + std::to_string(heap) + " bytes (" + bytes_text(heap) + ")");
+  auto mai = vk_struct<VkMemoryAllocateInfo>(VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO);
+  mai.allocationSize = req.size;
+  mai.memoryTypeIndex = type;
+  r = f.vkAllocateMemory(device_, &mai, nullptr, &b.memory_);
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+    throw oom("the driver refused it (" + std::string(vk_result_name(r)) + ")");
+  check(r, "vkAllocateMemory");
+  check(f.vkBindBufferMemory(device_, b.buffer_, b.memory_, 0), "vkBindBufferMemory");
+  if (host_visible) check(f.vkMapMemory(device_, b.memory_, 0, VK_WHOLE_SIZE, 0, &b.mapped_), "vkMapMemory");
+  return b;
+}
+
+void Device::upload(Buffer& dst, const void* src, uint64_t bytes, uint64_t offset) {
+  if (offset > dst.size() || bytes > dst.size() - offset)
+    throw Error("GPU upload of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
+                " overruns a buffer of " + std::to_string(dst.size()));
+  if (bytes == 0) return;
+  Buffer st = staging(bytes);
+  std::memcpy(st.mapped(), src, bytes);
+  Commands c(*this);
+  c.copy(st, dst, bytes, 0, offset);
+  c.submit_and_wait();
+}
+
+void Device::download(const Buffer& src, void* dst, uint64_t bytes, uint64_t offset) {
+  if (offset > src.size() || bytes > src.size() - offset)
+    throw Error("GPU download of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
+                " overruns a buffer of " + std::to_string(src.size()));
+  if (bytes == 0) return;
+  Buffer st = staging(bytes);
+  Commands c(*this);
+  c.copy(src, st, bytes, offset, 0);
+  c.submit_and_wait();
+  std::memcpy(dst, st.mapped(), bytes);
+}
+
+Pipeline Device::pipeline(std::span<const uint32_t> spirv, uint32_t n_buffers, uint32_t push_bytes, const char* name) {
+  const VkFns& f = vk();
+  Pipeline p;
+  p.dev_ = shared_from_this();
+  p.n_buffers_ = n_buffers;
+  p.push_bytes_ = push_bytes;
+  p.name_ = name;
+  auto smi = vk_struct<VkShaderModuleCreateInfo>(VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO);
+  smi.codeSize = spirv.size_bytes();
+  smi.pCode = spirv.data();
+  check(f.vkCreateShaderModule(device_, &smi, nullptr, &p.module_), "vkCreateShaderModule");
+
+  std::vector<VkDescriptorSetLayoutBinding> binds(n_buffers);
+  for (uint32_t i = 0; i < n_buffers; ++i) {
+    binds[i].binding = i;
+    binds[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+    binds[i].descriptorCount = 1;
+    binds[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+  }
+  auto dli = vk_struct<VkDescriptorSetLayoutCreateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO);
+  dli.bindingCount = n_buffers;
+  dli.pBindings = binds.data();
+  check(f.vkCreateDescriptorSetLayout(device_, &dli, nullptr, &p.set_layout_), "vkCreateDescriptorSetLayout");
+
+  VkPushConstantRange pcr{VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes};
+  auto pli = vk_struct<VkPipelineLayoutCreateInfo>(VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO);
+  pli.setLayoutCount = 1;
+  pli.pSetLayouts = &p.set_layout_;
+  pli.pushConstantRangeCount = push_bytes ? 1 : 0;
+  pli.pPushConstantRanges = &pcr;
+  check(f.vkCreatePipelineLayout(device_, &pli, nullptr, &p.layout_), "vkCreatePipelineLayout");
+
+  auto cpi = vk_struct<VkComputePipelineCreateInfo>(VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO);
+  cpi.stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO;
+  cpi.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
+  cpi.stage.module = p.module_;
+  cpi.stage.pName = "main";
+  cpi.layout = p.layout_;
+  const VkResult r = f.vkCreateComputePipelines(device_, VK_NULL_HANDLE, 1, &cpi, nullptr, &p.pipeline_);
+  if (r != VK_SUCCESS)
+    throw Error(std::string("Vulkan: compiling shader ") + name + " failed (" + vk_result_name(r) + ")");
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer, Pipeline
+// ---------------------------------------------------------------------------------------------
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    dev_ = std::move(o.dev_);
+    buffer_ = std::exchange(o.buffer_, VK_NULL_HANDLE);
+    memory_ = std::exchange(o.memory_, VK_NULL_HANDLE);
+    size_ = std::exchange(o.size_, 0);
+    mapped_ = std::exchange(o.mapped_, nullptr);
+  }
+  return *this;
+}
+
+void Buffer::reset() {
+  if (dev_) {
+    const VkFns& f = dev_->vk();
+    if (mapped_) f.vkUnmapMemory(dev_->handle(), memory_);
+    if (buffer_ != VK_NULL_HANDLE) f.vkDestroyBuffer(dev_->handle(), buffer_, nullptr);
+    if (memory_ != VK_NULL_HANDLE) f.vkFreeMemory(dev_->handle(), memory_, nullptr);
+  }
+  dev_.reset();
+  buffer_ = VK_NULL_HANDLE;
+  memory_ = VK_NULL_HANDLE;
+  size_ = 0;
+  mapped_ = nullptr;
+}
+
+Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
+  if (this != &o) {
+    reset();
+    dev_ = std::move(o.dev_);
+    module_ = std::exchange(o.module_, VK_NULL_HANDLE);
+    set_layout_ = std::exchange(o.set_layout_, VK_NULL_HANDLE);
+    layout_ = std::exchange(o.layout_, VK_NULL_HANDLE);
+    pipeline_ = std::exchange(o.pipeline_, VK_NULL_HANDLE);
+    n_buffers_ = o.n_buffers_;
+    push_bytes_ = o.push_bytes_;
+    name_ = std::move(o.name_);
+  }
+  return *this;
+}
+
+void Pipeline::reset() {
+  if (dev_) {
+    const VkFns& f = dev_->vk();
+    const VkDevice d = dev_->handle();
+    if (pipeline_ != VK_NULL_HANDLE) f.vkDestroyPipeline(d, pipeline_, nullptr);
+    if (layout_ != VK_NULL_HANDLE) f.vkDestroyPipelineLayout(d, layout_, nullptr);
+    if (set_layout_ != VK_NULL_HANDLE) f.vkDestroyDescriptorSetLayout(d, set_layout_, nullptr);
+    if (module_ != VK_NULL_HANDLE) f.vkDestroyShaderModule(d, module_, nullptr);
+  }
+  dev_.reset();
+  pipeline_ = VK_NULL_HANDLE;
+  layout_ = VK_NULL_HANDLE;
+  set_layout_ = VK_NULL_HANDLE;
+  module_ = VK_NULL_HANDLE;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+constexpr uint32_t kSetsPerPool = 64, kBuffersPerSet = 8;
+}
+
+Commands::Commands(Device& dev) : dev_(dev.shared_from_this()) {
+  const VkFns& f = dev_->vk();
+  auto ai = vk_struct<VkCommandBufferAllocateInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO);
+  ai.commandPool = dev_->command_pool();
+  ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+  ai.commandBufferCount = 1;
+  check(f.vkAllocateCommandBuffers(dev_->handle(), &ai, &cmd_), "vkAllocateCommandBuffers");
+  auto bi = vk_struct<VkCommandBufferBeginInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO);
+  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+  const VkResult r = f.vkBeginCommandBuffer(cmd_, &bi);
+  if (r != VK_SUCCESS) {
+    f.vkFreeCommandBuffers(dev_->handle(), dev_->command_pool(), 1, &cmd_);
+    check(r, "vkBeginCommandBuffer");
+  }
+}
+
+Commands::~Commands() {
+  const VkFns& f = dev_->vk();
+  if (!ended_) f.vkEndCommandBuffer(cmd_);
+  f.vkFreeCommandBuffers(dev_->handle(), dev_->command_pool(), 1, &cmd_);
+  for (VkDescriptorPool p : pools_) f.vkDestroyDescriptorPool(dev_->handle(), p, nullptr);
+}
+
+VkDescriptorSet Commands::new_set(VkDescriptorSetLayout layout) {
+  const VkFns& f = dev_->vk();
+  if (sets_left_ == 0) {
+    VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * kBuffersPerSet};
+    auto pci = vk_struct<VkDescriptorPoolCreateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO);
+    pci.maxSets = kSetsPerPool;
+    pci.poolSizeCount = 1;
+    pci.pPoolSizes = &ps;
+    VkDescriptorPool pool = VK_NULL_HANDLE;
+    check(f.vkCreateDescriptorPool(dev_->handle(), &pci, nullptr, &pool), "vkCreateDescriptorPool");
+    pools_.push_back(pool);
+    sets_left_ = kSetsPerPool;
+  }
+  auto ai = vk_struct<VkDescriptorSetAllocateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO);
+  ai.descriptorPool = pools_.back();
+  ai.descriptorSetCount = 1;
+  ai.pSetLayouts = &layout;
+  VkDescriptorSet set = VK_NULL_HANDLE;
+  check(f.vkAllocateDescriptorSets(dev_->handle(), &ai, &set), "vkAllocateDescriptorSets");
+  --sets_left_;
+  return set;
+}
+
+void Commands::dispatch(const Pipeline& p, std::initializer_list<const Buffer*> buffers, const void* push,
+                        uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
+  if (ended_) throw Error("GPU commands: dispatch after submit");
+  if (buffers.size() != p.n_buffers() || buffers.size() > kBuffersPerSet)
+    throw Error("GPU kernel " + p.name() + " binds " + std::to_string(p.n_buffers()) + " buffers, given " +
+                std::to_string(buffers.size()));
+  if (push_bytes != p.push_bytes())
+    throw Error("GPU kernel " + p.name() + " takes " + std::to_string(p.push_bytes()) + " bytes of push constants, given " +
+                std::to_string(push_bytes));
+  const DeviceInfo& info = dev_->info();
+  if (gx > info.max_workgroup_count[0] || gy > info.max_workgroup_count[1] || gz > info.max_workgroup_count[2])
+    throw Error("GPU kernel " + p.name() + ": dispatch of " + std::to_string(gx) + "x" + std::to_string(gy) + "x" +
+                std::to_string(gz) + " workgroups exceeds the device's limit");
+  const VkFns& f = dev_->vk();
+  VkDescriptorSet set = new_set(p.set_layout());
+  VkDescriptorBufferInfo infos[kBuffersPerSet];
+  VkWriteDescriptorSet writes[kBuffersPerSet];
+  uint32_t i = 0;
+  for (const Buffer* b : buffers) {
+    if (!b || !*b) throw Error("GPU kernel " + p.name() + ": buffer " + std::to_string(i) + " is empty");
+    if (b->size() > info.max_storage_buffer_bytes)
+      throw Error("GPU kernel " + p.name() + ": a buffer of " + std::to_string(b->size()) + " bytes is larger than " +
+                  info.name + " lets one shader binding see (" + std::to_string(info.max_storage_buffer_bytes) + ")");
+    infos[i] = VkDescriptorBufferInfo{b->handle(), 0, VK_WHOLE_SIZE};
+    writes[i] = vk_struct<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
+    writes[i].dstSet = set;
+    writes[i].dstBinding = i;
+    writes[i].descriptorCount = 1;
+    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+    writes[i].pBufferInfo = &infos[i];
+    ++i;
+  }
+  f.vkUpdateDescriptorSets(dev_->handle(), i, writes, 0, nullptr);
+  f.vkCmdBindPipeline(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.handle());
+  f.vkCmdBindDescriptorSets(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, 1, &set, 0, nullptr);
+  if (push_bytes) f.vkCmdPushConstants(cmd_, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
+  if (gx && gy && gz) f.vkCmdDispatch(cmd_, gx, gy, gz);
+}
+
+void Commands::copy(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t so, uint64_t doff) {
+  if (ended_) throw Error("GPU commands: copy after submit");
+  if (so > src.size() || bytes > src.size() - so || doff > dst.size() || bytes > dst.size() - doff)
+    throw Error("GPU copy of " + std::to_string(bytes) + " bytes overruns a buffer");
+  if (bytes == 0) return;
+  VkBufferCopy region{so, doff, bytes};
+  dev_->vk().vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &region);
+}
+
+void Commands::barrier() {
+  auto mb = vk_struct<VkMemoryBarrier>(VK_STRUCTURE_TYPE_MEMORY_BARRIER);
+  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
+                     VK_ACCESS_TRANSFER_WRITE_BIT;
+  const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+  dev_->vk().vkCmdPipelineBarrier(cmd_, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr);
+}
+
+void Commands::submit_and_wait() {
+  if (ended_) throw Error("GPU commands: submitted twice");
+  const VkFns& f = dev_->vk();
+  ended_ = true;
+  check(f.vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
+  auto fci = vk_struct<VkFenceCreateInfo>(VK_STRUCTURE_TYPE_FENCE_CREATE_INFO);
+  VkFence fence = VK_NULL_HANDLE;
+  check(f.vkCreateFence(dev_->handle(), &fci, nullptr, &fence), "vkCreateFence");
+  auto si = vk_struct<VkSubmitInfo>(VK_STRUCTURE_TYPE_SUBMIT_INFO);
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cmd_;
+  VkResult r = f.vkQueueSubmit(dev_->queue(), 1, &si, fence);
+  if (r == VK_SUCCESS) r = f.vkWaitForFences(dev_->handle(), 1, &fence, VK_TRUE, UINT64_MAX);
+  f.vkDestroyFence(dev_->handle(), fence, nullptr);
+  check(r, "running GPU commands (vkQueueSubmit / vkWaitForFences)");
+}
+
+}  // namespace lokal::gpu

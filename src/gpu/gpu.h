@@ -1,0 +1,203 @@
+// gpu/gpu.h - Vulkan compute: devices, buffers, pipelines, command submission.
+//
+// The device layer of GPU offload. Nothing here knows about models: it moves bytes to and from a device and runs
+// compute shaders on them (the shaders and their host-side entry points are in gpu/kernels.h).
+//
+//   auto dev = gpu::Device::open(0);              // throws lokal::Error when there is no loader or no device
+//   gpu::Buffer w = dev->alloc(bytes);            // device-local storage buffer (gpu::OutOfMemory when too big)
+//   dev->upload(w, host_ptr, bytes);              // through a host-visible staging buffer, waits for completion
+//   gpu::Commands cmd(*dev);                      // one command buffer
+//   cmd.dispatch(pipeline, {&w, &x, &y}, &push, sizeof push, groups_x);
+//   cmd.submit_and_wait();
+//   dev->download(y, host_out, bytes);
+//
+// Every object is RAII and move-only; buffers, pipelines and command buffers keep their Device alive
+// (shared_ptr), so destruction order never matters. A Device is used by one thread at a time.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "gpu/vk_api.h"
+
+namespace lokal::gpu {
+
+// An allocation the device cannot satisfy (larger than its memory heap, than its largest single allocation, or
+// refused by the driver). what() names the byte count asked for and the device.
+class OutOfMemory : public Error {
+ public:
+  OutOfMemory(const std::string& msg, uint64_t bytes) : Error(msg), bytes_(bytes) {}
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  uint64_t bytes_;
+};
+
+struct DeviceInfo {
+  uint32_t index = 0;              // position in vkEnumeratePhysicalDevices order (Device::open's argument)
+  std::string name;                // "llvmpipe (LLVM 15.0.6, 256 bits)", "NVIDIA GeForce RTX 4090"
+  std::string type;                // "discrete", "integrated", "virtual", "cpu", "other"
+  std::string driver;              // driver name and info, "llvmpipe Mesa 22.3.6 (LLVM 15.0.6)"
+  uint32_t api_version = 0;        // VK_MAKE_API_VERSION value
+  uint64_t device_local_bytes = 0;  // sum of the DEVICE_LOCAL memory heaps
+  uint64_t max_allocation_bytes = 0;  // maxMemoryAllocationSize (largest single allocation)
+  uint64_t max_storage_buffer_bytes = 0;  // maxStorageBufferRange (largest buffer one shader binding may see)
+  bool fp16 = false;               // shaderFloat16: half-precision arithmetic in shaders
+  bool int8 = false;               // shaderInt8: 8-bit integer arithmetic in shaders
+  bool int8_dot = false;           // shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product / Vulkan 1.3)
+  bool int8_dot_accelerated = false;  // integerDotProduct4x8BitPackedSignedAccelerated
+  uint32_t subgroup_size = 0;      // default subgroup size of compute shaders
+  uint32_t max_workgroup_size[3] = {0, 0, 0};
+  uint32_t max_workgroup_invocations = 0;
+  uint32_t max_workgroup_count[3] = {0, 0, 0};
+
+  std::string api_string() const;  // "1.3.230"
+};
+
+class Instance;
+
+// Every Vulkan device on this machine. Throws lokal::Error "no Vulkan loader (libvulkan.so.1) found" when the loader
+// cannot be loaded or gives no instance; returns an empty list when the loader finds no device.
+std::vector<DeviceInfo> list_devices();
+
+// Either "" (at least one device) or the one-line reason there is none, for messages such as `lokal info --devices`.
+std::string no_device_reason();
+
+class Buffer;
+class Pipeline;
+
+class Device : public std::enable_shared_from_this<Device> {
+ public:
+  // Opens device `index` of list_devices() with one compute queue. Throws lokal::Error: no loader, "no Vulkan
+  // device found", an index out of range, or a device without a compute queue.
+  static std::shared_ptr<Device> open(uint32_t index = 0);
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  const DeviceInfo& info() const { return info_; }
+
+  // A device-local storage buffer of `bytes` (rounded up to a multiple of 16, so shaders may read whole 32-bit
+  // words past an odd-sized end). Throws OutOfMemory when the device cannot hold it.
+  Buffer alloc(uint64_t bytes);
+  // A host-visible, host-coherent, mapped buffer (staging for upload/download).
+  Buffer staging(uint64_t bytes);
+
+  // Copies host bytes into `dst` at `offset` (through a staging buffer; returns when the copy is complete).
+  void upload(Buffer& dst, const void* src, uint64_t bytes, uint64_t offset = 0);
+  // Copies `bytes` from `src` at `offset` to host memory (returns when they are there).
+  void download(const Buffer& src, void* dst, uint64_t bytes, uint64_t offset = 0);
+
+  // A compute pipeline from SPIR-V words whose shader binds `n_buffers` storage buffers (bindings 0..n-1 of set 0)
+  // and takes `push_bytes` of push constants.
+  Pipeline pipeline(std::span<const uint32_t> spirv, uint32_t n_buffers, uint32_t push_bytes, const char* name);
+
+  // Internals for Buffer/Pipeline/Commands.
+  const VkFns& vk() const;
+  VkDevice handle() const { return device_; }
+  VkQueue queue() const { return queue_; }
+  VkCommandPool command_pool() const { return pool_; }
+
+ private:
+  Device() = default;
+  uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid) const;
+  Buffer make_buffer(uint64_t bytes, bool host_visible);
+
+  std::shared_ptr<Instance> instance_;
+  DeviceInfo info_;
+  VkPhysicalDevice physical_ = VK_NULL_HANDLE;
+  VkPhysicalDeviceMemoryProperties mem_{};
+  VkDevice device_ = VK_NULL_HANDLE;
+  VkQueue queue_ = VK_NULL_HANDLE;
+  uint32_t queue_family_ = 0;
+  VkCommandPool pool_ = VK_NULL_HANDLE;
+  friend class Buffer;
+};
+
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { reset(); }
+  void reset();
+
+  explicit operator bool() const { return buffer_ != VK_NULL_HANDLE; }
+  uint64_t size() const { return size_; }      // usable bytes (as allocated, after rounding)
+  void* mapped() const { return mapped_; }     // host pointer of a staging buffer, nullptr for device buffers
+  VkBuffer handle() const { return buffer_; }
+
+ private:
+  friend class Device;
+  std::shared_ptr<Device> dev_;
+  VkBuffer buffer_ = VK_NULL_HANDLE;
+  VkDeviceMemory memory_ = VK_NULL_HANDLE;
+  uint64_t size_ = 0;
+  void* mapped_ = nullptr;
+};
+
+class Pipeline {
+ public:
+  Pipeline() = default;
+  Pipeline(Pipeline&& o) noexcept { *this = std::move(o); }
+  Pipeline& operator=(Pipeline&& o) noexcept;
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+  ~Pipeline() { reset(); }
+  void reset();
+
+  explicit operator bool() const { return pipeline_ != VK_NULL_HANDLE; }
+  uint32_t n_buffers() const { return n_buffers_; }
+  uint32_t push_bytes() const { return push_bytes_; }
+  const std::string& name() const { return name_; }
+  VkPipeline handle() const { return pipeline_; }
+  VkPipelineLayout layout() const { return layout_; }
+  VkDescriptorSetLayout set_layout() const { return set_layout_; }
+
+ private:
+  friend class Device;
+  std::shared_ptr<Device> dev_;
+  VkShaderModule module_ = VK_NULL_HANDLE;
+  VkDescriptorSetLayout set_layout_ = VK_NULL_HANDLE;
+  VkPipelineLayout layout_ = VK_NULL_HANDLE;
+  VkPipeline pipeline_ = VK_NULL_HANDLE;
+  uint32_t n_buffers_ = 0, push_bytes_ = 0;
+  std::string name_;
+};
+
+// One primary command buffer being recorded; submit_and_wait() runs it and blocks until the device is done.
+// Descriptor sets for the dispatches live as long as the Commands object.
+class Commands {
+ public:
+  explicit Commands(Device& dev);
+  ~Commands();
+  Commands(const Commands&) = delete;
+  Commands& operator=(const Commands&) = delete;
+
+  // Binds `buffers` (whole buffers, in binding order) and `push` (pipeline.push_bytes() bytes) and dispatches
+  // groups_x * groups_y * groups_z workgroups. Throws lokal::Error on a count/size mismatch or a buffer larger
+  // than the device lets one binding see.
+  void dispatch(const Pipeline& p, std::initializer_list<const Buffer*> buffers, const void* push, uint32_t push_bytes,
+                uint32_t groups_x, uint32_t groups_y = 1, uint32_t groups_z = 1);
+  void copy(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t src_offset = 0, uint64_t dst_offset = 0);
+  // Makes the writes of every earlier dispatch/copy visible to every later one (compute and transfer).
+  void barrier();
+  // Ends recording, submits, waits on a fence. The object cannot record again afterwards.
+  void submit_and_wait();
+
+ private:
+  VkDescriptorSet new_set(VkDescriptorSetLayout layout);
+  std::shared_ptr<Device> dev_;
+  VkCommandBuffer cmd_ = VK_NULL_HANDLE;
+  std::vector<VkDescriptorPool> pools_;
+  uint32_t sets_left_ = 0;
+  bool ended_ = false;
+};
+
+}  // namespace lokal::gpu

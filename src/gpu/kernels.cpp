@@ -1,0 +1,147 @@
+// gpu/kernels.cpp - argument checks, pipelines and dispatch grids for the shaders (gpu/kernels.h).
+#include "gpu/kernels.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
+#include "core/quant.h"
+#include "gpu/shaders.h"
+
+namespace lokal::gpu {
+
+namespace {
+
+// The byte offsets the shaders hard-code (gpu/shaders/mv_*.comp) are those of core/quant.h's block structs.
+static_assert(sizeof(BlockQ4_0) == 18 && offsetof(BlockQ4_0, qs) == 2);
+static_assert(sizeof(BlockQ4_1) == 20 && offsetof(BlockQ4_1, m) == 2 && offsetof(BlockQ4_1, qs) == 4);
+static_assert(sizeof(BlockQ5_0) == 22 && offsetof(BlockQ5_0, qh) == 2 && offsetof(BlockQ5_0, qs) == 6);
+static_assert(sizeof(BlockQ5_1) == 24 && offsetof(BlockQ5_1, qh) == 4 && offsetof(BlockQ5_1, qs) == 8);
+static_assert(sizeof(BlockQ8_0) == 34 && offsetof(BlockQ8_0, qs) == 2);
+static_assert(sizeof(BlockQ2_K) == 84 && offsetof(BlockQ2_K, qs) == 16 && offsetof(BlockQ2_K, d) == 80 &&
+              offsetof(BlockQ2_K, dmin) == 82);
+static_assert(sizeof(BlockQ3_K) == 110 && offsetof(BlockQ3_K, qs) == 32 && offsetof(BlockQ3_K, scales) == 96 &&
+              offsetof(BlockQ3_K, d) == 108);
+static_assert(sizeof(BlockQ4_K) == 144 && offsetof(BlockQ4_K, scales) == 4 && offsetof(BlockQ4_K, qs) == 16);
+static_assert(sizeof(BlockQ5_K) == 176 && offsetof(BlockQ5_K, scales) == 4 && offsetof(BlockQ5_K, qh) == 16 &&
+              offsetof(BlockQ5_K, qs) == 48);
+static_assert(sizeof(BlockQ6_K) == 210 && offsetof(BlockQ6_K, qh) == 128 && offsetof(BlockQ6_K, scales) == 192 &&
+              offsetof(BlockQ6_K, d) == 208);
+
+const char* matvec_shader(DType t) {
+  switch (t) {
+    case DType::F32: return "mv_f32";
+    case DType::F16: return "mv_f16";
+    case DType::BF16: return "mv_bf16";
+    case DType::Q4_0: return "mv_q4_0";
+    case DType::Q4_1: return "mv_q4_1";
+    case DType::Q5_0: return "mv_q5_0";
+    case DType::Q5_1: return "mv_q5_1";
+    case DType::Q8_0: return "mv_q8_0";
+    case DType::Q2_K: return "mv_q2_k";
+    case DType::Q3_K: return "mv_q3_k";
+    case DType::Q4_K: return "mv_q4_k";
+    case DType::Q5_K: return "mv_q5_k";
+    case DType::Q6_K: return "mv_q6_k";
+    default: return nullptr;
+  }
+}
+
+void need(const Buffer& b, uint64_t bytes, const char* kernel, const char* what) {
+  if (b.size() < bytes)
+    throw Error(std::string("GPU ") + kernel + ": " + what + " buffer holds " + std::to_string(b.size()) +
+                " bytes, needs " + std::to_string(bytes));
+}
+
+void check_count(int64_t n, const char* kernel, const char* what) {
+  if (n < 0 || n > int64_t(UINT32_MAX))
+    throw Error(std::string("GPU ") + kernel + ": " + what + " " + std::to_string(n) + " is out of range");
+}
+
+}  // namespace
+
+bool Kernels::supports_matvec(DType t) { return matvec_shader(t) != nullptr; }
+
+const Pipeline& Kernels::pipeline(const std::string& name, uint32_t n_buffers, uint32_t push_bytes) {
+  auto it = pipes_.find(name);
+  if (it == pipes_.end())
+    it = pipes_.emplace(name, dev_->pipeline(shader_spirv(name), n_buffers, push_bytes, name.c_str())).first;
+  return it->second;
+}
+
+void Kernels::grid(int64_t groups, uint32_t& gx, uint32_t& gy) const {
+  const int64_t max_x = dev_->info().max_workgroup_count[0];
+  gx = static_cast<uint32_t>(std::min<int64_t>(groups, max_x));
+  gy = gx ? static_cast<uint32_t>((groups + gx - 1) / gx) : 0;
+  if (gy > dev_->info().max_workgroup_count[1])
+    throw Error("GPU: " + std::to_string(groups) + " workgroups exceed the device's dispatch limit");
+}
+
+void Kernels::matvec(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols) {
+  const char* name = matvec_shader(t);
+  if (!name) throw Error(std::string("GPU matvec: no shader for weight type ") + type_name(t));
+  check_count(rows, "matvec", "row count");
+  check_count(cols, "matvec", "column count");
+  const TypeInfo* ti = type_info(t);
+  if (cols % ti->block_size != 0)
+    throw Error("GPU matvec: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
+                " block size " + std::to_string(ti->block_size));
+  const uint64_t row_bytes = row_size(t, cols);
+  // The shaders address W in 32-bit byte offsets.
+  if (row_bytes * static_cast<uint64_t>(rows) > UINT32_MAX)
+    throw Error("GPU matvec: a matrix of " + std::to_string(row_bytes * rows) + " bytes is beyond 4 GiB");
+  need(w, row_bytes * rows, "matvec", "weight");
+  need(x, 4 * static_cast<uint64_t>(cols), "matvec", "input");
+  need(y, 4 * static_cast<uint64_t>(rows), "matvec", "output");
+  struct {
+    uint32_t rows, cols, row_bytes;
+  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes)};
+  uint32_t gx, gy;
+  grid(rows, gx, gy);
+  c.dispatch(pipeline(name, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n,
+                       float eps) {
+  check_count(rows, "rms_norm", "row count");
+  check_count(n, "rms_norm", "row length");
+  if (n == 0) throw Error("GPU rms_norm: empty rows");
+  if (static_cast<uint64_t>(rows) * n > UINT32_MAX) throw Error("GPU rms_norm: too many elements");
+  need(x, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "input");
+  need(weight, 4 * static_cast<uint64_t>(n), "rms_norm", "weight");
+  need(y, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "output");
+  struct {
+    uint32_t rows, n;
+    float eps;
+  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps};
+  uint32_t gx, gy;
+  grid(rows, gx, gy);
+  c.dispatch(pipeline("rms_norm", 3, sizeof push), {&x, &weight, &y}, &push, sizeof push, gx, gy);
+}
+
+namespace {
+constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp and add.comp
+}
+
+void Kernels::swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n) {
+  check_count(n, "swiglu", "length");
+  need(gate, 4 * static_cast<uint64_t>(n), "swiglu", "gate");
+  need(up, 4 * static_cast<uint64_t>(n), "swiglu", "up");
+  need(out, 4 * static_cast<uint64_t>(n), "swiglu", "output");
+  const uint32_t push = static_cast<uint32_t>(n);
+  uint32_t gx, gy;
+  grid((n + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("swiglu", 3, sizeof push), {&gate, &up, &out}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::add(Commands& c, Buffer& y, const Buffer& x, int64_t n) {
+  check_count(n, "add", "length");
+  need(y, 4 * static_cast<uint64_t>(n), "add", "output");
+  need(x, 4 * static_cast<uint64_t>(n), "add", "input");
+  const uint32_t push = static_cast<uint32_t>(n);
+  uint32_t gx, gy;
+  grid((n + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("add", 2, sizeof push), {&y, &x}, &push, sizeof push, gx, gy);
+}
+
+}  // namespace lokal::gpu

@@ -1,0 +1,42 @@
+// mv_common.glsl - shared by every matrix x vector shader (mv_*.comp): y[r] = sum_c W[r][c] * x[c].
+//
+// W is uploaded exactly as stored in the GGUF file: rows of `row_bytes` bytes, each a run of blocks of its type.
+// Blocks are 18, 20, 22, 34, 84, 110, 144, 176 or 210 bytes long, so they are not 4-byte aligned in general; the
+// shaders need no 8/16-bit storage feature: W is bound as an array of 32-bit words and every field is picked out of
+// them with shifts (byte_at, u16_at). Every block size and every 16-bit field offset inside a block is even, so a
+// 16-bit field never straddles two words. Device::alloc rounds buffers up to 16 bytes, so the last word exists.
+//
+// One workgroup computes one row. The row is cut into units of UNIT elements (32 for the block types: one block of
+// the 32-element formats, one sub-block of the 256-element K-quant superblocks; 1 for F32/F16/BF16); thread t takes
+// units t, t+WG, t+2*WG, ... and keeps an f32 partial sum; the WG partial sums are then added in shared memory.
+// Weights are dequantized with the same float operations, in the same order, as core/quant.cpp's reference
+// (`precise` forbids fusing them into an fma), so each dequantized weight equals the CPU's bit for bit; only the
+// order of the f32 sum differs from a sequential dot product.
+#extension GL_GOOGLE_include_directive : require
+
+#define WG 32
+layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
+
+layout(std430, set = 0, binding = 0) readonly buffer Weights { uint w[]; };
+layout(std430, set = 0, binding = 1) readonly buffer Input { float x[]; };
+layout(std430, set = 0, binding = 2) writeonly buffer Output { float y[]; };
+
+layout(push_constant) uniform Push {
+  uint rows;       // output elements
+  uint cols;       // elements per row of W (= length of x), a multiple of UNIT
+  uint row_bytes;  // bytes per row of W
+} pc;
+
+// Byte b of W (0..255).
+uint byte_at(uint b) { return (w[b >> 2] >> ((b & 3u) * 8u)) & 0xFFu; }
+// Signed byte b of W (-128..127).
+int i8_at(uint b) { return int(byte_at(b) << 24) >> 24; }
+// The 16-bit little-endian value at even byte offset b.
+uint u16_at(uint b) { return (w[b >> 2] >> ((b & 2u) * 8u)) & 0xFFFFu; }
+// IEEE half at even byte offset b, as f32 (exact).
+float f16_at(uint b) { return unpackHalf2x16(u16_at(b)).x; }
+// 32-bit little-endian value at even byte offset b (two halves; b need not be 4-aligned).
+uint u32_at_even(uint b) { return u16_at(b) | (u16_at(b + 2u) << 16); }
+
+// Each mv_*.comp defines UNIT and `float unit_dot(uint row_base, uint u, uint xb)`: the dot product of unit u of
+// the row starting at byte row_base with x[xb .. xb+UNIT-1].
