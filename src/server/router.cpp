@@ -250,8 +250,13 @@ std::shared_ptr<Router::Lease> Router::acquire(size_t index) {
     }
     if (s.state == Slot::State::Loading) {
       waited = true;
-      if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && s.state == Slot::State::Loading)
-        throw timeout("the model '" + name + "' is still loading; retry shortly");
+      const int64_t attempt = s.attempts;
+      while (s.state == Slot::State::Loading && !closed_)
+        if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && s.state == Slot::State::Loading)
+          throw timeout("the model '" + name + "' is still loading; retry shortly");
+      // The load this request waited for failed: the same error (not a second try per waiting request).
+      if (s.state == Slot::State::Unloaded && s.attempts == attempt && !s.last_error.empty())
+        throw ApiError(500, "the model '" + name + "' failed to load: " + s.last_error, "model", "model_load_failed");
       continue;
     }
     const Residency::Decision d = residency_.plan_load(name, s.bytes);
@@ -272,6 +277,7 @@ std::shared_ptr<Router::Lease> Router::acquire(size_t index) {
     take_out(d.evict, evicted);
     s.state = Slot::State::Loading;
     s.last_error.clear();
+    ++s.attempts;
     residency_.loaded(name, s.bytes, s.spec.pinned, keep_alive_of(s), Clock::now());
     residency_.begin(name, Clock::now());
     s.engine = std::make_unique<Engine>(s.spec.engine);

@@ -153,6 +153,7 @@ class Router {
     std::string last_error;
     double load_seconds = 0;
     int64_t loads = 0;  // successful loads since start
+    int64_t attempts = 0;  // loads started (a failed one is not retried by the requests that waited for it)
   };
   void release(size_t index, std::optional<Residency::Duration> keep_alive);
   // With mu_ held: take the engines of `names` out (state Unloaded) for destruction after unlocking.
