@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -403,4 +404,30 @@ TEST(Router, NoRoomInTimeIs503WithRetryAfterThenTheModelLoads) {
   EXPECT_EQ(states(c), (std::map<std::string, std::string>{{"a", "unloaded"}, {"b", "loaded"}}));
   EXPECT_EQ(s.stop(), 0);
   std::remove(cfg.c_str());
+}
+
+// --all-models: every model of the store, by its store name ("name:tag"; "name" for ":latest", as Ollama); chat
+// without a name goes to the first (by name) that has a chat template.
+TEST(Router, AllModelsServesTheStoreByName) {
+  const std::string dir = "/tmp/lokal-test-router-store-" + std::to_string(::getpid());
+  const std::string bin = lokal::test::binary_dir() + "/src/lokal";
+  auto run = [&](const std::string& args) { return std::system((bin + " " + args + " > /dev/null 2>&1").c_str()); };
+  ASSERT_EQ(run("models import --models-dir " + dir + " " + data_path("models/real/tinychat-4m-q8_0.gguf") + " tinychat"), 0);
+  ASSERT_EQ(run("models import --models-dir " + dir + " " + data_path("models/real/tinytales-4m-q8_0.gguf") + " tales:q8"), 0);
+  {
+    Server s({"--all-models", "--models-dir", dir});
+    ASSERT_GT(s.port(), 0) << s.log();
+    auto c = s.client();
+    EXPECT_EQ(states(c), (std::map<std::string, std::string>{{"tales:q8", "unloaded"}, {"tinychat:latest", "unloaded"}}));
+    int st = 0;
+    for (const std::string& m : {std::string("tinychat"), std::string("tinychat:latest"), std::string()}) {
+      const json r = post(c, "/v1/chat/completions", chat("Hi", m), &st);
+      EXPECT_EQ(st, 200) << m << ": " << r.dump();
+      EXPECT_EQ(r["model"], "tinychat:latest") << m;
+    }
+    const json r = post(c, "/v1/completions", completion("tales:q8"), &st);
+    EXPECT_EQ(st, 200) << r.dump();
+    EXPECT_EQ(s.stop(), 0);
+  }
+  std::filesystem::remove_all(dir);
 }

@@ -424,16 +424,18 @@ int serve(ServeArgs& a, CLI::App* cmd) {
         const auto r = resolve_model_arg(name, store);
         if (!r) continue;
         m.engine.load.path = r->path;
+        // Ollama's convention: "name" means "name:latest".
+        if (man.name.tag == "latest") m.engine.aliases = {name.substr(0, name.size() - 7)};
         if (r->preset) apply_preset(*r->preset, m.engine, given("--ctx-size"), given("--model-draft"));
         specs.push_back(std::move(m));
       }
       if (specs.empty()) throw Error("--all-models: the store (" + store.root() + ") holds no model; import one with `lokal models import FILE.gguf`");
     }
-    for (const auto& [k, v] : a.routes_tbl) {
-      const auto target = v.value_exact<std::string>();
-      if (!target) throw Error(a.config + ": [routes] " + std::string(k.str()) + ": expected a model name (a string)");
-      ro.routes[std::string(k.str())] = *target;
-    }
+  }
+  for (const auto& [k, v] : a.routes_tbl) {  // one model may have routes too (virtual names for it)
+    const auto target = v.value_exact<std::string>();
+    if (!target) throw Error(a.config + ": [routes] " + std::string(k.str()) + ": expected a model name (a string)");
+    ro.routes[std::string(k.str())] = *target;
   }
   ro.server_bytes = server::kServerBaseBytes + (a.no_webui ? 0 : server::kWebPageBytes);
   server::Router router(std::move(specs), ro);
