@@ -129,6 +129,10 @@ void Scheduler::finish(Seq& s, FinishReason why, const std::string& error) {
   if (s.kv >= 0) {
     kv_.release(s.kv);
     s.kv = -1;
+    // Published now, not only at the end of the step: whoever hears on_done below (a server that then reports the
+    // KV pages in use) must not see this sequence's pages as still held.
+    std::lock_guard<std::mutex> lk(stats_mu_);
+    stats_.kv_pages_used = kv_.n_pages() - kv_.available_pages();
   }
   s.res.text = s.text;
   s.res.finish = why;
