@@ -244,7 +244,9 @@ TEST(Router, ConcurrentRequestsWaitForOneLoadAndMaxLoadedHolds) {
   auto c = s.client();
   json models = get(c, "/v1/models");
   for (const json& m : models["data"])
-    if (m["id"] == "chat") EXPECT_EQ(m["meta"]["loads"], 1) << "eight requests, one load: " << models.dump();
+    if (m["id"] == "chat") {
+      EXPECT_EQ(m["meta"]["loads"], 1) << "eight requests, one load: " << models.dump();
+    }
   // At most one loaded: tales replaces chat, and chat comes back after.
   int st = 0;
   post(c, "/v1/completions", completion("tales"), &st);
@@ -255,7 +257,9 @@ TEST(Router, ConcurrentRequestsWaitForOneLoadAndMaxLoadedHolds) {
   EXPECT_EQ(again["choices"][0]["message"]["content"], json::parse(bodies[0])["choices"][0]["message"]["content"]);  // greedy: same
   models = get(c, "/v1/models");
   for (const json& m : models["data"])
-    if (m["id"] == "chat") EXPECT_EQ(m["meta"]["loads"], 2);
+    if (m["id"] == "chat") {
+      EXPECT_EQ(m["meta"]["loads"], 2);
+    }
   EXPECT_EQ(s.stop(), 0);
   std::remove(cfg.c_str());
 }
