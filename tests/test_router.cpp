@@ -4,8 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -19,9 +17,10 @@ using lokal::test::Server;
 
 namespace {
 
-std::string write_config(const std::string& text) {
+// A config file in `dir` (removed with it when the test ends).
+std::string write_config(const lokal::test::TempDir& dir, const std::string& text) {
   static int n = 0;
-  const std::string path = "/tmp/lokal-test-router-" + std::to_string(::getpid()) + "-" + std::to_string(++n) + ".toml";
+  const std::string path = dir.file("serve-" + std::to_string(++n) + ".toml");
   std::ofstream(path) << text;
   return path;
 }
@@ -66,7 +65,8 @@ bool eventually(F pred, double seconds) {
 }  // namespace
 
 TEST(Router, RoutesByNameAliasRouteAndTaskAndRefusesWrongTasks) {
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "[models.chat]\nmodel = \"" + data_path("models/real/tinychat-4m-q8_0.gguf") + "\"\nalias = [\"gpt-4o\"]\n"
       "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-q8_0.gguf") + "\"\n"
       "tasks = [\"completion\", \"embedding\"]\n"
@@ -119,10 +119,10 @@ TEST(Router, RoutesByNameAliasRouteAndTaskAndRefusesWrongTasks) {
   const auto tags = states(c);
   EXPECT_EQ(tags.size(), 2u);
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 TEST(Router, ConfigErrorsAreClearAtStart) {
+  lokal::test::TempDir dir;
   const std::string chat = data_path("models/real/tinychat-4m-q8_0.gguf");
   const std::string tales = data_path("models/real/tinytales-4m-q8_0.gguf");
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -136,7 +136,7 @@ TEST(Router, ConfigErrorsAreClearAtStart) {
       {"ram = \"16MiB\"\n[models.a]\nmodel = \"" + chat + "\"\n", "more than --ram 16MiB on its own"},
   };
   for (const auto& [text, want] : cases) {
-    const std::string cfg = write_config(text);
+    const std::string cfg = write_config(dir, text);
     Server s({"--config", cfg}, false);
     const auto t0 = std::chrono::steady_clock::now();
     while (!s.exited() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30))
@@ -144,13 +144,13 @@ TEST(Router, ConfigErrorsAreClearAtStart) {
     ASSERT_TRUE(s.exited()) << text;
     EXPECT_EQ(s.exit_status(), 1) << text << "\n" << s.log();
     EXPECT_NE(s.log().find(want), std::string::npos) << "want '" << want << "' for:\n" << text << "\n" << s.log();
-    std::remove(cfg.c_str());
   }
 }
 
 // Three models under a budget that holds any two of them (checked against the server's own predictions): the third
 // evicts the least recently used idle one; a pinned model is never the one evicted.
 TEST(Router, BudgetHoldsTwoOfThreeEvictsLeastRecentlyUsedKeepsPinned) {
+  lokal::test::TempDir dir;
   const std::string a = data_path("models/real/tinychat-4m-f32.gguf");
   const std::string b = data_path("models/real/tinytales-4m-f32.gguf");
   const std::string c3 = data_path("models/real/tinytales-4m-f16.gguf");
@@ -168,7 +168,7 @@ TEST(Router, BudgetHoldsTwoOfThreeEvictsLeastRecentlyUsedKeepsPinned) {
     EXPECT_GT(base + sizes[0] + sizes[1] + sizes[2], budget);
   };
   {
-    const std::string cfg = write_config("ram = \"72MiB\"\n[models.a]\nmodel = \"" + a + "\"\n[models.b]\nmodel = \"" + b +
+    const std::string cfg = write_config(dir, "ram = \"72MiB\"\n[models.a]\nmodel = \"" + a + "\"\n[models.b]\nmodel = \"" + b +
                                          "\"\n[models.c]\nmodel = \"" + c3 + "\"\n");
     Server s({"--config", cfg});
     ASSERT_GT(s.port(), 0) << s.log();
@@ -192,11 +192,10 @@ TEST(Router, BudgetHoldsTwoOfThreeEvictsLeastRecentlyUsedKeepsPinned) {
     EXPECT_EQ(ps["models"].size(), 2u) << ps.dump();
     EXPECT_LE(ps["memory"]["predicted_bytes"].get<uint64_t>(), budget);
     EXPECT_EQ(s.stop(), 0);
-    std::remove(cfg.c_str());
   }
   {
     // c pinned: loaded at start, stays while a and b take turns in the remaining room.
-    const std::string cfg = write_config("ram = \"72MiB\"\n[models.a]\nmodel = \"" + a + "\"\n[models.b]\nmodel = \"" + b +
+    const std::string cfg = write_config(dir, "ram = \"72MiB\"\n[models.a]\nmodel = \"" + a + "\"\n[models.b]\nmodel = \"" + b +
                                          "\"\n[models.c]\nmodel = \"" + c3 + "\"\npinned = true\n");
     Server s({"--config", cfg});
     ASSERT_GT(s.port(), 0) << s.log();
@@ -217,12 +216,12 @@ TEST(Router, BudgetHoldsTwoOfThreeEvictsLeastRecentlyUsedKeepsPinned) {
         EXPECT_EQ(m["expires_at"], "2318-01-01T00:00:00Z");  // never
       }
     EXPECT_EQ(s.stop(), 0);
-    std::remove(cfg.c_str());
   }
 }
 
 TEST(Router, ConcurrentRequestsWaitForOneLoadAndMaxLoadedHolds) {
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "max_loaded = 1\nno_mmap = true\n"
       "[models.chat]\nmodel = \"" + data_path("models/real/tinychat-4m-f32.gguf") + "\"\n"
       "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-f32.gguf") + "\"\n");
@@ -261,11 +260,11 @@ TEST(Router, ConcurrentRequestsWaitForOneLoadAndMaxLoadedHolds) {
       EXPECT_EQ(m["meta"]["loads"], 2);
     }
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 TEST(Router, KeepAliveUnloadsAndAdminLoadUnload) {
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "keep_alive = \"1s\"\n"
       "[models.chat]\nmodel = \"" + data_path("models/real/tinychat-4m-q8_0.gguf") + "\"\nkeep_alive = -1\n"
       "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-q8_0.gguf") + "\"\n");
@@ -308,7 +307,6 @@ TEST(Router, KeepAliveUnloadsAndAdminLoadUnload) {
   r = post(c, "/models/load", {{"model", "nothing"}}, &st, admin);
   EXPECT_EQ(st, 404) << r.dump();
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 // The memory the router predicts for what it holds (the planner's estimate of each loaded model + the process's
@@ -317,7 +315,8 @@ TEST(Router, KeepAliveUnloadsAndAdminLoadUnload) {
 // server adds connection threads and HTTP buffers, which the same 5% must absorb.
 TEST(Router, PredictedMemoryOfTheLoadedModelsIsWithinFivePercentOfRss) {
   if (lokal::test::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer's shadow memory is not the program's";
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "[models.chat]\nmodel = \"" + data_path("models/real/tinychat-4m-f32.gguf") + "\"\n"
       "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-f32.gguf") + "\"\n");
   Server s({"--config", cfg, "--parallel", "2"});
@@ -334,14 +333,14 @@ TEST(Router, PredictedMemoryOfTheLoadedModelsIsWithinFivePercentOfRss) {
   const double rss = ps["memory"]["rss_bytes"].get<double>();
   EXPECT_NEAR(predicted / rss, 1.0, 0.05) << "predicted " << predicted << " B, resident " << rss << " B";
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 // A model whose load fails (here: a context above the trained one, refused by the loader) answers 500 with the
 // loader's reason to every request that waited for that load — one attempt, not one per request — and the other
 // models keep serving.
 TEST(Router, AFailedLoadIsOneErrorForItsWaitersAndOthersKeepServing) {
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "[models.good]\nmodel = \"" + data_path("models/real/tinychat-4m-q8_0.gguf") + "\"\n"
       "[models.bad]\nmodel = \"" + data_path("models/real/tinytales-4m-q8_0.gguf") + "\"\nctx_size = 1000000\n");
   Server s({"--config", cfg});
@@ -365,13 +364,13 @@ TEST(Router, AFailedLoadIsOneErrorForItsWaitersAndOthersKeepServing) {
   post(c, "/v1/chat/completions", chat("Hi", "good"), &st);
   EXPECT_EQ(st, 200);
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 // No room while the only loaded model answers a long request: a request for another model waits --load-timeout, then
 // gets 503 with Retry-After; once the long request ended, the same request evicts the idle model and succeeds.
 TEST(Router, NoRoomInTimeIs503WithRetryAfterThenTheModelLoads) {
-  const std::string cfg = write_config(
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir,
       "max_loaded = 1\nload_timeout = 0.2\n"
       "[models.a]\nmodel = \"" + data_path("models/real/tinychat-4m-f32.gguf") + "\"\nparallel = 1\n"
       "[models.b]\nmodel = \"" + data_path("models/real/tinytales-4m-q8_0.gguf") + "\"\n");
@@ -407,17 +406,19 @@ TEST(Router, NoRoomInTimeIs503WithRetryAfterThenTheModelLoads) {
   EXPECT_EQ(st, 200);
   EXPECT_EQ(states(c), (std::map<std::string, std::string>{{"a", "unloaded"}, {"b", "loaded"}}));
   EXPECT_EQ(s.stop(), 0);
-  std::remove(cfg.c_str());
 }
 
 // --all-models: every model of the store, by its store name ("name:tag"; "name" for ":latest", as Ollama); chat
 // without a name goes to the first (by name) that has a chat template.
 TEST(Router, AllModelsServesTheStoreByName) {
-  const std::string dir = "/tmp/lokal-test-router-store-" + std::to_string(::getpid());
-  const std::string bin = lokal::test::binary_dir() + "/src/lokal";
-  auto run = [&](const std::string& args) { return std::system((bin + " " + args + " > /dev/null 2>&1").c_str()); };
-  ASSERT_EQ(run("models import --models-dir " + dir + " " + data_path("models/real/tinychat-4m-q8_0.gguf") + " tinychat"), 0);
-  ASSERT_EQ(run("models import --models-dir " + dir + " " + data_path("models/real/tinytales-4m-q8_0.gguf") + " tales:q8"), 0);
+  lokal::test::TempDir tmp;
+  const std::string dir = tmp.file("store");
+  for (const char* args : {"models/real/tinychat-4m-q8_0.gguf tinychat", "models/real/tinytales-4m-q8_0.gguf tales:q8"}) {
+    const std::string a = args;
+    const auto r = lokal::test::run_lokal("models import --models-dir " + dir + " " + data_path(a.substr(0, a.find(' '))) +
+                                          a.substr(a.find(' ')));
+    ASSERT_EQ(r.rc, 0) << r.err;
+  }
   {
     Server s({"--all-models", "--models-dir", dir});
     ASSERT_GT(s.port(), 0) << s.log();
@@ -433,5 +434,4 @@ TEST(Router, AllModelsServesTheStoreByName) {
     EXPECT_EQ(st, 200) << r.dump();
     EXPECT_EQ(s.stop(), 0);
   }
-  std::filesystem::remove_all(dir);
 }

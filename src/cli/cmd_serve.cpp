@@ -388,7 +388,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   if (!a.model.empty()) {
     server::ModelSpec m;
     m.engine = eo;
-    m.name = server::Engine(eo).model_id();
+    m.name = server::model_id_for(eo);
     if (!multi) {
       // One model: loaded at start and kept (llama-server's way), unless --keep-alive says otherwise.
       m.pinned = !given("--keep-alive");

@@ -48,6 +48,18 @@ void check_context_and_memory(const LoadRequest& req, const ModelFacts& facts, c
 
 }  // namespace
 
+RunSettings run_settings(const LoadRequest& req, const ModelFacts& facts) {
+  RunSettings s;
+  s.n_ctx = req.n_ctx > 0 ? req.n_ctx : std::min<int64_t>(facts.cfg.n_ctx_train, 4096);  // as Session picks it
+  s.type_k = req.type_k.value_or(DType::F16);
+  s.type_v = req.type_v.value_or(DType::F16);
+  s.n_batch = std::clamp<int64_t>(req.n_batch > 0 ? req.n_batch : kDefaultBatchSize, 1, s.n_ctx);
+  s.n_threads = req.n_threads > 0 ? req.n_threads : ThreadPool::default_threads();
+  s.n_parallel = std::max(1, req.n_parallel);
+  s.kv_tokens = req.kv_tokens;
+  return s;
+}
+
 LoadedModel load_model_planned(const LoadRequest& req) {
   check_input_file(req.path, "GGUF model file");
   // The header only (mapped, nothing read), kept open for Model::load: parsing the file twice, or building a second
@@ -88,14 +100,14 @@ LoadedModel load_model_planned(const LoadRequest& req) {
     out.plan = std::move(plan);
   }
 
+  LoadRequest chosen = req;  // with the plan's choices, if any
+  chosen.n_ctx = so.n_ctx;
+  chosen.type_k = so.cache_type_k;
+  chosen.type_v = so.cache_type_v;
+  chosen.n_batch = so.n_batch;
+  chosen.n_threads = so.n_threads;
   RunSettings& want = out.settings;
-  want.n_ctx = so.n_ctx > 0 ? so.n_ctx : std::min<int64_t>(facts.cfg.n_ctx_train, 4096);  // as Session picks it
-  want.type_k = so.cache_type_k;
-  want.type_v = so.cache_type_v;
-  want.n_batch = std::clamp<int64_t>(so.n_batch, 1, want.n_ctx);
-  want.n_threads = so.n_threads;
-  want.n_parallel = std::max(1, req.n_parallel);
-  want.kv_tokens = req.kv_tokens;
+  want = run_settings(chosen, facts);
   check_context_and_memory(req, facts, want, &out.estimate);
 
   out.model = Model::load(std::move(file), req.load);

@@ -54,6 +54,11 @@ struct LoadedModel {
 // Steps 1-4 above; throws lokal::Error (the file, a budget that cannot fit, a context or memory refusal).
 LoadedModel load_model_planned(const LoadRequest& req);
 
+// The settings `req` runs with when nothing is planned (no budget, or the plan's choices already in `req`): n_ctx 0
+// resolved as Session resolves it (the trained context, at most 4096), f16 KV unless given, the default batch
+// (clamped to the context) and thread count. What load_model_planned checks and a server predicts its memory from.
+RunSettings run_settings(const LoadRequest& req, const ModelFacts& facts);
+
 // "1.23 MiB" / "512 B": byte counts in messages (these refusals, the CLI's reports).
 std::string format_bytes(double bytes);
 

@@ -52,14 +52,14 @@ TokenLogprob token_logprob(int32_t token, const float* logits, int64_t n_vocab, 
   return out;
 }
 
-Engine::Engine(EngineOptions opt) : opt_(std::move(opt)) {
-  if (!opt_.aliases.empty()) {
-    id_ = opt_.aliases.front();
-  } else {
-    id_ = std::filesystem::path(opt_.load.path).filename().string();
-    if (id_.size() > 5 && id_.substr(id_.size() - 5) == ".gguf") id_.resize(id_.size() - 5);
-  }
+std::string model_id_for(const EngineOptions& opt) {
+  if (!opt.aliases.empty()) return opt.aliases.front();
+  std::string id = std::filesystem::path(opt.load.path).filename().string();
+  if (id.size() > 5 && id.substr(id.size() - 5) == ".gguf") id.resize(id.size() - 5);
+  return id;
 }
+
+Engine::Engine(EngineOptions opt) : opt_(std::move(opt)), id_(model_id_for(opt_)) {}
 
 Engine::~Engine() {
   if (sched_) sched_->stop();

@@ -38,6 +38,9 @@ struct EngineOptions {
   RequestDefaults defaults;         // --temp, --top-k, ..., --system: what requests leave out
 };
 
+// The id clients see for a model served with `opt`: the first alias, else the file's name without ".gguf".
+std::string model_id_for(const EngineOptions& opt);
+
 // A token's log-probability and its most likely alternatives (OpenAI's logprobs, llama-server's n_probs).
 struct TokenLogprob {
   int32_t token = 0;
@@ -105,7 +108,7 @@ class Engine {
   int64_t n_ctx() const { return sched_->options().n_ctx; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
 
-  // The id clients see ("model" of responses): the first alias, else the file's name without ".gguf".
+  // The id clients see ("model" of responses): model_id_for(options()).
   const std::string& model_id() const { return id_; }
   const EngineOptions& options() const { return opt_; }
 

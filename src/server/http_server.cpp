@@ -241,6 +241,7 @@ struct HttpServer::Impl {
     std::shared_ptr<Router::Lease> lease;  // held while the request uses the model (a stream: until its last byte)
     Engine* eng = nullptr;                 // the lease's engine
     json body;                             // a POST's parsed body (routes that pick a model)
+    std::optional<Residency::Duration> keep_alive;  // the body's keep_alive, parsed
   };
 
   void send_error(httplib::Response& res, const Ctx& c, int status, const std::string& message, const std::string& param = {},
@@ -320,45 +321,8 @@ struct HttpServer::Impl {
             res.set_header("Retry-After", "5");
             throw ApiError(503, "the server is shutting down", "", "shutting_down");
           }
-          // The model: the body's "model" (Ollama's show: "name"), or ?model= on a GET; then the endpoint's task.
-          std::string model;
-          std::optional<Residency::Duration> keep_alive;
           if (req.method == "POST") c.body = parse_body(req.body);
-          if (needs == Needs::Body) {
-            // the handler reads the body
-          } else if (req.method == "POST") {
-            if (c.body.is_object()) {
-              for (const char* k : {"model", "name"})
-                if (c.body.contains(k) && c.body[k].is_string()) {
-                  model = c.body[k].get<std::string>();
-                  break;
-                }
-              if (c.body.contains("keep_alive") && !c.body["keep_alive"].is_null()) {
-                const json& ka = c.body["keep_alive"];
-                try {
-                  if (ka.is_string()) keep_alive = parse_keep_alive(ka.get<std::string>());
-                  else if (ka.is_number()) keep_alive = parse_keep_alive(ka.dump());
-                  else throw Error("keep_alive must be a duration string or a number of seconds");
-                } catch (const Error& e) {
-                  throw ApiError(400, e.what(), "keep_alive");
-                }
-              }
-            }
-          } else {
-            model = req.get_param_value("model");
-          }
-          if (needs != Needs::Body) {
-            const size_t index = router.resolve(model, task_of(needs));
-            c.lease = router.acquire(index);  // loads it when needed; a reload waits for this request
-            if (keep_alive) c.lease->set_keep_alive(*keep_alive);
-            c.eng = &c.lease->engine();
-            if (c.eng->state() == Engine::State::Loading) {
-              res.set_header("Retry-After", "2");
-              throw ApiError(503, "the model is reloading", "", "model_loading");
-            }
-            if (c.eng->state() == Engine::State::Failed)
-              throw ApiError(500, "the model failed to load: " + c.eng->error(), "", "model_load_failed");
-          }
+          if (needs != Needs::Body) lease_model(req, res, c, task_of(needs));
         }
         h(req, res, c);
       } catch (const ApiError& e) {
@@ -374,6 +338,38 @@ struct HttpServer::Impl {
       // Streams log when they end (their handler returns before the body is written).
       if (!res.is_chunked_content_provider_) access_log(req, res.status, c);
     };
+  }
+
+  // The request's model, loaded and held in c.lease: the body's "model" (Ollama's show: "name") or ?model= on a GET,
+  // resolved with the endpoint's task; the body's keep_alive applies from this request on.
+  void lease_model(const httplib::Request& req, httplib::Response& res, Ctx& c, std::optional<Task> task) {
+    std::string model = req.get_param_value("model");
+    if (c.body.is_object()) {
+      for (const char* k : {"model", "name"})
+        if (c.body.contains(k) && c.body[k].is_string()) {
+          model = c.body[k].get<std::string>();
+          break;
+        }
+      if (c.body.contains("keep_alive") && !c.body["keep_alive"].is_null()) {
+        const json& ka = c.body["keep_alive"];
+        if (!ka.is_string() && !ka.is_number())
+          throw ApiError(400, "keep_alive must be a duration string or a number of seconds", "keep_alive");
+        try {
+          c.keep_alive = parse_keep_alive(ka.is_string() ? ka.get<std::string>() : ka.dump());
+        } catch (const Error& e) {
+          throw ApiError(400, e.what(), "keep_alive");
+        }
+      }
+    }
+    c.lease = router.acquire(router.resolve(model, task));  // loads it when needed; a reload waits for this request
+    if (c.keep_alive) c.lease->set_keep_alive(*c.keep_alive);
+    c.eng = &c.lease->engine();
+    if (c.eng->state() == Engine::State::Loading) {
+      res.set_header("Retry-After", "2");
+      throw ApiError(503, "the model is reloading", "", "model_loading");
+    }
+    if (c.eng->state() == Engine::State::Failed)
+      throw ApiError(500, "the model failed to load: " + c.eng->error(), "", "model_load_failed");
   }
 
   void access_log(const httplib::Request& req, int status, const Ctx& c) {
@@ -928,12 +924,8 @@ struct HttpServer::Impl {
             {"parameter_size", params}, {"quantization_level", f.type_label}};
   }
 
-  // Whether a body's keep_alive says "unload now" (0 or "0").
-  static bool unloads(const json& body) {
-    if (!body.is_object() || !body.contains("keep_alive")) return false;
-    const json& k = body["keep_alive"];
-    return (k.is_number() && k.get<double>() == 0) || (k.is_string() && k.get<std::string>() == "0");
-  }
+  // Whether the request's keep_alive says "unload now" (Ollama's unload idiom).
+  static bool unloads(const Ctx& c) { return c.keep_alive && c.keep_alive->count() == 0; }
 
   void routes() {
     const auto J = [](const Ctx& c) { return c.body; };  // parsed in wrap()
@@ -1238,7 +1230,7 @@ struct HttpServer::Impl {
                                (!c.body.contains("messages") || (c.body["messages"].is_array() && c.body["messages"].empty()));
       if (no_messages) {  // Ollama: no messages loads the model (keep_alive 0: unloads it)
         send_json(res, {{"model", c.eng->model_id()}, {"created_at", iso_now()}, {"message", {{"role", "assistant"}, {"content", ""}}},
-                        {"done", true}, {"done_reason", unloads(c.body) ? "unload" : "load"}});
+                        {"done", true}, {"done_reason", unloads(c) ? "unload" : "load"}});
         return;
       }
       generate(parse_ollama_chat(JD(c, Api::OllamaChat)), req, res, c);
@@ -1247,7 +1239,7 @@ struct HttpServer::Impl {
       TextRequest r = parse_ollama_generate(JD(c, Api::OllamaGenerate));
       if (r.prompt.empty() && r.messages.size() <= 1 && !r.raw) {  // Ollama: an empty prompt loads the model (keep_alive 0: unloads)
         send_json(res, {{"model", c.eng->model_id()}, {"created_at", iso_now()}, {"response", ""}, {"done", true},
-                        {"done_reason", unloads(c.body) ? "unload" : "load"}});
+                        {"done_reason", unloads(c) ? "unload" : "load"}});
         return;
       }
       generate(std::move(r), req, res, c);

@@ -8,7 +8,7 @@
 #include "core/gguf.h"
 #include "core/log.h"
 #include "core/safe_io.h"
-#include "core/threadpool.h"
+#include "model/config.h"
 #include "runtime/load.h"
 
 namespace lokal::server {
@@ -30,18 +30,6 @@ std::string tasks_str(const std::vector<Task>& tasks) {
   return s.empty() ? "nothing" : s;
 }
 
-// The settings a model runs with, as load_model_planned resolves them without a budget.
-RunSettings settings_of(const EngineOptions& eo, const ModelFacts& f) {
-  RunSettings s;
-  s.n_ctx = eo.load.n_ctx > 0 ? eo.load.n_ctx : std::min<int64_t>(f.cfg.n_ctx_train, 4096);
-  s.type_k = eo.load.type_k.value_or(DType::F16);
-  s.type_v = eo.load.type_v.value_or(DType::F16);
-  s.n_batch = std::clamp<int64_t>(eo.load.n_batch > 0 ? eo.load.n_batch : kDefaultBatchSize, 1, s.n_ctx);
-  s.n_threads = eo.load.n_threads > 0 ? eo.load.n_threads : ThreadPool::default_threads();
-  s.n_parallel = std::max(1, eo.load.n_parallel);
-  s.kv_tokens = eo.load.kv_tokens;
-  return s;
-}
 }  // namespace
 
 const char* task_name(Task t) {
@@ -63,15 +51,14 @@ std::optional<Task> parse_task(const std::string& s) {
   return std::nullopt;
 }
 
-std::vector<Task> infer_tasks(const std::string& path, bool has_template_override) {
-  auto f = GGUFFile::open(path, true);
+std::vector<Task> infer_tasks(const GGUFFile& f, bool has_template_override) {
   std::vector<Task> tasks;
-  const auto tpl = f->opt_str("tokenizer.chat_template");
+  const auto tpl = f.opt_str("tokenizer.chat_template");
   if (tpl || has_template_override) tasks.push_back(Task::Chat);
   tasks.push_back(Task::Completion);
   bool think = tpl && tpl->find("<think>") != std::string::npos;
-  if (!think && f->has("tokenizer.ggml.tokens"))
-    for (std::string_view t : f->get_str_array("tokenizer.ggml.tokens"))
+  if (!think && f.has("tokenizer.ggml.tokens"))
+    for (std::string_view t : f.get_str_array("tokenizer.ggml.tokens"))
       if (t == "<think>") {
         think = true;
         break;
@@ -97,9 +84,13 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     al.erase(std::remove(al.begin(), al.end(), s.spec.name), al.end());
     al.insert(al.begin(), s.spec.name);
     check_input_file(s.spec.engine.load.path, ("GGUF model file of " + where).c_str());
-    s.facts = ModelFacts::read(s.spec.engine.load.path);
-    if (s.spec.tasks.empty()) s.spec.tasks = infer_tasks(s.spec.engine.load.path, !s.spec.engine.chat_template.empty());
-    s.settings = settings_of(s.spec.engine, s.facts);
+    {  // the header once: facts and what the model can do
+      const auto file = GGUFFile::open(s.spec.engine.load.path, true);
+      validate_model(*file);  // what ModelFacts::read checks: a file lokal cannot run is refused at start
+      s.facts = ModelFacts::from_gguf(*file, s.spec.engine.load.path);
+      if (s.spec.tasks.empty()) s.spec.tasks = infer_tasks(*file, !s.spec.engine.chat_template.empty());
+    }
+    s.settings = run_settings(s.spec.engine.load, s.facts);
     MemoryEstimate e = estimate_memory(s.facts, s.settings);
     s.bytes = e.total_bytes - std::min(e.total_bytes, process_base_bytes()) + kPerModelServingBytes;
     if (!s.spec.engine.spec.draft.empty()) {  // the draft sits beside it with the same context and sequences

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/gguf.h"
 #include "runtime/plan.h"
 #include "runtime/residency.h"
 #include "server/engine.h"
@@ -175,6 +176,6 @@ class Router {
 
 // What a GGUF file can do, read from its header: chat when it has a chat template (or `has_template_override`),
 // completion and embedding always, reasoning when its vocabulary has a "<think>" token or its template opens one.
-std::vector<Task> infer_tasks(const std::string& path, bool has_template_override);
+std::vector<Task> infer_tasks(const GGUFFile& file, bool has_template_override);
 
 }  // namespace lokal::server
