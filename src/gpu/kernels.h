@@ -31,6 +31,46 @@ class Kernels {
   // y[i] += x[i].
   void add(Commands& c, Buffer& y, const Buffer& x, int64_t n);
 
+  // ---- batched forms for a forward pass over n_tok tokens (rows of activations are token-major) ----
+
+  // y[t][r] = sum_c W[r][c] x[t][c] for t < n_tok, r < rows: x holds n_tok x cols f32, y n_tok x rows f32. The
+  // same types and checks as matvec (matvec is n_tok = 1). Reads each weight row once per group of tokens.
+  void matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
+              int64_t n_tok);
+  // y[t][i] += b[i] for t < n_tok, i < n (a bias on every token's row).
+  void add_bias(Commands& c, Buffer& y, const Buffer& b, int64_t n, int64_t n_tok);
+  // Rotary embedding in place: x holds n_tok rows of n_heads * head_dim f32; for each token t and head, the pairs
+  // (i, i + rope_dim/2) (neox) or (2i, 2i+1) (otherwise), i < rope_dim/2, are rotated by the angle whose cosine is
+  // cs[t][i] and sine cs[t][rope_dim/2 + i] (cs: n_tok x rope_dim f32, computed on the host exactly as ops/rope).
+  void rope(Commands& c, Buffer& x, const Buffer& cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
+            int64_t rope_dim, bool neox);
+
+  // ---- the KV cache on the device ----
+  // A cache buffer holds n_rows rows (one row = one position of one sequence: page * 64 + slot) of `width` elements
+  // (n_head_kv * head_dim, head-major) in one of these layouts:
+  //   F32:  float[n_rows][width]
+  //   F16:  half[n_rows][width], two per 32-bit word (width even)
+  //   Q8_0: int8 qs[n_rows][width] (four per word), then at byte n_rows * width: float d[n_rows][width / 32],
+  //         block b of a row = elements [32 b, 32 b + 32) (width a multiple of 32); d is rounded to f16 precision
+  //         and q = round(x / d) as core/quant.cpp's quantize_row_q8_0 does.
+  static bool supports_kv(DType t);  // F32, F16, Q8_0
+  static uint64_t kv_bytes(DType t, int64_t n_rows, int64_t width);
+  // cache[meta[row_off + t]] = src[t] (converted) for t < n_tok; src holds n_tok x width f32.
+  void kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
+                const Buffer& meta, uint32_t row_off, int64_t n_tok);
+  struct AttnShape {
+    int64_t n_head = 0, n_head_kv = 0, head_dim = 0, head_dim_v = 0;
+    float scale = 1.0f;
+  };
+  // out[t][h * head_dim_v + i] = sum_{j < n} softmax_j(scale * q[t,h] . K[row(t, j), g]) V[row(t, j), g][i],
+  // g = h / (n_head / n_head_kv), n = meta[npos_off + t], row(t, j) = meta[meta[pt_off + t] + j / 64] * 64 + j % 64
+  // (meta[pt_off + t] is where token t's page table starts in meta). q: n_tok x n_head*head_dim f32; K, V caches as
+  // above with n_rows rows of widths n_head_kv * head_dim and n_head_kv * head_dim_v. One pass over the positions in
+  // tiles with an online softmax, so any context length works.
+  void attention(Commands& c, const AttnShape& s, const Buffer& q, const Buffer& k, DType tk, const Buffer& v,
+                 DType tv, int64_t n_rows, const Buffer& meta, uint32_t npos_off, uint32_t pt_off, Buffer& out,
+                 int64_t n_tok);
+
  private:
   const Pipeline& pipeline(const std::string& name, uint32_t n_buffers, uint32_t push_bytes);
   // A grid of at least `groups` workgroups in x (then y) within the device's per-dimension limit.
