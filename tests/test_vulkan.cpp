@@ -5,7 +5,7 @@
 // a CI machine that lost its driver is noticed; LOKAL_TEST_NO_GPU=1 skips the ones that need a device instead.
 //
 // Tolerances. Vulkan requires f32 add, subtract and multiply to be correctly rounded (round to nearest), so:
-//  * the matrix x vector shaders dequantize each weight with the same float operations in the same order as
+//  * the matrix shaders (matvec, matmul) dequantize each weight with the same float operations in the same order as
 //    core/quant.cpp's dequantize_row (`precise` in the shaders, so nothing is fused into an fma), which makes every
 //    dequantized weight equal to the reference's; what remains is the f32 dot product of K terms in the shader's
 //    order (strided partial sums, then a tree). For ANY order of summation, the error of a K-term f32 dot product is
@@ -150,6 +150,78 @@ void check_matvec(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int
       ADD_FAILURE() << "row " << r << ": gpu " << y[r] << " reference " << ref << " error " << err << " > bound " << tol;
     }
   }
+}
+
+// Runs y = W x for n_tok tokens (x: n_tok rows of cols, y: n_tok rows of `rows`) on the device and checks every
+// output against the double-precision reference with the bound of the file comment (per token: a K = cols term dot
+// product, summed in the shader's order). With n_tok = 1 it also runs matvec on the same data and requires the very
+// same bits (matvec is matmul with one token).
+void check_matmul(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int64_t cols, int64_t n_tok) {
+  SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols) + ", " +
+               std::to_string(n_tok) + " tokens");
+  gpu::Device& dev = k.device();
+  const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+  const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
+  gpu::Buffer wb = dev.alloc(w.size());
+  dev.upload(wb, w.data(), w.size());
+  gpu::Buffer xb = upload_floats(dev, x);
+  gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
+  {
+    gpu::Commands c(dev);
+    k.matmul(c, t, wb, xb, yb, rows, cols, n_tok);
+    c.submit_and_wait();
+  }
+  const std::vector<float> y = download_floats(dev, yb, static_cast<size_t>(n_tok * rows));
+  if (n_tok == 1) {
+    gpu::Buffer vb = dev.alloc(static_cast<uint64_t>(rows) * 4);
+    gpu::Commands c(dev);
+    k.matvec(c, t, wb, xb, vb, rows, cols);
+    c.submit_and_wait();
+    const std::vector<float> v = download_floats(dev, vb, static_cast<size_t>(rows));
+    EXPECT_EQ(std::memcmp(v.data(), y.data(), v.size() * 4), 0) << "matmul with one token differs from matvec";
+  }
+  const size_t row_bytes = row_size(t, cols);
+  std::vector<float> wr(static_cast<size_t>(cols));
+  const double gamma = (cols + 1) * kU / (1 - (cols + 1) * kU);
+  int bad = 0;
+  for (int64_t r = 0; r < rows && bad < 5; ++r) {
+    dequantize_row(t, w.data() + r * row_bytes, wr.data(), cols);
+    for (int64_t tok = 0; tok < n_tok && bad < 5; ++tok) {
+      const float* xt = x.data() + tok * cols;
+      double ref = 0, mag = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        ref += static_cast<double>(wr[c]) * xt[c];
+        mag += std::fabs(static_cast<double>(wr[c]) * xt[c]);
+      }
+      const float got = y[tok * rows + r];
+      const double err = std::fabs(got - ref), tol = gamma * mag;
+      if (!(err <= tol)) {  // also catches NaN
+        ++bad;
+        ADD_FAILURE() << "token " << tok << " row " << r << ": gpu " << got << " reference " << ref << " error "
+                      << err << " > bound " << tol;
+      }
+    }
+  }
+}
+
+// The cos/sin table Kernels::rope takes, computed exactly as ops/ops.cpp's rope does for each position: cs[t][i] =
+// cos(theta_i), cs[t][rope_dim/2 + i] = sin(theta_i), theta_i = pos * base^(-2i/rope_dim) (by repeated f32
+// multiplication) / freq_factors[i] * freq_scale.
+std::vector<float> host_rope_table(const std::vector<int64_t>& pos, int rope_dim, const RopeParams& p) {
+  const int half = rope_dim / 2;
+  std::vector<float> cs(pos.size() * static_cast<size_t>(rope_dim));
+  const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(rope_dim));
+  for (size_t t = 0; t < pos.size(); ++t) {
+    float theta = static_cast<float>(pos[t]);
+    for (int i = 0; i < half; ++i) {
+      const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
+      const float a = theta / ff * p.freq_scale;
+      cs[t * rope_dim + i] = std::cos(a);
+      cs[t * rope_dim + half + i] = std::sin(a);
+      theta *= theta_scale;
+    }
+  }
+  return cs;
 }
 
 }  // namespace
@@ -422,4 +494,171 @@ TEST(VulkanOps, ChainedKernelsWithBarriers) {
   for (float v : ref) scale = std::max(scale, static_cast<double>(std::fabs(v)));
   ASSERT_GT(scale, 0.0);
   for (int64_t i = 0; i < d; ++i) ASSERT_NEAR(got[i], ref[i], 1e-4 * scale) << "element " << i;
+}
+
+// matmul: every weight type, token counts 1 (= matvec), 2, 7, 8 (one full group of NT = 8), 9 (a full group and a
+// lone token), 33 (several groups and a partial one), over row counts 1, 7, 33 and column counts from one block to
+// 4096, plus 11008 columns (a real n_ff) at 3 rows.
+TEST(VulkanMatMul, AllTypesMatchReference) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(4321);
+  const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
+                         DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  for (DType t : types) {
+    const int64_t bs = type_info(t)->block_size;
+    std::vector<int64_t> cols = {bs, 4096};
+    if (bs == 1) cols.push_back(33);  // F32/F16/BF16 take any length
+    for (int64_t n_tok : {1, 2, 7, 8, 9, 33}) {
+      for (int64_t c : cols)
+        for (int64_t r : {1, 7, 33}) check_matmul(k, rng, t, r, c, n_tok);
+    }
+    for (int64_t n_tok : {1, 9, 33}) check_matmul(k, rng, t, 3, 11008, n_tok);
+  }
+}
+
+// The dequantized weights themselves, bit for bit: with x the identity (token t = unit vector e_t, n_tok = cols), every
+// product is w * 1 or w * 0 and every sum adds zeros, all exact, so y[t][r] must equal dequantize_row's W[r][t]
+// exactly (compared as values: a -0 weight comes out +0). A weight computed with a fused multiply-add, a misplaced
+// token or row, or a wrong element order inside a unit shows up here even where the error bound above would hide it.
+TEST(VulkanMatMul, IdentityInputGivesExactWeights) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(31);
+  const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
+                         DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  for (DType t : types) {
+    const int64_t bs = type_info(t)->block_size, cols = bs == 1 ? 33 : 2 * bs, rows = 5, n_tok = cols;
+    SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols));
+    const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+    std::vector<float> x(static_cast<size_t>(n_tok * cols), 0.0f);
+    for (int64_t i = 0; i < cols; ++i) x[i * cols + i] = 1.0f;
+    gpu::Buffer wb = dev->alloc(w.size());
+    dev->upload(wb, w.data(), w.size());
+    gpu::Buffer xb = upload_floats(*dev, x), yb = dev->alloc(n_tok * rows * 4);
+    gpu::Commands c(*dev);
+    k.matmul(c, t, wb, xb, yb, rows, cols, n_tok);
+    c.submit_and_wait();
+    const auto y = download_floats(*dev, yb, n_tok * rows);
+    std::vector<float> wr(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(t, w.data() + r * row_size(t, cols), wr.data(), cols);
+      for (int64_t i = 0; i < cols; ++i)
+        ASSERT_EQ(y[i * rows + r], wr[i]) << "row " << r << " element " << i;
+    }
+  }
+}
+
+// Tall matrices with several token groups: rows continue in gl_WorkGroupID.y while token groups are in z.
+TEST(VulkanMatMul, TallMatrixWithTokenGroups) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(77);
+  const int64_t rows = int64_t(dev->info().max_workgroup_count[0]) + 1001;
+  check_matmul(k, rng, DType::Q8_0, rows, 32, 9);
+  check_matmul(k, rng, DType::Q6_K, 257, 256, 17);
+}
+
+TEST(VulkanMatMul, BadArgumentsAreErrors) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  gpu::Buffer w = dev->alloc(1024), x = dev->alloc(1024), y = dev->alloc(1024);
+  gpu::Commands c(*dev);
+  EXPECT_THROW(k.matmul(c, DType::IQ2_XXS, w, x, y, 1, 256, 2), Error);
+  EXPECT_THROW(k.matmul(c, DType::Q4_0, w, x, y, 1, 48, 2), Error);   // not a multiple of 32
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, 2, 256, 1), Error);   // W holds 1024 bytes, needs 2048
+  EXPECT_THROW(k.matmul(c, DType::Q8_0, w, x, y, 1, 32, 9), Error);   // x: 9 tokens of 32 need 1152 bytes
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, 32, 1, 9), Error);    // y: 9 tokens of 32 rows need 1152 bytes
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, 1, 1, -1), Error);    // negative token count
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, UINT32_MAX, UINT32_MAX, 1), Error);  // 2^66 bytes (no overflow)
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, 0, 4096, int64_t(1) << 20), Error);  // 2^32 input elements
+  const int64_t too_many = int64_t(dev->info().max_workgroup_count[2]) * 8 + 1;     // beyond grid z
+  EXPECT_THROW(k.matmul(c, DType::F32, w, x, y, 0, 0, too_many), Error);
+  EXPECT_NO_THROW(k.matmul(c, DType::Q8_0, w, x, y, 1, 32, 8));  // exactly fits: 8 tokens of 32, 8 of 1
+}
+
+// add_bias: one correctly rounded f32 addition per element, as y[t][i] += b[i] on the CPU: identical bits.
+TEST(VulkanOps, AddBiasIsExact) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(11);
+  for (int64_t n : {1, 64, 65, 4097})
+    for (int64_t n_tok : {1, 3, 33}) {
+      SCOPED_TRACE(std::to_string(n_tok) + " x " + std::to_string(n));
+      auto y = random_floats(rng, n * n_tok, -100.0f, 100.0f);
+      const auto b = random_floats(rng, n, -1.0f, 1.0f);
+      gpu::Buffer yb = upload_floats(*dev, y), bb = upload_floats(*dev, b);
+      gpu::Commands c(*dev);
+      k.add_bias(c, yb, bb, n, n_tok);
+      c.submit_and_wait();
+      const auto got = download_floats(*dev, yb, n * n_tok);
+      for (int64_t t = 0; t < n_tok; ++t)
+        for (int64_t i = 0; i < n; ++i) y[t * n + i] += b[i];
+      EXPECT_EQ(std::memcmp(got.data(), y.data(), y.size() * 4), 0);
+    }
+  gpu::Buffer small = dev->alloc(64);
+  gpu::Commands c(*dev);
+  EXPECT_THROW(k.add_bias(c, small, small, 8, 3), Error);   // y: 3 x 8 floats need 96 bytes
+  EXPECT_THROW(k.add_bias(c, small, small, 32, 0), Error);  // b: 32 floats need 128 bytes
+  EXPECT_THROW(k.add_bias(c, small, small, -1, 1), Error);
+}
+
+// rope: given the same cos/sin, each rotated element is a*c - b*s or a*s + b*c with every product and the sum
+// rounded once (`precise` on the GPU; no -ffp-contract on the CPU build), so the GPU equals ops/ops.cpp's rope bit
+// for bit: for neox and adjacent pairs, rope_dim equal to and below head_dim (the dims beyond stay as they were),
+// freq_scale and Llama-3 freq_factors, several heads and tokens at scattered positions.
+TEST(VulkanOps, RopeMatchesCpuBitForBit) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(12);
+  struct Case {
+    int n_tok, n_heads, head_dim, rope_dim;
+    float base, scale;
+    bool factors;
+  };
+  const Case cases[] = {{1, 1, 2, 2, 10000.0f, 1.0f, false},      {3, 4, 64, 64, 10000.0f, 1.0f, false},
+                        {5, 8, 128, 64, 10000.0f, 1.0f, false},   {2, 3, 80, 32, 1000000.0f, 0.25f, false},
+                        {7, 2, 128, 128, 500000.0f, 1.0f, true},  {33, 5, 96, 48, 10000.0f, 0.5f, true}};
+  for (const Case& cs : cases)
+    for (bool neox : {false, true}) {
+      SCOPED_TRACE(std::to_string(cs.n_tok) + " tokens, " + std::to_string(cs.n_heads) + " heads of " +
+                   std::to_string(cs.head_dim) + ", rope_dim " + std::to_string(cs.rope_dim) +
+                   (neox ? ", neox" : ", adjacent pairs"));
+      const int64_t width = int64_t(cs.n_heads) * cs.head_dim;
+      auto x = random_floats(rng, cs.n_tok * width, -4.0f, 4.0f);
+      std::vector<int64_t> pos(cs.n_tok);
+      std::uniform_int_distribution<int64_t> pd(0, 200000);
+      for (int t = 0; t < cs.n_tok; ++t) pos[t] = t == 0 ? 0 : t == 1 ? 1 : pd(rng);
+      const auto ff = random_floats(rng, cs.rope_dim / 2, 1.0f, 8.0f);
+      RopeParams p;
+      p.rope_dim = cs.rope_dim;
+      p.freq_base = cs.base;
+      p.freq_scale = cs.scale;
+      p.neox = neox;
+      p.freq_factors = cs.factors ? ff.data() : nullptr;
+      const auto table = host_rope_table(pos, cs.rope_dim, p);
+      gpu::Buffer xb = upload_floats(*dev, x), cb = upload_floats(*dev, table);
+      gpu::Commands c(*dev);
+      k.rope(c, xb, cb, cs.n_tok, cs.n_heads, cs.head_dim, cs.rope_dim, neox);
+      c.submit_and_wait();
+      const auto got = download_floats(*dev, xb, x.size());
+      for (int t = 0; t < cs.n_tok; ++t) rope(x.data() + t * width, cs.n_heads, cs.head_dim, pos[t], p);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(std::memcmp(&got[i], &x[i], 4), 0)
+            << "token " << i / width << " element " << i % width << ": gpu " << got[i] << " cpu " << x[i];
+    }
+}
+
+TEST(VulkanOps, RopeBadArgumentsAreErrors) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  gpu::Buffer x = dev->alloc(1024), cs = dev->alloc(64);
+  gpu::Commands c(*dev);
+  EXPECT_THROW(k.rope(c, x, cs, 1, 2, 64, 63, false), Error);   // odd rope_dim
+  EXPECT_THROW(k.rope(c, x, cs, 1, 2, 64, 66, true), Error);    // rope_dim > head_dim
+  EXPECT_THROW(k.rope(c, x, cs, 2, 2, 64, 16, false), Error);   // cs: 2 x 16 floats need 128 bytes
+  EXPECT_THROW(k.rope(c, x, cs, 3, 2, 64, 4, false), Error);    // x: 3 x 128 floats need 1536 bytes
+  EXPECT_THROW(k.rope(c, x, cs, -1, 2, 64, 4, false), Error);
+  EXPECT_THROW(k.rope(c, x, cs, 1 << 20, 1 << 20, 1 << 20, 2, false), Error);  // 2^60 elements (no overflow)
+  EXPECT_NO_THROW(k.rope(c, x, cs, 2, 2, 64, 8, true));         // 2 x 8 cos/sin = 64 bytes: fits
 }

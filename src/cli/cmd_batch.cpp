@@ -60,6 +60,7 @@ struct BatchArgs {
   std::string ram;
   bool allow_long_ctx = false;
   bool no_mmap = false;
+  OffloadOptions offload;
   bool verbose = false;
 };
 
@@ -225,6 +226,7 @@ int batch(const BatchArgs& a) {
   req.n_parallel = a.n_parallel;
   req.kv_tokens = a.kv_tokens;
   req.load.use_mmap = !a.no_mmap;
+  req.load.offload = a.offload;
   req.on_plan = [](const Plan& plan) { std::fprintf(stderr, "plan: %s\n", plan.reason.c_str()); };
   LoadedModel loaded = load_model_planned(req);
   const Model& model = *loaded.model;
@@ -380,6 +382,7 @@ void register_batch(CLI::App& app, int* rc) {
   cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB): context, KV types and batch not given are planned");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  add_gpu_options(cmd, a->offload);
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
   cmd->callback([a, rc, ctk, ctv, ctx, bat] {
     a->ctk_given = ctk->count() > 0;

@@ -27,6 +27,7 @@ struct BenchArgs {
   std::string cache_type_k = "f16", cache_type_v = "f16";
   bool json = false;
   bool no_mmap = false;
+  OffloadOptions offload;
   bool no_bw = false;
   int bw_mib = 1024;
   bool quiet = false;
@@ -64,7 +65,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["poll"] = 50;
   j["type_k"] = lower(type_name(r.cache_type_k));
   j["type_v"] = lower(type_name(r.cache_type_v));
-  j["n_gpu_layers"] = 0;
+  j["n_gpu_layers"] = r.n_gpu_layers;
   j["split_mode"] = "layer";
   j["main_gpu"] = 0;
   j["no_kv_offload"] = false;
@@ -96,6 +97,9 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["mem_bw_gbps"] = t.mem_bw_gbps;
   j["mem_bw_pct"] = t.mem_bw_pct;
   j["kernels"] = r.kernels;
+  j["gpu"] = r.gpu;
+  j["gpu_output"] = r.gpu_output;
+  j["gpu_weight_bytes"] = r.gpu_bytes;
   j["file_type"] = r.file_type;  // model_file_type: the name info, plan and compare show
   return j;
 }
@@ -173,6 +177,10 @@ void print_markdown(const BenchReport& r) {
   std::printf("kernels: %s; cpu: %s; first t/s: the first (cold) run, not in the mean of the %zu warm runs\n",
               r.kernels.c_str(), r.cpu_info.empty() ? "unknown" : r.cpu_info.c_str(),
               r.tests.empty() ? size_t{0} : r.tests[0].samples_ts.size());
+  if (!r.gpu.empty())
+    std::printf("gpu: %lld layers%s on %s (%s of weights on the device); the bandwidth figures above are the CPU's\n",
+                static_cast<long long>(r.n_gpu_layers), r.gpu_output ? " and the output" : "", r.gpu.c_str(),
+                format_bytes(static_cast<double>(r.gpu_bytes)).c_str());
 }
 
 void bench(const BenchArgs& a) {
@@ -190,6 +198,7 @@ void bench(const BenchArgs& a) {
   o.cache_type_k = parse_kv_type(a.cache_type_k, "--cache-type-k");
   o.cache_type_v = parse_kv_type(a.cache_type_v, "--cache-type-v");
   o.use_mmap = !a.no_mmap;
+  o.offload = a.offload;
   o.measure_bandwidth = !a.no_bw;
   o.bandwidth_bytes = static_cast<size_t>(a.bw_mib) << 20;
   const bool tty = isatty(fileno(stderr));
@@ -237,6 +246,7 @@ void register_bench(CLI::App& app, int* rc) {
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print a JSON array of results (llama-bench's field names)");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  add_gpu_options(cmd, a->offload);
   cmd->add_flag("--no-mem-bw", a->no_bw, "Skip the memory bandwidth measurement");
   cmd->add_option("--mem-bw-mib", a->bw_mib, "Buffer size of the memory bandwidth measurement (MiB)")
       ->capture_default_str()->check(CLI::Range(16, 1 << 20));

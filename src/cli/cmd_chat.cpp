@@ -45,6 +45,7 @@ struct ChatArgs {
   std::string cache_type_k = "f16", cache_type_v = "f16", ram;
   bool ctk_given = false, ctv_given = false, ctx_given = false, batch_given = false;
   bool hide_reasoning = false, json_out = false, no_mmap = false, verbose = false, allow_long_ctx = false;
+  OffloadOptions offload;
 };
 
 class Chat {
@@ -426,6 +427,7 @@ void run_chat(const ChatArgs& a) {
   req.n_batch = a.batch_given ? a.batch : 0;
   req.n_threads = a.threads;
   req.load.use_mmap = !a.no_mmap;
+  req.load.offload = a.offload;
   LoadedModel loaded = load_model_planned(req);
   Session session(*loaded.model, loaded.session);
   std::unique_ptr<SpecSetup> spec_setup;
@@ -514,6 +516,7 @@ void register_chat(CLI::App& app, int* rc) {
   cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB): settings not given are planned");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  add_gpu_options(cmd, a->offload);
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
   cmd->callback([a, rc, cmd, ctk, ctv] {
     a->ctk_given = ctk->count() > 0;

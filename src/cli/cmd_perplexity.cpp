@@ -28,6 +28,7 @@ struct PplArgs {
   int threads = 0;
   bool allow_long_ctx = false;
   bool verbose = false;
+  OffloadOptions offload;
 };
 
 void perplexity(const PplArgs& a) {
@@ -36,7 +37,9 @@ void perplexity(const PplArgs& a) {
   check_input_file(a.model, "GGUF model file");
   if (!a.save_logits.empty()) check_output_file(a.save_logits, {a.model, a.text_file});  // before any work
   const std::string text = read_text_file(a.text_file);
-  auto model = Model::load(a.model);
+  LoadOptions lo;
+  lo.offload = a.offload;
+  auto model = Model::load(a.model, lo);
   PerplexityOptions po;
   po.n_ctx = a.ctx;
   po.n_chunks = a.chunks;
@@ -93,6 +96,7 @@ void register_perplexity(CLI::App& app, int* rc) {
   cmd->add_option("--save-logits", a->save_logits, "Write the scored log-probabilities to FILE (see eval/perplexity.h)");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
+  add_gpu_options(cmd, a->offload);
   cmd->callback([a, rc] {
     perplexity(*a);
     *rc = 0;

@@ -31,6 +31,7 @@ struct RunArgs {
   int64_t batch = kDefaultBatchSize;  // model/config.h: one default for every subcommand
   bool no_mmap = false;
   bool mlock = false;
+  OffloadOptions offload;
   bool verbose = false;
   std::string cache_type_k = "f16", cache_type_v = "f16";
   bool ctk_given = false, ctv_given = false, ctx_given = false, batch_given = false;
@@ -58,6 +59,7 @@ void run(const RunArgs& a) {
   req.n_threads = a.threads;
   req.load.use_mmap = !a.no_mmap;
   req.load.mlock = a.mlock;
+  req.load.offload = a.offload;
   req.on_plan = [](const Plan& plan) {
     std::fprintf(stderr, "plan: %s\n", plan.reason.c_str());
     for (const auto& n : plan.notes) std::fprintf(stderr, "plan: note: %s\n", n.c_str());
@@ -113,6 +115,14 @@ void run(const RunArgs& a) {
                static_cast<long long>(mc.n_layer), kv_type_label(kv.type_k()).c_str(),
                static_cast<double>(kv.bytes_k()) / (1024.0 * 1024.0), kv_type_label(kv.type_v()).c_str(),
                static_cast<double>(kv.bytes_v()) / (1024.0 * 1024.0));
+  if (const DeviceModel* dm = model->device()) {
+    const uint64_t w = dm->weight_bytes(), k = kv.device_bytes(), s = session.device_scratch_bytes();
+    std::fprintf(stderr, "gpu: %lld of %lld layers on %s (output on the %s), device %u\n",
+                 static_cast<long long>(dm->n_layers()), static_cast<long long>(mc.n_layer), dm->info().name.c_str(),
+                 dm->output_on_device() ? "GPU" : "CPU", dm->info().index);
+    std::fprintf(stderr, "gpu memory: weights %s + kv cache %s + compute %s = %s\n", format_bytes(w).c_str(),
+                 format_bytes(k).c_str(), format_bytes(s).c_str(), mib_bytes(w + k + s).c_str());
+  }
   const char* how = !lo.use_mmap ? "read into RAM" : model->mlocked() ? "memory-mapped, locked" : "memory-mapped, paged in";
   std::fprintf(stderr, "memory: weights %s, %s\n", mib_bytes(model->gguf().file_size()).c_str(), how);
   std::fprintf(stderr, "memory: kv cache %s\n", mib_bytes(kv.bytes()).c_str());
@@ -190,6 +200,7 @@ void register_run(CLI::App& app, int* rc) {
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   cmd->add_flag("--mlock", a->mlock, "Lock the model in RAM");
+  add_gpu_options(cmd, a->offload);
   cmd->add_flag("-v,--verbose", a->verbose, "More logging");
   cmd->callback([a, rc, cmd, ctk, ctv] {
     a->ctk_given = ctk->count() > 0;

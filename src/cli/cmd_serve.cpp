@@ -40,6 +40,7 @@ struct ServeArgs {
   std::string cache_type_k = "f16", cache_type_v = "f16";
   std::string ram;
   bool allow_long_ctx = false, no_mmap = false, jinja = true;
+  OffloadOptions offload;
   std::string chat_template;
   std::string pooling = "mean";
   std::vector<std::string> aliases;
@@ -360,6 +361,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   eo.load.n_parallel = a.n_parallel;
   eo.load.kv_tokens = a.kv_tokens;
   eo.load.load.use_mmap = !a.no_mmap;
+  eo.load.load.offload = a.offload;
   eo.chat_template = a.chat_template;
   eo.aliases = a.aliases;
   eo.spec = a.spec.config();
@@ -567,6 +569,7 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB); several models: all of them together");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
+  add_gpu_options(cmd, a->offload);
   cmd->add_flag("--jinja", a->jinja, "Use the model's Jinja chat template (always on; accepted for llama-server compatibility)");
   cmd->add_option("--chat-template", a->chat_template, "Chat template: a built-in name, a .jinja file or tokenizer_config.json");
   cmd->add_option("--pooling", a->pooling, "Embeddings: mean or last of the final hidden states (L2-normalized)")->capture_default_str();

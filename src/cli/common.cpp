@@ -12,6 +12,14 @@ DType parse_kv_type(const std::string& name, const char* flag) {
   return *t;
 }
 
+void add_gpu_options(CLI::App* cmd, OffloadOptions& o) {
+  cmd->add_option("--gpu-layers,--n-gpu-layers", o.n_gpu_layers,
+                  "Layers to run on the GPU (Vulkan): the last N; 99: all of them and the output (0: CPU only)")
+      ->capture_default_str()->check(CLI::Range(0, 100000));
+  cmd->add_option("--device", o.device, "GPU for -ngl: its index in 'lokal info --devices'")
+      ->capture_default_str()->check(CLI::Range(0, 255));
+}
+
 std::string one_model(const std::string& cmd, const std::string& from_flag, const std::string& positional) {
   if (!from_flag.empty() && !positional.empty())
     throw CLI::ParseError(cmd + ": the model is given twice (-m " + from_flag + " and " + positional + "): give it once", 2);
@@ -70,6 +78,8 @@ constexpr Spelling kSpellings[] = {
     {"-md", "--model-draft", true},
     {"-ctkd", "--cache-type-k-draft", true},
     {"-ctvd", "--cache-type-v-draft", true},
+    {"-ngl", "--gpu-layers", true},
+    {"--ngl", "--gpu-layers", false},
     {"--ctk", "--cache-type-k", false},
     {"--ctv", "--cache-type-v", false},
 };

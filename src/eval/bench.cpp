@@ -223,7 +223,7 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
   const int64_t len = static_cast<int64_t>(P) + G;
   if (len < 1) return;
   Forward fwd(model, pool, std::max<int64_t>(opt.n_batch, N), std::max<int64_t>(1, len));
-  KVPool kv(c, N * KVCache::pages_for(len) * kKVPage, opt.cache_type_k, opt.cache_type_v);  // whole pages per sequence
+  KVPool kv(c, N * KVCache::pages_for(len) * kKVPage, opt.cache_type_k, opt.cache_type_v, model.device());  // whole pages per sequence
   std::vector<float> logits(static_cast<size_t>(N) * static_cast<size_t>(c.n_vocab));
   BenchTest pp, tg;
   pp.n_prompt = P;
@@ -308,6 +308,7 @@ BenchReport run_bench(const BenchOptions& opt) {
   BenchReport rep;
   LoadOptions lo;
   lo.use_mmap = opt.use_mmap;
+  lo.offload = opt.offload;
   auto model = Model::load(opt.model, lo);
   const ModelConfig& c = model->config();
   rep.model_filename = opt.model;
@@ -324,6 +325,12 @@ BenchReport run_bench(const BenchOptions& opt) {
   rep.cache_type_k = opt.cache_type_k;
   rep.cache_type_v = opt.cache_type_v;
   rep.use_mmap = opt.use_mmap;
+  if (const DeviceModel* dm = model->device()) {
+    rep.n_gpu_layers = dm->n_layers();
+    rep.gpu_output = dm->output_on_device();
+    rep.gpu = dm->info().name;
+    rep.gpu_bytes = dm->weight_bytes();
+  }
 
   int64_t max_depth = 0, max_len = 1;
   for (int64_t d : opt.depth) max_depth = std::max(max_depth, d);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/types.h"
+#include "model/offload.h"
 #include "model/config.h"
 
 namespace lokal {
@@ -40,6 +41,7 @@ struct BenchOptions {
   DType cache_type_k = DType::F16;   // KV cache element types (as `lokal run`, and llama-bench's default f16)
   DType cache_type_v = DType::F16;
   bool use_mmap = true;
+  OffloadOptions offload;            // GPU offload (-ngl, --device)
   bool measure_bandwidth = true;
   size_t bandwidth_bytes = size_t{1} << 30;
   int bandwidth_runs = 5;
@@ -77,6 +79,10 @@ struct BenchReport {
   int64_t n_batch = 0;
   DType cache_type_k = DType::F16, cache_type_v = DType::F16;
   bool use_mmap = true;
+  int64_t n_gpu_layers = 0;  // layers offloaded (0: CPU only)
+  bool gpu_output = false;   // the output matrix on the GPU too
+  std::string gpu;           // the device's name (empty: CPU only)
+  uint64_t gpu_bytes = 0;    // device memory of the weights
   std::vector<BenchTest> tests;
 };
 

@@ -78,27 +78,49 @@ void Kernels::grid(int64_t groups, uint32_t& gx, uint32_t& gy) const {
 }
 
 void Kernels::matvec(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols) {
+  matmul(c, t, w, x, y, rows, cols, 1);
+}
+
+namespace {
+constexpr int64_t kMatmulTokens = 8;  // NT of gpu/shaders/mv_common.glsl: tokens per workgroup (grid z)
+}
+
+void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
+                     int64_t n_tok) {
   const char* name = matvec_shader(t);
-  if (!name) throw Error(std::string("GPU matvec: no shader for weight type ") + type_name(t));
-  check_count(rows, "matvec", "row count");
-  check_count(cols, "matvec", "column count");
+  if (!name) throw Error(std::string("GPU matmul: no shader for weight type ") + type_name(t));
+  check_count(rows, "matmul", "row count");
+  check_count(cols, "matmul", "column count");
+  check_count(n_tok, "matmul", "token count");
   const TypeInfo* ti = type_info(t);
   if (cols % ti->block_size != 0)
-    throw Error("GPU matvec: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
+    throw Error("GPU matmul: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
                 " block size " + std::to_string(ti->block_size));
   const uint64_t row_bytes = row_size(t, cols);
-  // The shaders address W in 32-bit byte offsets.
-  if (row_bytes * static_cast<uint64_t>(rows) > UINT32_MAX)
-    throw Error("GPU matvec: a matrix of " + std::to_string(row_bytes * rows) + " bytes is beyond 4 GiB");
-  need(w, row_bytes * rows, "matvec", "weight");
-  need(x, 4 * static_cast<uint64_t>(cols), "matvec", "input");
-  need(y, 4 * static_cast<uint64_t>(rows), "matvec", "output");
+  // The shaders address W in 32-bit byte offsets, x and y in 32-bit element indices.
+  if (rows != 0 && row_bytes > UINT32_MAX / static_cast<uint64_t>(rows))  // (no overflow: both may be ~2^32)
+    throw Error("GPU matmul: a matrix of " + std::to_string(rows) + " rows of " + std::to_string(row_bytes) +
+                " bytes is beyond 4 GiB");
+  const uint64_t x_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(cols);
+  const uint64_t y_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows);
+  if (x_elems > UINT32_MAX || y_elems > UINT32_MAX)
+    throw Error("GPU matmul: " + std::to_string(n_tok) + " tokens of " + std::to_string(cols) + " inputs and " +
+                std::to_string(rows) + " outputs are too many elements");
+  need(w, row_bytes * rows, "matmul", "weight");
+  need(x, 4 * x_elems, "matmul", "input");
+  need(y, 4 * y_elems, "matmul", "output");
+  const int64_t groups_z = (n_tok + kMatmulTokens - 1) / kMatmulTokens;
+  if (groups_z > int64_t(dev_->info().max_workgroup_count[2]))
+    throw Error("GPU matmul: " + std::to_string(n_tok) + " tokens exceed the device's dispatch limit (" +
+                std::to_string(int64_t(dev_->info().max_workgroup_count[2]) * kMatmulTokens) + ")");
   struct {
-    uint32_t rows, cols, row_bytes;
-  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes)};
+    uint32_t rows, cols, row_bytes, n_tok;
+  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes),
+         static_cast<uint32_t>(n_tok)};
   uint32_t gx, gy;
   grid(rows, gx, gy);
-  c.dispatch(pipeline(name, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy);
+  c.dispatch(pipeline(name, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy,
+             static_cast<uint32_t>(groups_z));
 }
 
 void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n,
@@ -120,7 +142,7 @@ void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffe
 }
 
 namespace {
-constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp and add.comp
+constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp, add.comp, add_bias.comp and rope.comp
 }
 
 void Kernels::swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n) {
@@ -142,6 +164,47 @@ void Kernels::add(Commands& c, Buffer& y, const Buffer& x, int64_t n) {
   uint32_t gx, gy;
   grid((n + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
   c.dispatch(pipeline("add", 2, sizeof push), {&y, &x}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::add_bias(Commands& c, Buffer& y, const Buffer& b, int64_t n, int64_t n_tok) {
+  check_count(n, "add_bias", "length");
+  check_count(n_tok, "add_bias", "token count");
+  const uint64_t total = static_cast<uint64_t>(n) * static_cast<uint64_t>(n_tok);
+  if (total > UINT32_MAX) throw Error("GPU add_bias: too many elements");
+  need(y, 4 * total, "add_bias", "output");
+  need(b, 4 * static_cast<uint64_t>(n), "add_bias", "bias");
+  struct {
+    uint32_t n, total;
+  } push{static_cast<uint32_t>(n), static_cast<uint32_t>(total)};
+  uint32_t gx, gy;
+  grid((static_cast<int64_t>(total) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("add_bias", 2, sizeof push), {&y, &b}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::rope(Commands& c, Buffer& x, const Buffer& cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
+                   int64_t rope_dim, bool neox) {
+  check_count(n_tok, "rope", "token count");
+  check_count(n_heads, "rope", "head count");
+  check_count(head_dim, "rope", "head size");
+  check_count(rope_dim, "rope", "rotated dimension count");
+  if (rope_dim % 2 != 0 || rope_dim > head_dim)
+    throw Error("GPU rope: rope_dim " + std::to_string(rope_dim) + " must be even and at most head_dim " +
+                std::to_string(head_dim));
+  // Each count is below 2^32, so every product of two fits in 64 bits.
+  const uint64_t heads = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(n_heads);
+  const uint64_t x_elems = heads > UINT32_MAX ? UINT64_MAX : heads * static_cast<uint64_t>(head_dim);
+  const uint64_t cs_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rope_dim);
+  if (x_elems > UINT32_MAX || cs_elems > UINT32_MAX) throw Error("GPU rope: too many elements");
+  need(x, 4 * x_elems, "rope", "input");
+  need(cs, 4 * cs_elems, "rope", "cos/sin");
+  const uint64_t pairs = heads * static_cast<uint64_t>(rope_dim / 2);  // <= x_elems / 2
+  struct {
+    uint32_t total, n_heads, head_dim, rope_dim, neox;
+  } push{static_cast<uint32_t>(pairs), static_cast<uint32_t>(n_heads), static_cast<uint32_t>(head_dim),
+         static_cast<uint32_t>(rope_dim), neox ? 1u : 0u};
+  uint32_t gx, gy;
+  grid((static_cast<int64_t>(pairs) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("rope", 2, sizeof push), {&x, &cs}, &push, sizeof push, gx, gy);
 }
 
 }  // namespace lokal::gpu

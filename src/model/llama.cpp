@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "gpu/kernels.h"
 #include "model/model.h"
 
 namespace lokal {
@@ -51,13 +52,14 @@ Forward::Forward(const Model& model, ThreadPool& pool, int64_t max_batch, int64_
   scores_.resize(attention_scratch_floats(attention_shape(c_), DType::F32, pool.size(), n_ctx_));
   n_pos_.resize(static_cast<size_t>(B));
   pages_.resize(static_cast<size_t>(B));
+  if (model.device()) dev_ = std::make_unique<DeviceScratch>(*model.device(), c_, B, n_ctx_);
 }
 
 Forward::Forward(const Model& model, int64_t n_ctx, ThreadPool& pool, int64_t max_batch, DType cache_type_k,
                  DType cache_type_v)
     : Forward(model, pool, max_batch, n_ctx) {
   if (n_ctx <= 0) throw Error("context size must be positive, got " + std::to_string(n_ctx));
-  own_kv_ = std::make_unique<KVCache>(c_, KVCache::pages_for(n_ctx), cache_type_k, cache_type_v);
+  own_kv_ = std::make_unique<KVCache>(c_, KVCache::pages_for(n_ctx), cache_type_k, cache_type_v, model.device());
   own_pages_.resize(static_cast<size_t>(own_kv_->n_pages()));
   for (size_t i = 0; i < own_pages_.size(); ++i) own_pages_[i] = static_cast<int32_t>(i);
 }
@@ -140,7 +142,9 @@ void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, K
   float* x = x_.data();
   per_token(n, [&](int64_t t) { get_row(m_.tok_embd, e[t].token, x + t * d); });
 
-  for (int64_t l = 0; l < c_.n_layer; ++l) {
+  // Layers [0, first) on the CPU; with GPU offload the rest on the device (eval_device, the same steps).
+  const int64_t first = m_.first_device_layer();
+  for (int64_t l = 0; l < first; ++l) {
     const LayerWeights& L = m_.layers[static_cast<size_t>(l)];
     // --- attention block ---
     per_token(n, [&](int64_t t) { rms_norm(x + t * d, L.attn_norm, xn_.data() + t * d, d, c_.rms_eps); });
@@ -180,6 +184,8 @@ void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, K
     per_token(n, [&](int64_t t) { add_inplace(x + t * d, xn_.data() + t * d, d); });
   }
 
+  if (first < c_.n_layer && eval_device(e, n, seqs, kv, logits)) logits = nullptr;
+
   if (hidden) {  // embeddings: the normed final hidden states of the entries that want them
     int64_t n_h = 0;
     for (int64_t t = 0; t < n; ++t)
@@ -196,6 +202,166 @@ void Forward::eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, K
   if (n_out == 0) return;
   observe(m_.output, xn_.data(), n_out);
   matmul(pool_, m_.output, xn_.data(), n_out, logits, c_.n_vocab, act_);
+}
+
+}  // namespace lokal
+
+namespace lokal {
+
+// The offloaded layers [first, n_layer) of eval_micro on the device: the same steps as the CPU loop above, on
+// device buffers, recorded into one command buffer and submitted once. The hidden state x goes up with the
+// metadata the kernels need (each token's cache row, its attention length, its sequence's page table) and the
+// rope angles (computed here as ops/rope computes them, so the rotation is the CPU's), and comes back at the end.
+bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits) {
+  DeviceModel& dm = *m_.device();
+  DeviceScratch& s = *dev_;
+  if (!kv.device()) throw Error("GPU offload: this KV cache was made without the device's layers (internal error)");
+  DeviceKV& dkv = *kv.device();
+  gpu::Kernels& K = dm.kernels();
+  const int64_t d = c_.n_embd, nq = c_.n_embd_q(), nk = c_.n_embd_k(), nv = c_.n_embd_v(), ff = c_.n_ff;
+  const int64_t rd = c_.rope_dim;
+  RopeParams rp;
+  rp.rope_dim = static_cast<int>(rd);
+  rp.freq_base = c_.rope_freq_base;
+  rp.freq_scale = c_.rope_freq_scale;
+  rp.neox = c_.rope_style == RopeStyle::Neox;
+  rp.freq_factors = m_.rope_freqs;
+
+  // Up-going staging: x [n][d] | meta | cs [n][rope_dim].
+  // meta: [0, n) cache row of each token (page * 64 + slot), [n, 2n) positions its attention sees,
+  //       [2n, 3n) where its sequence's page table starts in meta, then the page tables of the batch's sequences.
+  auto* up = static_cast<uint8_t*>(s.up_stage.mapped());
+  const uint64_t x_bytes = static_cast<uint64_t>(n * d) * 4;
+  std::memcpy(up, x_.data(), x_bytes);
+  auto* meta = reinterpret_cast<uint32_t*>(up + x_bytes);
+  int64_t m = 3 * n;
+  std::vector<std::pair<int32_t, int64_t>> seq_off;  // sequence -> start of its table in meta
+  for (int64_t t = 0; t < n; ++t) {
+    const SeqPages& sp = seqs[e[t].seq];
+    meta[t] = static_cast<uint32_t>(sp.pages[e[t].pos / kKVPage] * kKVPage + e[t].pos % kKVPage);
+    meta[n + t] = static_cast<uint32_t>(e[t].pos + 1);
+    auto it = std::find_if(seq_off.begin(), seq_off.end(), [&](const auto& so) { return so.first == e[t].seq; });
+    if (it == seq_off.end()) {
+      // The table up to the last page any of this sequence's entries reaches.
+      int64_t last = 0;
+      for (int64_t u = t; u < n; ++u)
+        if (e[u].seq == e[t].seq) last = std::max(last, e[u].pos / kKVPage);
+      if (m + last + 1 > s.max_meta) throw Error("GPU offload: page tables exceed the device scratch (internal error)");
+      seq_off.emplace_back(e[t].seq, m);
+      for (int64_t p = 0; p <= last; ++p) meta[m++] = static_cast<uint32_t>(sp.pages[p]);
+      it = seq_off.end() - 1;
+    }
+    meta[2 * n + t] = static_cast<uint32_t>(it->second);
+  }
+  const uint64_t meta_bytes = static_cast<uint64_t>(m) * 4;
+  auto* cs = reinterpret_cast<float*>(up + x_bytes + meta_bytes);
+  for (int64_t t = 0; t < n; ++t) rope_cos_sin(e[t].pos, rp, cs + t * rd, cs + t * rd + rd / 2);
+  const uint64_t cs_bytes = static_cast<uint64_t>(n * rd) * 4;
+
+  gpu::Kernels::AttnShape as;
+  as.n_head = c_.n_head;
+  as.n_head_kv = c_.n_head_kv;
+  as.head_dim = c_.head_dim;
+  as.head_dim_v = c_.head_dim_v;
+  as.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+  const DType tk = kv.type_k(), tv = kv.type_v();
+  const int64_t rows = dkv.n_rows();
+  const uint32_t un = static_cast<uint32_t>(n);
+  auto mm = [&](gpu::Commands& cmd, const DeviceModel::Matrix& w, const gpu::Buffer& in, gpu::Buffer& out) {
+    K.matmul(cmd, w.type, w.buf, in, out, w.rows, w.cols, n);
+  };
+
+  auto lock = dm.lock();
+  gpu::Commands cmd(dm.device());
+  cmd.copy(s.up_stage, s.x, x_bytes, 0, 0);
+  cmd.copy(s.up_stage, s.meta, meta_bytes, x_bytes, 0);
+  if (cs_bytes) cmd.copy(s.up_stage, s.cs, cs_bytes, x_bytes + meta_bytes, 0);
+  cmd.barrier();
+  for (int64_t l = m_.first_device_layer(); l < c_.n_layer; ++l) {
+    const DeviceModel::Layer& L = dm.layer(l);
+    // --- attention block ---
+    K.rms_norm(cmd, s.x, L.attn_norm, s.xn, n, d, c_.rms_eps);
+    cmd.barrier();
+    mm(cmd, L.wq, s.xn, s.q);
+    mm(cmd, L.wk, s.xn, s.k);
+    mm(cmd, L.wv, s.xn, s.v);
+    cmd.barrier();
+    if (L.bq) {
+      K.add_bias(cmd, s.q, L.bq, nq, n);
+      K.add_bias(cmd, s.k, L.bk, nk, n);
+      K.add_bias(cmd, s.v, L.bv, nv, n);
+      cmd.barrier();
+    }
+    if (rd > 0) {
+      K.rope(cmd, s.q, s.cs, n, c_.n_head, c_.head_dim, rd, rp.neox);
+      K.rope(cmd, s.k, s.cs, n, c_.n_head_kv, c_.head_dim, rd, rp.neox);
+      cmd.barrier();
+    }
+    K.kv_store(cmd, s.k, dkv.k(l), tk, rows, nk, s.meta, 0, n);
+    K.kv_store(cmd, s.v, dkv.v(l), tv, rows, nv, s.meta, 0, n);
+    cmd.barrier();
+    K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n);
+    cmd.barrier();
+    mm(cmd, L.wo, s.attn, s.xn);
+    cmd.barrier();
+    K.add(cmd, s.x, s.xn, n * d);
+    cmd.barrier();
+    // --- feed-forward block ---
+    K.rms_norm(cmd, s.x, L.ffn_norm, s.xn, n, d, c_.rms_eps);
+    cmd.barrier();
+    mm(cmd, L.w_gate, s.xn, s.gate);
+    mm(cmd, L.w_up, s.xn, s.up);
+    cmd.barrier();
+    K.swiglu(cmd, s.gate, s.up, s.xn, n * ff);
+    cmd.barrier();
+    mm(cmd, L.w_down, s.xn, s.gate);
+    cmd.barrier();
+    K.add(cmd, s.x, s.gate, n * d);
+    cmd.barrier();
+  }
+  cmd.copy(s.x, s.down_stage, x_bytes, 0, 0);
+
+  // The output on the device: the rows whose logits are wanted gathered into xn, normed into gate, multiplied in
+  // chunks of kLogitRows (the logits buffer's height); each chunk comes down through the staging buffer.
+  int64_t n_out = 0;
+  const bool dev_out = logits && dm.output_on_device();
+  if (dev_out) {
+    for (int64_t t = 0; t < n; ++t)
+      if (e[t].logits) {
+        cmd.copy(s.x, s.xn, static_cast<uint64_t>(d) * 4, static_cast<uint64_t>(t * d) * 4,
+                 static_cast<uint64_t>(n_out * d) * 4);
+        ++n_out;
+      }
+    if (n_out > 0) {
+      cmd.barrier();
+      K.rms_norm(cmd, s.xn, dm.output_norm(), s.gate, n_out, d, c_.rms_eps);
+    }
+  }
+  const DeviceModel::Matrix& W = dm.output();
+  const uint64_t row_logits = static_cast<uint64_t>(c_.n_vocab) * 4;
+  auto chunk = [&](gpu::Commands& c, int64_t c0, int64_t r) {
+    c.barrier();
+    c.copy(s.gate, s.xn, static_cast<uint64_t>(r * d) * 4, static_cast<uint64_t>(c0 * d) * 4, 0);
+    c.barrier();
+    K.matmul(c, W.type, W.buf, s.xn, s.logits, W.rows, W.cols, r);
+    c.barrier();
+    c.copy(s.logits, s.down_stage, row_logits * r, 0, x_bytes);
+  };
+  const int64_t lr = std::min<int64_t>(DeviceScratch::kLogitRows, s.max_batch);
+  if (n_out > 0) chunk(cmd, 0, std::min(lr, n_out));
+  cmd.submit_and_wait();
+  const auto* down = static_cast<const uint8_t*>(s.down_stage.mapped());
+  std::memcpy(x_.data(), down, x_bytes);
+  if (n_out == 0) return false;
+  std::memcpy(logits, down + x_bytes, row_logits * std::min(lr, n_out));
+  for (int64_t c0 = lr; c0 < n_out; c0 += lr) {
+    const int64_t r = std::min(lr, n_out - c0);
+    gpu::Commands more(dm.device());
+    chunk(more, c0, r);
+    more.submit_and_wait();
+    std::memcpy(logits + c0 * c_.n_vocab, down + x_bytes, row_logits * r);
+  }
+  return true;
 }
 
 }  // namespace lokal

@@ -41,9 +41,13 @@ void Model::repack_weights() {
   MappedFile* mf = gguf_->mapped();
   if (!mf) return;
   std::vector<WeightView*> todo;
-  for (LayerWeights& L : layers)
+  // Offloaded layers' matrices stay as in the file (the device has them; the CPU never reads them again).
+  for (int64_t l = 0; l < first_device_layer(); ++l) {
+    LayerWeights& L = layers[static_cast<size_t>(l)];
     for (WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) todo.push_back(w);
-  todo.push_back(&output);  // tied: the same bytes as tok_embd, whose rows get_row then unpacks
+  }
+  // tied: the same bytes as tok_embd, whose rows get_row then unpacks
+  if (!(device_ && device_->output_on_device())) todo.push_back(&output);
   std::vector<WeightView*> go;
   for (WeightView* w : todo)
     if (w->data && pack_worthwhile(w->type, w->rows, w->cols)) go.push_back(w);
@@ -143,6 +147,8 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
   for (const LayerWeights& L : m->layers)
     for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) act(*w);
 
+  // GPU offload: the device gets the file's layouts, so it uploads before the CPU repacks anything.
+  if (opt.offload.n_gpu_layers > 0) m->device_ = DeviceModel::create(*m, opt.offload);
   // Packed matrices first (their pages are faulted in as private copies), then the rest of the file.
   if (opt.repack) m->repack_weights();
   if (const MappedFile* mf = f.mapped()) {
@@ -162,13 +168,14 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
 }
 
 
-size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v) {
-  return static_cast<size_t>(cfg.n_layer * pages_for(n_tokens) * kKVPage) *
+size_t KVCache::bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v, int64_t n_layers) {
+  if (n_layers < 0) n_layers = cfg.n_layer;
+  return static_cast<size_t>(n_layers * pages_for(n_tokens) * kKVPage) *
          (row_size(type_k, cfg.head_dim) * static_cast<size_t>(cfg.n_head_kv) +
           row_size(type_v, cfg.head_dim_v) * static_cast<size_t>(cfg.n_head_kv));
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k, DType type_v)
+KVCache::KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k, DType type_v, DeviceModel* dev)
     : n_pages_(n_pages), n_head_kv_(cfg.n_head_kv),
       head_dim_k_(cfg.head_dim), head_dim_v_(cfg.head_dim_v), type_k_(type_k), type_v_(type_v) {
   if (n_pages <= 0) throw Error("KV cache size must be positive, got " + std::to_string(n_pages) + " pages");
@@ -178,10 +185,14 @@ KVCache::KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k, DType ty
   seg_v_ = row_size(type_v, head_dim_v_);
   layer_k_ = seg_k_ * kKVPage * static_cast<size_t>(n_head_kv_);
   layer_v_ = seg_v_ * kKVPage * static_cast<size_t>(n_head_kv_);
-  page_k_ = layer_k_ * static_cast<size_t>(cfg.n_layer);
-  page_v_ = layer_v_ * static_cast<size_t>(cfg.n_layer);
-  k_ = AnonBuffer(page_k_ * static_cast<size_t>(n_pages));
-  v_ = AnonBuffer(page_v_ * static_cast<size_t>(n_pages));
+  const int64_t host_layers = dev ? dev->first_layer() : cfg.n_layer;
+  page_k_ = layer_k_ * static_cast<size_t>(host_layers);
+  page_v_ = layer_v_ * static_cast<size_t>(host_layers);
+  if (host_layers > 0) {
+    k_ = AnonBuffer(page_k_ * static_cast<size_t>(n_pages));
+    v_ = AnonBuffer(page_v_ * static_cast<size_t>(n_pages));
+  }
+  if (dev) dev_ = std::make_unique<DeviceKV>(*dev, cfg, n_pages, type_k, type_v);
 }
 
 void KVCache::store(int64_t layer, int64_t page, int64_t slot, const float* k, const float* v) {
@@ -197,6 +208,8 @@ void KVCache::store(int64_t layer, int64_t page, int64_t slot, const float* k, c
 
 void KVCache::copy_page(int64_t dst, int64_t src) {
   if (dst == src) return;
+  if (dev_) dev_->copy_page(dst, src);
+  if (page_k_ == 0) return;
   std::memcpy(k_.data() + static_cast<size_t>(dst) * page_k_, k_.data() + static_cast<size_t>(src) * page_k_, page_k_);
   std::memcpy(v_.data() + static_cast<size_t>(dst) * page_v_, v_.data() + static_cast<size_t>(src) * page_v_, page_v_);
 }

@@ -11,6 +11,7 @@
 #include "core/mmap.h"
 #include "core/threadpool.h"
 #include "model/config.h"
+#include "model/offload.h"
 #include "ops/attention.h"
 #include "ops/ops.h"
 #include "tokenizer/vocab.h"
@@ -24,6 +25,8 @@ struct LoadOptions {
   // Rewrite Q4_0 / Q5_0 / Q8_0 / Q4_K matrices in place into the 16-row interleaved layout of ops/packed.h when the
   // CPU has a kernel for it (same memory; the file on disk is not changed). LOKAL_REPACK=0 disables.
   bool repack = true;
+  // GPU offload (model/offload.h): the last n_gpu_layers layers on a Vulkan device; 0: CPU only.
+  OffloadOptions offload;
 };
 
 struct LayerWeights {
@@ -55,6 +58,9 @@ class Model {
   // Matrices rewritten into the packed layout at load, and their bytes.
   int64_t packed_tensors() const { return packed_tensors_; }
   size_t packed_bytes() const { return packed_bytes_; }
+  // The device part of GPU offload (nullptr: everything on the CPU). Layers [first_layer, n_layer) run there.
+  DeviceModel* device() const { return device_.get(); }
+  int64_t first_device_layer() const { return device_ ? device_->first_layer() : cfg_.n_layer; }
 
   WeightView tok_embd;
   WeightView output;                 // == tok_embd when embeddings are tied
@@ -68,7 +74,7 @@ class Model {
   // Lookups of tensors ModelConfig::from_gguf validated; nullptr / empty when an optional one is absent.
   WeightView matrix(const std::string& name, int64_t cols, int64_t rows);
   const float* vector(const std::string& name, int64_t n);
-  void repack_weights();
+  void repack_weights();  // the CPU's matrices only (not those of offloaded layers)
 
   ModelConfig cfg_;
   std::unique_ptr<GGUFFile> gguf_;
@@ -80,6 +86,7 @@ class Model {
   bool mlocked_ = false;
   int64_t packed_tensors_ = 0;
   size_t packed_bytes_ = 0;
+  std::unique_ptr<DeviceModel> device_;
 };
 
 // Key/value cache as a pool of pages: each page holds kKVPage (64) consecutive positions of one sequence, for every
@@ -88,25 +95,32 @@ class Model {
 // page is decided above (runtime/kv_pool.h); this class is the memory, allocated once at its full size.
 // Layout of a page, per layer: head-major (each KV head's 64 segments contiguous), so one attention tile of one
 // head is one sequential run of memory.
+//
+// With GPU offload (`dev` given), the host pages hold only the CPU's layers [0, dev->first_layer()) and a DeviceKV
+// holds the offloaded layers' K and V at the same pages and slots.
 class KVCache {
  public:
-  KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k = DType::F32, DType type_v = DType::F32);
+  KVCache(const ModelConfig& cfg, int64_t n_pages, DType type_k = DType::F32, DType type_v = DType::F32,
+          DeviceModel* dev = nullptr);
   static int64_t pages_for(int64_t n_tokens) { return (n_tokens + kKVPage - 1) / kKVPage; }
   int64_t n_pages() const { return n_pages_; }
   int64_t n_ctx() const { return n_pages_ * kKVPage; }  // positions the whole pool holds
   DType type_k() const { return type_k_; }
   DType type_v() const { return type_v_; }
-  size_t bytes() const { return k_.size() + v_.size(); }
+  size_t bytes() const { return k_.size() + v_.size(); }  // host bytes
+  uint64_t device_bytes() const { return dev_ ? dev_->bytes() : 0; }
+  DeviceKV* device() const { return dev_.get(); }
   size_t bytes_k() const { return k_.size(); }
   size_t bytes_v() const { return v_.size(); }
   // Exact bytes a cache for n_tokens positions (rounded up to whole pages) allocates (for planning before loading).
-  static size_t bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v);
+  // n_layers: the layers kept on the host (all of them without offload).
+  static size_t bytes_for(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v, int64_t n_layers = -1);
   // Views of one layer; their page table is the caller's (KVRows::with_pages).
   KVRows k_rows(int64_t layer) const { return {type_k_, k_.data() + layer * layer_k_, seg_k_, seg_k_ * kKVPage, nullptr, page_k_}; }
   KVRows v_rows(int64_t layer) const { return {type_v_, v_.data() + layer * layer_v_, seg_v_, seg_v_ * kKVPage, nullptr, page_v_}; }
-  // Converts and stores the K and V rows of the position in slot `slot` (0..63) of page `page`.
+  // Converts and stores the K and V rows of the position in slot `slot` (0..63) of page `page` (a host layer).
   void store(int64_t layer, int64_t page, int64_t slot, const float* k, const float* v);
-  // Copies page src over page dst (every layer, K and V): copy-on-write of a shared page.
+  // Copies page src over page dst (every layer, K and V, host and device): copy-on-write of a shared page.
   void copy_page(int64_t dst, int64_t src);
 
  private:
@@ -116,6 +130,7 @@ class KVCache {
   size_t layer_k_, layer_v_;  // bytes of one layer in a page
   size_t page_k_, page_v_;    // bytes of one page (all layers)
   AnonBuffer k_, v_;  // huge pages: every decoded token reads the whole cache up to its position
+  std::unique_ptr<DeviceKV> dev_;
 };
 
 // One token of a multi-sequence batch (Forward::eval_batch): evaluated at position `pos` of sequence `seq`.
@@ -167,6 +182,7 @@ class Forward {
   const KVCache& kv() const { return *own_kv_; }
   int64_t max_batch() const { return max_batch_; }
   size_t scratch_bytes() const;
+  uint64_t device_scratch_bytes() const { return dev_ ? dev_->bytes() : 0; }
   // Bytes of working memory eval() needs for a batch of n tokens at context n_ctx (for planning).
   // type_k: the K cache type (attention converts queries to its partner type); max_act_row_bytes: the largest
   // quantized-activation row of any weight matrix (Model::max_act_row_bytes), SIZE_MAX for the bound of
@@ -178,6 +194,9 @@ class Forward {
 
  private:
   void eval_micro(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits, float* hidden);
+  // GPU offload: the device's layers over x_ (n rows; up and back down), then the logits when the device has the
+  // output. Returns whether it wrote the logits.
+  bool eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, KVCache& kv, float* logits);
   void observe(const WeightView& W, const float* x, int64_t n) const {
     if (observer_) observer_(W, x, n);
   }
@@ -203,6 +222,7 @@ class Forward {
   std::vector<const int32_t*> pages_;   // per entry: its sequence's page table
   std::vector<BatchEntry> one_seq_;     // eval()'s entries
   MatmulObserver observer_;
+  std::unique_ptr<DeviceScratch> dev_;  // GPU offload's device buffers (nullptr without)
 };
 
 }  // namespace lokal

@@ -21,9 +21,21 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
 }
 
-void rope(float* x, int n_heads, int head_dim, int64_t pos, const RopeParams& p) {
+void rope_cos_sin(int64_t pos, const RopeParams& p, float* c, float* s) {
   const int nd = p.rope_dim;
   const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(nd));
+  float theta = static_cast<float>(pos);
+  for (int i = 0; i < nd / 2; ++i) {
+    const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
+    const float t = theta / ff * p.freq_scale;
+    c[i] = std::cos(t);
+    s[i] = std::sin(t);
+    theta *= theta_scale;
+  }
+}
+
+void rope(float* x, int n_heads, int head_dim, int64_t pos, const RopeParams& p) {
+  const int nd = p.rope_dim;
   // cos/sin per rotated pair, computed once for all heads.
   float cs[512], sn[512];
   std::vector<float> heap;
@@ -34,14 +46,7 @@ void rope(float* x, int n_heads, int head_dim, int64_t pos, const RopeParams& p)
     c = heap.data();
     s = heap.data() + nd / 2;
   }
-  float theta = static_cast<float>(pos);
-  for (int i = 0; i < nd / 2; ++i) {
-    const float ff = p.freq_factors ? p.freq_factors[i] : 1.0f;
-    const float t = theta / ff * p.freq_scale;
-    c[i] = std::cos(t);
-    s[i] = std::sin(t);
-    theta *= theta_scale;
-  }
+  rope_cos_sin(pos, p, c, s);
   for (int h = 0; h < n_heads; ++h) {
     float* v = x + static_cast<int64_t>(h) * head_dim;
     if (p.neox) {

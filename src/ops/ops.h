@@ -39,6 +39,8 @@ struct RopeParams {
   const float* freq_factors = nullptr;
 };
 void rope(float* x, int n_heads, int head_dim, int64_t pos, const RopeParams& p);
+// The angles rope() rotates by at `pos`: c[i] = cos, s[i] = sin of pair i < rope_dim/2 (for the GPU's rope).
+void rope_cos_sin(int64_t pos, const RopeParams& p, float* c, float* s);
 
 // In-place softmax over n values (max-subtracted, sum in double). -inf entries give 0.
 void softmax(float* x, int64_t n);

@@ -22,11 +22,11 @@ size_t KVPool::KeyHash::operator()(const Key& k) const {
   return static_cast<size_t>(h);
 }
 
-KVPool::KVPool(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v) {
+KVPool::KVPool(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v, DeviceModel* dev) {
   if (n_tokens <= 0) throw Error("the KV cache must hold at least one token, got " + std::to_string(n_tokens));
   const int64_t n_pages = KVCache::pages_for(n_tokens);
   if (n_pages > INT32_MAX / 2) throw Error("KV cache of " + std::to_string(n_tokens) + " tokens is too large");
-  cache_ = std::make_unique<KVCache>(cfg, n_pages, type_k, type_v);
+  cache_ = std::make_unique<KVCache>(cfg, n_pages, type_k, type_v, dev);
   pages_.resize(static_cast<size_t>(n_pages));
   free_.reserve(static_cast<size_t>(n_pages));
   for (int64_t p = n_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));  // page 0 first

@@ -32,7 +32,7 @@ class KVPool {
   using SeqId = int32_t;
 
   // A pool of at least n_tokens positions (rounded up to whole pages).
-  KVPool(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v);
+  KVPool(const ModelConfig& cfg, int64_t n_tokens, DType type_k, DType type_v, DeviceModel* dev = nullptr);
 
   KVCache& cache() { return *cache_; }
   const KVCache& cache() const { return *cache_; }

@@ -68,7 +68,7 @@ Scheduler::Scheduler(const Model& model, ThreadPool& pool, const SchedulerOption
         o.n_ctx = std::min(o.n_ctx, KVCache::pages_for(o.kv_tokens) * kKVPage);
         return o;
       }()),
-      kv_(model.config(), opt_.kv_tokens, opt_.cache_type_k, opt_.cache_type_v),
+      kv_(model.config(), opt_.kv_tokens, opt_.cache_type_k, opt_.cache_type_v, model.device()),
       fwd_(model, pool, std::max<int64_t>(opt_.n_batch, opt_.n_parallel), opt_.n_ctx),
       logits_(static_cast<size_t>(model.config().n_vocab) * static_cast<size_t>(opt_.n_parallel)) {}
 

@@ -121,6 +121,7 @@ class Scheduler {
   // Bytes of the page pool and of the forward pass's working memory.
   size_t kv_bytes() const { return kv_.cache().bytes(); }
   size_t scratch_bytes() const { return fwd_.scratch_bytes(); }
+  uint64_t device_scratch_bytes() const { return fwd_.device_scratch_bytes(); }
 
   // Queues a request; thread-safe. Returns its id. A request that can never run (empty prompt, longer than the
   // sequence limit or the pool, bad sampling parameters) ends at the next step with FinishReason::Error.

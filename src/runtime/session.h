@@ -57,6 +57,7 @@ class Session {
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const { return fwd_.kv_bytes(); }
   size_t scratch_bytes() const { return fwd_.scratch_bytes(); }
+  uint64_t device_scratch_bytes() const { return fwd_.device_scratch_bytes(); }
   const KVCache& kv() const { return fwd_.kv(); }
 
   // Append tokens to the context and compute the logits of the last one.

@@ -1,4 +1,5 @@
-// mv_common.glsl - shared by every matrix x vector shader (mv_*.comp): y[r] = sum_c W[r][c] * x[c].
+// mv_common.glsl - shared by every matrix shader (mv_*.comp): y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tok
+// (matvec is n_tok = 1).
 //
 // W is uploaded exactly as stored in the GGUF file: rows of `row_bytes` bytes, each a run of blocks of its type.
 // Blocks are 18, 20, 22, 34, 84, 110, 144, 176 or 210 bytes long, so they are not 4-byte aligned in general; the
@@ -6,15 +7,23 @@
 // them with shifts (byte_at, u16_at). Every block size and every 16-bit field offset inside a block is even, so a
 // 16-bit field never straddles two words. Device::alloc rounds buffers up to 16 bytes, so the last word exists.
 //
-// One workgroup computes one row. The row is cut into units of UNIT elements (32 for the block types: one block of
-// the 32-element formats, one sub-block of the 256-element K-quant superblocks; 1 for F32/F16/BF16); thread t takes
-// units t, t+WG, t+2*WG, ... and keeps an f32 partial sum; the WG partial sums are then added in shared memory.
+// One workgroup computes one row for a group of up to NT tokens (workgroup z: tokens NT z .. NT z + NT-1; x and y are
+// token-major: x[t] is cols floats, y[t] rows floats). The row is cut into units of UNIT elements (32 for the block
+// types: one block of the 32-element formats, one sub-block of the 256-element K-quant superblocks; 1 for
+// F32/F16/BF16); thread i takes units i, i+WG, i+2*WG, ..., dequantizes each once and dots it with each of the
+// group's token vectors, keeping NT f32 partial sums; the WG partial sums of each token are then added in shared
+// memory.
 // Weights are dequantized with the same float operations, in the same order, as core/quant.cpp's reference
 // (`precise` forbids fusing them into an fma), so each dequantized weight equals the CPU's bit for bit; only the
 // order of the f32 sum differs from a sequential dot product.
 #extension GL_GOOGLE_include_directive : require
+// [[unroll]] (mv_main.glsl's token and dot loops: constant indices keep acc[] and wv[] in registers). Not on the
+// dequantizing loops of unit_weights: spirv-opt's unroller drops the NoContraction decoration (`precise`) from the
+// copies it makes, and the optimizer then fuses them into fma.
+#extension GL_EXT_control_flow_attributes : require
 
 #define WG 32
+#define NT 8  // tokens per workgroup (<= WG: thread t < NT writes token t's result)
 layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer Weights { uint w[]; };
@@ -25,6 +34,7 @@ layout(push_constant) uniform Push {
   uint rows;       // output elements
   uint cols;       // elements per row of W (= length of x), a multiple of UNIT
   uint row_bytes;  // bytes per row of W
+  uint n_tok;      // tokens (rows of x and of y)
 } pc;
 
 // Byte b of W (0..255).
@@ -38,5 +48,5 @@ float f16_at(uint b) { return unpackHalf2x16(u16_at(b)).x; }
 // 32-bit little-endian value at even byte offset b (two halves; b need not be 4-aligned).
 uint u32_at_even(uint b) { return u16_at(b) | (u16_at(b + 2u) << 16); }
 
-// Each mv_*.comp defines UNIT and `float unit_dot(uint row_base, uint u, uint xb)`: the dot product of unit u of
-// the row starting at byte row_base with x[xb .. xb+UNIT-1].
+// Each mv_*.comp defines UNIT and `void unit_weights(uint row_base, uint u, out float wv[UNIT])`: the UNIT
+// dequantized weights of unit u of the row starting at byte row_base, wv[l] = element u * UNIT + l.

@@ -2,5 +2,5 @@
 #include "mv_common.glsl"
 // F16: IEEE half, 2 bytes per element.
 #define UNIT 1
-float unit_dot(uint rb, uint u, uint xb) { return f16_at(rb + 2u * u) * x[xb]; }
+void unit_weights(uint rb, uint u, out float wv[UNIT]) { wv[0] = f16_at(rb + 2u * u); }
 #include "mv_main.glsl"

@@ -1,20 +1,39 @@
-// mv_main.glsl - the body shared by the matrix x vector shaders; included after unit_dot.
-shared float partial[WG];
+// mv_main.glsl - the body shared by the matrix shaders; included after unit_weights.
+shared float partial[NT * WG];
 
 void main() {
   // Rows beyond 65535 workgroups continue in gl_WorkGroupID.y (the host dispatches a 2-D grid for tall matrices).
   const uint row = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
   if (row >= pc.rows) return;  // the whole workgroup leaves together, so the barriers below stay uniform
+  const uint tok0 = gl_WorkGroupID.z * NT;
+  const uint nt = min(pc.n_tok - tok0, uint(NT));  // tokens in this group (1..NT; the host sends no empty group)
   const uint tid = gl_LocalInvocationID.x;
   const uint units = pc.cols / UNIT;
   const uint row_base = row * pc.row_bytes;
-  float acc = 0.0;
-  for (uint u = tid; u < units; u += WG) acc += unit_dot(row_base, u, u * UNIT);
-  partial[tid] = acc;
+  float acc[NT];
+  [[unroll]] for (uint t = 0; t < NT; ++t) acc[t] = 0.0;
+  float wv[UNIT];
+  for (uint u = tid; u < units; u += WG) {
+    unit_weights(row_base, u, wv);  // once per unit, for all the group's tokens
+    const uint xb = tok0 * pc.cols + u * UNIT;
+    [[unroll]] for (uint t = 0; t < NT; ++t) {
+      if (t < nt) {
+        const uint xt = xb + t * pc.cols;
+        float s = 0.0;
+        [[unroll]] for (uint l = 0; l < UNIT; ++l) s += wv[l] * x[xt + l];
+        acc[t] += s;
+      }
+    }
+  }
+  // Only the group's nt tokens are summed (nt is uniform in the workgroup: matvec pays for one tree, not NT).
+  [[unroll]] for (uint t = 0; t < NT; ++t)
+    if (t < nt) partial[t * WG + tid] = acc[t];
   barrier();
   for (uint s = WG / 2; s > 0; s >>= 1) {
-    if (tid < s) partial[tid] += partial[tid + s];
+    if (tid < s)
+      [[unroll]] for (uint t = 0; t < NT; ++t)
+        if (t < nt) partial[t * WG + tid] += partial[t * WG + tid + s];
     barrier();
   }
-  if (tid == 0) y[row] = partial[0];
+  if (tid < nt) y[(tok0 + tid) * pc.rows + row] = partial[tid * WG];
 }

@@ -10,19 +10,18 @@ int q3k_scale(uint s, uint k) {
   const uint hi = (byte_at(s + 8u + (k & 3u)) >> (2u * (k >> 2))) & 3u;
   return int(lo | (hi << 4)) - 32;
 }
-float unit_dot(uint rb, uint u, uint xb) {
+void unit_weights(uint rb, uint u, out float wv[UNIT]) {
   const uint b = rb + (u >> 3) * 110u, j = u & 7u, g = j >> 2, c = j & 3u;
   const float d = f16_at(b + 108u);
-  float s = 0.0;
   for (uint h = 0; h < 2u; ++h) {
     precise float dl = d * float(q3k_scale(b + 96u, 2u * j + h));
-    for (uint l = 16u * h; l < 16u * h + 16u; ++l) {
+    for (uint i = 0; i < 16u; ++i) {
+      const uint l = 16u * h + i;
       const int lo = int((byte_at(b + 32u + g * 32u + l) >> (2u * c)) & 3u);
       const bool high = ((byte_at(b + l) >> (4u * g + c)) & 1u) != 0u;
       precise float wl = dl * float(lo - (high ? 0 : 4));
-      s += wl * x[xb + l];
+      wv[l] = wl;
     }
   }
-  return s;
 }
 #include "mv_main.glsl"

@@ -5,7 +5,7 @@
 // Sub-block j uses bytes qs[(j/2)*32 + l], low nibble for even j, high nibble for odd j.
 // w = (d * sc) * q - (dmin * mn)
 #define UNIT 32
-float unit_dot(uint rb, uint u, uint xb) {
+void unit_weights(uint rb, uint u, out float wv[UNIT]) {
   const uint b = rb + (u >> 3) * 144u, j = u & 7u;
   const float d = f16_at(b), dmin = f16_at(b + 2u);
   uint sc, mn;
@@ -13,11 +13,9 @@ float unit_dot(uint rb, uint u, uint xb) {
   precise float dl = d * float(sc);
   precise float ml = dmin * float(mn);
   const uint q0 = b + 16u + (j >> 1) * 32u, shift = (j & 1u) * 4u;
-  float s = 0.0;
   for (uint l = 0; l < 32u; ++l) {
     precise float wl = dl * float((byte_at(q0 + l) >> shift) & 15u) - ml;
-    s += wl * x[xb + l];
+    wv[l] = wl;
   }
-  return s;
 }
 #include "mv_main.glsl"

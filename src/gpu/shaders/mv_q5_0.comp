@@ -4,19 +4,18 @@
 // Element j < 16: low nibble of qs[j] | bit j of qh << 4; element j + 16: high nibble | bit j+16 << 4.
 // w = (q - 16) * d
 #define UNIT 32
-float unit_dot(uint rb, uint u, uint xb) {
+void unit_weights(uint rb, uint u, out float wv[UNIT]) {
   const uint b = rb + u * 22u;
   const float d = f16_at(b);
   const uint qh = u32_at_even(b + 2u);
-  float s = 0.0;
   for (uint j = 0; j < 16u; ++j) {
     const uint q = byte_at(b + 6u + j);
     const int lo = int((q & 15u) | (((qh >> j) & 1u) << 4));
     const int hi = int((q >> 4) | (((qh >> (j + 16u)) & 1u) << 4));
     precise float wl = float(lo - 16) * d;
     precise float wh = float(hi - 16) * d;
-    s += wl * x[xb + j] + wh * x[xb + j + 16u];
+    wv[j] = wl;
+    wv[j + 16u] = wh;
   }
-  return s;
 }
 #include "mv_main.glsl"

@@ -5,19 +5,17 @@
 // qh[g*32 + l] (bits 2c), code q - 32; sub-blocks of 16 have their own scale scales[e/16].
 // w = (d * scale) * (q - 32)
 #define UNIT 32
-float unit_dot(uint rb, uint u, uint xb) {
+void unit_weights(uint rb, uint u, out float wv[UNIT]) {
   const uint b = rb + (u >> 3) * 210u, j = u & 7u, g = j >> 2, c = j & 3u;
   const float d = f16_at(b + 208u);
   const uint ql0 = b + g * 64u + (c & 1u) * 32u, qh0 = b + 128u + g * 32u;
   const uint lshift = (c >> 1) * 4u, hshift = 2u * c;
-  float s = 0.0;
   for (uint l = 0; l < 32u; ++l) {
     const uint lo = (byte_at(ql0 + l) >> lshift) & 15u;
     const uint hi = (byte_at(qh0 + l) >> hshift) & 3u;
     const float sc = float(i8_at(b + 192u + 2u * j + (l >> 4)));
     precise float wl = d * sc * float(int(lo | (hi << 4)) - 32);
-    s += wl * x[xb + l];
+    wv[l] = wl;
   }
-  return s;
 }
 #include "mv_main.glsl"

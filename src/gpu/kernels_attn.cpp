@@ -1,0 +1,163 @@
+// gpu/kernels_attn.cpp - the KV cache on the device: kv_store and attention (gpu/kernels.h), shaders
+// gpu/shaders/kv_store.comp and attention.comp (layouts and exact conversions: kv_common.glsl).
+//
+// Exactness: kv_store writes the CPU's bytes (f32 copied; f16 as core/fp16.cpp's fp32_to_fp16; q8_0 as
+// core/quant.cpp's q_q8_0), all in integer code or correctly rounded f32 operations, except for q8_0 blocks whose
+// largest magnitude is below ~2^-118, where the CPU itself stores d = 0 and divides by a denormal; there the
+// driver's division and denormal handling decide. attention reads every K/V element as the CPU's dequantize_row
+// gives it (f32 denormals in an F32 cache may be flushed to zero by a driver); scores and sums are f32 in the
+// shader's order, exp is the driver's.
+// Rows outside the cache (a page-table entry or a stored row index >= n_rows) are never accessed out of bounds:
+// kv_store skips such a row, attention clamps it to the last row (garbage in, garbage out). A token with n = 0
+// positions gets zeros.
+#include <algorithm>
+#include <string>
+
+#include "gpu/kernels.h"
+
+namespace lokal::gpu {
+
+namespace {
+
+constexpr int64_t kMaxHeadDim = 256;  // MAX_HD of attention.comp
+
+// The shaders' type codes (KV_F32, KV_F16, KV_Q8_0 in kv_common.glsl).
+uint32_t kv_code(DType t) {
+  switch (t) {
+    case DType::F32: return 0;
+    case DType::F16: return 1;
+    case DType::Q8_0: return 2;
+    default: return UINT32_MAX;
+  }
+}
+
+[[noreturn]] void fail(const char* kernel, const std::string& msg) {
+  throw Error(std::string("GPU ") + kernel + ": " + msg);
+}
+
+void need_bytes(const Buffer& b, uint64_t bytes, const char* kernel, const char* what) {
+  if (b.size() < bytes)
+    fail(kernel, std::string(what) + " buffer holds " + std::to_string(b.size()) + " bytes, needs " +
+                     std::to_string(bytes));
+}
+
+void check_range(int64_t n, int64_t lo, int64_t hi, const char* kernel, const char* what) {
+  if (n < lo || n > hi) fail(kernel, std::string(what) + " " + std::to_string(n) + " is out of range");
+}
+
+// The checks shared by kv_bytes, kv_store and attention: a supported type, a width its layout can hold, and a
+// cache the shaders can address with 32-bit word indices.
+uint64_t checked_kv_bytes(DType t, int64_t n_rows, int64_t width, const char* kernel) {
+  if (kv_code(t) == UINT32_MAX)
+    fail(kernel, std::string("KV cache type ") + type_name(t) + " is not supported (f32, f16, q8_0)");
+  check_range(n_rows, 0, UINT32_MAX, kernel, "row count");
+  check_range(width, 1, UINT32_MAX, kernel, "row width");
+  if (t == DType::F16 && width % 2 != 0)
+    fail(kernel, "an f16 KV cache needs an even row width, not " + std::to_string(width));
+  if (t == DType::Q8_0 && width % 32 != 0)
+    fail(kernel, "a q8_0 KV cache needs a row width that is a multiple of 32, not " + std::to_string(width));
+  const uint64_t elems = static_cast<uint64_t>(n_rows) * static_cast<uint64_t>(width);
+  uint64_t bytes = 0;
+  switch (t) {
+    case DType::F32: bytes = 4 * elems; break;
+    case DType::F16: bytes = 2 * elems; break;
+    default: bytes = elems + 4 * (elems / 32); break;
+  }
+  if (bytes / 4 > UINT32_MAX)
+    fail(kernel, "a KV cache of " + std::to_string(bytes) + " bytes is beyond what 32-bit word indices address");
+  return bytes;
+}
+
+}  // namespace
+
+bool Kernels::supports_kv(DType t) { return kv_code(t) != UINT32_MAX; }
+
+uint64_t Kernels::kv_bytes(DType t, int64_t n_rows, int64_t width) {
+  return checked_kv_bytes(t, n_rows, width, "kv_bytes");
+}
+
+void Kernels::kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
+                       const Buffer& meta, uint32_t row_off, int64_t n_tok) {
+  const uint64_t bytes = checked_kv_bytes(t, n_rows, width, "kv_store");
+  check_range(n_tok, 0, UINT32_MAX, "kv_store", "token count");
+  if (n_tok == 0) return;
+  if (static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(width) > UINT32_MAX)
+    fail("kv_store", "a source of " + std::to_string(n_tok) + " x " + std::to_string(width) + " elements is too large");
+  need_bytes(src, 4 * static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(width), "kv_store", "source");
+  need_bytes(cache, bytes, "kv_store", "cache");
+  need_bytes(meta, 4 * (static_cast<uint64_t>(row_off) + static_cast<uint64_t>(n_tok)), "kv_store", "meta");
+  struct {
+    uint32_t type, width, n_rows, row_off, n_tok, dbase;
+  } push{kv_code(t),
+         static_cast<uint32_t>(width),
+         static_cast<uint32_t>(n_rows),
+         row_off,
+         static_cast<uint32_t>(n_tok),
+         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * static_cast<uint64_t>(width) / 4)};
+  uint32_t gx, gy;
+  grid(n_tok, gx, gy);
+  c.dispatch(pipeline("kv_store", 3, sizeof push), {&src, &cache, &meta}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::attention(Commands& c, const AttnShape& s, const Buffer& q, const Buffer& k, DType tk, const Buffer& v,
+                        DType tv, int64_t n_rows, const Buffer& meta, uint32_t npos_off, uint32_t pt_off, Buffer& out,
+                        int64_t n_tok) {
+  const char* kn = "attention";
+  check_range(s.n_head, 1, UINT32_MAX, kn, "head count");
+  check_range(s.n_head_kv, 1, s.n_head, kn, "KV head count");
+  if (s.n_head % s.n_head_kv != 0)
+    fail(kn, std::to_string(s.n_head) + " heads are not a multiple of " + std::to_string(s.n_head_kv) + " KV heads");
+  check_range(s.head_dim, 1, kMaxHeadDim, kn, "head size (at most 256)");
+  check_range(s.head_dim_v, 1, kMaxHeadDim, kn, "value head size (at most 256)");
+  check_range(n_rows, 1, UINT32_MAX, kn, "row count");
+  check_range(n_tok, 0, UINT32_MAX, kn, "token count");
+  // A head's segment must start on a word (F16) or a block (Q8_0) boundary.
+  auto check_head = [&](DType t, int64_t hd, const char* which) {
+    if (t == DType::F16 && hd % 2 != 0)
+      fail(kn, std::string("an f16 ") + which + " cache needs an even head size, not " + std::to_string(hd));
+    if (t == DType::Q8_0 && hd % 32 != 0)
+      fail(kn, std::string("a q8_0 ") + which + " cache needs a head size that is a multiple of 32, not " +
+                   std::to_string(hd));
+  };
+  const int64_t kw = s.n_head_kv * s.head_dim, vw = s.n_head_kv * s.head_dim_v;
+  const uint64_t k_bytes = checked_kv_bytes(tk, n_rows, kw, kn);
+  const uint64_t v_bytes = checked_kv_bytes(tv, n_rows, vw, kn);
+  check_head(tk, s.head_dim, "K");
+  check_head(tv, s.head_dim_v, "V");
+  if (n_tok == 0) return;
+  const uint64_t q_elems = static_cast<uint64_t>(n_tok) * s.n_head * s.head_dim;
+  const uint64_t o_elems = static_cast<uint64_t>(n_tok) * s.n_head * s.head_dim_v;
+  if (std::max(q_elems, o_elems) > UINT32_MAX)
+    fail(kn, std::to_string(n_tok) + " tokens of " + std::to_string(s.n_head) + " heads are too many for one call");
+  need_bytes(q, 4 * q_elems, kn, "query");
+  need_bytes(out, 4 * o_elems, kn, "output");
+  need_bytes(k, k_bytes, kn, "K cache");
+  need_bytes(v, v_bytes, kn, "V cache");
+  const uint64_t meta_need = 4 * (std::max<uint64_t>(npos_off, pt_off) + static_cast<uint64_t>(n_tok));
+  need_bytes(meta, meta_need, kn, "meta");
+  struct {
+    uint32_t n_tok, n_head, group, hd, hdv;
+    float scale;
+    uint32_t tk, tv, n_rows, npos_off, pt_off, kw, vw, kdbase, vdbase;
+  } push{static_cast<uint32_t>(n_tok),
+         static_cast<uint32_t>(s.n_head),
+         static_cast<uint32_t>(s.n_head / s.n_head_kv),
+         static_cast<uint32_t>(s.head_dim),
+         static_cast<uint32_t>(s.head_dim_v),
+         s.scale,
+         kv_code(tk),
+         kv_code(tv),
+         static_cast<uint32_t>(n_rows),
+         npos_off,
+         pt_off,
+         static_cast<uint32_t>(kw),
+         static_cast<uint32_t>(vw),
+         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * kw / 4),
+         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * vw / 4)};
+  static_assert(sizeof push == 60);
+  uint32_t gx, gy;
+  grid(n_tok * s.n_head, gx, gy);
+  c.dispatch(pipeline("attention", 5, sizeof push), {&q, &k, &v, &meta, &out}, &push, sizeof push, gx, gy);
+}
+
+}  // namespace lokal::gpu

@@ -1,0 +1,238 @@
+// model/offload.cpp - device weights, device KV cache and device scratch of GPU offload (model/offload.h).
+#include "model/offload.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/quant.h"
+#include "model/model.h"
+
+namespace lokal {
+
+namespace {
+
+std::string mib(uint64_t b) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
+  return s;
+}
+
+uint64_t matrix_bytes(const WeightView& w) { return w.row_bytes * static_cast<uint64_t>(w.rows); }
+
+// Whether the device can multiply by this matrix: a shader for its type and one binding large enough.
+bool device_can_hold(const WeightView& w, uint64_t max_binding) {
+  return w.data && gpu::Kernels::supports_matvec(w.type) && matrix_bytes(w) <= max_binding &&
+         matrix_bytes(w) <= UINT32_MAX;
+}
+
+}  // namespace
+
+int64_t offloaded_layers(const ModelConfig& c, int n_gpu_layers) {
+  return std::clamp<int64_t>(n_gpu_layers, 0, c.n_layer);
+}
+
+uint64_t DeviceModel::weight_bytes_for(const Model& m, int64_t n, bool* output_on_device) {
+  const ModelConfig& c = m.config();
+  n = std::clamp<int64_t>(n, 0, c.n_layer);
+  uint64_t b = 0;
+  auto vec = [](int64_t k) { return (static_cast<uint64_t>(k) * 4 + 15) / 16 * 16; };
+  for (int64_t l = c.n_layer - n; l < c.n_layer; ++l) {
+    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      b += (matrix_bytes(*w) + 15) / 16 * 16;
+    b += 2 * vec(c.n_embd);
+    if (L.bq) b += vec(c.n_embd_q()) + vec(c.n_embd_k()) + vec(c.n_embd_v());
+  }
+  // The output goes too when every layer does and any device could take it (the binding limit is checked at upload).
+  const bool out = n == c.n_layer && n > 0 && gpu::Kernels::supports_matvec(m.output.type);
+  if (out) b += (matrix_bytes(m.output) + 15) / 16 * 16 + vec(c.n_embd);
+  if (output_on_device) *output_on_device = out;
+  return b;
+}
+
+std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOptions& opt) {
+  const ModelConfig& c = m.config();
+  const int64_t n = offloaded_layers(c, opt.n_gpu_layers);
+  if (n <= 0) return nullptr;
+  std::unique_ptr<DeviceModel> dm(new DeviceModel());
+  try {
+    dm->dev_ = gpu::Device::open(opt.device);
+  } catch (const Error& e) {  // no loader, no device, an index out of range
+    throw Error("-ngl " + std::to_string(opt.n_gpu_layers) + ": no GPU to offload to: " + e.what() +
+                " (run without -ngl, or see 'lokal info --devices')");
+  }
+  dm->kernels_ = std::make_unique<gpu::Kernels>(dm->dev_);
+  dm->first_ = c.n_layer - n;
+  const uint64_t max_binding = dm->info().max_storage_buffer_bytes;
+  gpu::Device& dev = *dm->dev_;
+
+  auto upload_matrix = [&](const WeightView& w, const std::string& name) {
+    if (!gpu::Kernels::supports_matvec(w.type))
+      throw Error("GPU offload: " + name + " is " + type_name(w.type) + ", which has no GPU kernel; use fewer GPU "
+                  "layers (-ngl) or a supported type");
+    if (w.packed) throw Error("GPU offload: " + name + " was repacked for the CPU before the upload (internal error)");
+    const uint64_t bytes = matrix_bytes(w);
+    if (bytes > max_binding || bytes > UINT32_MAX)
+      throw Error("GPU offload: " + name + " takes " + mib(bytes) + ", more than one shader binding of " +
+                  dm->info().name + " may see (" + mib(max_binding) + ")");
+    Matrix mx;
+    mx.buf = dev.alloc(bytes);
+    dev.upload(mx.buf, w.data, bytes);
+    mx.type = w.type;
+    mx.rows = w.rows;
+    mx.cols = w.cols;
+    dm->weight_bytes_ += mx.buf.size();
+    return mx;
+  };
+  auto upload_vector = [&](const float* v, int64_t k) {
+    gpu::Buffer b;
+    if (!v) return b;
+    b = dev.alloc(static_cast<uint64_t>(k) * 4);
+    dev.upload(b, v, static_cast<uint64_t>(k) * 4);
+    dm->weight_bytes_ += b.size();
+    return b;
+  };
+
+  dm->layers_.resize(static_cast<size_t>(n));
+  for (int64_t l = dm->first_; l < c.n_layer; ++l) {
+    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
+    Layer& D = dm->layers_[static_cast<size_t>(l - dm->first_)];
+    const std::string p = "blk." + std::to_string(l) + ".";
+    D.attn_norm = upload_vector(L.attn_norm, c.n_embd);
+    D.ffn_norm = upload_vector(L.ffn_norm, c.n_embd);
+    D.bq = upload_vector(L.bq, c.n_embd_q());
+    D.bk = upload_vector(L.bk, c.n_embd_k());
+    D.bv = upload_vector(L.bv, c.n_embd_v());
+    D.wq = upload_matrix(L.wq, p + "attn_q.weight");
+    D.wk = upload_matrix(L.wk, p + "attn_k.weight");
+    D.wv = upload_matrix(L.wv, p + "attn_v.weight");
+    D.wo = upload_matrix(L.wo, p + "attn_output.weight");
+    D.w_gate = upload_matrix(L.w_gate, p + "ffn_gate.weight");
+    D.w_up = upload_matrix(L.w_up, p + "ffn_up.weight");
+    D.w_down = upload_matrix(L.w_down, p + "ffn_down.weight");
+  }
+  if (n == c.n_layer && device_can_hold(m.output, max_binding) && !m.output.packed) {
+    dm->output_ = upload_matrix(m.output, m.tied_output ? "token_embd.weight (tied output)" : "output.weight");
+    dm->output_norm_ = upload_vector(m.output_norm, c.n_embd);
+  }
+  return dm;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+uint64_t DeviceKV::bytes_for(const ModelConfig& c, int64_t n_layers, int64_t n_pages, DType type_k, DType type_v) {
+  const int64_t rows = n_pages * 64;
+  auto r16 = [](uint64_t b) { return (b + 15) / 16 * 16; };
+  return static_cast<uint64_t>(n_layers) *
+         (r16(gpu::Kernels::kv_bytes(type_k, rows, c.n_head_kv * c.head_dim)) +
+          r16(gpu::Kernels::kv_bytes(type_v, rows, c.n_head_kv * c.head_dim_v)));
+}
+
+DeviceKV::DeviceKV(DeviceModel& dm, const ModelConfig& c, int64_t n_pages, DType type_k, DType type_v)
+    : dm_(dm), first_(dm.first_layer()), n_pages_(n_pages), width_k_(c.n_head_kv * c.head_dim),
+      width_v_(c.n_head_kv * c.head_dim_v), type_k_(type_k), type_v_(type_v) {
+  for (DType t : {type_k, type_v})
+    if (!gpu::Kernels::supports_kv(t))
+      throw Error(std::string("GPU offload: a KV cache of type ") + type_name(t) +
+                  " is not supported on the GPU (use f32, f16 or q8_0)");
+  const int64_t rows = n_pages * 64;
+  const uint64_t bk = gpu::Kernels::kv_bytes(type_k, rows, width_k_), bv = gpu::Kernels::kv_bytes(type_v, rows, width_v_);
+  const uint64_t max_binding = dm.info().max_storage_buffer_bytes;
+  if (std::max(bk, bv) > max_binding)
+    throw Error("GPU offload: one layer's KV cache (" + mib(std::max(bk, bv)) + " for " + std::to_string(rows) +
+                " positions) is more than one shader binding of " + dm.info().name + " may see (" + mib(max_binding) +
+                "); use a shorter context or a smaller KV type");
+  auto lk = dm.lock();
+  for (int64_t l = first_; l < c.n_layer; ++l) {
+    k_.push_back(dm.device().alloc(bk));
+    v_.push_back(dm.device().alloc(bv));
+    bytes_ += k_.back().size() + v_.back().size();
+  }
+}
+
+void DeviceKV::copy_page(int64_t dst, int64_t src) {
+  if (dst == src) return;
+  auto lk = dm_.lock();
+  gpu::Commands cmd(dm_.device());
+  const uint64_t rows = static_cast<uint64_t>(n_pages_) * 64;
+  // The byte spans of 64 rows from `row0` in a cache of the given type: one span, or two for Q8_0 (quants, scales).
+  auto copy_rows = [&](gpu::Buffer& b, DType t, int64_t width) {
+    const uint64_t w = static_cast<uint64_t>(width);
+    if (t == DType::Q8_0) {
+      cmd.copy(b, b, 64 * w, static_cast<uint64_t>(src) * 64 * w,
+               static_cast<uint64_t>(dst) * 64 * w);
+      const uint64_t d0 = rows * w, dw = w / 32 * 4;
+      cmd.copy(b, b, 64 * dw, d0 + static_cast<uint64_t>(src) * 64 * dw,
+               d0 + static_cast<uint64_t>(dst) * 64 * dw);
+    } else {
+      const uint64_t rb = w * (t == DType::F32 ? 4 : 2);
+      cmd.copy(b, b, 64 * rb, static_cast<uint64_t>(src) * 64 * rb,
+               static_cast<uint64_t>(dst) * 64 * rb);
+    }
+  };
+  for (size_t i = 0; i < k_.size(); ++i) {
+    copy_rows(k_[i], type_k_, width_k_);
+    copy_rows(v_[i], type_v_, width_v_);
+  }
+  cmd.submit_and_wait();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+struct ScratchSizes {
+  uint64_t x, xn, q, k, v, attn, gate, cs, meta, logits, up, down;
+};
+ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
+  ScratchSizes s;
+  const uint64_t b = static_cast<uint64_t>(B);
+  s.x = b * c.n_embd * 4;
+  s.xn = b * std::max(c.n_embd, c.n_ff) * 4;
+  s.q = b * c.n_embd_q() * 4;
+  s.k = b * c.n_embd_k() * 4;
+  s.v = b * c.n_embd_v() * 4;
+  s.attn = b * c.n_head * c.head_dim_v * 4;
+  s.gate = b * std::max(c.n_embd, c.n_ff) * 4;
+  s.cs = b * std::max<int64_t>(2, c.rope_dim) * 4;
+  const int64_t pages = (max_ctx + 63) / 64;
+  s.meta = (3 * b + b * static_cast<uint64_t>(pages)) * 4;
+  const uint64_t lrows = static_cast<uint64_t>(std::min<int64_t>(B, DeviceScratch::kLogitRows));
+  s.logits = output_on_device ? lrows * c.n_vocab * 4 : 0;
+  s.up = s.x + s.meta + s.cs;
+  s.down = s.x + s.logits;
+  return s;
+}
+}  // namespace
+
+uint64_t DeviceScratch::bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
+  const ScratchSizes s = scratch_sizes(c, B, max_ctx, output_on_device);
+  return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits;  // staging is host memory
+}
+
+DeviceScratch::DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t B, int64_t max_ctx)
+    : max_batch(B), max_meta(3 * B + B * ((max_ctx + 63) / 64)) {
+  const ScratchSizes s = scratch_sizes(c, B, max_ctx, dm.output_on_device());
+  auto lk = dm.lock();
+  gpu::Device& d = dm.device();
+  auto alloc = [&](uint64_t n) {
+    gpu::Buffer b = d.alloc(std::max<uint64_t>(n, 16));
+    bytes_ += b.size();
+    return b;
+  };
+  x = alloc(s.x);
+  xn = alloc(s.xn);
+  q = alloc(s.q);
+  k = alloc(s.k);
+  v = alloc(s.v);
+  attn = alloc(s.attn);
+  gate = alloc(s.gate);
+  up = alloc(s.gate);
+  cs = alloc(s.cs);
+  meta = alloc(s.meta);
+  if (s.logits) logits = alloc(s.logits);
+  up_stage = d.staging(s.up);
+  down_stage = d.staging(s.down);
+}
+
+}  // namespace lokal

@@ -1,0 +1,339 @@
+// GPU offload (model/offload.h, -ngl) against the CPU and against llama.cpp's golden logits, on whatever Vulkan
+// device the machine has (Mesa's lavapipe where there is no GPU; scripts/setup.sh installs it). Without a device these
+// tests fail, like test_vulkan's; LOKAL_TEST_NO_GPU=1 skips them.
+//
+// What differs between the device and the CPU, and so the tolerances:
+//  * Weights: the device dequantizes every weight bit-identically to the CPU (test_vulkan), but multiplies by f32
+//    activations, where the CPU (like llama.cpp) rounds activations to F16 before F16 products and quantizes them to
+//    Q8_0 / Q8_K before quantized products. So for F32 models both are exact math up to f32 summation order; for F16
+//    models the device is exact F16->F32 math, which the shared README measures at 1.2e-2 from llama.cpp (2e-2 is the
+//    CPU's tolerance too); for quantized models the device is "exact dequantized math", which the README measures at
+//    0.08-0.56 from llama.cpp's logits (synth-qwen2-q6_k: 0.558), so 0.6 there. Argmaxes are compared where the
+//    golden top-2 gap exceeds the tolerance.
+//  * RMS norm sums squares in f32 on the device (double on the CPU); attention sums in f32 in another order. Both are
+//    ~1e-6 relative, far inside 1e-3 on logits of magnitude ~10.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "core/threadpool.h"
+#include "gpu/gpu.h"
+#include "model/model.h"
+#include "runtime/kv_pool.h"
+#include "support/test_data.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace lokal;
+
+namespace {
+
+bool no_gpu_allowed() {
+  const char* e = std::getenv("LOKAL_TEST_NO_GPU");
+  return e && std::string(e) == "1";
+}
+
+#define NEED_GPU()                                                                                  \
+  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1: GPU tests skipped";                   \
+  ASSERT_EQ(gpu::no_device_reason(), "") << "no usable Vulkan device (install mesa-vulkan-drivers, " \
+                                            "or set LOKAL_TEST_NO_GPU=1)";
+
+std::unique_ptr<Model> load(const std::string& rel, int ngl) {
+  LoadOptions lo;
+  lo.offload.n_gpu_layers = ngl;
+  return Model::load(test::data_path(rel), lo);
+}
+
+// Logits of every position of `tokens` evaluated in micro-batches of `batch` from position 0, then `n_dec`
+// single-token decode steps (their logits appended), with the given KV type. The decoded tokens are the argmax of the
+// previous row (greedy) or, to compare two engines whose near-ties may choose apart, fixed ones from `tokens`.
+std::vector<float> run(const Model& m, const std::vector<int32_t>& tokens, int n_dec, DType kv, int64_t batch = 0,
+                       bool greedy = false) {
+  const int64_t V = m.config().n_vocab, n = static_cast<int64_t>(tokens.size());
+  ThreadPool pool(2);
+  Forward f(m, n + n_dec + 8, pool, batch ? batch : n, kv, kv);
+  std::vector<float> out(static_cast<size_t>((n + n_dec) * V));
+  f.eval(tokens.data(), n, 0, true, out.data());
+  for (int i = 0; i < n_dec; ++i) {
+    const float* last = out.data() + (n - 1 + i) * V;
+    const int32_t next = greedy ? static_cast<int32_t>(std::max_element(last, last + V) - last)
+                                : tokens[static_cast<size_t>((7 * i + 3) % n)];
+    f.eval(&next, 1, n + i, true, out.data() + (n + i) * V);
+  }
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+std::vector<int32_t> story_tokens(const Model& m, int n) {
+  std::vector<int32_t> t = m.vocab().tokenize(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. "
+      "One day, she saw a big red ball under a tree and ran to get it.",
+      true, false);
+  t.resize(std::min<size_t>(t.size(), static_cast<size_t>(n)));
+  return t;
+}
+
+// ---- golden logits with every layer and the output on the device ----
+
+std::vector<std::string> golden_files() {
+  std::vector<std::string> out;
+  try {
+    test::test_data_dir();
+  } catch (const std::exception&) {
+    return {"MISSING.json"};
+  }
+  for (const auto& e : fs::directory_iterator(test::test_data_dir() + "/golden/logits"))
+    if (e.path().extension() == ".json") out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool contains(const std::string& s, const char* sub) { return s.find(sub) != std::string::npos; }
+
+double gpu_tolerance(const std::string& model) {
+  if (contains(model, "f32") || model == "stories260K") return 1e-3;
+  if (contains(model, "f16") || contains(model, "bf16")) return 2e-2;
+  return 0.6;  // quantized: exact dequantized math is up to 0.558 from llama.cpp (see the top)
+}
+
+class GpuGoldenLogits : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuGoldenLogits, AllLayersOnTheDeviceMatchLlamaCpp) {
+  NEED_GPU();
+  const std::string name = GetParam();
+  json g = json::parse(test::read_file(test::test_data_dir() + "/golden/logits/" + name));
+  const std::string model_rel = g["model"];
+  const std::string model_id = fs::path(model_rel).stem().string();
+  static std::map<std::string, std::shared_ptr<Model>> cache;  // three prompts per model: load it once
+  std::shared_ptr<Model>& model = cache[model_rel];
+  if (!model) model = load(model_rel, 99);
+  ASSERT_NE(model->device(), nullptr);
+  ASSERT_EQ(model->device()->n_layers(), model->config().n_layer);
+  ASSERT_TRUE(model->device()->output_on_device());
+  const int64_t V = model->config().n_vocab;
+  std::vector<int32_t> tokens = g["tokens"].get<std::vector<int32_t>>();
+  const std::vector<float> logits = run(*model, tokens, 0, DType::F32);  // the goldens use an F32 KV cache
+
+  const double tol = gpu_tolerance(model_id);
+  double max_diff = 0;
+  int checked = 0;
+  const auto& positions = g["positions"];
+  for (size_t r = 0; r < positions.size(); ++r) {
+    const int64_t pos = positions[r];
+    const auto& ref = g["logits"][r];
+    const float* got = logits.data() + pos * V;
+    int ref_best = 0, got_best = 0;
+    float first = -1e30f, second = -1e30f;
+    for (int64_t v = 0; v < V; ++v) {
+      const float rv = static_cast<float>(ref[static_cast<size_t>(v)].get<double>());
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(rv - got[v])));
+      if (rv > first) {
+        second = first;
+        first = rv;
+        ref_best = static_cast<int>(v);
+      } else if (rv > second) {
+        second = rv;
+      }
+      if (got[v] > got[got_best]) got_best = static_cast<int>(v);
+    }
+    if (first - second > tol) {
+      ++checked;
+      EXPECT_EQ(got_best, ref_best) << "argmax differs at position " << pos;
+    }
+  }
+  EXPECT_LE(max_diff, tol) << model_id;
+  std::printf("[ %s ] -ngl 99: max |diff| = %.3g (tolerance %.3g), argmax checked at %d/%zu positions\n",
+              name.c_str(), max_diff, tol, checked, positions.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, GpuGoldenLogits, ::testing::ValuesIn(golden_files()),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param.substr(0, i.param.size() - 5);
+                           for (char& c : s)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+// ---- every split point equals the CPU ----
+
+struct SplitCase {
+  const char* model;
+  DType kv;
+  double tol;
+};
+
+// F32 models with an F32 cache: both sides are exact math up to f32 summation order (1e-3 as against the goldens).
+// With an F16 cache the stored K/V are bit-identical on both sides (test_vulkan_attn), but the CPU rounds the query
+// to F16 for its dot products with F16 keys and the device does not: a relative 2^-11 on each score, measured
+// below 5e-3 on these logits; 2e-2 (the README's effect of an F16 cache itself) bounds it. A Q8_0 cache: the CPU
+// also quantizes the query to Q8_0 (~0.4% per element) for its dot products with Q8_0 keys, the device keeps it f32;
+// 5e-2 (a quarter of the README's measured effect of a Q8_0 instead of an F32 cache on these models). A quantized
+// model: the CPU quantizes every activation to Q8_0/Q8_K (as llama.cpp) and the device does not, the difference the
+// golden tolerance 0.3 of the CPU covers (README: 0.08-0.56 between the two kinds of arithmetic).
+class SplitPoints : public ::testing::TestWithParam<SplitCase> {};
+
+TEST_P(SplitPoints, EveryNumberOfGpuLayersEqualsTheCpu) {
+  NEED_GPU();
+  const SplitCase sc = GetParam();
+  auto cpu = load(sc.model, 0);
+  const ModelConfig& c = cpu->config();
+  const std::vector<int32_t> tokens = story_tokens(*cpu, 40);
+  ASSERT_GE(tokens.size(), 20u);
+  // A batch of 16: the 40-token prompt takes three micro-batches (the second and third attend over earlier ones).
+  const std::vector<float> ref = run(*cpu, tokens, 6, sc.kv, 16);
+  for (int ngl = 1; ngl <= c.n_layer + 1; ++ngl) {
+    auto m = load(sc.model, ngl);
+    ASSERT_NE(m->device(), nullptr);
+    EXPECT_EQ(m->device()->n_layers(), std::min<int64_t>(ngl, c.n_layer));
+    EXPECT_EQ(m->first_device_layer(), c.n_layer - std::min<int64_t>(ngl, c.n_layer));
+    EXPECT_EQ(m->device()->output_on_device(), ngl >= c.n_layer);
+    const std::vector<float> got = run(*m, tokens, 6, sc.kv, 16);
+    const double d = max_abs_diff(ref, got);
+    EXPECT_LE(d, sc.tol) << sc.model << " -ngl " << ngl;
+    std::printf("[ %s %s ] -ngl %d: max |diff| vs CPU %.3g\n", sc.model, type_name(sc.kv), ngl, d);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, SplitPoints,
+    ::testing::Values(SplitCase{"models/real/stories260K.gguf", DType::F32, 1e-3},
+                      SplitCase{"models/synth/synth-qwen2-f32.gguf", DType::F32, 1e-3},  // biases, neox rope
+                      SplitCase{"models/real/tinytales-4m-f32.gguf", DType::F16, 2e-2},
+                      SplitCase{"models/real/tinytales-4m-f32.gguf", DType::Q8_0, 5e-2},
+                      SplitCase{"models/real/tinytales-4m-q4_k_m.gguf", DType::F16, 0.3}),
+    [](const ::testing::TestParamInfo<SplitCase>& i) {
+      std::string s = fs::path(i.param.model).stem().string() + "_" + type_name(i.param.kv);
+      for (char& c : s)
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+      return s;
+    });
+
+// ---- greedy text identical to the CPU on the real F32/F16 models ----
+
+TEST(GpuOffload, GreedyTextIdenticalToTheCpuOnRealModels) {
+  NEED_GPU();
+  for (const char* rel : {"models/real/stories260K.gguf", "models/real/stories260K-f16.gguf",
+                          "models/real/tinytales-4m-f32.gguf", "models/real/tinytales-4m-f16.gguf",
+                          "models/real/babyllama-936K-f32.gguf"}) {
+    auto cpu = load(rel, 0);
+    auto gpu = load(rel, 99);
+    const std::vector<int32_t> prompt = story_tokens(*cpu, 12);
+    const int n_gen = 40;
+    const int64_t V = cpu->config().n_vocab;
+    const std::vector<float> a = run(*cpu, prompt, n_gen, DType::F16, 0, true);
+    const std::vector<float> b = run(*gpu, prompt, n_gen, DType::F16, 0, true);
+    // The tokens each side chose (argmax of the previous row), and the CPU's top-2 gap at the first difference.
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    for (int i = 0; i < n_gen; ++i) {
+      const float* ra = a.data() + (n - 1 + i) * V;
+      const float* rb = b.data() + (n - 1 + i) * V;
+      const int64_t ta = std::max_element(ra, ra + V) - ra, tb = std::max_element(rb, rb + V) - rb;
+      if (ta != tb) {
+        std::vector<float> s(ra, ra + V);
+        std::nth_element(s.begin(), s.begin() + 1, s.end(), std::greater<float>());
+        // Allowed only at a near-tie (below the F16 tolerance), where the two summation orders may choose apart.
+        EXPECT_LT(s[0] - s[1], 2e-2) << rel << ": greedy differs at step " << i;
+        break;
+      }
+    }
+  }
+}
+
+// ---- many sequences over a shared paged cache, copy-on-write pages ----
+
+TEST(GpuOffload, ManySequencesAndCopiedPagesMatchTheCpu) {
+  NEED_GPU();
+  const char* rel = "models/real/tinytales-4m-f32.gguf";
+  auto cpu = load(rel, 0);
+  auto gpu = load(rel, 3);  // a split: CPU layers and device layers both hold part of every page
+  ASSERT_LT(gpu->first_device_layer(), gpu->config().n_layer);
+  ASSERT_GT(gpu->first_device_layer(), 0);
+  const int64_t V = cpu->config().n_vocab;
+  const std::vector<int32_t> toks = story_tokens(*cpu, 48);
+
+  // Three sequences with different prompts and page tables (pages out of order), evaluated together; then sequence
+  // 2's first page is copied to a free page (copy-on-write) and a fourth sequence continues from the copy.
+  auto eval = [&](const Model& m) {
+    ThreadPool pool(2);
+    Forward f(m, pool, 64, 256);
+    KVCache kv(m.config(), 12, DType::F16, DType::F16, m.device());
+    std::vector<std::vector<int32_t>> pages = {{5, 1}, {0, 7}, {3, 9}, {11, 2}};
+    std::vector<SeqPages> seqs;
+    for (auto& p : pages) seqs.push_back({p.data(), static_cast<int64_t>(p.size())});
+    std::vector<BatchEntry> e;
+    for (int s = 0; s < 3; ++s)
+      for (int i = 0; i < 30 + 5 * s; ++i)
+        e.push_back({toks[static_cast<size_t>((i + 7 * s) % toks.size())], s, i, i % 9 == 0 || i == 29 + 5 * s});
+    const int64_t n_logits = std::count_if(e.begin(), e.end(), [](const BatchEntry& b) { return b.logits; });
+    std::vector<float> out(static_cast<size_t>((n_logits + 3) * V));
+    f.eval_batch(e.data(), static_cast<int64_t>(e.size()), seqs.data(), 4, kv, out.data());
+    kv.copy_page(11, 3);  // sequence 3 = a copy of sequence 2's first 40 positions... its first page (64 slots)
+    std::vector<BatchEntry> more;
+    for (int i = 0; i < 3; ++i) more.push_back({toks[static_cast<size_t>(i)], 3, 35 + i, true});
+    // Sequence 3's positions 0..34 are page 11 = sequence 2's page 3 (the 35 positions sequence 2 wrote).
+    f.eval_batch(more.data(), 3, seqs.data(), 4, kv, out.data() + n_logits * V);
+    return out;
+  };
+  const std::vector<float> a = eval(*cpu), b = eval(*gpu);
+  const double d = max_abs_diff(a, b);
+  EXPECT_LE(d, 2e-2) << "F16 cache: see SplitPoints";
+  std::printf("many sequences, -ngl 3 of %lld: max |diff| vs CPU %.3g\n",
+              static_cast<long long>(cpu->config().n_layer), d);
+}
+
+// ---- errors ----
+
+TEST(GpuOffload, KvTypeWithoutAGpuKernelIsAClearError) {
+  NEED_GPU();
+  auto m = load("models/real/tinytales-4m-f32.gguf", 2);
+  ThreadPool pool(1);
+  for (DType t : {DType::Q4_0, DType::BF16}) {  // the CPU has these cache types, the device does not
+    try {
+      Forward f(*m, 64, pool, 8, t, t);
+      ADD_FAILURE() << "a " << type_name(t) << " cache on the device was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is not supported on the GPU (use f32, f16 or q8_0)"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(GpuOffload, NoDeviceIsAClearErrorAndCpuStillWorks) {
+  test::TempDir dir;
+  const std::string model = test::data_path("models/real/stories260K.gguf");
+  // No Vulkan loader at all: -ngl says so; without -ngl the same command runs on the CPU.
+  setenv("LOKAL_VULKAN_LOADER", (dir.path().string() + "/none.so").c_str(), 1);
+  const test::CliResult bad = test::run_lokal("run -m " + model + " -p 'Once upon' -n 4 -ngl 99 --temp 0");
+  const test::CliResult cpu = test::run_lokal("run -m " + model + " -p 'Once upon' -n 4 --temp 0");
+  unsetenv("LOKAL_VULKAN_LOADER");
+  test::expect_one_line_error(bad, "no GPU to offload to", true);
+  EXPECT_NE(bad.err.find("-ngl 99"), std::string::npos) << bad.err;
+  EXPECT_EQ(cpu.rc, 0) << cpu.err;
+}
+
+TEST(GpuOffload, RunReportsTheDeviceAndPrintsTheCpuText) {
+  NEED_GPU();
+  const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
+  const test::CliResult cpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0");
+  const test::CliResult gpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0 -ngl 99");
+  ASSERT_EQ(cpu.rc, 0) << cpu.err;
+  ASSERT_EQ(gpu.rc, 0) << gpu.err;
+  EXPECT_EQ(gpu.out, cpu.out);
+  EXPECT_NE(gpu.err.find(" layers on "), std::string::npos) << gpu.err;
+  EXPECT_NE(gpu.err.find("(output on the GPU)"), std::string::npos) << gpu.err;
+  EXPECT_NE(gpu.err.find("gpu memory: weights"), std::string::npos) << gpu.err;
+  EXPECT_EQ(cpu.err.find("gpu:"), std::string::npos) << cpu.err;
+}
+
+}  // namespace
