@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "core/threadpool.h"
 #include "gpu/gpu.h"
@@ -334,6 +335,31 @@ TEST(GpuOffload, RunReportsTheDeviceAndPrintsTheCpuText) {
   EXPECT_NE(gpu.err.find("(output on the GPU)"), std::string::npos) << gpu.err;
   EXPECT_NE(gpu.err.find("gpu memory: weights"), std::string::npos) << gpu.err;
   EXPECT_EQ(cpu.err.find("gpu:"), std::string::npos) << cpu.err;
+  // The device memory used equals lokal plan's prediction to the byte (whole and split).
+  for (const char* ngl : {"99", "2"}) {
+    const test::CliResult r = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 4 --temp 0 -ngl " + ngl);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::smatch mt;
+    ASSERT_TRUE(std::regex_search(r.err, mt, std::regex(R"(\((\d+) bytes\) used, [0-9.]+ MiB \((\d+) bytes\) predicted)")))
+        << r.err;
+    EXPECT_EQ(mt[1].str(), mt[2].str()) << "-ngl " << ngl << ": " << r.err;
+  }
+  // lokal plan --vram picks the layers that fit: all of them with room, two with room for two.
+  const test::CliResult all = test::run_lokal("plan -m " + model + " --ram 1GiB --vram 1GiB -c 256 --json");
+  ASSERT_EQ(all.rc, 0) << all.err;
+  const json ja = json::parse(all.out);
+  EXPECT_EQ(ja["settings"]["n_gpu_layers"], 4);
+  EXPECT_TRUE(ja["gpu_output"].get<bool>());
+  const uint64_t two = [&] {
+    const test::CliResult r = test::run_lokal("plan -m " + model + " --ram 1GiB -ngl 2 -c 256 --json");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return json::parse(r.out)["gpu_total_bytes"].get<uint64_t>();
+  }();
+  const test::CliResult some = test::run_lokal("plan -m " + model + " --ram 1GiB --vram " + std::to_string(two) +
+                                               " -c 256 --json");
+  ASSERT_EQ(some.rc, 0) << some.err;
+  EXPECT_EQ(json::parse(some.out)["settings"]["n_gpu_layers"], 2);
+  EXPECT_LT(json::parse(some.out)["gpu_total_bytes"].get<uint64_t>(), ja["gpu_total_bytes"].get<uint64_t>());
 }
 
 }  // namespace

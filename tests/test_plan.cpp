@@ -209,8 +209,107 @@ TEST(Plan, DraftAndVramAndMlockAreAccounted) {
   EXPECT_LT(p.chosen.draft_mem.overhead_bytes, d.overhead_bytes);  // one process: no second process base
   std::string notes;
   for (const auto& n : p.notes) notes += n + "\n";
-  EXPECT_NE(notes.find("no GPU backend"), std::string::npos) << notes;
+  // The VRAM budget holds everything: every layer and the output go to the GPU, and the RAM total shrinks by them.
+  EXPECT_NE(notes.find("GPU: 22 of 22 layers and the output (-ngl 22)"), std::string::npos) << notes;
+  EXPECT_EQ(p.chosen.settings.n_gpu_layers, 22);
+  EXPECT_GT(p.chosen.gpu_bytes, 0u);
+  EXPECT_LE(p.chosen.gpu_bytes, r.vram_bytes);
   EXPECT_NE(notes.find("--mlock would be refused"), std::string::npos) << notes;
+}
+
+// A model of given shapes at a given size per weight, for planning tests (no file): every layer's matrices equal in
+// size, the token embedding and output matrix as large as the vocabulary makes them.
+ModelFacts shaped(const std::string& name, ModelConfig c, double bpw, bool tied) {
+  ModelFacts m;
+  m.path = name;
+  m.cfg = c;
+  const uint64_t per_layer_params = static_cast<uint64_t>(
+      c.n_embd * (c.n_embd_q() + c.n_embd_k() + c.n_embd_v()) + c.n_head * c.head_dim_v * c.n_embd + 3 * c.n_embd * c.n_ff);
+  const uint64_t embd_params = static_cast<uint64_t>(c.n_vocab * c.n_embd);
+  m.n_params = static_cast<int64_t>(per_layer_params * c.n_layer + embd_params * (tied ? 1 : 2));
+  const auto bytes = [&](uint64_t params) { return static_cast<uint64_t>(static_cast<double>(params) * bpw / 8.0); };
+  m.layer_matrix_bytes.assign(static_cast<size_t>(c.n_layer), bytes(per_layer_params));
+  m.layer_gpu_bytes.assign(static_cast<size_t>(c.n_layer), bytes(per_layer_params) + 2 * c.n_embd * 4);
+  m.output_matrix_bytes = bytes(embd_params);
+  m.output_gpu_bytes = m.output_matrix_bytes + c.n_embd * 4;
+  m.output_tied = tied;
+  m.tensor_bytes = bytes(static_cast<uint64_t>(m.n_params));
+  m.file_bytes = m.tensor_bytes + 8 * MiB;
+  m.n_tokens = c.n_vocab;
+  m.token_text_bytes = static_cast<uint64_t>(c.n_vocab) * 7;
+  m.max_act_row_bytes = static_cast<uint64_t>(c.n_ff) * 9 / 8;
+  m.type_label = name;
+  return m;
+}
+
+// The typical 12 GB case of the GPU issue: a 12B model (Mistral-Nemo's shapes) in Q5_K_M (~5.7 bits per weight) with
+// a q8_0 KV cache at 8k context, plus a 0.5B draft (Qwen2.5-0.5B's shapes, Q8_0), in 12 GiB of VRAM; then in 8 GiB,
+// where only some layers fit: the plan takes the most that do (one more would not), and RAM holds the rest.
+TEST(Plan, VramChoosesHowManyLayersGoToTheGpu) {
+  ModelConfig big;
+  big.arch = "llama";
+  big.n_vocab = 131072;
+  big.n_embd = 5120;
+  big.n_layer = 40;
+  big.n_head = 32;
+  big.n_head_kv = 8;
+  big.head_dim = big.head_dim_v = 128;
+  big.n_ff = 14336;
+  big.n_ctx_train = 131072;
+  ModelConfig small;
+  small.arch = "qwen2";
+  small.n_vocab = 151936;
+  small.n_embd = 896;
+  small.n_layer = 24;
+  small.n_head = 14;
+  small.n_head_kv = 2;
+  small.head_dim = small.head_dim_v = 64;
+  small.n_ff = 4864;
+  small.n_ctx_train = 32768;
+  PlanRequest r;
+  r.models = {shaped("nemo-12b-q5_k_m", big, 5.7, false)};
+  r.draft = shaped("qwen2.5-0.5b-q8_0", small, 8.5, true);
+  r.n_ctx = 8192;
+  r.type_k = r.type_v = DType::Q8_0;
+  r.n_threads = 8;
+  r.ram_bytes = 32ull << 30;
+  r.vram_bytes = 12ull << 30;
+  Plan p = make_plan(r);
+  ASSERT_TRUE(p.fits) << p.reason;
+  EXPECT_EQ(p.chosen.settings.n_gpu_layers, 40);
+  EXPECT_TRUE(p.chosen.mem.gpu_output);
+  EXPECT_EQ(p.chosen.draft_mem.gpu_layers, 24);
+  EXPECT_LE(p.chosen.gpu_bytes, r.vram_bytes);
+  // Device bytes: weights, KV (40 layers x 8192 positions x 1024 K and V elements at 36 bytes per 32), compute.
+  EXPECT_EQ(p.chosen.mem.gpu_kv_bytes, 40ull * 8192 * 2 * (1024 + 1024 / 32 * 4));
+  std::printf("12 GiB: -ngl %d, GPU %.2f GiB (model %.2f + draft %.2f), RAM %.2f GiB\n", p.chosen.settings.n_gpu_layers,
+              p.chosen.gpu_bytes / double(1 << 30), p.chosen.mem.gpu_total_bytes / double(1 << 30),
+              p.chosen.draft_mem.gpu_total_bytes / double(1 << 30), p.chosen.total_bytes / double(1 << 30));
+  const uint64_t ram_all = p.chosen.total_bytes;
+
+  r.vram_bytes = 8ull << 30;
+  p = make_plan(r);
+  ASSERT_TRUE(p.fits) << p.reason;
+  const int n = p.chosen.settings.n_gpu_layers;
+  EXPECT_GT(n, 0);
+  EXPECT_LT(n, 40);
+  EXPECT_FALSE(p.chosen.mem.gpu_output);
+  EXPECT_LE(p.chosen.gpu_bytes, r.vram_bytes);
+  EXPECT_GT(p.chosen.total_bytes, ram_all);  // the CPU's layers are in RAM now
+  RunSettings more = p.chosen.settings;
+  more.n_gpu_layers = n + 1;
+  EXPECT_GT(estimate_memory(r.models[0], more).gpu_total_bytes + estimate_memory(*r.draft, more).gpu_total_bytes,
+            r.vram_bytes);
+  std::printf("8 GiB: -ngl %d, GPU %.2f GiB, RAM %.2f GiB\n", n, p.chosen.gpu_bytes / double(1 << 30),
+              p.chosen.total_bytes / double(1 << 30));
+
+  // A KV type the GPU does not hold: no layer is offloaded, and the note says why.
+  r.type_k = r.type_v = DType::Q4_0;
+  p = make_plan(r);
+  EXPECT_EQ(p.chosen.settings.n_gpu_layers, 0);
+  std::string notes;
+  for (const auto& s : p.notes) notes += s + "\n";
+  EXPECT_NE(notes.find("f32, f16 and q8_0 KV caches only"), std::string::npos) << notes;
 }
 
 TEST(PlanCli, JsonBreakdownAndTiers) {

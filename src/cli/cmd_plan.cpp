@@ -29,11 +29,18 @@ struct PlanArgs {
   bool mlock = false;
   bool no_mmap = false;
   bool json = false;
+  int ngl = -1;  // -1: chosen from --vram
 };
 
 std::string mib(uint64_t b) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1024.0 * 1024.0));
+  return buf;
+}
+
+std::string fmt_gpu(int ngl, uint64_t bytes) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "  %3d %12s", ngl, mib(bytes).c_str());
   return buf;
 }
 
@@ -48,6 +55,12 @@ nlohmann::ordered_json breakdown_json(const MemoryEstimate& e) {
   j["compute_bytes"] = e.compute_bytes;
   j["overhead_bytes"] = e.overhead_bytes;
   j["total_bytes"] = e.total_bytes;
+  j["gpu_layers"] = e.gpu_layers;
+  j["gpu_output"] = e.gpu_output;
+  j["gpu_weights_bytes"] = e.gpu_weights_bytes;
+  j["gpu_kv_bytes"] = e.gpu_kv_bytes;
+  j["gpu_compute_bytes"] = e.gpu_compute_bytes;
+  j["gpu_total_bytes"] = e.gpu_total_bytes;
   return j;
 }
 
@@ -60,7 +73,7 @@ nlohmann::ordered_json settings_json(const RunSettings& s) {
   j["n_threads"] = s.n_threads;
   j["n_parallel"] = s.n_parallel;
   j["kv_tokens"] = KVCache::pages_for(s.pool_tokens()) * kKVPage;
-  j["n_gpu_layers"] = 0;
+  j["n_gpu_layers"] = s.n_gpu_layers;
   return j;
 }
 
@@ -82,6 +95,12 @@ nlohmann::ordered_json plan_json(const PlanRequest& req, const Plan& p) {
   sum.compute_bytes += c.draft_mem.compute_bytes;
   sum.overhead_bytes += c.draft_mem.overhead_bytes;
   sum.total_bytes = c.total_bytes;
+  sum.gpu_layers = c.mem.gpu_layers;
+  sum.gpu_output = c.mem.gpu_output;
+  sum.gpu_weights_bytes += c.draft_mem.gpu_weights_bytes;
+  sum.gpu_kv_bytes += c.draft_mem.gpu_kv_bytes;
+  sum.gpu_compute_bytes += c.draft_mem.gpu_compute_bytes;
+  sum.gpu_total_bytes = c.gpu_bytes;
   const nlohmann::ordered_json b = breakdown_json(sum);
   for (auto it = b.begin(); it != b.end(); ++it) j[it.key()] = it.value();
   if (req.draft) {
@@ -96,6 +115,7 @@ nlohmann::ordered_json plan_json(const PlanRequest& req, const Plan& p) {
     o["model"] = req.models[t.model].path;
     o["settings"] = settings_json(t.settings);
     o["total_bytes"] = t.total_bytes;
+    o["gpu_bytes"] = t.gpu_bytes;
     o["fits"] = t.fits;
     tried.push_back(o);
   }
@@ -107,8 +127,10 @@ void print_plan(const PlanRequest& req, const Plan& p) {
   std::printf("budget: %s of RAM", mib(p.ram_bytes).c_str());
   if (req.vram_bytes) std::printf(", %s of VRAM", mib(req.vram_bytes).c_str());
   std::printf("\n");
-  std::printf("  %-34s %-14s %6s %-11s %5s %11s %11s %10s %10s %11s  %s\n", "model", "file type", "ctx", "K/V", "batch",
-              "weights", "kv cache", "compute", "overhead", "total", "fits");
+  const bool gpu = req.vram_bytes > 0 || req.n_gpu_layers.value_or(0) > 0;
+  std::printf("  %-34s %-14s %6s %-11s %5s %11s %11s %10s %10s %11s%s  %s\n", "model", "file type", "ctx", "K/V", "batch",
+              "weights", "kv cache", "compute", "overhead", gpu ? "RAM total" : "total", gpu ? "  ngl    GPU total" : "",
+              "fits");
   // The options tried, at their largest batch (smaller batches only change the compute column), and the choice.
   for (size_t i = 0; i < p.tried.size(); ++i) {
     const PlanCandidate& t = p.tried[i];
@@ -118,13 +140,14 @@ void print_plan(const PlanRequest& req, const Plan& p) {
       continue;
     const ModelFacts& m = req.models[t.model];
     const std::string kv = kv_type_label(t.settings.type_k) + "/" + kv_type_label(t.settings.type_v);
-    std::printf("  %-34s %-14s %6lld %-11s %5lld %11s %11s %10s %10s %11s  %s\n", base(m.path).substr(0, 34).c_str(),
+    const std::string g = gpu ? fmt_gpu(t.settings.n_gpu_layers, t.gpu_bytes) : "";
+    std::printf("  %-34s %-14s %6lld %-11s %5lld %11s %11s %10s %10s %11s%s  %s\n", base(m.path).substr(0, 34).c_str(),
                 m.type_label.substr(0, 14).c_str(), static_cast<long long>(t.settings.n_ctx), kv.c_str(),
                 static_cast<long long>(t.settings.n_batch),
                 mib(t.mem.weights_bytes + t.draft_mem.weights_bytes).c_str(),
                 mib(t.mem.kv_bytes + t.draft_mem.kv_bytes).c_str(),
                 mib(t.mem.compute_bytes + t.draft_mem.compute_bytes).c_str(),
-                mib(t.mem.overhead_bytes + t.draft_mem.overhead_bytes).c_str(), mib(t.total_bytes).c_str(),
+                mib(t.mem.overhead_bytes + t.draft_mem.overhead_bytes).c_str(), mib(t.total_bytes).c_str(), g.c_str(),
                 chosen ? "yes  <- chosen" : (t.fits ? "yes" : "no"));
   }
   const PlanCandidate& c = p.chosen;
@@ -141,6 +164,11 @@ void print_plan(const PlanRequest& req, const Plan& p) {
                   req.models[c.model].path.c_str(), s.n_parallel, static_cast<long long>(cells),
                   static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(), kv_type_label(s.type_v).c_str(),
                   static_cast<long long>(s.n_batch), s.n_threads);
+    else if (s.n_gpu_layers > 0)
+      std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d -ngl %d%s%s%s\n",
+                  req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
+                  kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, s.n_gpu_layers,
+                  req.draft ? " -md " : "", req.draft ? req.draft->path.c_str() : "", req.mlock ? " --mlock" : "");
     else
       std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d%s\n",
                   req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
@@ -156,6 +184,7 @@ int run_plan(const PlanArgs& a) {
   for (const auto& m : a.models) req.models.push_back(ModelFacts::read(m));
   if (!a.draft.empty()) req.draft = ModelFacts::read(a.draft);
   if (!a.vram.empty()) req.vram_bytes = parse_byte_size(a.vram);
+  if (a.ngl >= 0) req.n_gpu_layers = a.ngl;
   req.n_ctx = a.ctx;
   req.n_batch = a.batch;
   req.n_parallel = a.parallel;
@@ -202,7 +231,11 @@ void register_plan(CLI::App& app, int* rc) {
       ->required();
   cmd->add_option("--ram", a->ram, "RAM budget, e.g. 2GiB, 1500M, 8GB; several (comma-separated) give one plan each "
                                    "(default: MemAvailable)")->check(comma_list());
-  cmd->add_option("--vram", a->vram, "VRAM budget (reported; this build has no GPU backend)");
+  cmd->add_option("--vram", a->vram, "GPU memory budget, e.g. 12GiB: as many layers as fit go to the GPU (-ngl), "
+                                     "reported with the device bytes apart from the RAM");
+  cmd->add_option("--gpu-layers,--n-gpu-layers", a->ngl, "Plan for this many GPU layers instead of choosing them "
+                                                        "from --vram (-ngl)")
+      ->check(CLI::Range(0, 100000));
   cmd->add_option("-c,--ctx-size", a->ctx, "Context size to plan for (0: the largest that fits, up to the model's "
                                             "trained context or 4096)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 24));

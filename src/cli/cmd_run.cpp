@@ -120,8 +120,9 @@ void run(const RunArgs& a) {
     std::fprintf(stderr, "gpu: %lld of %lld layers on %s (output on the %s), device %u\n",
                  static_cast<long long>(dm->n_layers()), static_cast<long long>(mc.n_layer), dm->info().name.c_str(),
                  dm->output_on_device() ? "GPU" : "CPU", dm->info().index);
-    std::fprintf(stderr, "gpu memory: weights %s + kv cache %s + compute %s = %s\n", format_bytes(w).c_str(),
-                 format_bytes(k).c_str(), format_bytes(s).c_str(), mib_bytes(w + k + s).c_str());
+    std::fprintf(stderr, "gpu memory: weights %s + kv cache %s + compute %s = %s used, %s predicted (lokal plan)\n",
+                 format_bytes(w).c_str(), format_bytes(k).c_str(), format_bytes(s).c_str(), mib_bytes(w + k + s).c_str(),
+                 mib_bytes(loaded.estimate.gpu_total_bytes).c_str());
   }
   const char* how = !lo.use_mmap ? "read into RAM" : model->mlocked() ? "memory-mapped, locked" : "memory-mapped, paged in";
   std::fprintf(stderr, "memory: weights %s, %s\n", mib_bytes(model->gguf().file_size()).c_str(), how);
@@ -163,6 +164,10 @@ void run(const RunArgs& a) {
     std::fprintf(stderr, "memory: peak RSS %s measured (VmHWM), %s predicted (%+.1f%%)\n", mib_bytes(peak).c_str(),
                  mib_bytes(predicted.total_bytes).c_str(),
                  100.0 * (static_cast<double>(predicted.total_bytes) / static_cast<double>(peak) - 1.0));
+    if (const DeviceModel* dm = model->device())
+      std::fprintf(stderr, "memory: with -ngl the RSS also holds the Vulkan driver%s, which the prediction leaves out\n",
+                   (dm->info().type == "cpu" ? " and, on this CPU driver (" + dm->info().name + "), the device memory"
+                                             : std::string()).c_str());
   }
   if (res.stop == StopReason::ContextFull)
     std::fprintf(stderr, "warning: generation stopped because the context of %lld tokens is full (use -c, or --context-shift)\n",

@@ -145,6 +145,17 @@ MappedFile::~MappedFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void MappedFile::release(size_t offset, size_t len) const {
+  if (!mapped_ || offset >= size_) return;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t start = (offset + page - 1) / page * page;
+  const size_t end = std::min(size_, offset + len) / page * page;
+  if (start >= end) return;
+  for (const auto& [b, e] : copied_)
+    if (b < end && start < e) return;
+  ::madvise(const_cast<uint8_t*>(data_) + start, end - start, MADV_DONTNEED);
+}
+
 void MappedFile::prefetch(size_t offset, size_t len) const {
   if (!mapped_ || offset >= size_) return;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));

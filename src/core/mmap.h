@@ -47,6 +47,10 @@ class MappedFile {
 
   // Read [offset, offset+len) ahead and map its pages into this process (no-op without mmap).
   void prefetch(size_t offset, size_t len) const;
+  // Drops the whole pages inside [offset, offset+len) from this process's memory (they are read from the file again
+  // if ever touched): for weights that live elsewhere, e.g. on a GPU. No-op without mmap and for ranges writable()
+  // copied (their bytes exist only in memory).
+  void release(size_t offset, size_t len) const;
   // Writable pointer to [offset, offset+len) for rewriting weights in place (the model loader's
   // repacking). The range becomes this process's own anonymous copy of the file's bytes (in 2 MiB huge
   // pages where the kernel allows, see huge_pages_enabled), the file on disk never changes. Resident

@@ -56,7 +56,8 @@ void Model::repack_weights() {
   // Decode streams every matrix once per token, and a file mapping is mostly 4 KiB pages (a TLB miss
   // per page), so when huge pages are available the range spans every matrix, packed or not (F16,
   // BF16, Q6_K, ... models too). Same bytes, same RSS; costs load time (fresh huge pages fault in).
-  const bool huge = mf->is_mapped() && huge_pages_enabled();
+  // Not with GPU offload: the range would copy the offloaded matrices back into memory.
+  const bool huge = mf->is_mapped() && huge_pages_enabled() && !device_;
   if (go.empty() && !huge) return;
   size_t lo = SIZE_MAX, hi = 0;
   for (WeightView* w : huge ? todo : go) {
@@ -152,7 +153,17 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file, const LoadOpt
   // Packed matrices first (their pages are faulted in as private copies), then the rest of the file.
   if (opt.repack) m->repack_weights();
   if (const MappedFile* mf = f.mapped()) {
-    if (opt.prefetch && mf->is_mapped()) mf->prefetch(0, f.file_size());
+    if (opt.prefetch && mf->is_mapped()) {
+      // Everything but what went to the GPU.
+      std::vector<std::pair<size_t, size_t>> skip = m->device_ ? m->device_->file_ranges() : decltype(skip){};
+      std::sort(skip.begin(), skip.end());
+      size_t at = 0;
+      for (const auto& [b, e] : skip) {
+        if (b > at) mf->prefetch(at, b - at);
+        at = std::max(at, e);
+      }
+      if (at < f.file_size()) mf->prefetch(at, f.file_size() - at);
+    }
   }
   if (opt.mlock) {
     std::string why;

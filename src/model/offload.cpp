@@ -67,7 +67,7 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
   const uint64_t max_binding = dm->info().max_storage_buffer_bytes;
   gpu::Device& dev = *dm->dev_;
 
-  auto upload_matrix = [&](const WeightView& w, const std::string& name) {
+  auto upload_matrix = [&](const WeightView& w, const std::string& name, bool cpu_reads_it = false) {
     if (!gpu::Kernels::supports_matvec(w.type))
       throw Error("GPU offload: " + name + " is " + type_name(w.type) + ", which has no GPU kernel; use fewer GPU "
                   "layers (-ngl) or a supported type");
@@ -79,6 +79,11 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
     Matrix mx;
     mx.buf = dev.alloc(bytes);
     dev.upload(mx.buf, w.data, bytes);
+    if (const MappedFile* mf = m.gguf().mapped(); mf && mf->is_mapped() && !cpu_reads_it) {
+      const size_t off = static_cast<size_t>(w.data - mf->data());
+      mf->release(off, bytes);  // the CPU never reads these bytes again
+      dm->file_ranges_.emplace_back(off, off + bytes);
+    }
     mx.type = w.type;
     mx.rows = w.rows;
     mx.cols = w.cols;
@@ -113,7 +118,9 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
     D.w_down = upload_matrix(L.w_down, p + "ffn_down.weight");
   }
   if (n == c.n_layer && device_can_hold(m.output, max_binding) && !m.output.packed) {
-    dm->output_ = upload_matrix(m.output, m.tied_output ? "token_embd.weight (tied output)" : "output.weight");
+    // A tied output is also the token embedding, whose rows the CPU keeps reading.
+    dm->output_ = upload_matrix(m.output, m.tied_output ? "token_embd.weight (tied output)" : "output.weight",
+                                m.tied_output);
     dm->output_norm_ = upload_vector(m.output_norm, c.n_embd);
   }
   return dm;
@@ -208,6 +215,11 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
 uint64_t DeviceScratch::bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
   const ScratchSizes s = scratch_sizes(c, B, max_ctx, output_on_device);
   return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits;  // staging is host memory
+}
+
+uint64_t DeviceScratch::staging_bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
+  const ScratchSizes s = scratch_sizes(c, B, max_ctx, output_on_device);
+  return s.up + s.down;
 }
 
 DeviceScratch::DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t B, int64_t max_ctx)

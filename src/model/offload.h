@@ -67,6 +67,9 @@ class DeviceModel {
   const Matrix& output() const { return output_; }
   const gpu::Buffer& output_norm() const { return output_norm_; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // device memory of the uploaded weights
+  // The file byte ranges [offset, end) of the uploaded matrices: the CPU never reads them, so the loader neither
+  // prefetches nor keeps them (MappedFile::release after each upload).
+  const std::vector<std::pair<size_t, size_t>>& file_ranges() const { return file_ranges_; }
   // Device bytes this model's weights will take for a request (before opening any device: for planning).
   static uint64_t weight_bytes_for(const Model& m, int64_t n_offloaded, bool* output_on_device = nullptr);
 
@@ -80,6 +83,7 @@ class DeviceModel {
   Matrix output_;
   gpu::Buffer output_norm_;
   uint64_t weight_bytes_ = 0;
+  std::vector<std::pair<size_t, size_t>> file_ranges_;
 };
 
 // K and V of the offloaded layers on the device: layer l's K buffer holds n_pages * 64 rows (row = page * 64 + slot,
@@ -113,6 +117,8 @@ struct DeviceScratch {
   DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t max_batch, int64_t max_ctx);
   uint64_t bytes() const { return bytes_; }
   static uint64_t bytes_for(const ModelConfig& c, int64_t max_batch, int64_t max_ctx, bool output_on_device);
+  // Host bytes of its two staging buffers.
+  static uint64_t staging_bytes_for(const ModelConfig& c, int64_t max_batch, int64_t max_ctx, bool output_on_device);
 
   static constexpr int64_t kLogitRows = 32;  // output rows per device product (the logits buffer's height)
   int64_t max_batch, max_meta;  // tokens; uint32 entries of the metadata buffer

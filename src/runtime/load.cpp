@@ -57,6 +57,7 @@ RunSettings run_settings(const LoadRequest& req, const ModelFacts& facts) {
   s.n_threads = req.n_threads > 0 ? req.n_threads : ThreadPool::default_threads();
   s.n_parallel = std::max(1, req.n_parallel);
   s.kv_tokens = req.kv_tokens;
+  s.n_gpu_layers = req.load.offload.n_gpu_layers;
   return s;
 }
 
@@ -88,6 +89,7 @@ LoadedModel load_model_planned(const LoadRequest& req) {
     pr.n_threads = so.n_threads;
     pr.n_parallel = req.n_parallel;
     pr.kv_tokens = req.kv_tokens;
+    if (req.load.offload.n_gpu_layers > 0) pr.n_gpu_layers = req.load.offload.n_gpu_layers;
     pr.mlock = req.load.mlock;
     pr.mlock_limit_bytes = mlock_limit_bytes();
     Plan plan = make_plan(pr);

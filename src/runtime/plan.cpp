@@ -90,6 +90,29 @@ ModelFacts ModelFacts::from_gguf(const GGUFFile& gguf, const std::string& path) 
     for (auto s : v->arr_str) m.merge_text_bytes += s.size();
   }
   m.type_label = model_file_type(gguf);  // model/config.h: the name info, bench and compare show too
+  // GPU offload sizes (model/offload.cpp's DeviceModel::create: every buffer rounded up to 16 bytes; vectors f32).
+  auto r16 = [](uint64_t b) { return (b + 15) / 16 * 16; };
+  m.layer_gpu_bytes.assign(static_cast<size_t>(m.cfg.n_layer), 0);
+  m.layer_matrix_bytes.assign(static_cast<size_t>(m.cfg.n_layer), 0);
+  for (const auto& t : f->tensors()) {
+    const bool vec = t.n_dims <= 1 || t.n_elements() == t.ne[0];
+    if (t.name.rfind("blk.", 0) == 0) {
+      const int64_t l = std::strtoll(t.name.c_str() + 4, nullptr, 10);
+      if (l < 0 || l >= m.cfg.n_layer) continue;
+      if (vec) {
+        m.layer_gpu_bytes[static_cast<size_t>(l)] += r16(static_cast<uint64_t>(t.n_elements()) * 4);
+      } else {
+        m.layer_gpu_bytes[static_cast<size_t>(l)] += r16(t.nbytes);
+        m.layer_matrix_bytes[static_cast<size_t>(l)] += t.nbytes;
+        if (!gpu::Kernels::supports_matvec(t.type)) m.gpu_ok = false;
+      }
+    } else if (t.name == (has_output ? "output.weight" : "token_embd.weight")) {
+      m.output_tied = !has_output;
+      m.output_matrix_bytes = t.nbytes;
+      m.output_gpu_bytes = r16(t.nbytes) + r16(static_cast<uint64_t>(m.cfg.n_embd) * 4);  // + the output norm
+      m.output_gpu_ok = gpu::Kernels::supports_matvec(t.type);
+    }
+  }
   return m;
 }
 
@@ -115,6 +138,35 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
                                                m.max_act_row_bytes) +
                     static_cast<uint64_t>(c.n_vocab) * sizeof(float) * static_cast<uint64_t>(n_par);
   e.overhead_bytes = runtime_overhead_bytes(m, s.n_threads);
+  if (s.n_gpu_layers > 0 && c.n_layer > 0) {
+    // GPU offload: the last layers' matrices live on the device (their file pages are released), so does their KV.
+    const int64_t n = std::min<int64_t>(s.n_gpu_layers, c.n_layer);
+    e.gpu_layers = n;
+    e.gpu_output = n == c.n_layer && m.output_gpu_ok;
+    uint64_t freed = 0;
+    for (int64_t l = c.n_layer - n; l < c.n_layer; ++l) {
+      // Facts made without a file (tests): the tensor bytes spread evenly over the layers.
+      const bool known = m.layer_gpu_bytes.size() == static_cast<size_t>(c.n_layer) &&
+                         m.layer_matrix_bytes.size() == static_cast<size_t>(c.n_layer);
+      const uint64_t even = m.tensor_bytes / static_cast<uint64_t>(c.n_layer + 1);
+      e.gpu_weights_bytes += known ? m.layer_gpu_bytes[static_cast<size_t>(l)] : even;
+      freed += known ? m.layer_matrix_bytes[static_cast<size_t>(l)] : even;
+    }
+    if (e.gpu_output) {
+      e.gpu_weights_bytes += m.output_gpu_bytes;
+      if (!m.output_tied) freed += m.output_matrix_bytes;
+    }
+    e.weights_bytes -= std::min(e.weights_bytes, freed);
+    const uint64_t host_kv = KVCache::bytes_for(c, s.pool_tokens(), s.type_k, s.type_v, c.n_layer - n);
+    e.kv_bytes -= e.kv_k_bytes + e.kv_v_bytes - host_kv;
+    e.kv_k_bytes = e.kv_k_bytes / static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(c.n_layer - n);
+    e.kv_v_bytes = e.kv_v_bytes / static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(c.n_layer - n);
+    e.gpu_kv_bytes = DeviceKV::bytes_for(c, n, KVCache::pages_for(s.pool_tokens()), s.type_k, s.type_v);
+    e.gpu_compute_bytes = DeviceScratch::bytes_for(c, batch, s.n_ctx, e.gpu_output);
+    e.gpu_total_bytes = e.gpu_weights_bytes + e.gpu_kv_bytes + e.gpu_compute_bytes;
+    // Host side of the device step: the two staging buffers (mapped host memory) and the Vulkan driver.
+    e.compute_bytes += DeviceScratch::staging_bytes_for(c, batch, s.n_ctx, e.gpu_output);
+  }
   e.total_bytes = e.weights_bytes + e.kv_bytes + e.compute_bytes + e.overhead_bytes;
   return e;
 }
@@ -193,17 +245,37 @@ Plan make_plan(const PlanRequest& req) {
     c.settings.n_threads = std::max(1, req.n_threads);
     c.settings.n_parallel = std::max(1, req.n_parallel);
     c.settings.kv_tokens = req.kv_tokens;
-    c.mem = estimate_memory(req.models[mi], c.settings);
-    c.total_bytes = c.mem.total_bytes;
-    if (req.draft) {
-      c.draft_mem = estimate_memory(*req.draft, c.settings);
-      // One process: the draft adds its weights, cache, compute buffers and tokenizer tables.
-      c.draft_mem.overhead_bytes = tokenizer_bytes(*req.draft);
-      c.draft_mem.total_bytes = c.draft_mem.weights_bytes + c.draft_mem.kv_bytes + c.draft_mem.compute_bytes +
-                                c.draft_mem.overhead_bytes;
-      c.total_bytes += c.draft_mem.total_bytes;
+    auto estimate = [&](int ngl) {
+      c.settings.n_gpu_layers = ngl;
+      c.mem = estimate_memory(req.models[mi], c.settings);
+      c.total_bytes = c.mem.total_bytes;
+      c.gpu_bytes = c.mem.gpu_total_bytes;
+      if (req.draft) {
+        // The draft is offloaded with the same -ngl (its last min(N, its layers) layers; runtime/speculative.h).
+        c.draft_mem = estimate_memory(*req.draft, c.settings);
+        // One process: the draft adds its weights, cache, compute buffers and tokenizer tables.
+        c.draft_mem.overhead_bytes = tokenizer_bytes(*req.draft);
+        c.draft_mem.total_bytes = c.draft_mem.weights_bytes + c.draft_mem.kv_bytes + c.draft_mem.compute_bytes +
+                                  c.draft_mem.overhead_bytes;
+        c.total_bytes += c.draft_mem.total_bytes;
+        c.gpu_bytes += c.draft_mem.gpu_total_bytes;
+      }
+    };
+    // GPU layers: fixed (-ngl), or the most that fit the VRAM budget (0 when the model or a cache type has no GPU
+    // kernel: the device holds f32, f16 and q8_0 caches).
+    const ModelFacts& m = req.models[mi];
+    auto gpu_kv = [](DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; };
+    const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && gpu_kv(kv.first) && gpu_kv(kv.second);
+    int ngl = req.n_gpu_layers.value_or(0);
+    if (!req.n_gpu_layers && req.vram_bytes > 0 && gpu_able) {
+      // All layers (and the output) if they fit, else the most that do; device bytes grow with N.
+      for (ngl = static_cast<int>(m.cfg.n_layer); ngl > 0; --ngl) {
+        estimate(ngl);
+        if (c.gpu_bytes <= req.vram_bytes) break;
+      }
     }
-    c.fits = c.total_bytes <= req.ram_bytes;
+    estimate(ngl);
+    c.fits = c.total_bytes <= req.ram_bytes && (req.vram_bytes == 0 || c.gpu_bytes <= req.vram_bytes);
     return c;
   };
 
@@ -272,9 +344,27 @@ Plan make_plan(const PlanRequest& req) {
   }
 
   const PlanCandidate& c = plan.chosen;
-  if (req.vram_bytes > 0)
-    plan.notes.push_back("VRAM budget " + mib(req.vram_bytes) +
-                         " noted, but this build has no GPU backend: 0 layers offloaded, everything runs on the CPU");
+  plan.vram_bytes = req.vram_bytes;
+  if (c.mem.gpu_layers > 0) {
+    const ModelFacts& m = req.models[c.model];
+    std::string g = "GPU: " + std::to_string(c.mem.gpu_layers) + " of " + std::to_string(m.cfg.n_layer) + " layers" +
+                    (c.mem.gpu_output ? " and the output" : "") + " (-ngl " + std::to_string(c.settings.n_gpu_layers) +
+                    "): weights " + mib(c.mem.gpu_weights_bytes + c.draft_mem.gpu_weights_bytes) + ", KV cache " +
+                    mib(c.mem.gpu_kv_bytes + c.draft_mem.gpu_kv_bytes) + ", compute " +
+                    mib(c.mem.gpu_compute_bytes + c.draft_mem.gpu_compute_bytes) + " = " + mib(c.gpu_bytes);
+    if (req.vram_bytes > 0) g += " of " + mib(req.vram_bytes) + " VRAM";
+    if (req.draft) g += " (with the draft's " + std::to_string(c.draft_mem.gpu_layers) + " layers)";
+    plan.notes.push_back(g);
+  } else if (req.vram_bytes > 0) {
+    const ModelFacts& m = req.models[c.model];
+    auto gpu_kv = [](DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; };
+    plan.notes.push_back(
+        "GPU: no layer offloaded: " +
+        std::string(!m.gpu_ok ? "a weight type of " + m.path + " has no GPU kernel"
+                    : !(gpu_kv(c.settings.type_k) && gpu_kv(c.settings.type_v))
+                        ? "the GPU holds f32, f16 and q8_0 KV caches only"
+                        : "not even one layer fits in " + mib(req.vram_bytes) + " of VRAM"));
+  }
   if (req.mlock) {
     const uint64_t w = c.mem.weights_bytes + c.draft_mem.weights_bytes;
     if (req.mlock_limit_bytes != UINT64_MAX && req.mlock_limit_bytes < w)

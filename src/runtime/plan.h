@@ -45,6 +45,13 @@ struct ModelFacts {
   uint64_t merge_text_bytes = 0;
   uint64_t max_act_row_bytes = 0; // Model::max_act_row_bytes, from the tensor types
   std::string type_label;         // model_file_type (model/config.h): "Q4_K - Medium", or the dominant tensor type
+  // For GPU offload: per layer, the device bytes of its matrices and vectors as uploaded (model/offload.h) and the
+  // file bytes that then leave host memory (its matrices); the output matrix likewise (when it is not tied, its
+  // file bytes leave too). Types without a GPU kernel make gpu_ok false.
+  std::vector<uint64_t> layer_gpu_bytes, layer_matrix_bytes;
+  uint64_t output_gpu_bytes = 0, output_matrix_bytes = 0;
+  bool output_tied = false;
+  bool gpu_ok = true, output_gpu_ok = true;
   double bits_per_weight() const {
     return n_params > 0 ? 8.0 * static_cast<double>(tensor_bytes) / static_cast<double>(n_params) : 0;
   }
@@ -61,6 +68,7 @@ struct RunSettings {
   int n_threads = 1;
   int n_parallel = 1;           // sequences evaluated together (lokal batch / serve)
   int64_t kv_tokens = 0;        // positions of the shared KV page pool; 0: n_ctx * n_parallel
+  int n_gpu_layers = 0;         // GPU offload (-ngl): the last N layers; >= n_layer: all, and the output
   int64_t pool_tokens() const { return kv_tokens > 0 ? kv_tokens : n_ctx * n_parallel; }
 };
 
@@ -71,7 +79,12 @@ struct MemoryEstimate {
   uint64_t kv_v_bytes = 0;
   uint64_t compute_bytes = 0;
   uint64_t overhead_bytes = 0;
-  uint64_t total_bytes = 0;
+  uint64_t total_bytes = 0;       // host (RAM) bytes: the offloaded matrices and their cache are not in it
+  // GPU offload: device memory (model/offload.h: weights as uploaded, the offloaded layers' KV cache in the device
+  // layouts, DeviceScratch), and how many layers / whether the output.
+  int64_t gpu_layers = 0;
+  bool gpu_output = false;
+  uint64_t gpu_weights_bytes = 0, gpu_kv_bytes = 0, gpu_compute_bytes = 0, gpu_total_bytes = 0;
 };
 
 // Peak resident bytes of `lokal run` with this model and these settings (see the top of this file).
@@ -86,7 +99,8 @@ struct PlanRequest {
   std::vector<ModelFacts> models;        // the files to choose from (e.g. quantizations of one model)
   std::optional<ModelFacts> draft;       // a draft model that must fit beside the chosen one
   uint64_t ram_bytes = 0;                // the budget
-  uint64_t vram_bytes = 0;               // GPU budget (no GPU backend yet: reported, not used)
+  uint64_t vram_bytes = 0;               // GPU budget: with it, as many layers as fit go to the GPU (last first)
+  std::optional<int> n_gpu_layers;       // fixed -ngl (else chosen from vram_bytes; 0 without a budget)
   int64_t n_ctx = 0;                     // 0: free (the model's trained context, at most 4096, then halved)
   int n_parallel = 1;                    // sequences served together (fixed)
   int64_t kv_tokens = 0;                 // shared KV pool positions (fixed); 0: n_ctx * n_parallel
@@ -104,6 +118,7 @@ struct PlanCandidate {
   MemoryEstimate mem;          // the model's own needs
   MemoryEstimate draft_mem;    // the draft's (zero without a draft)
   uint64_t total_bytes = 0;    // mem.total_bytes + draft (weights, kv, compute; one process overhead)
+  uint64_t gpu_bytes = 0;      // device memory (model + draft) with settings.n_gpu_layers
   bool fits = false;
 };
 
@@ -114,6 +129,7 @@ struct Plan {
   std::vector<PlanCandidate> tried;      // in order of preference, up to and including the chosen one
   std::string reason;                    // why this choice (or why nothing fits), one line
   std::vector<std::string> notes;        // mlock, VRAM, threads...
+  uint64_t vram_bytes = 0;
 };
 
 // Pure: the same request gives the same plan. Throws lokal::Error if the request has no models or a fixed
