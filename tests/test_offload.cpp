@@ -20,7 +20,9 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <fstream>
 #include <regex>
+#include <sstream>
 
 #include "core/threadpool.h"
 #include "gpu/gpu.h"
@@ -291,6 +293,52 @@ TEST(GpuOffload, ManySequencesAndCopiedPagesMatchTheCpu) {
   EXPECT_LE(d, 2e-2) << "F16 cache: see SplitPoints";
   std::printf("many sequences, -ngl 3 of %lld: max |diff| vs CPU %.3g\n",
               static_cast<long long>(cpu->config().n_layer), d);
+}
+
+// ---- the scheduler (lokal batch: several sequences sharing one paged cache, a shared prompt prefix) and speculative
+// decoding with the draft on either side ----
+
+TEST(GpuOffload, BatchAndSpeculativeDecodingGiveTheCpuText) {
+  NEED_GPU();
+  test::TempDir dir;
+  const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
+  const std::string prompts = (dir.path() / "p.jsonl").string();
+  {
+    std::ofstream f(prompts);
+    // Common prefixes: the pool shares their pages between sequences (and copies one when a sequence writes to it).
+    for (const char* p : {"Once upon a time", "Once upon a time there was", "The king said", "Once upon a time",
+                          "In the morning the little", "The king said to the queen"})
+      f << json{{"prompt", p}, {"max_tokens", 20}, {"temperature", 0}}.dump() << "\n";
+  }
+  auto texts = [&](const std::string& extra) {
+    const test::CliResult r = test::run_lokal("batch -m " + model + " -f " + prompts + " -np 4 -c 128 " + extra);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    std::vector<std::string> out;
+    std::istringstream in(r.out);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) out.push_back(json::parse(line)["text"].get<std::string>());
+    return out;
+  };
+  const std::vector<std::string> cpu = texts("");
+  ASSERT_EQ(cpu.size(), 6u);
+  EXPECT_EQ(texts("-ngl 99"), cpu);
+  EXPECT_EQ(texts("-ngl 2"), cpu);
+
+  // Speculative decoding (greedy output equals plain decoding): target split, draft on the device; target on the
+  // device, draft (another vocabulary) on the CPU.
+  const std::string draft = test::data_path("models/real/tinytales-draft-v1024-f32.gguf");
+  auto run = [&](const std::string& extra) {
+    const test::CliResult r = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 40 --temp 0 " + extra);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return r;
+  };
+  const std::string plain = run("").out;
+  const test::CliResult a = run("-md " + draft + " -ngl 2 -ngld 99");
+  EXPECT_EQ(a.out, plain);
+  EXPECT_NE(a.err.find("gpu: draft 2 of 2 layers"), std::string::npos) << a.err;
+  const test::CliResult b = run("-md " + draft + " -ngl 99 -ngld 0");
+  EXPECT_EQ(b.out, plain);
+  EXPECT_EQ(b.err.find("gpu: draft"), std::string::npos) << b.err;
 }
 
 // ---- errors ----

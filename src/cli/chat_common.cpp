@@ -92,6 +92,10 @@ void add_spec_options(CLI::App* cmd, SpecArgs& s) {
                                           "--draft-p-min still ends a draft)");
   cmd->add_option("--cache-type-k-draft", s.cache_type_k, "The draft's KV cache type for K")->capture_default_str();
   cmd->add_option("--cache-type-v-draft", s.cache_type_v, "The draft's KV cache type for V")->capture_default_str();
+  cmd->add_option("--gpu-layers-draft,--n-gpu-layers-draft", s.gpu_layers,
+                  "The draft's GPU layers (-ngld; default: the target's -ngl)")->check(CLI::Range(0, 100000));
+  cmd->add_option("--device-draft", s.device, "The draft's GPU (default: the target's --device)")
+      ->check(CLI::Range(0, 255));
 }
 
 SpecConfig SpecArgs::config() const {
@@ -107,6 +111,8 @@ SpecConfig SpecArgs::config() const {
   c.model.vocab = vocab == "intersect" ? VocabMode::Intersect : vocab == "text" ? VocabMode::Text : VocabMode::Auto;
   c.model.cache_type_k = parse_kv_type(cache_type_k, "--cache-type-k-draft");
   c.model.cache_type_v = parse_kv_type(cache_type_v, "--cache-type-v-draft");
+  c.draft_gpu_layers = gpu_layers;
+  c.draft_device = device;
   if (!draft.empty()) check_input_file(draft, "GGUF draft model file");
   return c;
 }

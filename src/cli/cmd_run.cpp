@@ -141,6 +141,11 @@ void run(const RunArgs& a) {
       std::fprintf(stderr, "memory: draft    %s weights + %s cache and scratch\n",
                    mib_bytes(spec_setup->draft_model()->gguf().file_size()).c_str(),
                    mib_bytes(spec_seq->model->bytes()).c_str());
+    if (const DeviceModel* dd = spec_setup->draft_model() ? spec_setup->draft_model()->device() : nullptr)
+      std::fprintf(stderr, "gpu: draft %lld of %lld layers on %s (output on the %s), weights %s\n",
+                   static_cast<long long>(dd->n_layers()),
+                   static_cast<long long>(spec_setup->draft_model()->config().n_layer), dd->info().name.c_str(),
+                   dd->output_on_device() ? "GPU" : "CPU", format_bytes(static_cast<double>(dd->weight_bytes())).c_str());
     for (const auto& w : spec_warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   }
   std::fflush(stderr);

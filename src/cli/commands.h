@@ -134,6 +134,7 @@ struct SpecArgs {
   std::string vocab = "auto";
   bool fixed = false;
   std::string cache_type_k = "f16", cache_type_v = "f16";
+  int gpu_layers = -1, device = -1;  // -ngld, --device-draft (-1: as the target)
   SpecConfig config() const;  // throws lokal::Error for a bad value, naming the flag
 };
 void add_spec_options(CLI::App* cmd, SpecArgs& s);

@@ -79,6 +79,7 @@ constexpr Spelling kSpellings[] = {
     {"-ctkd", "--cache-type-k-draft", true},
     {"-ctvd", "--cache-type-v-draft", true},
     {"-ngl", "--gpu-layers", true},
+    {"-ngld", "--gpu-layers-draft", true},
     {"--ngl", "--gpu-layers", false},
     {"--ctk", "--cache-type-k", false},
     {"--ctv", "--cache-type-v", false},

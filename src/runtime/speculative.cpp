@@ -545,7 +545,10 @@ SpecSetup::SpecSetup(const Model& target, const SpecConfig& cfg, const LoadOptio
     throw Error("--draft-p-min must be in [0, 1] (got " + std::to_string(cfg.model.p_min) + ")");
   if (cfg.draft.empty()) return;
   try {
-    draft_ = Model::load(cfg.draft, load);
+    LoadOptions dl = load;  // the target's, with the draft's own GPU offload where given
+    if (cfg.draft_gpu_layers >= 0) dl.offload.n_gpu_layers = cfg.draft_gpu_layers;
+    if (cfg.draft_device >= 0) dl.offload.device = static_cast<uint32_t>(cfg.draft_device);
+    draft_ = Model::load(cfg.draft, dl);
     dv_ = make_draft_vocab(target, *draft_, cfg.model.vocab);
   } catch (const Error& e) {
     throw Error("draft model " + cfg.draft + ": " + e.what());

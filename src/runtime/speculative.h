@@ -240,6 +240,8 @@ struct SpecConfig {
   int ngram_min = 1, ngram_max = 4;
   SpecOptions spec;          // --draft-max, --draft-min, --draft-fixed
   DraftModelOptions model;   // --draft-p-min, --draft-vocab
+  int draft_gpu_layers = -1; // --gpu-layers-draft (-ngld): the draft's GPU layers; -1: the target's -ngl
+  int draft_device = -1;     // --device-draft: the draft's GPU; -1: the target's --device
   bool enabled() const { return !draft.empty() || ngram; }
 };
 
