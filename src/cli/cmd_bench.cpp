@@ -52,7 +52,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["build_number"] = 0;
   j["cpu_info"] = r.cpu_info;
   j["gpu_info"] = "";
-  j["backends"] = "CPU";
+  j["backends"] = r.gpu.empty() ? "CPU" : "Vulkan";
   j["model_filename"] = r.model_filename;
   j["model_type"] = r.model_type;
   j["model_size"] = r.model_size;
@@ -123,7 +123,7 @@ void print_markdown(const BenchReport& r) {
     row.cells = {r.model_type,
                  format_bytes(static_cast<double>(r.model_size)),
                  params_str(r.model_n_params),
-                 "CPU",
+                 r.gpu.empty() ? "CPU" : "Vulkan",
                  std::to_string(t.n_threads),
                  t.name,
                  fmt("%.2f", t.avg_ts) + " ± " + fmt("%.2f", t.stddev_ts),
