@@ -28,6 +28,7 @@
 #include "gpu/gpu.h"
 #include "model/model.h"
 #include "runtime/kv_pool.h"
+#include "support/gpu_test.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;
@@ -36,15 +37,6 @@ using namespace lokal;
 
 namespace {
 
-bool no_gpu_allowed() {
-  const char* e = std::getenv("LOKAL_TEST_NO_GPU");
-  return e && std::string(e) == "1";
-}
-
-#define NEED_GPU()                                                                                  \
-  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1: GPU tests skipped";                   \
-  ASSERT_EQ(gpu::no_device_reason(), "") << "no usable Vulkan device (install mesa-vulkan-drivers, " \
-                                            "or set LOKAL_TEST_NO_GPU=1)";
 
 std::unique_ptr<Model> load(const std::string& rel, int ngl) {
   LoadOptions lo;
@@ -113,7 +105,7 @@ double gpu_tolerance(const std::string& model) {
 class GpuGoldenLogits : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuGoldenLogits, AllLayersOnTheDeviceMatchLlamaCpp) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   const std::string name = GetParam();
   json g = json::parse(test::read_file(test::test_data_dir() + "/golden/logits/" + name));
   const std::string model_rel = g["model"];
@@ -187,7 +179,7 @@ struct SplitCase {
 class SplitPoints : public ::testing::TestWithParam<SplitCase> {};
 
 TEST_P(SplitPoints, EveryNumberOfGpuLayersEqualsTheCpu) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   const SplitCase sc = GetParam();
   auto cpu = load(sc.model, 0);
   const ModelConfig& c = cpu->config();
@@ -225,7 +217,7 @@ INSTANTIATE_TEST_SUITE_P(
 // ---- greedy text identical to the CPU on the real F32/F16 models ----
 
 TEST(GpuOffload, GreedyTextIdenticalToTheCpuOnRealModels) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   for (const char* rel : {"models/real/stories260K.gguf", "models/real/stories260K-f16.gguf",
                           "models/real/tinytales-4m-f32.gguf", "models/real/tinytales-4m-f16.gguf",
                           "models/real/babyllama-936K-f32.gguf"}) {
@@ -256,7 +248,7 @@ TEST(GpuOffload, GreedyTextIdenticalToTheCpuOnRealModels) {
 // ---- many sequences over a shared paged cache, copy-on-write pages ----
 
 TEST(GpuOffload, ManySequencesAndCopiedPagesMatchTheCpu) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   const char* rel = "models/real/tinytales-4m-f32.gguf";
   auto cpu = load(rel, 0);
   auto gpu = load(rel, 3);  // a split: CPU layers and device layers both hold part of every page
@@ -299,7 +291,7 @@ TEST(GpuOffload, ManySequencesAndCopiedPagesMatchTheCpu) {
 // decoding with the draft on either side ----
 
 TEST(GpuOffload, BatchAndSpeculativeDecodingGiveTheCpuText) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   test::TempDir dir;
   const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
   const std::string prompts = (dir.path() / "p.jsonl").string();
@@ -344,7 +336,7 @@ TEST(GpuOffload, BatchAndSpeculativeDecodingGiveTheCpuText) {
 // ---- errors ----
 
 TEST(GpuOffload, KvTypeWithoutAGpuKernelIsAClearError) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   auto m = load("models/real/tinytales-4m-f32.gguf", 2);
   ThreadPool pool(1);
   for (DType t : {DType::Q4_0, DType::BF16}) {  // the CPU has these cache types, the device does not
@@ -372,7 +364,7 @@ TEST(GpuOffload, NoDeviceIsAClearErrorAndCpuStillWorks) {
 }
 
 TEST(GpuOffload, RunReportsTheDeviceAndPrintsTheCpuText) {
-  NEED_GPU();
+  LOKAL_NEED_GPU();
   const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
   const test::CliResult cpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0");
   const test::CliResult gpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0 -ngl 99");

@@ -29,6 +29,7 @@
 #include "core/types.h"
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
+#include "support/gpu_test.h"
 #include "gpu/shaders.h"
 #include "ops/ops.h"
 #include "support/test_data.h"
@@ -39,18 +40,6 @@ namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of f32
 
-bool no_gpu_allowed() {
-  const char* e = std::getenv("LOKAL_TEST_NO_GPU");
-  return e && std::string(e) == "1";
-}
-
-// The first device, or a skip when LOKAL_TEST_NO_GPU=1. Without it, a missing loader or device throws and fails the
-// test with the library's message.
-#define OPEN_DEVICE_OR_SKIP(dev)                                                                  \
-  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1: GPU tests skipped";                 \
-  std::shared_ptr<gpu::Device> dev;                                                               \
-  ASSERT_NO_THROW(dev = gpu::Device::open(0)) << "no usable Vulkan device: " << gpu::no_device_reason() \
-                                              << " (install mesa-vulkan-drivers, or set LOKAL_TEST_NO_GPU=1)";
 
 gpu::Buffer upload_floats(gpu::Device& dev, const std::vector<float>& v) {
   gpu::Buffer b = dev.alloc(v.size() * sizeof(float));
@@ -227,7 +216,7 @@ std::vector<float> host_rope_table(const std::vector<int64_t>& pos, int rope_dim
 }  // namespace
 
 TEST(VulkanDevice, EnumerationFindsLavapipe) {
-  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1";
+  if (test::no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1";
   std::vector<gpu::DeviceInfo> devs;
   ASSERT_NO_THROW(devs = gpu::list_devices());
   ASSERT_FALSE(devs.empty()) << gpu::no_device_reason();
@@ -256,7 +245,7 @@ TEST(VulkanDevice, EnumerationFindsLavapipe) {
 }
 
 TEST(VulkanDevice, OpenBadIndexIsClearError) {
-  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1";
+  if (test::no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1";
   try {
     gpu::Device::open(1000);
     FAIL() << "no error";

@@ -43,6 +43,7 @@
 #include "core/types.h"
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
+#include "support/gpu_test.h"
 #include "ops/attention.h"
 
 using namespace lokal;
@@ -52,16 +53,6 @@ namespace {
 constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of f32
 double gamma_k(double k) { return k * kU / (1 - k * kU); }
 
-bool no_gpu_allowed() {
-  const char* e = std::getenv("LOKAL_TEST_NO_GPU");
-  return e && std::string(e) == "1";
-}
-
-#define OPEN_DEVICE_OR_SKIP(dev)                                                                  \
-  if (no_gpu_allowed()) GTEST_SKIP() << "LOKAL_TEST_NO_GPU=1: GPU tests skipped";                 \
-  std::shared_ptr<gpu::Device> dev;                                                               \
-  ASSERT_NO_THROW(dev = gpu::Device::open(0)) << "no usable Vulkan device: " << gpu::no_device_reason() \
-                                              << " (install mesa-vulkan-drivers, or set LOKAL_TEST_NO_GPU=1)";
 
 template <class T>
 gpu::Buffer upload_vec(gpu::Device& dev, const std::vector<T>& v) {

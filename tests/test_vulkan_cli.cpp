@@ -6,21 +6,15 @@
 #include <cstdlib>
 #include <string>
 
+#include "support/gpu_test.h"
 #include "support/test_data.h"
 
 using namespace lokal;
 
-namespace {
-bool no_gpu_allowed() {
-  const char* e = std::getenv("LOKAL_TEST_NO_GPU");
-  return e && std::string(e) == "1";
-}
-}  // namespace
-
 // `lokal info --devices`: lavapipe listed with its properties; with the loader missing (LOKAL_VULKAN_LOADER names a
 // file that does not exist), the one clear line and status 0.
 TEST(VulkanCli, InfoDevices) {
-  if (!no_gpu_allowed()) {
+  if (!test::no_gpu_allowed()) {
     const auto r = test::run_lokal("info --devices");
     EXPECT_EQ(r.rc, 0) << r.err;
     EXPECT_NE(r.out.find("device 0: "), std::string::npos) << r.out;
