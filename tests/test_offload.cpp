@@ -29,6 +29,7 @@
 #include "model/model.h"
 #include "runtime/kv_pool.h"
 #include "support/gpu_test.h"
+#include "support/serve_process.h"
 #include "support/test_data.h"
 
 namespace fs = std::filesystem;
@@ -331,6 +332,43 @@ TEST(GpuOffload, BatchAndSpeculativeDecodingGiveTheCpuText) {
   const test::CliResult b = run("-md " + draft + " -ngl 99 -ngld 0");
   EXPECT_EQ(b.out, plain);
   EXPECT_EQ(b.err.find("gpu: draft"), std::string::npos) << b.err;
+}
+
+// ---- lokal serve: a model offloaded by its [models.NAME] table beside one on the CPU ----
+
+TEST(GpuOffload, ServeOffloadsPerModelAndAnswersAsTheCpu) {
+  LOKAL_NEED_GPU();
+  test::TempDir dir;
+  const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
+  const std::string cfg = dir.file("serve.toml");
+  std::ofstream(cfg) << "[models.gpu]\nmodel = \"" << model << "\"\ngpu_layers = 99\npinned = true\n"
+                     << "[models.cpu]\nmodel = \"" << model << "\"\npinned = true\n";
+  test::Server s({"--config", cfg, "--parallel", "2"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client(120);
+  std::map<std::string, std::string> text;
+  for (const char* m : {"gpu", "cpu"}) {
+    int st = 0;
+    const auto r = test::post(c, "/v1/completions",
+                        {{"model", m}, {"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}}, &st);
+    ASSERT_EQ(st, 200) << r.dump();
+    text[m] = r["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text["gpu"], text["cpu"]);
+  // Ollama's /api/ps: the device bytes (size_vram) and layers of the offloaded model; none for the other.
+  auto r = c.Get("/api/ps");
+  ASSERT_TRUE(r);
+  const json ps = json::parse(r->body);
+  for (const json& m : ps["models"]) {
+    if (m["name"] == "gpu") {
+      EXPECT_EQ(m["gpu_layers"], 4) << m.dump();
+      EXPECT_GT(m["size_vram"].get<uint64_t>(), 14u << 20) << m.dump();  // 14 MiB of weights + KV + scratch
+    } else {
+      EXPECT_EQ(m["size_vram"], 0) << m.dump();
+    }
+  }
+  EXPECT_EQ(ps["models"].size(), 2u) << ps.dump();
+  EXPECT_EQ(s.stop(), 0) << s.log();
 }
 
 // ---- errors ----

@@ -261,7 +261,7 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   static const std::set<std::string> keys = {
       "model", "alias", "aliases", "tasks", "pinned", "keep_alive", "ctx_size", "parallel", "batch_size", "kv_tokens",
       "threads", "cache_type_k", "cache_type_v", "chat_template", "pooling", "system", "temp", "top_k", "top_p",
-      "min_p", "repeat_penalty", "seed", "draft", "model_draft"};
+      "min_p", "repeat_penalty", "seed", "draft", "model_draft", "gpu_layers", "device"};
   for (const auto& [k, v] : t)
     if (!keys.count(std::string(k.str())))
       throw Error(at + ": unknown key '" + std::string(k.str()) + "' (see docs/MODELS.md for a model's keys)");
@@ -302,6 +302,8 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   if (auto v = integer("batch_size", 1, int64_t(1) << 16)) m.engine.load.n_batch = *v;
   if (auto v = integer("kv_tokens", 0, int64_t(1) << 30)) m.engine.load.kv_tokens = *v;
   if (auto v = integer("threads", 0, 1024)) m.engine.load.n_threads = static_cast<int>(*v);
+  if (auto v = integer("gpu_layers", 0, 100000)) m.engine.load.load.offload.n_gpu_layers = static_cast<int>(*v);
+  if (auto v = integer("device", 0, 255)) m.engine.load.load.offload.device = static_cast<uint32_t>(*v);
   if (auto v = str("cache_type_k")) m.engine.load.type_k = parse_kv_type(*v, "cache_type_k");
   if (auto v = str("cache_type_v")) m.engine.load.type_v = parse_kv_type(*v, "cache_type_v");
   if (auto v = str("chat_template")) m.engine.chat_template = *v;

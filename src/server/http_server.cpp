@@ -1181,7 +1181,8 @@ struct HttpServer::Impl {
       if (ps) {
         j["expires_at"] = m.expires_at ? iso_utc(std::chrono::system_clock::to_time_t(*m.expires_at))
                                        : std::string("2318-01-01T00:00:00Z");  // never (pinned, busy, or keep_alive < 0)
-        j["size_vram"] = 0;
+        j["size_vram"] = m.vram_bytes;  // device memory with GPU offload (-ngl / gpu_layers)
+        j["gpu_layers"] = m.gpu_layers;
         j["context_length"] = m.n_ctx;
         j["in_flight"] = m.in_flight;
         j["pinned"] = m.pinned;

@@ -382,6 +382,12 @@ ModelStatus Router::status(size_t i) const {
   m.n_parallel = s.settings.n_parallel;
   m.load_seconds = s.load_seconds;
   m.loads = s.loads;
+  if (s.state == Slot::State::Loaded && s.engine)
+    if (const DeviceModel* dm = s.engine->model().device()) {
+      const Scheduler& sc = s.engine->scheduler();
+      m.gpu_layers = dm->n_layers();
+      m.vram_bytes = dm->weight_bytes() + sc.kv_pool().cache().device_bytes() + sc.device_scratch_bytes();
+    }
   if (const auto it = residency_.entries().find(s.spec.name); it != residency_.entries().end()) {
     m.in_flight = it->second.in_flight;
     if (s.state == Slot::State::Loaded) {

@@ -85,6 +85,8 @@ struct ModelStatus {
   std::optional<std::chrono::system_clock::time_point> expires_at;  // loaded and idle: when keep_alive unloads it
   double load_seconds = 0;
   int64_t loads = 0;                // times it was loaded since start
+  int64_t gpu_layers = 0;           // loaded with GPU offload: its layers on the device (-ngl), and the device bytes
+  uint64_t vram_bytes = 0;          //   of its weights, KV cache and scratch
 };
 
 class Router {
