@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side speed of lokal and llama.cpp on the same GGUF files, same threads, one after the other.
 #
-#   LLAMA_CPP_BUILD=/path/to/llama.cpp/build bench/compare.sh [-t 2] [-p 512] [-n 128] [-r 5] [-d 0] FILE.gguf...
+#   LLAMA_CPP_BUILD=/path/to/llama.cpp/build bench/compare.sh [-t 2] [-p 512] [-n 128] [-r 5] [-d 0] [-g NGL] FILE.gguf...
 #
 # For each file: `lokal bench --json` then `$LLAMA_CPP_BUILD/bin/llama-bench -o json` with the same -t/-p/-n/-r
 # (and -d when not 0; llama-bench has it since mid-2025), then one table: t/s of each and the ratio lokal/llama.cpp
@@ -19,13 +19,15 @@ n_prompt=512
 n_gen=128
 reps=5
 depth=0
-while getopts "t:p:n:r:d:h" opt; do
+ngl=0  # -g: GPU layers for both (-ngl; llama.cpp built with its Vulkan or CUDA backend)
+while getopts "t:p:n:r:d:g:h" opt; do
   case "$opt" in
     t) threads=$OPTARG ;;
     p) n_prompt=$OPTARG ;;
     n) n_gen=$OPTARG ;;
     r) reps=$OPTARG ;;
     d) depth=$OPTARG ;;
+    g) ngl=$OPTARG ;;
     *) usage ;;
   esac
 done
@@ -61,9 +63,9 @@ for f in "$@"; do
   lj="$OUT_DIR/$i-$base.lokal.json"
   cj="$OUT_DIR/$i-$base.llama.json"
   echo "[$i/$#] $base: lokal" >&2
-  "$LOKAL" bench -m "$f" -t "$threads" -p "$n_prompt" -n "$n_gen" -r "$reps" "${depth_args[@]}" --json -q > "$lj"
+  "$LOKAL" bench -m "$f" -t "$threads" -p "$n_prompt" -n "$n_gen" -r "$reps" "${depth_args[@]}" -ngl "$ngl" --json -q > "$lj"
   echo "[$i/$#] $base: llama.cpp" >&2
-  "$LLAMA_BENCH" -m "$f" -t "$threads" -p "$n_prompt" -n "$n_gen" -r "$reps" "${depth_args[@]}" -o json > "$cj" 2> "$OUT_DIR/$i-$base.llama.log"
+  "$LLAMA_BENCH" -m "$f" -t "$threads" -p "$n_prompt" -n "$n_gen" -r "$reps" "${depth_args[@]}" -ngl "$ngl" -o json > "$cj" 2> "$OUT_DIR/$i-$base.llama.log"
   # One row per lokal test, joined with llama-bench's test of the same n_prompt / n_gen / depth.
   jq -r -n --arg file "$base" --slurpfile L "$lj" --slurpfile C "$cj" '
     $L[0][] as $l
@@ -77,7 +79,7 @@ done
 threads_used=$(jq -r '.[0].n_threads' "$OUT_DIR/1-$(basename "$1" .gguf).lokal.json")
 llama_commit=$(jq -r '.[0].build_commit + " (build " + (.[0].build_number | tostring) + ")"' "$OUT_DIR/1-$(basename "$1" .gguf).llama.json")
 echo
-echo "lokal vs llama.cpp $llama_commit, $threads_used threads, -p $n_prompt -n $n_gen -r $reps$( [ "$depth" = 0 ] || echo " -d $depth"), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "lokal vs llama.cpp $llama_commit, $threads_used threads, -p $n_prompt -n $n_gen -r $reps$( [ "$depth" = 0 ] || echo " -d $depth")$( [ "$ngl" = 0 ] || echo " -ngl $ngl"), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "cpu: $(jq -r '.[0].cpu_info' "$OUT_DIR/1-$(basename "$1" .gguf).lokal.json")"
 echo
 awk -F'\t' '

@@ -8,15 +8,17 @@
 //  * the matrix shaders (matvec, matmul) dequantize each weight with the same float operations in the same order as
 //    core/quant.cpp's dequantize_row (`precise` in the shaders, so nothing is fused into an fma), which makes every
 //    dequantized weight equal to the reference's; what remains is the f32 dot product of K terms in the shader's
-//    order (strided partial sums, then a tree). For ANY order of summation, the error of a K-term f32 dot product is
-//    at most gamma_K * sum_i |w_i x_i| with gamma_K = K u / (1 - K u), u = 2^-24 (one rounding per product, at most
-//    K-1 per sum; Higham, Accuracy and Stability of Numerical Algorithms, 3.1). The reference is computed in double
-//    from the same f32 weights and inputs (error ~1e-16, negligible). So the bound is gamma_(K+1) * sum|w x|:
-//    rigorous, and still ~1000x below what a misread bit or a wrong scale would cost (those change the result by a
-//    sizeable fraction of sum|w x|).
+//    order (the few-token shader: strided partial sums, then a tree; the tiled one: one running sum per output, its
+//    multiply-adds possibly fused, which only drops roundings). For ANY order of summation, the error of a K-term f32
+//    dot product is at most gamma_K * sum_i |w_i x_i| with gamma_K = K u / (1 - K u), u = 2^-24 (one rounding per
+//    product, at most K-1 per sum; Higham, Accuracy and Stability of Numerical Algorithms, 3.1). The reference is
+//    computed in double from the same f32 weights and inputs (error ~1e-16, negligible). So the bound is
+//    gamma_(K+1) * sum|w x|: rigorous, and still ~1000x below what a misread bit or a wrong scale would cost (those
+//    change the result by a sizeable fraction of sum|w x|).
 //  * the element-wise shaders: see each test.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -191,6 +193,31 @@ void check_matmul(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int
       }
     }
   }
+}
+
+// y = W x for n_tok tokens through Kernels::matmul in ONE call (x: n_tok rows of cols; returns n_tok rows of `rows`).
+std::vector<float> run_matmul(gpu::Kernels& k, DType t, const gpu::Buffer& wb, const float* x, int64_t rows,
+                              int64_t cols, int64_t n_tok) {
+  gpu::Device& dev = k.device();
+  gpu::Buffer xb = upload_floats(dev, std::vector<float>(x, x + n_tok * cols));
+  gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
+  gpu::Commands c(dev);
+  k.matmul(c, t, wb, xb, yb, rows, cols, n_tok);
+  c.submit_and_wait();
+  return download_floats(dev, yb, static_cast<size_t>(n_tok * rows));
+}
+
+// The same product through the few-token shader only (Kernels::matmul keeps it for n_tok <= 8): the tokens in calls
+// of at most 8, each with its own x and y buffers, results put back in place.
+std::vector<float> run_matmul_few_tokens(gpu::Kernels& k, DType t, const gpu::Buffer& wb, const std::vector<float>& x,
+                                         int64_t rows, int64_t cols, int64_t n_tok) {
+  std::vector<float> y(static_cast<size_t>(n_tok * rows));
+  for (int64_t t0 = 0; t0 < n_tok; t0 += 8) {
+    const int64_t n = std::min<int64_t>(8, n_tok - t0);
+    const std::vector<float> part = run_matmul(k, t, wb, x.data() + t0 * cols, rows, cols, n);
+    std::copy(part.begin(), part.end(), y.begin() + t0 * rows);
+  }
+  return y;
 }
 
 // The cos/sin table Kernels::rope takes, computed exactly as ops/ops.cpp's rope does for each position: cs[t][i] =
@@ -485,9 +512,9 @@ TEST(VulkanOps, ChainedKernelsWithBarriers) {
   for (int64_t i = 0; i < d; ++i) ASSERT_NEAR(got[i], ref[i], 1e-4 * scale) << "element " << i;
 }
 
-// matmul: every weight type, token counts 1 (= matvec), 2, 7, 8 (one full group of NT = 8), 9 (a full group and a
-// lone token), 33 (several groups and a partial one), over row counts 1, 7, 33 and column counts from one block to
-// 4096, plus 11008 columns (a real n_ff) at 3 rows.
+// matmul: every weight type, token counts 1 (= matvec), 2, 7, 8 (one full group of NT = 8: the few-token shader), 9
+// and 33 (the tiled shader, more in TiledAllTypesMatchReference), over row counts 1, 7, 33 and column counts from one
+// block to 4096, plus 11008 columns (a real n_ff) at 3 rows.
 TEST(VulkanMatMul, AllTypesMatchReference) {
   OPEN_DEVICE_OR_SKIP(dev);
   gpu::Kernels k(dev);
@@ -506,46 +533,112 @@ TEST(VulkanMatMul, AllTypesMatchReference) {
   }
 }
 
+// The tiled shaders (mm_*.comp: tiles of 64 rows x 32 tokens, K in steps of 32), which Kernels::matmul uses above 8
+// tokens: every weight type at 9 (the fewest), 17, 33 (a full token tile and one more), 64 (two full ones) and 100
+// tokens, over rows 1, 7, 65 (a full row tile and one more) and 130, columns one block (one K step, or for
+// F32/F16/BF16 a single column: less than a step), a few hundred (9 or 2 superblocks; 300 for F32/F16/BF16, not a
+// multiple of the step) and 4096 (128 steps; at 7 and 130 rows).
+TEST(VulkanMatMul, TiledAllTypesMatchReference) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(2468);
+  const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
+                         DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  for (DType t : types) {
+    const int64_t bs = type_info(t)->block_size;
+    const int64_t few_hundred = bs == 1 ? 300 : bs == 32 ? 288 : 512;
+    for (int64_t n_tok : {9, 17, 33, 64, 100}) {
+      for (int64_t c : {bs, few_hundred})
+        for (int64_t r : {1, 7, 65, 130}) check_matmul(k, rng, t, r, c, n_tok);
+      for (int64_t r : {7, 130}) check_matmul(k, rng, t, r, 4096, n_tok);
+    }
+  }
+}
+
+// The tiled shader (one call of 40 tokens) and the few-token shader (the same tokens in calls of 8) on the same data.
+// Each is within gamma_(K+1) * sum|w x| of the exact product (the file comment), so they differ by at most twice
+// that.
+TEST(VulkanMatMul, TiledAgreesWithFewTokenShader) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(1357);
+  const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
+                         DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  const int64_t rows = 70, n_tok = 40;
+  for (DType t : types)
+    for (int64_t cols : {type_info(t)->block_size * 2, int64_t(2048)}) {
+      SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols));
+      const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+      const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
+      gpu::Buffer wb = dev->alloc(w.size());
+      dev->upload(wb, w.data(), w.size());
+      const std::vector<float> tiled = run_matmul(k, t, wb, x.data(), rows, cols, n_tok);
+      const std::vector<float> few = run_matmul_few_tokens(k, t, wb, x, rows, cols, n_tok);
+      const double gamma = (cols + 1) * kU / (1 - (cols + 1) * kU);
+      std::vector<float> wr(static_cast<size_t>(cols));
+      int bad = 0;
+      for (int64_t r = 0; r < rows && bad < 5; ++r) {
+        dequantize_row(t, w.data() + r * row_size(t, cols), wr.data(), cols);
+        for (int64_t tok = 0; tok < n_tok && bad < 5; ++tok) {
+          double mag = 0;
+          for (int64_t c = 0; c < cols; ++c) mag += std::fabs(static_cast<double>(wr[c]) * x[tok * cols + c]);
+          const float a = tiled[tok * rows + r], b = few[tok * rows + r];
+          if (!(std::fabs(static_cast<double>(a) - b) <= 2 * gamma * mag)) {
+            ++bad;
+            ADD_FAILURE() << "token " << tok << " row " << r << ": tiled " << a << " few-token " << b;
+          }
+        }
+      }
+    }
+}
+
 // The dequantized weights themselves, bit for bit: with x the identity (token t = unit vector e_t, n_tok = cols), every
 // product is w * 1 or w * 0 and every sum adds zeros, all exact, so y[t][r] must equal dequantize_row's W[r][t]
 // exactly (compared as values: a -0 weight comes out +0). A weight computed with a fused multiply-add, a misplaced
 // token or row, or a wrong element order inside a unit shows up here even where the error bound above would hide it.
+// Both shaders: all cols tokens in one call (> 8: the tiled shader; 33 tokens for F32/F16/BF16 also leave a partial
+// K step and token tile; 70 rows a partial row tile) and in calls of 8 (the few-token shader).
 TEST(VulkanMatMul, IdentityInputGivesExactWeights) {
   OPEN_DEVICE_OR_SKIP(dev);
   gpu::Kernels k(dev);
   std::mt19937 rng(31);
   const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
                          DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
-  for (DType t : types) {
-    const int64_t bs = type_info(t)->block_size, cols = bs == 1 ? 33 : 2 * bs, rows = 5, n_tok = cols;
-    SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols));
-    const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
-    std::vector<float> x(static_cast<size_t>(n_tok * cols), 0.0f);
-    for (int64_t i = 0; i < cols; ++i) x[i * cols + i] = 1.0f;
-    gpu::Buffer wb = dev->alloc(w.size());
-    dev->upload(wb, w.data(), w.size());
-    gpu::Buffer xb = upload_floats(*dev, x), yb = dev->alloc(n_tok * rows * 4);
-    gpu::Commands c(*dev);
-    k.matmul(c, t, wb, xb, yb, rows, cols, n_tok);
-    c.submit_and_wait();
-    const auto y = download_floats(*dev, yb, n_tok * rows);
-    std::vector<float> wr(cols);
-    for (int64_t r = 0; r < rows; ++r) {
-      dequantize_row(t, w.data() + r * row_size(t, cols), wr.data(), cols);
-      for (int64_t i = 0; i < cols; ++i)
-        ASSERT_EQ(y[i * rows + r], wr[i]) << "row " << r << " element " << i;
+  for (DType t : types)
+    for (int64_t rows : {5, 70}) {
+      const int64_t bs = type_info(t)->block_size, cols = bs == 1 ? 33 : 2 * bs, n_tok = cols;
+      SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols));
+      const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+      std::vector<float> x(static_cast<size_t>(n_tok * cols), 0.0f);
+      for (int64_t i = 0; i < cols; ++i) x[i * cols + i] = 1.0f;
+      gpu::Buffer wb = dev->alloc(w.size());
+      dev->upload(wb, w.data(), w.size());
+      const auto tiled = run_matmul(k, t, wb, x.data(), rows, cols, n_tok);
+      const auto few = run_matmul_few_tokens(k, t, wb, x, rows, cols, n_tok);
+      std::vector<float> wr(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        dequantize_row(t, w.data() + r * row_size(t, cols), wr.data(), cols);
+        for (int64_t i = 0; i < cols; ++i) {
+          ASSERT_EQ(tiled[i * rows + r], wr[i]) << "tiled: row " << r << " element " << i;
+          ASSERT_EQ(few[i * rows + r], wr[i]) << "few-token: row " << r << " element " << i;
+        }
+      }
     }
-  }
 }
 
-// Tall matrices with several token groups: rows continue in gl_WorkGroupID.y while token groups are in z.
+// Tall matrices: rows continue in gl_WorkGroupID.y. The few-token shader (8 tokens: one row per workgroup) beyond
+// the grid's x, and the tiled one with several token tiles in z. (More row tiles of 64 than the grid's x holds,
+// 64 * 65535 rows, would need an output of 9 tokens x 4.2M rows = 151 MB, more than lavapipe lets one binding see:
+// 128 MiB. The tiled shader continues in y with mv_main.glsl's formula.)
 TEST(VulkanMatMul, TallMatrixWithTokenGroups) {
   OPEN_DEVICE_OR_SKIP(dev);
   gpu::Kernels k(dev);
   std::mt19937 rng(77);
-  const int64_t rows = int64_t(dev->info().max_workgroup_count[0]) + 1001;
-  check_matmul(k, rng, DType::Q8_0, rows, 32, 9);
+  const int64_t max_x = int64_t(dev->info().max_workgroup_count[0]);
+  check_matmul(k, rng, DType::Q8_0, max_x + 1001, 32, 8);
+  check_matmul(k, rng, DType::Q8_0, max_x + 1001, 32, 9);
   check_matmul(k, rng, DType::Q6_K, 257, 256, 17);
+  check_matmul(k, rng, DType::Q6_K, 257, 256, 70);
 }
 
 TEST(VulkanMatMul, BadArgumentsAreErrors) {

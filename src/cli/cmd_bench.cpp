@@ -51,7 +51,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["build_commit"] = "lokal";
   j["build_number"] = 0;
   j["cpu_info"] = r.cpu_info;
-  j["gpu_info"] = "";
+  j["gpu_info"] = r.gpu;
   j["backends"] = r.gpu.empty() ? "CPU" : "Vulkan";
   j["model_filename"] = r.model_filename;
   j["model_type"] = r.model_type;

@@ -82,8 +82,14 @@ void Kernels::matvec(Commands& c, DType t, const Buffer& w, const Buffer& x, Buf
 }
 
 namespace {
-constexpr int64_t kMatmulTokens = 8;  // NT of gpu/shaders/mv_common.glsl: tokens per workgroup (grid z)
-}
+constexpr int64_t kMatmulTokens = 8;  // NT of gpu/shaders/mv_main.glsl: tokens per workgroup (grid z)
+// The tiled shaders (gpu/shaders/mm_main.glsl) for more than kMatmulTokens tokens: a workgroup computes kTileRows
+// rows x kTileTokens tokens (row tiles in grid x, y; token tiles in z).
+constexpr int64_t kTileRows = 64, kTileTokens = 32;
+
+// mm_TYPE for mv_TYPE.
+std::string tiled_shader(const char* matvec_name) { return std::string("mm_") + (matvec_name + 3); }
+}  // namespace
 
 void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
                      int64_t n_tok) {
@@ -118,6 +124,14 @@ void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buf
   } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes),
          static_cast<uint32_t>(n_tok)};
   uint32_t gx, gy;
+  if (n_tok > kMatmulTokens) {
+    // Prompt processing: tiles of 64 rows x 32 tokens read and dequantize each weight once per 32 tokens (the
+    // few-token shader: once per 8). The check on groups_z above bounds n_tok for both (token tiles <= groups_z).
+    grid((rows + kTileRows - 1) / kTileRows, gx, gy);
+    c.dispatch(pipeline(tiled_shader(name), 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy,
+               static_cast<uint32_t>((n_tok + kTileTokens - 1) / kTileTokens));
+    return;
+  }
   grid(rows, gx, gy);
   c.dispatch(pipeline(name, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy,
              static_cast<uint32_t>(groups_z));

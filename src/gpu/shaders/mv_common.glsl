@@ -1,5 +1,6 @@
-// mv_common.glsl - shared by every matrix shader (mv_*.comp): y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tok
-// (matvec is n_tok = 1).
+// mv_common.glsl - shared by every matrix shader (mv_*.comp, mm_*.comp): y[t][r] = sum_c W[r][c] * x[t][c] for
+// t < n_tok (matvec is n_tok = 1). Each shader is mv_common.glsl, then w_TYPE.glsl (the type's unit_weights), then
+// the body: mv_main.glsl (the few-token kernel described below) or mm_main.glsl (the tiled kernel for many tokens).
 //
 // W is uploaded exactly as stored in the GGUF file: rows of `row_bytes` bytes, each a run of blocks of its type.
 // Blocks are 18, 20, 22, 34, 84, 110, 144, 176 or 210 bytes long, so they are not 4-byte aligned in general; the
@@ -17,14 +18,10 @@
 // (`precise` forbids fusing them into an fma), so each dequantized weight equals the CPU's bit for bit; only the
 // order of the f32 sum differs from a sequential dot product.
 #extension GL_GOOGLE_include_directive : require
-// [[unroll]] (mv_main.glsl's token and dot loops: constant indices keep acc[] and wv[] in registers). Not on the
-// dequantizing loops of unit_weights: spirv-opt's unroller drops the NoContraction decoration (`precise`) from the
-// copies it makes, and the optimizer then fuses them into fma.
+// [[unroll]] (mv_main.glsl's token and dot loops, mm_main.glsl's register-block loops: constant indices keep acc[]
+// and wv[] in registers). Not on the dequantizing loops of unit_weights (w_*.glsl): spirv-opt's unroller drops the
+// NoContraction decoration (`precise`) from the copies it makes, and the optimizer then fuses them into fma.
 #extension GL_EXT_control_flow_attributes : require
-
-#define WG 32
-#define NT 8  // tokens per workgroup (<= WG: thread t < NT writes token t's result)
-layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer Weights { uint w[]; };
 layout(std430, set = 0, binding = 1) readonly buffer Input { float x[]; };
@@ -48,5 +45,5 @@ float f16_at(uint b) { return unpackHalf2x16(u16_at(b)).x; }
 // 32-bit little-endian value at even byte offset b (two halves; b need not be 4-aligned).
 uint u32_at_even(uint b) { return u16_at(b) | (u16_at(b + 2u) << 16); }
 
-// Each mv_*.comp defines UNIT and `void unit_weights(uint row_base, uint u, out float wv[UNIT])`: the UNIT
+// Each w_TYPE.glsl defines UNIT and `void unit_weights(uint row_base, uint u, out float wv[UNIT])`: the UNIT
 // dequantized weights of unit u of the row starting at byte row_base, wv[l] = element u * UNIT + l.

@@ -1,4 +1,9 @@
-// mv_main.glsl - the body shared by the matrix shaders; included after unit_weights.
+// mv_main.glsl - the body of the few-token matrix shaders (mv_*.comp; see mv_common.glsl); included after
+// unit_weights. Kernels::matmul uses it for up to 8 tokens (decode); more tokens go to mm_main.glsl's tiles.
+#define WG 32
+#define NT 8  // tokens per workgroup (<= WG: thread t < NT writes token t's result)
+layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
+
 shared float partial[NT * WG];
 
 void main() {

@@ -1,0 +1,4 @@
+#version 450
+#include "mv_common.glsl"
+#include "w_q6_k.glsl"
+#include "mm_main.glsl"
