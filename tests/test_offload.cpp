@@ -388,6 +388,23 @@ TEST(GpuOffload, KvTypeWithoutAGpuKernelIsAClearError) {
   }
 }
 
+// A cache the device cannot hold (one layer's K above what one shader binding may see on lavapipe, 128 MiB; a real
+// GPU's limit is usually 4 GiB) is refused with the numbers, before any generation, not a crash.
+TEST(GpuOffload, TooLargeForTheDeviceIsAClearError) {
+  LOKAL_NEED_GPU();
+  const auto devs = gpu::list_devices();
+  ASSERT_FALSE(devs.empty());
+  const uint64_t limit = devs[0].max_storage_buffer_bytes;
+  // tinytales: 2 KV heads x 64 = 128 elements per position and layer, f32: 512 bytes.
+  const int64_t ctx = static_cast<int64_t>(limit / 512 + 4096);
+  if (ctx > (int64_t(1) << 24)) GTEST_SKIP() << "this device's binding limit is beyond any context lokal accepts";
+  const test::CliResult r = test::run_lokal("run -m " + test::data_path("models/real/tinytales-4m-f32.gguf") +
+                                            " -p hi -n 2 -ngl 99 -ctk f32 -ctv f32 --allow-long-ctx -c " +
+                                            std::to_string(ctx));
+  test::expect_one_line_error(r, "is more than one shader binding of", true);
+  EXPECT_NE(r.err.find("use a shorter context or a smaller KV type"), std::string::npos) << r.err;
+}
+
 TEST(GpuOffload, NoDeviceIsAClearErrorAndCpuStillWorks) {
   test::TempDir dir;
   const std::string model = test::data_path("models/real/stories260K.gguf");
