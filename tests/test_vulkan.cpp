@@ -40,27 +40,10 @@ using namespace lokal;
 
 namespace {
 
-constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of f32
-
-
-gpu::Buffer upload_floats(gpu::Device& dev, const std::vector<float>& v) {
-  gpu::Buffer b = dev.alloc(v.size() * sizeof(float));
-  dev.upload(b, v.data(), v.size() * sizeof(float));
-  return b;
-}
-
-std::vector<float> download_floats(gpu::Device& dev, const gpu::Buffer& b, size_t n) {
-  std::vector<float> v(n);
-  dev.download(b, v.data(), n * sizeof(float));
-  return v;
-}
-
-std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& f : v) f = d(rng);
-  return v;
-}
+using test::kU;
+using test::upload_vec;
+using test::download_floats;
+using test::random_floats;
 
 // `rows` rows of `cols` weights of type t, as random as the layout allows: every quant, scale and bit-field byte is
 // random (so all 6-bit scale codes, high bits and sign patterns occur), only the f16 block scales are set to finite
@@ -116,7 +99,7 @@ void check_matvec(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int
   const std::vector<float> x = random_floats(rng, static_cast<size_t>(cols), -1.0f, 1.0f);
   gpu::Buffer wb = dev.alloc(w.size());
   dev.upload(wb, w.data(), w.size());
-  gpu::Buffer xb = upload_floats(dev, x);
+  gpu::Buffer xb = upload_vec(dev, x);
   gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(rows) * 4);
   {
     gpu::Commands c(dev);
@@ -155,7 +138,7 @@ void check_matmul(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int
   const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
   gpu::Buffer wb = dev.alloc(w.size());
   dev.upload(wb, w.data(), w.size());
-  gpu::Buffer xb = upload_floats(dev, x);
+  gpu::Buffer xb = upload_vec(dev, x);
   gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
   {
     gpu::Commands c(dev);
@@ -199,7 +182,7 @@ void check_matmul(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int
 std::vector<float> run_matmul(gpu::Kernels& k, DType t, const gpu::Buffer& wb, const float* x, int64_t rows,
                               int64_t cols, int64_t n_tok) {
   gpu::Device& dev = k.device();
-  gpu::Buffer xb = upload_floats(dev, std::vector<float>(x, x + n_tok * cols));
+  gpu::Buffer xb = upload_vec(dev, std::vector<float>(x, x + n_tok * cols));
   gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
   gpu::Commands c(dev);
   k.matmul(c, t, wb, xb, yb, rows, cols, n_tok);
@@ -339,7 +322,7 @@ TEST(VulkanDevice, AllocationBeyondMemoryIsClearError) {
     }
   }
   std::vector<float> v = {1, 2, 3};
-  gpu::Buffer b = upload_floats(*dev, v);
+  gpu::Buffer b = upload_vec(*dev, v);
   EXPECT_EQ(download_floats(*dev, b, 3), v);
 }
 
@@ -398,7 +381,7 @@ TEST(VulkanOps, RmsNormMatchesReference) {
       SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(n));
       const auto x = random_floats(rng, rows * n, -3.0f, 3.0f);
       const auto w = random_floats(rng, n, -2.0f, 2.0f);
-      gpu::Buffer xb = upload_floats(*dev, x), wb = upload_floats(*dev, w), yb = dev->alloc(rows * n * 4);
+      gpu::Buffer xb = upload_vec(*dev, x), wb = upload_vec(*dev, w), yb = dev->alloc(rows * n * 4);
       gpu::Commands c(*dev);
       k.rms_norm(c, xb, wb, yb, rows, n, 1e-5f);
       c.submit_and_wait();
@@ -424,7 +407,7 @@ TEST(VulkanOps, SwigluMatchesReference) {
   for (int64_t n : {1, 63, 64, 65, 100003}) {
     SCOPED_TRACE(n);
     const auto g = random_floats(rng, n, -12.0f, 12.0f), up = random_floats(rng, n, -2.0f, 2.0f);
-    gpu::Buffer gb = upload_floats(*dev, g), ub = upload_floats(*dev, up), ob = dev->alloc(n * 4);
+    gpu::Buffer gb = upload_vec(*dev, g), ub = upload_vec(*dev, up), ob = dev->alloc(n * 4);
     gpu::Commands c(*dev);
     k.swiglu(c, gb, ub, ob, n);
     c.submit_and_wait();
@@ -446,7 +429,7 @@ TEST(VulkanOps, AddIsExact) {
   for (int64_t n : {1, 64, 65, 1000003}) {
     auto y = random_floats(rng, n, -100.0f, 100.0f);
     const auto x = random_floats(rng, n, -1.0f, 1.0f);
-    gpu::Buffer yb = upload_floats(*dev, y), xb = upload_floats(*dev, x);
+    gpu::Buffer yb = upload_vec(*dev, y), xb = upload_vec(*dev, x);
     gpu::Commands c(*dev);
     k.add(c, yb, xb, n);
     c.submit_and_wait();
@@ -468,7 +451,7 @@ TEST(VulkanOps, ChainedKernelsWithBarriers) {
   const auto x = random_floats(rng, d, -1.0f, 1.0f), nw = random_floats(rng, d, 0.5f, 1.5f);
   const auto wg = random_weights(rng, DType::Q4_K, ff, d), wu = random_weights(rng, DType::Q4_K, ff, d);
   const auto wd = random_weights(rng, DType::Q6_K, d, ff);
-  gpu::Buffer xb = upload_floats(*dev, x), nwb = upload_floats(*dev, nw), nb = dev->alloc(d * 4);
+  gpu::Buffer xb = upload_vec(*dev, x), nwb = upload_vec(*dev, nw), nb = dev->alloc(d * 4);
   gpu::Buffer gb = dev->alloc(wg.size()), ub = dev->alloc(wu.size()), db = dev->alloc(wd.size());
   dev->upload(gb, wg.data(), wg.size());
   dev->upload(ub, wu.data(), wu.size());
@@ -669,7 +652,7 @@ TEST(VulkanOps, AddBiasIsExact) {
       SCOPED_TRACE(std::to_string(n_tok) + " x " + std::to_string(n));
       auto y = random_floats(rng, n * n_tok, -100.0f, 100.0f);
       const auto b = random_floats(rng, n, -1.0f, 1.0f);
-      gpu::Buffer yb = upload_floats(*dev, y), bb = upload_floats(*dev, b);
+      gpu::Buffer yb = upload_vec(*dev, y), bb = upload_vec(*dev, b);
       gpu::Commands c(*dev);
       k.add_bias(c, yb, bb, n, n_tok);
       c.submit_and_wait();
@@ -719,7 +702,7 @@ TEST(VulkanOps, RopeMatchesCpuBitForBit) {
       p.neox = neox;
       p.freq_factors = cs.factors ? ff.data() : nullptr;
       const auto table = host_rope_table(pos, cs.rope_dim, p);
-      gpu::Buffer xb = upload_floats(*dev, x), cb = upload_floats(*dev, table);
+      gpu::Buffer xb = upload_vec(*dev, x), cb = upload_vec(*dev, table);
       gpu::Commands c(*dev);
       k.rope(c, xb, cb, cs.n_tok, cs.n_heads, cs.head_dim, cs.rope_dim, neox);
       c.submit_and_wait();

@@ -50,23 +50,10 @@ using namespace lokal;
 
 namespace {
 
-constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of f32
+using test::kU;
+using test::upload_vec;
+using test::random_floats;
 double gamma_k(double k) { return k * kU / (1 - k * kU); }
-
-
-template <class T>
-gpu::Buffer upload_vec(gpu::Device& dev, const std::vector<T>& v) {
-  gpu::Buffer b = dev.alloc(std::max<size_t>(v.size() * sizeof(T), 4));
-  if (!v.empty()) dev.upload(b, v.data(), v.size() * sizeof(T));
-  return b;
-}
-
-std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi) {
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& f : v) f = d(rng);
-  return v;
-}
 
 // One f32 row converted to the device layout (gpu/kernels.h) with the CPU's conversions, written as row `row` of a
 // cache image of n_rows rows.
@@ -359,6 +346,32 @@ TEST(VulkanKV, StoreIsBitExact) {
 // Q8_0 over many blocks whose magnitudes span 2^-100 .. 2^100 (d's f16 from zero through denormals to inf; the
 // divisions amax/127 and 1/d over many significands): kv_store's bytes equal quantize_row's. (The shader divides
 // with integer long division, div_rn in kv_common.glsl, because Vulkan lets `/` be off by 2.5 ULP.)
+// Copy-on-write of a page: rows [0, 64) copied over rows [64, 128) of a 192-row cache: the copied rows equal the
+// source's bytes in every region of the layout (Q8_0: quants and scales), the other rows stay as they were.
+TEST(VulkanKV, CopyRowsCopiesEveryRegion) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(7);
+  const int64_t n_rows = 192, width = 64;
+  for (DType t : {DType::F32, DType::F16, DType::Q8_0}) {
+    const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_rows * width), -3, 3);
+    std::vector<uint8_t> img(gpu::Kernels::kv_bytes(t, n_rows, width)), want;
+    for (int64_t r = 0; r < n_rows; ++r) put_device_row(t, x.data() + r * width, width, n_rows, r, img);
+    want = img;
+    for (int64_t r = 0; r < 64; ++r) put_device_row(t, x.data() + r * width, width, n_rows, 64 + r, want);
+    gpu::Buffer cache = upload_vec(*dev, img);
+    gpu::Commands c(*dev);
+    k.kv_copy_rows(c, cache, t, n_rows, width, 0, 64, 64);
+    c.submit_and_wait();
+    std::vector<uint8_t> got(img.size());
+    dev->download(cache, got.data(), got.size());
+    EXPECT_TRUE(got == want) << type_name(t);
+    gpu::Commands bad(*dev);
+    EXPECT_THROW(k.kv_copy_rows(bad, cache, t, n_rows, width, 0, 32, 64), Error) << "overlapping rows";
+    EXPECT_THROW(k.kv_copy_rows(bad, cache, t, n_rows, width, 0, 160, 64), Error) << "past the end";
+  }
+}
+
 TEST(VulkanKV, StoreQ8WideRangeIsBitExact) {
   OPEN_DEVICE_OR_SKIP(dev);
   gpu::Kernels k(dev);

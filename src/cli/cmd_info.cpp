@@ -51,7 +51,9 @@ void info_devices() {
 
 void info(const InfoArgs& a) {
   set_log_level(LogLevel::Warn);
-  auto model = Model::load(a.model, LoadOptions{.use_mmap = true, .mlock = false, .prefetch = false});
+  LoadOptions lo;
+  lo.prefetch = false;
+  auto model = Model::load(a.model, lo);
   const ModelConfig& c = model->config();
   const GGUFFile& f = model->gguf();
   const Vocab& v = model->vocab();

@@ -518,8 +518,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
             std::fprintf(stderr, "lokal serve: gpu: %lld of %lld layers on %s (output on the %s), device memory %s\n",
                          static_cast<long long>(dm->n_layers()), static_cast<long long>(engine.model().config().n_layer),
                          dm->info().name.c_str(), dm->output_on_device() ? "GPU" : "CPU",
-                         format_bytes(static_cast<double>(dm->weight_bytes() + engine.scheduler().kv_pool().cache().device_bytes() +
-                                                          engine.scheduler().device_scratch_bytes())).c_str());
+                         format_bytes(static_cast<double>(engine.device_bytes())).c_str());
           if (!engine.template_error().empty())
             std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
         });

@@ -376,7 +376,7 @@ Buffer Device::staging(uint64_t bytes) { return make_buffer(bytes, true); }
 
 Buffer Device::make_buffer(uint64_t bytes, bool host_visible) {
   const VkFns& f = vk();
-  const uint64_t size = std::max<uint64_t>(16, (bytes + 15) & ~uint64_t(15));
+  const uint64_t size = allocation_bytes(bytes);
   auto oom = [&](const std::string& why) {
     return OutOfMemory("GPU out of memory: " + std::to_string(bytes) + " bytes (" + bytes_text(bytes) + ") asked for on " +
                            info_.name + ", " + why,

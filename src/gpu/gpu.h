@@ -84,6 +84,8 @@ class Device : public std::enable_shared_from_this<Device> {
   // A device-local storage buffer of `bytes` (rounded up to a multiple of 16, so shaders may read whole 32-bit
   // words past an odd-sized end). Throws OutOfMemory when the device cannot hold it.
   Buffer alloc(uint64_t bytes);
+  // The bytes alloc(bytes) and staging(bytes) take (for memory planning without a device).
+  static uint64_t allocation_bytes(uint64_t bytes) { return bytes < 16 ? 16 : (bytes + 15) & ~uint64_t(15); }
   // A host-visible, host-coherent, mapped buffer (staging for upload/download).
   Buffer staging(uint64_t bytes);
 

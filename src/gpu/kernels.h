@@ -55,6 +55,10 @@ class Kernels {
   //         and q = round(x / d) as core/quant.cpp's quantize_row_q8_0 does.
   static bool supports_kv(DType t);  // F32, F16, Q8_0
   static uint64_t kv_bytes(DType t, int64_t n_rows, int64_t width);
+  // Copies rows [src_row, src_row + count) of a cache over rows [dst_row, dst_row + count) (copy-on-write of a page):
+  // one copy per region of the layout (two for Q8_0: quants, scales). The ranges must not overlap.
+  void kv_copy_rows(Commands& c, Buffer& cache, DType t, int64_t n_rows, int64_t width, int64_t src_row,
+                    int64_t dst_row, int64_t count);
   // cache[meta[row_off + t]] = src[t] (converted) for t < n_tok; src holds n_tok x width f32.
   void kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
                 const Buffer& meta, uint32_t row_off, int64_t n_tok);

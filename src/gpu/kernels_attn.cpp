@@ -76,6 +76,26 @@ uint64_t Kernels::kv_bytes(DType t, int64_t n_rows, int64_t width) {
   return checked_kv_bytes(t, n_rows, width, "kv_bytes");
 }
 
+void Kernels::kv_copy_rows(Commands& c, Buffer& cache, DType t, int64_t n_rows, int64_t width, int64_t src_row,
+                           int64_t dst_row, int64_t count) {
+  need_bytes(cache, checked_kv_bytes(t, n_rows, width, "kv_copy_rows"), "kv_copy_rows", "cache");
+  check_range(count, 0, n_rows, "kv_copy_rows", "row count");
+  check_range(src_row, 0, n_rows - count, "kv_copy_rows", "source row");
+  check_range(dst_row, 0, n_rows - count, "kv_copy_rows", "destination row");
+  if (count == 0 || src_row == dst_row) return;
+  if (std::max(src_row, dst_row) - std::min(src_row, dst_row) < count)
+    fail("kv_copy_rows", "the source and destination rows overlap");
+  const uint64_t w = static_cast<uint64_t>(width), n = static_cast<uint64_t>(count);
+  const uint64_t s = static_cast<uint64_t>(src_row), d = static_cast<uint64_t>(dst_row);
+  // Bytes per row of each region of the layout (gpu/kernels.h): the elements, then (Q8_0) one f32 scale per 32.
+  const uint64_t rb = t == DType::F32 ? 4 * w : t == DType::F16 ? 2 * w : w;
+  c.copy(cache, cache, n * rb, s * rb, d * rb);
+  if (t == DType::Q8_0) {
+    const uint64_t base = static_cast<uint64_t>(n_rows) * w, sb = w / 32 * 4;
+    c.copy(cache, cache, n * sb, base + s * sb, base + d * sb);
+  }
+}
+
 void Kernels::kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
                        const Buffer& meta, uint32_t row_off, int64_t n_tok) {
   const uint64_t bytes = checked_kv_bytes(t, n_rows, width, "kv_store");

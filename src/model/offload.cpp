@@ -28,32 +28,9 @@ bool device_can_hold(const WeightView& w, uint64_t max_binding) {
 
 }  // namespace
 
-int64_t offloaded_layers(const ModelConfig& c, int n_gpu_layers) {
-  return std::clamp<int64_t>(n_gpu_layers, 0, c.n_layer);
-}
-
-uint64_t DeviceModel::weight_bytes_for(const Model& m, int64_t n, bool* output_on_device) {
-  const ModelConfig& c = m.config();
-  n = std::clamp<int64_t>(n, 0, c.n_layer);
-  uint64_t b = 0;
-  auto vec = [](int64_t k) { return (static_cast<uint64_t>(k) * 4 + 15) / 16 * 16; };
-  for (int64_t l = c.n_layer - n; l < c.n_layer; ++l) {
-    const LayerWeights& L = m.layers[static_cast<size_t>(l)];
-    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      b += (matrix_bytes(*w) + 15) / 16 * 16;
-    b += 2 * vec(c.n_embd);
-    if (L.bq) b += vec(c.n_embd_q()) + vec(c.n_embd_k()) + vec(c.n_embd_v());
-  }
-  // The output goes too when every layer does and any device could take it (the binding limit is checked at upload).
-  const bool out = n == c.n_layer && n > 0 && gpu::Kernels::supports_matvec(m.output.type);
-  if (out) b += (matrix_bytes(m.output) + 15) / 16 * 16 + vec(c.n_embd);
-  if (output_on_device) *output_on_device = out;
-  return b;
-}
-
 std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOptions& opt) {
   const ModelConfig& c = m.config();
-  const int64_t n = offloaded_layers(c, opt.n_gpu_layers);
+  const int64_t n = std::clamp<int64_t>(opt.n_gpu_layers, 0, c.n_layer);
   if (n <= 0) return nullptr;
   std::unique_ptr<DeviceModel> dm(new DeviceModel());
   try {
@@ -130,10 +107,9 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
 
 uint64_t DeviceKV::bytes_for(const ModelConfig& c, int64_t n_layers, int64_t n_pages, DType type_k, DType type_v) {
   const int64_t rows = n_pages * 64;
-  auto r16 = [](uint64_t b) { return (b + 15) / 16 * 16; };
   return static_cast<uint64_t>(n_layers) *
-         (r16(gpu::Kernels::kv_bytes(type_k, rows, c.n_head_kv * c.head_dim)) +
-          r16(gpu::Kernels::kv_bytes(type_v, rows, c.n_head_kv * c.head_dim_v)));
+         (gpu::Device::allocation_bytes(gpu::Kernels::kv_bytes(type_k, rows, c.n_head_kv * c.head_dim)) +
+          gpu::Device::allocation_bytes(gpu::Kernels::kv_bytes(type_v, rows, c.n_head_kv * c.head_dim_v)));
 }
 
 DeviceKV::DeviceKV(DeviceModel& dm, const ModelConfig& c, int64_t n_pages, DType type_k, DType type_v)
@@ -162,25 +138,10 @@ void DeviceKV::copy_page(int64_t dst, int64_t src) {
   if (dst == src) return;
   auto lk = dm_.lock();
   gpu::Commands cmd(dm_.device());
-  const uint64_t rows = static_cast<uint64_t>(n_pages_) * 64;
-  // The byte spans of 64 rows from `row0` in a cache of the given type: one span, or two for Q8_0 (quants, scales).
-  auto copy_rows = [&](gpu::Buffer& b, DType t, int64_t width) {
-    const uint64_t w = static_cast<uint64_t>(width);
-    if (t == DType::Q8_0) {
-      cmd.copy(b, b, 64 * w, static_cast<uint64_t>(src) * 64 * w,
-               static_cast<uint64_t>(dst) * 64 * w);
-      const uint64_t d0 = rows * w, dw = w / 32 * 4;
-      cmd.copy(b, b, 64 * dw, d0 + static_cast<uint64_t>(src) * 64 * dw,
-               d0 + static_cast<uint64_t>(dst) * 64 * dw);
-    } else {
-      const uint64_t rb = w * (t == DType::F32 ? 4 : 2);
-      cmd.copy(b, b, 64 * rb, static_cast<uint64_t>(src) * 64 * rb,
-               static_cast<uint64_t>(dst) * 64 * rb);
-    }
-  };
+  const int64_t rows = n_pages_ * 64;
   for (size_t i = 0; i < k_.size(); ++i) {
-    copy_rows(k_[i], type_k_, width_k_);
-    copy_rows(v_[i], type_v_, width_v_);
+    dm_.kernels().kv_copy_rows(cmd, k_[i], type_k_, rows, width_k_, src * 64, dst * 64, 64);
+    dm_.kernels().kv_copy_rows(cmd, v_[i], type_v_, rows, width_v_, src * 64, dst * 64, 64);
   }
   cmd.submit_and_wait();
 }

@@ -34,9 +34,6 @@ struct OffloadOptions {
   uint32_t device = 0;   // index in gpu::list_devices() (`lokal info --devices`)
 };
 
-// How many of a model's layers go to the device for a requested N (-ngl 99 on a 22-layer model: 22).
-int64_t offloaded_layers(const ModelConfig& c, int n_gpu_layers);
-
 class DeviceModel {
  public:
   struct Matrix {
@@ -52,7 +49,7 @@ class DeviceModel {
 
   // Opens the device and uploads the weights of the offloaded layers (and the output, when all are offloaded).
   // Call before the CPU repacks any matrix (the device reads the file's layouts). Throws lokal::Error: no Vulkan,
-  // a weight type without a shader, gpu::OutOfMemory naming the bytes. `progress` (may be empty) gets done/total bytes.
+  // a weight type without a shader, gpu::OutOfMemory naming the bytes.
   static std::unique_ptr<DeviceModel> create(const Model& m, const OffloadOptions& opt);
 
   gpu::Kernels& kernels() { return *kernels_; }
@@ -70,8 +67,6 @@ class DeviceModel {
   // The file byte ranges [offset, end) of the uploaded matrices: the CPU never reads them, so the loader neither
   // prefetches nor keeps them (MappedFile::release after each upload).
   const std::vector<std::pair<size_t, size_t>>& file_ranges() const { return file_ranges_; }
-  // Device bytes this model's weights will take for a request (before opening any device: for planning).
-  static uint64_t weight_bytes_for(const Model& m, int64_t n_offloaded, bool* output_on_device = nullptr);
 
  private:
   DeviceModel() = default;

@@ -90,8 +90,8 @@ ModelFacts ModelFacts::from_gguf(const GGUFFile& gguf, const std::string& path) 
     for (auto s : v->arr_str) m.merge_text_bytes += s.size();
   }
   m.type_label = model_file_type(gguf);  // model/config.h: the name info, bench and compare show too
-  // GPU offload sizes (model/offload.cpp's DeviceModel::create: every buffer rounded up to 16 bytes; vectors f32).
-  auto r16 = [](uint64_t b) { return (b + 15) / 16 * 16; };
+  // GPU offload sizes (model/offload.cpp's DeviceModel::create: one device buffer per tensor; vectors as f32).
+  auto r16 = gpu::Device::allocation_bytes;
   m.layer_gpu_bytes.assign(static_cast<size_t>(m.cfg.n_layer), 0);
   m.layer_matrix_bytes.assign(static_cast<size_t>(m.cfg.n_layer), 0);
   for (const auto& t : f->tensors()) {
@@ -144,11 +144,11 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
     e.gpu_layers = n;
     e.gpu_output = n == c.n_layer && m.output_gpu_ok;
     uint64_t freed = 0;
+    // Facts made without a file (tests): the tensor bytes spread evenly over the layers.
+    const bool known = m.layer_gpu_bytes.size() == static_cast<size_t>(c.n_layer) &&
+                       m.layer_matrix_bytes.size() == static_cast<size_t>(c.n_layer);
+    const uint64_t even = m.tensor_bytes / static_cast<uint64_t>(c.n_layer + 1);
     for (int64_t l = c.n_layer - n; l < c.n_layer; ++l) {
-      // Facts made without a file (tests): the tensor bytes spread evenly over the layers.
-      const bool known = m.layer_gpu_bytes.size() == static_cast<size_t>(c.n_layer) &&
-                         m.layer_matrix_bytes.size() == static_cast<size_t>(c.n_layer);
-      const uint64_t even = m.tensor_bytes / static_cast<uint64_t>(c.n_layer + 1);
       e.gpu_weights_bytes += known ? m.layer_gpu_bytes[static_cast<size_t>(l)] : even;
       freed += known ? m.layer_matrix_bytes[static_cast<size_t>(l)] : even;
     }
@@ -264,17 +264,17 @@ Plan make_plan(const PlanRequest& req) {
     // GPU layers: fixed (-ngl), or the most that fit the VRAM budget (0 when the model or a cache type has no GPU
     // kernel: the device holds f32, f16 and q8_0 caches).
     const ModelFacts& m = req.models[mi];
-    auto gpu_kv = [](DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; };
-    const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && gpu_kv(kv.first) && gpu_kv(kv.second);
-    int ngl = req.n_gpu_layers.value_or(0);
+    const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && gpu::Kernels::supports_kv(kv.first) &&
+                          gpu::Kernels::supports_kv(kv.second);
     if (!req.n_gpu_layers && req.vram_bytes > 0 && gpu_able) {
-      // All layers (and the output) if they fit, else the most that do; device bytes grow with N.
-      for (ngl = static_cast<int>(m.cfg.n_layer); ngl > 0; --ngl) {
+      // All layers (and the output) if they fit, else the most that do (device bytes grow with N), else none.
+      for (int ngl = static_cast<int>(m.cfg.n_layer); ngl >= 0; --ngl) {
         estimate(ngl);
-        if (c.gpu_bytes <= req.vram_bytes) break;
+        if (ngl == 0 || c.gpu_bytes <= req.vram_bytes) break;
       }
+    } else {
+      estimate(req.n_gpu_layers.value_or(0));
     }
-    estimate(ngl);
     c.fits = c.total_bytes <= req.ram_bytes && (req.vram_bytes == 0 || c.gpu_bytes <= req.vram_bytes);
     return c;
   };
@@ -357,11 +357,10 @@ Plan make_plan(const PlanRequest& req) {
     plan.notes.push_back(g);
   } else if (req.vram_bytes > 0) {
     const ModelFacts& m = req.models[c.model];
-    auto gpu_kv = [](DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; };
     plan.notes.push_back(
         "GPU: no layer offloaded: " +
         std::string(!m.gpu_ok ? "a weight type of " + m.path + " has no GPU kernel"
-                    : !(gpu_kv(c.settings.type_k) && gpu_kv(c.settings.type_v))
+                    : !(gpu::Kernels::supports_kv(c.settings.type_k) && gpu::Kernels::supports_kv(c.settings.type_v))
                         ? "the GPU holds f32, f16 and q8_0 KV caches only"
                         : "not even one layer fits in " + mib(req.vram_bytes) + " of VRAM"));
   }

@@ -105,6 +105,11 @@ class Engine {
   const Scheduler& scheduler() const { return *sched_; }
   std::shared_ptr<const TokenIndex> token_index();  // built on first use (grammars)
   double load_seconds() const { return load_seconds_; }
+  // GPU offload: device memory of the weights, the KV cache and the scheduler's scratch (0 without -ngl).
+  uint64_t device_bytes() const {
+    const DeviceModel* dm = model().device();
+    return dm ? dm->weight_bytes() + sched_->kv_pool().cache().device_bytes() + sched_->device_scratch_bytes() : 0;
+  }
   int64_t n_ctx() const { return sched_->options().n_ctx; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
 

@@ -384,9 +384,8 @@ ModelStatus Router::status(size_t i) const {
   m.loads = s.loads;
   if (s.state == Slot::State::Loaded && s.engine)
     if (const DeviceModel* dm = s.engine->model().device()) {
-      const Scheduler& sc = s.engine->scheduler();
       m.gpu_layers = dm->n_layers();
-      m.vram_bytes = dm->weight_bytes() + sc.kv_pool().cache().device_bytes() + sc.device_scratch_bytes();
+      m.vram_bytes = s.engine->device_bytes();
     }
   if (const auto it = residency_.entries().find(s.spec.name); it != residency_.entries().end()) {
     m.in_flight = it->second.in_flight;

@@ -4,9 +4,12 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "gpu/gpu.h"
 
@@ -15,6 +18,29 @@ namespace lokal::test {
 inline bool no_gpu_allowed() {
   const char* e = std::getenv("LOKAL_TEST_NO_GPU");
   return e && std::string(e) == "1";
+}
+
+constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of f32
+
+// A device buffer holding v (at least 4 bytes, so an empty vector still gives a bindable buffer).
+template <class T>
+gpu::Buffer upload_vec(gpu::Device& dev, const std::vector<T>& v) {
+  gpu::Buffer b = dev.alloc(std::max<size_t>(v.size() * sizeof(T), 4));
+  if (!v.empty()) dev.upload(b, v.data(), v.size() * sizeof(T));
+  return b;
+}
+
+inline std::vector<float> download_floats(gpu::Device& dev, const gpu::Buffer& b, size_t n) {
+  std::vector<float> v(n);
+  dev.download(b, v.data(), n * sizeof(float));
+  return v;
+}
+
+inline std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& f : v) f = d(rng);
+  return v;
 }
 
 }  // namespace lokal::test
