@@ -329,7 +329,7 @@ TEST(PlanCli, JsonBreakdownAndTiers) {
   EXPECT_EQ(j["settings"]["cache_type_k"], "f16");
 
   // Tiers from one call: each budget gets its own plan, smaller budgets smaller files.
-  r = run_lokal("plan -m " + f32 + " -m " + q8 + " -m " + q4 + " --ram 64MiB,26MiB,16MiB --json -t 2");
+  r = run_lokal("plan -m " + f32 + " -m " + q8 + " -m " + q4 + " --ram 64MiB,26MiB,17MiB --json -t 2");
   ASSERT_EQ(r.rc, 0) << r.err;
   j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.size(), 3u);
