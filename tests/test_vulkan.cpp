@@ -727,3 +727,221 @@ TEST(VulkanOps, RopeBadArgumentsAreErrors) {
   EXPECT_THROW(k.rope(c, x, cs, 1 << 20, 1 << 20, 1 << 20, 2, false), Error);  // 2^60 elements (no overflow)
   EXPECT_NO_THROW(k.rope(c, x, cs, 2, 2, 64, 8, true));         // 2 x 8 cos/sin = 64 bytes: fits
 }
+
+// ---------------------------------------------------------------------------------------------
+// The int8 path (Kernels::quantize_q8 + matmul_q8). Both are forced on (set_int8) wherever the device can run them
+// (lavapipe can: integer dot products and subgroup arithmetic, not accelerated).
+
+namespace {
+
+struct Q8Block {
+  float d;
+  int8_t q[32];
+  int sum_lo, sum_hi;
+};
+
+// The activation blocks as quantize_q8 laid them out (gpu/shaders/quantize_q8.comp).
+std::vector<Q8Block> download_q8(gpu::Device& dev, const gpu::Buffer& xq, int64_t n_blocks) {
+  std::vector<uint32_t> words(static_cast<size_t>(n_blocks) * 10);
+  dev.download(xq, words.data(), words.size() * 4);
+  std::vector<Q8Block> out(static_cast<size_t>(n_blocks));
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    std::memcpy(out[b].q, &words[8 * b], 32);
+    std::memcpy(&out[b].d, &words[8 * n_blocks + 2 * b], 4);
+    const uint32_t s = words[8 * n_blocks + 2 * b + 1];
+    out[b].sum_lo = static_cast<int16_t>(s & 0xFFFF);
+    out[b].sum_hi = static_cast<int16_t>(s >> 16);
+  }
+  return out;
+}
+
+// quantize_q8's specification, checked on every block: d is max|x| / 127 rounded to f16 precision (the shader's
+// division may be off by 2.5 ulp in Vulkan, which f16 rounding absorbs unless the quotient lies right at an f16
+// rounding boundary: allowed one f16 step); every code is round(x / d) within one step of the exact quotient (the
+// shader multiplies by a reciprocal, itself within 2.5 ulp), in [-127, 127], and the two sums are the codes' sums.
+void check_quantized(const std::vector<float>& x, const std::vector<Q8Block>& q) {
+  int bad = 0;
+  for (size_t b = 0; b < q.size() && bad < 5; ++b) {
+    const float* xb = x.data() + 32 * b;
+    float amax = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const double d_exact = amax / 127.0;
+    const float d16 = fp16_to_fp32(fp32_to_fp16(static_cast<float>(d_exact)));
+    if (!(std::fabs(q[b].d - d16) <= std::ldexp(std::fabs(d16), -10))) {
+      ++bad;
+      ADD_FAILURE() << "block " << b << ": d " << q[b].d << ", expected " << d16;
+    }
+    int lo = 0, hi = 0;
+    for (int i = 0; i < 32; ++i) {
+      const double r = d_exact > 0 ? xb[i] / d_exact : 0.0;
+      if (!(std::fabs(q[b].q[i] - r) <= 0.5 + 1e-5) || q[b].q[i] == -128) {
+        ++bad;
+        ADD_FAILURE() << "block " << b << " element " << i << ": code " << int(q[b].q[i]) << " for " << r;
+      }
+      (i < 16 ? lo : hi) += q[b].q[i];
+    }
+    if (lo != q[b].sum_lo || hi != q[b].sum_hi) {
+      ++bad;
+      ADD_FAILURE() << "block " << b << ": sums " << q[b].sum_lo << ", " << q[b].sum_hi << " expected " << lo << ", "
+                    << hi;
+    }
+  }
+}
+
+// The constant part of each weight of the int8 path's split w = wd * code + wm: the weights dequantized with every
+// code field zeroed (scales and offsets kept). For the types without an offset it is not needed (the codes are
+// symmetric: w = wd * code exactly).
+std::vector<float> weight_offsets(DType t, std::vector<uint8_t> w, int64_t rows, int64_t cols) {
+  const TypeInfo* ti = type_info(t);
+  const size_t nb = static_cast<size_t>(rows * cols / ti->block_size);
+  for (size_t i = 0; i < nb; ++i) {
+    uint8_t* p = w.data() + i * ti->type_size;
+    switch (t) {
+      case DType::Q4_1: std::memset(p + 4, 0, 16); break;
+      case DType::Q5_1: std::memset(p + 4, 0, 20); break;
+      case DType::Q4_K: std::memset(p + 16, 0, 128); break;
+      case DType::Q5_K: std::memset(p + 16, 0, 160); break;
+      default: return std::vector<float>(static_cast<size_t>(rows * cols), 0.0f);
+    }
+  }
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) dequantize_row(t, w.data() + r * row_size(t, cols), out.data() + r * cols, cols);
+  return out;
+}
+
+// matmul_q8 against the double-precision product of the dequantized weights with the activation codes the device
+// made (sum over blocks of d_a * sum_e w_e * code_e). The shader's integer sums are exact; each term then passes
+// through a few roundings (wd * isum, the offset term, the adds, d_a *) and the sums over units (at most units / 32
+// per thread, a 5-level subgroup tree, the subgroups' partials), so its relative error is below
+// gamma_(units + 32) of the magnitude sum_e (|w_e - wm_e| + |wm_e|) |code_e d_a| (the reference's own weights, f32
+// roundings of wd * code + wm, are inside the same bound). One wrong code in a 256-column row moves the result by
+// ~1/256 of that magnitude, 100x the bound.
+void check_matmul_q8(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, int64_t cols, int64_t n_tok) {
+  SCOPED_TRACE(std::string(type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols) + ", " +
+               std::to_string(n_tok) + " tokens");
+  gpu::Device& dev = k.device();
+  const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+  const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
+  gpu::Buffer wb = dev.alloc(w.size());
+  dev.upload(wb, w.data(), w.size());
+  gpu::Buffer xb = upload_vec(dev, x);
+  gpu::Buffer xq = dev.alloc(gpu::Kernels::q8_bytes(cols, n_tok));
+  gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
+  {
+    gpu::Commands c(dev);
+    k.quantize_q8(c, xb, xq, cols, n_tok);
+    c.barrier();
+    k.matmul_q8(c, t, wb, xq, yb, rows, cols, n_tok);
+    c.submit_and_wait();
+  }
+  const std::vector<float> y = download_floats(dev, yb, static_cast<size_t>(n_tok * rows));
+  const std::vector<Q8Block> q = download_q8(dev, xq, n_tok * cols / 32);
+  check_quantized(x, q);
+  const std::vector<float> wm = weight_offsets(t, w, rows, cols);
+  const int64_t units = cols / 32;
+  const double n = static_cast<double>(units + 32);
+  const double gamma = n * kU / (1 - n * kU);
+  std::vector<float> wr(static_cast<size_t>(cols));
+  int bad = 0;
+  for (int64_t r = 0; r < rows && bad < 5; ++r) {
+    dequantize_row(t, w.data() + r * row_size(t, cols), wr.data(), cols);
+    for (int64_t tok = 0; tok < n_tok && bad < 5; ++tok) {
+      double ref = 0, mag = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const Q8Block& a = q[tok * units + c / 32];
+        const double av = static_cast<double>(a.d) * a.q[c % 32];
+        const double off = wm[r * cols + c];
+        ref += wr[c] * av;
+        mag += (std::fabs(wr[c] - off) + std::fabs(off)) * std::fabs(av);
+      }
+      const float got = y[tok * rows + r];
+      const double err = std::fabs(got - ref), tol = gamma * mag;
+      if (!(err <= tol)) {
+        ++bad;
+        ADD_FAILURE() << "token " << tok << " row " << r << ": gpu " << got << " reference " << ref << " error "
+                      << err << " > bound " << tol;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST(VulkanInt8, DeviceReportsTheFeatures) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  const gpu::DeviceInfo& d = dev->info();
+  EXPECT_EQ(k.int8_capable(), d.int8_dot && d.subgroup_arithmetic);
+  if (d.name.find("llvmpipe") != std::string::npos) {
+    // Mesa 22.3's lavapipe: VK_KHR_shader_integer_dot_product (not accelerated) and subgroup arithmetic.
+    EXPECT_TRUE(d.int8_dot);
+    EXPECT_TRUE(d.subgroup_arithmetic);
+    EXPECT_FALSE(d.int8_dot_accelerated);
+  }
+  const char* env = std::getenv("LOKAL_GPU_INT8");
+  if (!env) {
+    EXPECT_EQ(k.int8(), k.int8_capable() && d.int8_dot_accelerated) << "the default: on where accelerated";
+  }
+}
+
+TEST(VulkanInt8, QuantizeMeetsItsSpecification) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  ASSERT_TRUE(k.int8_capable()) << dev->info().name << " cannot run the int8 path";
+  std::mt19937 rng(41);
+  const int64_t cols = 4096, n_tok = 5;
+  std::vector<float> x = random_floats(rng, static_cast<size_t>(cols * n_tok), -3.0f, 3.0f);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // an all-zero block: d = 0, codes 0
+  for (int i = 0; i < 32; ++i) x[128 + i] = i % 2 ? 1e-3f : -2e4f;  // wide range, ties at the max
+  gpu::Buffer xb = upload_vec(*dev, x);
+  gpu::Buffer xq = dev->alloc(gpu::Kernels::q8_bytes(cols, n_tok));
+  gpu::Commands c(*dev);
+  k.quantize_q8(c, xb, xq, cols, n_tok);
+  c.submit_and_wait();
+  const std::vector<Q8Block> q = download_q8(*dev, xq, cols * n_tok / 32);
+  check_quantized(x, q);
+  EXPECT_EQ(q[2].d, 0.0f);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(q[2].q[i], 0);
+  for (int i = 0; i < 32; i += 2) EXPECT_EQ(q[4].q[i], -127);
+}
+
+TEST(VulkanInt8, MatmulMatchesReferenceForEveryType) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  ASSERT_TRUE(k.int8_capable()) << dev->info().name << " cannot run the int8 path";
+  k.set_int8(true);
+  std::mt19937 rng(43);
+  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q5_K,
+                  DType::Q6_K}) {
+    ASSERT_TRUE(gpu::Kernels::supports_q8(t));
+    // 256 columns: 8 units (most threads idle); 2304 = 72 units: threads take 2-3 units; odd row counts.
+    check_matmul_q8(k, rng, t, 37, 256, 1);
+    check_matmul_q8(k, rng, t, 19, 2304, 3);
+    check_matmul_q8(k, rng, t, 5, 2304, 8);
+  }
+  EXPECT_FALSE(gpu::Kernels::supports_q8(DType::F16));
+  EXPECT_FALSE(gpu::Kernels::supports_q8(DType::Q2_K));
+}
+
+TEST(VulkanInt8, BadArgumentsAreErrors) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  gpu::Buffer w = dev->alloc(row_size(DType::Q4_0, 64) * 4), xq = dev->alloc(gpu::Kernels::q8_bytes(64, 8));
+  gpu::Buffer x = dev->alloc(64 * 8 * 4), y = dev->alloc(4 * 8 * 4);
+  gpu::Commands c(*dev);
+  k.set_int8(false);
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 1), Error);  // the path is off
+  if (!k.int8_capable()) {
+    EXPECT_THROW(k.set_int8(true), Error);
+    return;
+  }
+  k.set_int8(true);
+  EXPECT_NO_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 8));
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 9), Error);   // beyond kFewTokens
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 0), Error);
+  EXPECT_THROW(k.matmul_q8(c, DType::F16, w, xq, y, 4, 64, 1), Error);    // no int8 shader
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 48, 1), Error);   // not whole blocks
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 8, 64, 1), Error);   // weight buffer too small
+  EXPECT_THROW(k.quantize_q8(c, x, xq, 64, 9), Error);                    // output too small
+  EXPECT_THROW(k.quantize_q8(c, x, xq, 40, 1), Error);                    // not whole blocks
+}

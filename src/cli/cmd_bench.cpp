@@ -99,6 +99,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["kernels"] = r.kernels;
   j["gpu"] = r.gpu;
   j["gpu_output"] = r.gpu_output;
+  j["gpu_int8"] = r.gpu_int8;
   j["gpu_weight_bytes"] = r.gpu_bytes;
   j["file_type"] = r.file_type;  // model_file_type: the name info, plan and compare show
   return j;
@@ -178,9 +179,10 @@ void print_markdown(const BenchReport& r) {
               r.kernels.c_str(), r.cpu_info.empty() ? "unknown" : r.cpu_info.c_str(),
               r.tests.empty() ? size_t{0} : r.tests[0].samples_ts.size());
   if (!r.gpu.empty())
-    std::printf("gpu: %lld layers%s on %s (%s of weights on the device); the bandwidth figures above are the CPU's\n",
+    std::printf("gpu: %lld layers%s on %s (%s of weights on the device, int8 decode path %s); the bandwidth figures "
+                "above are the CPU's\n",
                 static_cast<long long>(r.n_gpu_layers), r.gpu_output ? " and the output" : "", r.gpu.c_str(),
-                format_bytes(static_cast<double>(r.gpu_bytes)).c_str());
+                format_bytes(static_cast<double>(r.gpu_bytes)).c_str(), r.gpu_int8 ? "on" : "off");
 }
 
 void bench(const BenchArgs& a) {

@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/safe_io.h"
 #include "gpu/gpu.h"
+#include "gpu/kernels.h"
 #include "runtime/plan.h"
 #include "runtime/session.h"
 
@@ -43,7 +44,11 @@ void info_devices() {
                 format_bytes(static_cast<double>(d.max_allocation_bytes)).c_str());
     std::printf("  fp16           %s\n", d.fp16 ? "yes" : "no");
     std::printf("  int8 dot       %s\n", d.int8_dot ? (d.int8_dot_accelerated ? "yes (accelerated)" : "yes (not accelerated)") : "no");
-    std::printf("  subgroup size  %u\n", d.subgroup_size);
+    std::printf("  subgroup size  %u%s\n", d.subgroup_size, d.subgroup_arithmetic ? " (arithmetic operations)" : "");
+    std::printf("  int8 path      %s\n",
+                gpu::Kernels::int8_by_default(d) ? "on (decode dots int8 activations with int8 weights)"
+                : gpu::Kernels::int8_capable(d)  ? "off (the device's int8 dot is not accelerated; LOKAL_GPU_INT8=1 forces it)"
+                                                 : "off (needs integer dot products and subgroup arithmetic)");
     std::printf("  workgroup      up to %u x %u x %u, %u invocations\n", d.max_workgroup_size[0], d.max_workgroup_size[1],
                 d.max_workgroup_size[2], d.max_workgroup_invocations);
   }

@@ -150,6 +150,7 @@ class Instance {
     app.pApplicationName = "lokal";
     app.pEngineName = "lokal";
     app.apiVersion = std::min<uint32_t>(loader_version, VK_API_VERSION_1_3);
+    inst->api_ = app.apiVersion;
     const std::set<std::string> before = loaded_objects();
     auto ci = vk_struct<VkInstanceCreateInfo>(VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO);
     ci.pApplicationInfo = &app;
@@ -189,7 +190,8 @@ class Instance {
     d.index = index;
     VkPhysicalDeviceProperties base{};
     f.vkGetPhysicalDeviceProperties(pd, &base);
-    const uint32_t api = base.apiVersion;
+    // What the application may use of the device: the lower of its version and the instance's.
+    const uint32_t api = std::min(base.apiVersion, api_);
     bool ext_dot = false, ext_f16i8 = false, ext_driver = false;
     {
       uint32_t n = 0;
@@ -248,7 +250,7 @@ class Instance {
 
     d.name = base.deviceName;
     d.type = type_word(base.deviceType);
-    d.api_version = api;
+    d.api_version = base.apiVersion;
     if (has_driver) {
       d.driver = drv.driverName;
       if (drv.driverInfo[0]) d.driver += std::string(" ") + drv.driverInfo;
@@ -262,6 +264,9 @@ class Instance {
     d.int8_dot = has_dot && dotf.shaderIntegerDotProduct;
     d.int8_dot_accelerated = d.int8_dot && dotp.integerDotProduct4x8BitPackedSignedAccelerated;
     d.subgroup_size = sub.subgroupSize;
+    d.subgroup_arithmetic = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                            (sub.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
+    d.int8_dot_by_extension = d.int8_dot && api < VK_API_VERSION_1_3;
     for (int i = 0; i < 3; ++i) {
       d.max_workgroup_size[i] = base.limits.maxComputeWorkGroupSize[i];
       d.max_workgroup_count[i] = base.limits.maxComputeWorkGroupCount[i];
@@ -273,6 +278,7 @@ class Instance {
  private:
   Instance() = default;
   VkFns fns_;
+  uint32_t api_ = VK_API_VERSION_1_1;  // the instance's apiVersion
   VkInstance instance_ = VK_NULL_HANDLE;
   std::vector<VkPhysicalDevice> physical_;
 };
@@ -338,8 +344,19 @@ std::shared_ptr<Device> Device::open(uint32_t index) {
   auto dci = vk_struct<VkDeviceCreateInfo>(VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO);
   dci.queueCreateInfoCount = 1;
   dci.pQueueCreateInfos = &qci;
-  // No optional features: the shaders read weights through 32-bit words and compute in f32 (the plain path every
-  // Vulkan 1.1 device runs). fp16 / int8 / dot-product paths come later, behind DeviceInfo's flags.
+  // The plain path every Vulkan 1.1 device runs needs no optional feature (weights are read through 32-bit words,
+  // arithmetic is f32). The int8 path (gpu/kernels.h: matmul_q8) needs integer dot products: enabled where the device
+  // has them (through VK_KHR_shader_integer_dot_product below Vulkan 1.3).
+  auto dotf = vk_struct<VkPhysicalDeviceShaderIntegerDotProductFeatures>(VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES);
+  const char* dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+  if (dev->info_.int8_dot) {
+    dotf.shaderIntegerDotProduct = VK_TRUE;
+    dci.pNext = &dotf;
+    if (dev->info_.int8_dot_by_extension) {
+      dci.enabledExtensionCount = 1;
+      dci.ppEnabledExtensionNames = &dot_ext;
+    }
+  }
   check(f.vkCreateDevice(dev->physical_, &dci, nullptr, &dev->device_), "vkCreateDevice");
   f.vkGetDeviceQueue(dev->device_, dev->queue_family_, 0, &dev->queue_);
 

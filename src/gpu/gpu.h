@@ -51,6 +51,8 @@ struct DeviceInfo {
   bool int8_dot = false;           // shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product / Vulkan 1.3)
   bool int8_dot_accelerated = false;  // integerDotProduct4x8BitPackedSignedAccelerated
   uint32_t subgroup_size = 0;      // default subgroup size of compute shaders
+  bool subgroup_arithmetic = false;  // subgroupAdd & co. in compute shaders (VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)
+  bool int8_dot_by_extension = false;  // int8_dot comes from the extension (device or instance below Vulkan 1.3)
   uint32_t max_workgroup_size[3] = {0, 0, 0};
   uint32_t max_workgroup_invocations = 0;
   uint32_t max_workgroup_count[3] = {0, 0, 0};

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/quant.h"
@@ -61,6 +62,24 @@ void check_count(int64_t n, const char* kernel, const char* what) {
 }  // namespace
 
 bool Kernels::supports_matvec(DType t) { return matvec_shader(t) != nullptr; }
+
+Kernels::Kernels(std::shared_ptr<Device> dev) : dev_(std::move(dev)), int8_(int8_by_default(dev_->info())) {}
+
+bool Kernels::int8_capable(const DeviceInfo& d) { return d.int8_dot && d.subgroup_arithmetic; }
+
+bool Kernels::int8_by_default(const DeviceInfo& d) {
+  const char* env = std::getenv("LOKAL_GPU_INT8");
+  const std::string e = env ? env : "";
+  if (e == "0") return false;
+  if (e == "1") return int8_capable(d);
+  return int8_capable(d) && d.int8_dot_accelerated;
+}
+
+void Kernels::set_int8(bool on) {
+  if (on && !int8_capable())
+    throw Error("GPU: " + dev_->info().name + " has no integer dot products or no subgroup arithmetic (int8 path)");
+  int8_ = on;
+}
 
 const Pipeline& Kernels::pipeline(const std::string& name, uint32_t n_buffers, uint32_t push_bytes) {
   auto it = pipes_.find(name);
@@ -156,7 +175,7 @@ void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffe
 }
 
 namespace {
-constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp, add.comp, add_bias.comp and rope.comp
+constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp, add.comp, add_bias.comp, rope.comp, quantize_q8.comp
 }
 
 void Kernels::swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n) {
@@ -219,6 +238,74 @@ void Kernels::rope(Commands& c, Buffer& x, const Buffer& cs, int64_t n_tok, int6
   uint32_t gx, gy;
   grid((static_cast<int64_t>(pairs) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
   c.dispatch(pipeline("rope", 2, sizeof push), {&x, &cs}, &push, sizeof push, gx, gy);
+}
+
+namespace {
+const char* q8_shader(DType t) {
+  switch (t) {
+    case DType::Q4_0: return "mvq_q4_0";
+    case DType::Q4_1: return "mvq_q4_1";
+    case DType::Q5_0: return "mvq_q5_0";
+    case DType::Q5_1: return "mvq_q5_1";
+    case DType::Q8_0: return "mvq_q8_0";
+    case DType::Q4_K: return "mvq_q4_k";
+    case DType::Q5_K: return "mvq_q5_k";
+    case DType::Q6_K: return "mvq_q6_k";
+    default: return nullptr;
+  }
+}
+}  // namespace
+
+bool Kernels::supports_q8(DType t) { return q8_shader(t) != nullptr; }
+
+uint64_t Kernels::q8_bytes(int64_t cols, int64_t n_tok) {
+  return static_cast<uint64_t>(cols) / 32 * static_cast<uint64_t>(n_tok) * 40;  // 32 codes + d + sums per block
+}
+
+void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok) {
+  check_count(cols, "quantize_q8", "column count");
+  check_count(n_tok, "quantize_q8", "token count");
+  if (cols % 32 != 0) throw Error("GPU quantize_q8: " + std::to_string(cols) + " columns is not a multiple of 32");
+  const uint64_t elems = static_cast<uint64_t>(cols) * static_cast<uint64_t>(n_tok);
+  if (q8_bytes(cols, n_tok) / 4 > UINT32_MAX) throw Error("GPU quantize_q8: too many elements");
+  need(x, 4 * elems, "quantize_q8", "input");
+  need(xq, q8_bytes(cols, n_tok), "quantize_q8", "output");
+  if (elems == 0) return;
+  const uint32_t push = static_cast<uint32_t>(elems / 32);
+  uint32_t gx, gy;
+  grid((static_cast<int64_t>(push) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("quantize_q8", 2, sizeof push), {&x, &xq}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows,
+                        int64_t cols, int64_t n_tok) {
+  const char* name = q8_shader(t);
+  if (!name) throw Error(std::string("GPU matmul_q8: no int8 shader for weight type ") + type_name(t));
+  if (!int8_) throw Error("GPU matmul_q8: the int8 path is off on " + dev_->info().name);
+  check_count(rows, "matmul_q8", "row count");
+  check_count(cols, "matmul_q8", "column count");
+  if (n_tok < 1 || n_tok > kFewTokens)
+    throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens (1.." + std::to_string(kFewTokens) + ")");
+  if (cols % type_info(t)->block_size != 0)
+    throw Error("GPU matmul_q8: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
+                " block size " + std::to_string(type_info(t)->block_size));
+  const uint64_t row_bytes = row_size(t, cols);
+  if (rows != 0 && row_bytes > UINT32_MAX / static_cast<uint64_t>(rows))
+    throw Error("GPU matmul_q8: a matrix of " + std::to_string(rows) + " rows of " + std::to_string(row_bytes) +
+                " bytes is beyond 4 GiB");
+  if (static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows) > UINT32_MAX)
+    throw Error("GPU matmul_q8: too many outputs");
+  need(w, row_bytes * rows, "matmul_q8", "weight");
+  need(xq, q8_bytes(cols, n_tok), "matmul_q8", "quantized input");
+  need(y, 4 * static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows), "matmul_q8", "output");
+  if (rows == 0) return;
+  struct {
+    uint32_t rows, cols, row_bytes, n_tok;
+  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes),
+         static_cast<uint32_t>(n_tok)};
+  uint32_t gx, gy;
+  grid(rows, gx, gy);
+  c.dispatch(pipeline(name, 3, sizeof push), {&w, &xq, &y}, &push, sizeof push, gx, gy);
 }
 
 }  // namespace lokal::gpu

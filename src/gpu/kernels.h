@@ -2,6 +2,7 @@
 // rms_norm, swiglu, add. Each call records one dispatch into a Commands object (nothing runs until
 // Commands::submit_and_wait); put Commands::barrier() between a kernel and the next one that reads its output.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,7 +14,8 @@ namespace lokal::gpu {
 
 class Kernels {
  public:
-  explicit Kernels(std::shared_ptr<Device> dev) : dev_(std::move(dev)) {}
+  // int8() starts as int8_by_default.
+  explicit Kernels(std::shared_ptr<Device> dev);
   Device& device() { return *dev_; }
 
   // Whether matvec has a shader for weights of type t: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
@@ -37,6 +39,30 @@ class Kernels {
   // same types and checks as matvec (matvec is n_tok = 1). Reads each weight row once per group of tokens.
   void matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
               int64_t n_tok);
+  // ---- the int8 path of few-token products (decode) ----
+  // On devices with integer dot products and subgroup arithmetic, a product over at most kFewTokens tokens of
+  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weights can dot int8 with int8: the activations are quantized
+  // once (quantize_q8, blocks of 32 codes with an f16-precision scale, as the CPU's activation blocks) and every
+  // matrix that reads them runs matmul_q8 (OpSDot on four packed codes). It is on by default where the device
+  // reports 4x8-bit packed dot products as accelerated; LOKAL_GPU_INT8=1 turns it on wherever the device can run it
+  // (lavapipe: for tests), LOKAL_GPU_INT8=0 off.
+  static constexpr int64_t kFewTokens = 8;
+  static bool supports_q8(DType t);
+  static bool int8_capable(const DeviceInfo& d);  // the device can run the int8 path
+  static bool int8_by_default(const DeviceInfo& d);  // what int8() starts as (reads LOKAL_GPU_INT8)
+  bool int8_capable() const { return int8_capable(dev_->info()); }
+  bool int8() const { return int8_; }
+  // Turns the path on or off (throws lokal::Error when turning it on on a device without the features).
+  void set_int8(bool on);
+  // Bytes quantize_q8 writes for n_tok rows of cols (cols a multiple of 32): one byte per element, 8 per block.
+  static uint64_t q8_bytes(int64_t cols, int64_t n_tok);
+  // xq = the int8 blocks of x (n_tok x cols f32), laid out as gpu/shaders/quantize_q8.comp says.
+  void quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok);
+  // matmul for n_tok <= kFewTokens from xq = quantize_q8(x): the same y as matmul up to the activations' rounding.
+  // Throws for a type without an int8 shader, n_tok beyond kFewTokens, or when int8() is off.
+  void matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows, int64_t cols,
+                 int64_t n_tok);
+
   // y[t][i] += b[i] for t < n_tok, i < n (a bias on every token's row).
   void add_bias(Commands& c, Buffer& y, const Buffer& b, int64_t n, int64_t n_tok);
   // Rotary embedding in place: x holds n_tok rows of n_heads * head_dim f32; for each token t and head, the pairs
@@ -82,6 +108,7 @@ class Kernels {
 
   std::shared_ptr<Device> dev_;
   std::map<std::string, Pipeline> pipes_;  // compiled on first use
+  bool int8_ = false;
 };
 
 }  // namespace lokal::gpu

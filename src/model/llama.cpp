@@ -267,8 +267,25 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   const DType tk = kv.type_k(), tv = kv.type_v();
   const int64_t rows = dkv.n_rows();
   const uint32_t un = static_cast<uint32_t>(n);
+  // The int8 path (gpu/kernels.h) for decode-sized batches: an input read by matrices of int8 types is quantized
+  // once into s.xq (prep), and those matrices read it there; the others (and every product of a longer batch) take
+  // the f32 path. mm must follow the prep of the same input.
+  const bool int8 = K.int8() && n <= gpu::Kernels::kFewTokens;
+  auto q8 = [&](const DeviceModel::Matrix& w) { return int8 && gpu::Kernels::supports_q8(w.type); };
+  auto prep = [&](gpu::Commands& cmd, const gpu::Buffer& in, int64_t cols, int64_t rows_in,
+                  std::initializer_list<const DeviceModel::Matrix*> readers) {
+    for (const DeviceModel::Matrix* w : readers)
+      if (q8(*w)) {
+        K.quantize_q8(cmd, in, s.xq, cols, rows_in);
+        cmd.barrier();
+        return;
+      }
+  };
   auto mm = [&](gpu::Commands& cmd, const DeviceModel::Matrix& w, const gpu::Buffer& in, gpu::Buffer& out) {
-    K.matmul(cmd, w.type, w.buf, in, out, w.rows, w.cols, n);
+    if (q8(w))
+      K.matmul_q8(cmd, w.type, w.buf, s.xq, out, w.rows, w.cols, n);
+    else
+      K.matmul(cmd, w.type, w.buf, in, out, w.rows, w.cols, n);
   };
 
   auto lock = dm.lock();
@@ -282,6 +299,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     // --- attention block ---
     K.rms_norm(cmd, s.x, L.attn_norm, s.xn, n, d, c_.rms_eps);
     cmd.barrier();
+    prep(cmd, s.xn, d, n, {&L.wq, &L.wk, &L.wv});
     mm(cmd, L.wq, s.xn, s.q);
     mm(cmd, L.wk, s.xn, s.k);
     mm(cmd, L.wv, s.xn, s.v);
@@ -302,6 +320,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     cmd.barrier();
     K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n);
     cmd.barrier();
+    prep(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {&L.wo});
     mm(cmd, L.wo, s.attn, s.xn);
     cmd.barrier();
     K.add(cmd, s.x, s.xn, n * d);
@@ -309,11 +328,13 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     // --- feed-forward block ---
     K.rms_norm(cmd, s.x, L.ffn_norm, s.xn, n, d, c_.rms_eps);
     cmd.barrier();
+    prep(cmd, s.xn, d, n, {&L.w_gate, &L.w_up});
     mm(cmd, L.w_gate, s.xn, s.gate);
     mm(cmd, L.w_up, s.xn, s.up);
     cmd.barrier();
     K.swiglu(cmd, s.gate, s.up, s.xn, n * ff);
     cmd.barrier();
+    prep(cmd, s.xn, ff, n, {&L.w_down});
     mm(cmd, L.w_down, s.xn, s.gate);
     cmd.barrier();
     K.add(cmd, s.x, s.gate, n * d);
@@ -343,7 +364,13 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     c.barrier();
     c.copy(s.gate, s.xn, static_cast<uint64_t>(r * d) * 4, static_cast<uint64_t>(c0 * d) * 4, 0);
     c.barrier();
-    K.matmul(c, W.type, W.buf, s.xn, s.logits, W.rows, W.cols, r);
+    if (K.int8() && r <= gpu::Kernels::kFewTokens && gpu::Kernels::supports_q8(W.type)) {
+      K.quantize_q8(c, s.xn, s.xq, W.cols, r);
+      c.barrier();
+      K.matmul_q8(c, W.type, W.buf, s.xq, s.logits, W.rows, W.cols, r);
+    } else {
+      K.matmul(c, W.type, W.buf, s.xn, s.logits, W.rows, W.cols, r);
+    }
     c.barrier();
     c.copy(s.logits, s.down_stage, row_logits * r, 0, x_bytes);
   };

@@ -150,7 +150,7 @@ void DeviceKV::copy_page(int64_t dst, int64_t src) {
 
 namespace {
 struct ScratchSizes {
-  uint64_t x, xn, q, k, v, attn, gate, cs, meta, logits, up, down;
+  uint64_t x, xn, q, k, v, attn, gate, cs, meta, logits, xq, up, down;
 };
 ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
   ScratchSizes s;
@@ -167,6 +167,9 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
   s.meta = (3 * b + b * static_cast<uint64_t>(pages)) * 4;
   const uint64_t lrows = static_cast<uint64_t>(std::min<int64_t>(B, DeviceScratch::kLogitRows));
   s.logits = output_on_device ? lrows * c.n_vocab * 4 : 0;
+  // The int8 path's activations (gpu::Kernels::quantize_q8): any matrix input of up to kFewTokens tokens.
+  const int64_t in_cols = std::max({c.n_embd, c.n_head * c.head_dim_v, c.n_ff});
+  s.xq = gpu::Device::allocation_bytes(gpu::Kernels::q8_bytes(in_cols, std::min(B, gpu::Kernels::kFewTokens)));
   s.up = s.x + s.meta + s.cs;
   s.down = s.x + s.logits;
   return s;
@@ -175,7 +178,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
 
 uint64_t DeviceScratch::bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
   const ScratchSizes s = scratch_sizes(c, B, max_ctx, output_on_device);
-  return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits;  // staging is host memory
+  return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits + s.xq;  // staging: host
 }
 
 uint64_t DeviceScratch::staging_bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
@@ -204,6 +207,7 @@ DeviceScratch::DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t B, i
   cs = alloc(s.cs);
   meta = alloc(s.meta);
   if (s.logits) logits = alloc(s.logits);
+  xq = alloc(s.xq);
   up_stage = d.staging(s.up);
   down_stage = d.staging(s.down);
 }

@@ -55,6 +55,7 @@ class DeviceModel {
   gpu::Kernels& kernels() { return *kernels_; }
   gpu::Device& device() { return *dev_; }
   const gpu::DeviceInfo& info() const { return dev_->info(); }
+  bool int8() const { return kernels_->int8(); }  // decode's products of int8 types take the int8 path
   std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(mu_); }
 
   int64_t first_layer() const { return first_; }   // layers [first_layer, n_layer) are on the device
@@ -118,6 +119,7 @@ struct DeviceScratch {
   static constexpr int64_t kLogitRows = 32;  // output rows per device product (the logits buffer's height)
   int64_t max_batch, max_meta;  // tokens; uint32 entries of the metadata buffer
   gpu::Buffer x, xn, q, k, v, attn, gate, up, meta, cs, logits;
+  gpu::Buffer xq;  // a matrix input quantized for the int8 path (gpu::Kernels::quantize_q8)
   gpu::Buffer up_stage, down_stage;  // host-visible
   uint64_t bytes_ = 0;
 };
