@@ -269,6 +269,32 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- greedy text identical to the CPU on the real F32/F16 models ----
 
+// A long context: decode steps at positions ~700 split their attention into chunks (Kernels::attention_split;
+// tinytales-4m has 4 heads, so one token is 4 (token, head) pairs) merged on the device. F32 weights and an F32
+// cache: both sides are exact math up to f32 summation order, the 1e-3 of the F32 golden tolerance.
+TEST(GpuOffload, LongContextSplitAttentionEqualsTheCpu) {
+  LOKAL_NEED_GPU();
+  const char* rel = "models/real/tinytales-4m-f32.gguf";
+  auto cpu = load(rel, 0);
+  auto gpu = load(rel, 99);
+  const std::vector<int32_t> story = story_tokens(*cpu, 1000);
+  std::vector<int32_t> prompt;
+  while (prompt.size() < 700) prompt.insert(prompt.end(), story.begin() + (prompt.empty() ? 0 : 1), story.end());
+  prompt.resize(700);
+  const ModelConfig& c = cpu->config();
+  gpu::Kernels::AttnShape as;
+  as.n_head = c.n_head;
+  as.n_head_kv = c.n_head_kv;
+  as.head_dim = c.head_dim;
+  as.head_dim_v = c.head_dim_v;
+  ASSERT_GT(gpu::Kernels::attention_split(as, 1, 700).splits, 1) << "the decode steps must split";
+  const std::vector<float> a = run(*cpu, prompt, 6, DType::F32, 128);
+  const std::vector<float> b = run(*gpu, prompt, 6, DType::F32, 128);
+  const double d = max_abs_diff(a, b);
+  EXPECT_LE(d, 1e-3);
+  std::printf("[ %s ] 700 positions + 6 split decode steps: max |diff| = %.3g\n", rel, d);
+}
+
 TEST(GpuOffload, GreedyTextIdenticalToTheCpuOnRealModels) {
   LOKAL_NEED_GPU();
   for (const char* rel : {"models/real/stories260K.gguf", "models/real/stories260K-f16.gguf",

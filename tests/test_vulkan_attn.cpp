@@ -177,7 +177,8 @@ std::string case_name(const AttnCase& c) {
 // The bound of the file comment for every output of token t (positions through `pages`), checked against
 // attention_ref. Returns the largest error seen relative to its bound.
 double check_outputs(const AttnCase& ac, float scale, const float* q, int64_t n, const std::vector<int32_t>& pages,
-                     const Cache& K, const Cache& V, const float* got, const std::string& what) {
+                     const Cache& K, const Cache& V, const float* got, const std::string& what,
+                     const gpu::Kernels::AttnSplit& split = {}) {
   AttentionShape s{ac.n_head, ac.n_head_kv, ac.hd, ac.hdv, scale};
   KVRows kr = cpu_rows(K, ac.hd).with_pages(pages.data()), vr = cpu_rows(V, ac.hdv).with_pages(pages.data());
   std::vector<float> ref(static_cast<size_t>(ac.n_head * ac.hdv));
@@ -198,18 +199,27 @@ double check_outputs(const AttnCase& ac, float scale, const float* q, int64_t n,
       sc[static_cast<size_t>(j)] = d * scale;
       S = std::max(S, a * scale);
     }
-    int R = 0;
+    // Rescales: counted within each chunk of a split (its own running max from its first tile), plus the merge's
+    // one factor exp(m_s - M) per chunk; the merge's sums over the chunks add `splits` to the summation count.
+    const int64_t chunk_tiles = split.splits > 1 ? split.chunk / kKVPage : tiles;
+    int R = 0, R_chunk = 0;
     double m = -INFINITY;
     for (int64_t tl = 0; tl < tiles; ++tl) {
       double mt = -INFINITY;
       for (int64_t j = tl * kKVPage; j < std::min(n, (tl + 1) * kKVPage); ++j) mt = std::max(mt, sc[static_cast<size_t>(j)]);
-      if (tl > 0 && mt > m - 1e-3) ++R;
+      const bool chunk_start = tl % chunk_tiles == 0 && (split.splits == 1 || tl / chunk_tiles < split.splits);
+      if (chunk_start) {
+        R_chunk = 0;
+        m = -INFINITY;
+      }
+      if (!chunk_start && mt > m - 1e-3) R = std::max(R, ++R_chunk);
       m = std::max(m, mt);
     }
+    if (split.splits > 1) ++R;
     const double ds = gamma_k(ac.hd + 1) * S;
     const double e1 = 2 * ds + 2 * S * kU + (3 + 4 * S) * 2 * kU;
     const double e = (R + 1) * e1 + 2 * R * kU;
-    const double f = 2 * e / (1 - e) + 2 * gamma_k(double(tiles + 65)) + 5 * kU;
+    const double f = 2 * e / (1 - e) + 2 * gamma_k(double(tiles + 65 + split.splits)) + 5 * kU;
     for (int i = 0; i < ac.hdv; ++i) {
       double M = 0;
       for (int64_t j = 0; j < n; ++j) M = std::max(M, std::fabs(double(V.deq[row_of(j) * V.width + g * ac.hdv + i])));
@@ -229,8 +239,8 @@ double check_outputs(const AttnCase& ac, float scale, const float* q, int64_t n,
 // Runs one attention case: a batch of tokens with the given context lengths, each with its own page table drawn
 // from a shuffled pool of pages (not in order; tokens share pages), meta laid out with junk in front and the page
 // tables after the per-token words.
-void run_attention_case(gpu::Kernels& kern, std::mt19937& rng, const AttnCase& ac) {
-  SCOPED_TRACE(case_name(ac));
+void run_attention_case(gpu::Kernels& kern, std::mt19937& rng, const AttnCase& ac, bool split = false) {
+  SCOPED_TRACE(case_name(ac) + (split ? " (split)" : ""));
   gpu::Device& dev = kern.device();
   const int64_t n_tok = static_cast<int64_t>(ac.ns.size());
   int64_t max_pages = 0;
@@ -258,10 +268,23 @@ void run_attention_case(gpu::Kernels& kern, std::mt19937& rng, const AttnCase& a
   }
   gpu::Buffer qb = upload_vec(dev, q), kb = upload_vec(dev, K.dev_img), vb = upload_vec(dev, V.dev_img);
   gpu::Buffer mb = upload_vec(dev, meta), ob = dev.alloc(static_cast<uint64_t>(n_tok * ac.n_head * ac.hdv) * 4);
+  const gpu::Kernels::AttnShape s{ac.n_head, ac.n_head_kv, ac.hd, ac.hdv, scale};
+  const int64_t max_n = *std::max_element(ac.ns.begin(), ac.ns.end());
+  const gpu::Kernels::AttnSplit sp = split ? gpu::Kernels::attention_split(s, n_tok, max_n) : gpu::Kernels::AttnSplit{};
+  if (split) {
+    EXPECT_GT(sp.splits, 1) << "this case should split";
+    EXPECT_LE(gpu::Kernels::attention_scratch_bytes(s, n_tok, max_n) / 4,
+              uint64_t(n_tok * ac.n_head * sp.splits * (ac.hdv + 2)) + 0)
+        << "the scratch bound is the split's size";
+    EXPECT_GE(gpu::Kernels::attention_scratch_bytes(s, n_tok, max_n), uint64_t(n_tok * ac.n_head * sp.splits * (ac.hdv + 2)) * 4);
+  }
+  gpu::Buffer scratch = dev.alloc(std::max<uint64_t>(16, gpu::Kernels::attention_scratch_bytes(s, n_tok, max_n)));
   {
     gpu::Commands c(dev);
-    gpu::Kernels::AttnShape s{ac.n_head, ac.n_head_kv, ac.hd, ac.hdv, scale};
-    kern.attention(c, s, qb, kb, ac.tk, vb, ac.tv, n_rows, mb, npos_off, pt_off, ob, n_tok);
+    if (split)
+      kern.attention(c, s, qb, kb, ac.tk, vb, ac.tv, n_rows, mb, npos_off, pt_off, ob, n_tok, &scratch, max_n);
+    else
+      kern.attention(c, s, qb, kb, ac.tk, vb, ac.tv, n_rows, mb, npos_off, pt_off, ob, n_tok);
     c.submit_and_wait();
   }
   std::vector<float> out(static_cast<size_t>(n_tok * ac.n_head * ac.hdv));
@@ -270,7 +293,7 @@ void run_attention_case(gpu::Kernels& kern, std::mt19937& rng, const AttnCase& a
   for (int64_t t = 0; t < n_tok; ++t)
     worst = std::max(worst, check_outputs(ac, scale, q.data() + t * ac.n_head * ac.hd, ac.ns[t],
                                           tables[static_cast<size_t>(t)], K, V, out.data() + t * ac.n_head * ac.hdv,
-                                          "token " + std::to_string(t) + " (n " + std::to_string(ac.ns[t]) + ")"));
+                                          "token " + std::to_string(t) + " (n " + std::to_string(ac.ns[t]) + ")", sp));
   std::printf("  %s: largest error / bound %.3g\n", case_name(ac).c_str(), worst);
 }
 
@@ -437,6 +460,25 @@ TEST(VulkanAttention, LongContext) {
   gpu::Kernels k(dev);
   std::mt19937 rng(79);
   run_attention_case(k, rng, {DType::F16, DType::Q8_0, 4, 1, 64, 64, {5000, 4097}});
+}
+
+// Split attention (Kernels::attention_split, attention_combine.comp): few (token, head) pairs over long contexts,
+// cut into chunks whose partial softmax sums are merged; tokens whose context ends before the last chunks (empty
+// chunks), a context that ends inside a chunk, every K/V type, GQA, and head sizes up to 256.
+TEST(VulkanAttention, SplitLongContextsMatchReference) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(80);
+  run_attention_case(k, rng, {DType::F16, DType::Q8_0, 4, 1, 64, 64, {5000, 4097}}, true);
+  run_attention_case(k, rng, {DType::F32, DType::F32, 8, 2, 128, 128, {1, 63, 700, 2000, 65}}, true);
+  run_attention_case(k, rng, {DType::Q8_0, DType::F16, 2, 2, 256, 256, {300, 257}}, true);
+  run_attention_case(k, rng, {DType::F16, DType::F16, 32, 8, 128, 128, {1500}}, true);
+  // Too many pairs to split: the same single pass.
+  const gpu::Kernels::AttnShape wide{64, 8, 128, 128, 1.0f};
+  EXPECT_EQ(gpu::Kernels::attention_split(wide, 4, 8192).splits, 1);
+  EXPECT_EQ(gpu::Kernels::attention_split(wide, 1, 8192).splits, 4);
+  EXPECT_EQ(gpu::Kernels::attention_split(wide, 1, 200).splits, 1);  // a short context: one pass
+  EXPECT_EQ(gpu::Kernels::attention_scratch_bytes(wide, 8, 200), 0u);
 }
 
 // A decode step in one command buffer: kv_store the new rows of K and V, barrier, attention over them. The CPU

@@ -97,9 +97,22 @@ class Kernels {
   // (meta[pt_off + t] is where token t's page table starts in meta). q: n_tok x n_head*head_dim f32; K, V caches as
   // above with n_rows rows of widths n_head_kv * head_dim and n_head_kv * head_dim_v. One pass over the positions in
   // tiles with an online softmax, so any context length works.
+  //
+  // Split attention: a decode step has few (token, head) pairs, one workgroup each, which leaves most of a big GPU
+  // idle while each walks a long context. Given a scratch buffer and max_n (no token attends to more positions),
+  // attention_split may cut the contexts into chunks of positions, one workgroup per (token, head, chunk), whose
+  // partial softmax sums a second kernel merges (the same result up to f32 rounding). Without a scratch buffer, or
+  // when it is too small for the split chosen, one pass as above.
+  struct AttnSplit {
+    int64_t splits = 1;  // chunks per (token, head)
+    int64_t chunk = 0;   // positions per chunk, a multiple of 64 (0: no split)
+  };
+  static AttnSplit attention_split(const AttnShape& s, int64_t n_tok, int64_t max_n);
+  // The scratch bytes any split of up to max_tok tokens over up to max_n positions takes.
+  static uint64_t attention_scratch_bytes(const AttnShape& s, int64_t max_tok, int64_t max_n);
   void attention(Commands& c, const AttnShape& s, const Buffer& q, const Buffer& k, DType tk, const Buffer& v,
                  DType tv, int64_t n_rows, const Buffer& meta, uint32_t npos_off, uint32_t pt_off, Buffer& out,
-                 int64_t n_tok);
+                 int64_t n_tok, Buffer* scratch = nullptr, int64_t max_n = 0);
 
  private:
   const Pipeline& pipeline(const std::string& name, uint32_t n_buffers, uint32_t push_bytes);

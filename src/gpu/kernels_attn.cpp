@@ -119,9 +119,44 @@ void Kernels::kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, i
   c.dispatch(pipeline("kv_store", 3, sizeof push), {&src, &cache, &meta}, &push, sizeof push, gx, gy);
 }
 
+namespace {
+// Splitting pays when there are fewer (token, head) pairs than kSplitTarget workgroups would keep a large GPU busy
+// (~2 per compute unit of a 100+ unit GPU) and the context is longer than a few tiles; a chunk is at least
+// kMinChunk positions (its fixed cost, the query load and the merge, stays small against the walk) and there are
+// at most kMaxSplits.
+constexpr int64_t kSplitTarget = 256, kMinChunk = 256, kMaxSplits = 32;
+
+uint64_t split_bytes(const Kernels::AttnShape& s, int64_t n_tok, int64_t splits) {
+  // An accumulator of head_dim_v and an (m, l) pair per (token, head, chunk).
+  return static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(s.n_head) * static_cast<uint64_t>(splits) *
+         static_cast<uint64_t>(s.head_dim_v + 2) * 4;
+}
+}  // namespace
+
+Kernels::AttnSplit Kernels::attention_split(const AttnShape& s, int64_t n_tok, int64_t max_n) {
+  const int64_t pairs = n_tok * s.n_head;
+  if (pairs <= 0 || pairs >= kSplitTarget || max_n <= kMinChunk) return {};
+  const int64_t want = std::min({kMaxSplits, (max_n + kMinChunk - 1) / kMinChunk, (kSplitTarget + pairs - 1) / pairs});
+  if (want <= 1) return {};
+  const int64_t per = (max_n + want - 1) / want;
+  const int64_t chunk = (per + 63) / 64 * 64;
+  const int64_t splits = (max_n + chunk - 1) / chunk;
+  if (splits <= 1) return {};
+  return {splits, chunk};
+}
+
+uint64_t Kernels::attention_scratch_bytes(const AttnShape& s, int64_t max_tok, int64_t max_n) {
+  uint64_t most = 0;
+  for (int64_t t = 1; t <= max_tok && t * s.n_head < kSplitTarget; ++t) {
+    const AttnSplit sp = attention_split(s, t, max_n);
+    if (sp.splits > 1) most = std::max(most, split_bytes(s, t, sp.splits));
+  }
+  return most;
+}
+
 void Kernels::attention(Commands& c, const AttnShape& s, const Buffer& q, const Buffer& k, DType tk, const Buffer& v,
                         DType tv, int64_t n_rows, const Buffer& meta, uint32_t npos_off, uint32_t pt_off, Buffer& out,
-                        int64_t n_tok) {
+                        int64_t n_tok, Buffer* scratch, int64_t max_n) {
   const char* kn = "attention";
   check_range(s.n_head, 1, UINT32_MAX, kn, "head count");
   check_range(s.n_head_kv, 1, s.n_head, kn, "KV head count");
@@ -155,10 +190,13 @@ void Kernels::attention(Commands& c, const AttnShape& s, const Buffer& q, const 
   need_bytes(v, v_bytes, kn, "V cache");
   const uint64_t meta_need = 4 * (std::max<uint64_t>(npos_off, pt_off) + static_cast<uint64_t>(n_tok));
   need_bytes(meta, meta_need, kn, "meta");
+  AttnSplit split = scratch ? attention_split(s, n_tok, max_n) : AttnSplit{};
+  const uint64_t part_bytes = split_bytes(s, n_tok, split.splits);
+  if (split.splits > 1 && (scratch->size() < part_bytes || part_bytes / 4 > UINT32_MAX)) split = {};
   struct {
     uint32_t n_tok, n_head, group, hd, hdv;
     float scale;
-    uint32_t tk, tv, n_rows, npos_off, pt_off, kw, vw, kdbase, vdbase;
+    uint32_t tk, tv, n_rows, npos_off, pt_off, kw, vw, kdbase, vdbase, splits, chunk, ml_off;
   } push{static_cast<uint32_t>(n_tok),
          static_cast<uint32_t>(s.n_head),
          static_cast<uint32_t>(s.n_head / s.n_head_kv),
@@ -173,11 +211,24 @@ void Kernels::attention(Commands& c, const AttnShape& s, const Buffer& q, const 
          static_cast<uint32_t>(kw),
          static_cast<uint32_t>(vw),
          static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * kw / 4),
-         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * vw / 4)};
-  static_assert(sizeof push == 60);
+         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * vw / 4),
+         static_cast<uint32_t>(split.splits),
+         static_cast<uint32_t>(split.chunk),
+         static_cast<uint32_t>(static_cast<uint64_t>(n_tok) * s.n_head * split.splits * s.head_dim_v)};
+  static_assert(sizeof push == 72);
   uint32_t gx, gy;
+  grid(n_tok * s.n_head * split.splits, gx, gy);
+  if (split.splits == 1) {
+    c.dispatch(pipeline("attention", 5, sizeof push), {&q, &k, &v, &meta, &out}, &push, sizeof push, gx, gy);
+    return;
+  }
+  c.dispatch(pipeline("attention", 5, sizeof push), {&q, &k, &v, &meta, scratch}, &push, sizeof push, gx, gy);
+  c.barrier();
+  struct {
+    uint32_t n_pairs, splits, hdv, ml_off;
+  } merge{static_cast<uint32_t>(n_tok * s.n_head), push.splits, push.hdv, push.ml_off};
   grid(n_tok * s.n_head, gx, gy);
-  c.dispatch(pipeline("attention", 5, sizeof push), {&q, &k, &v, &meta, &out}, &push, sizeof push, gx, gy);
+  c.dispatch(pipeline("attention_combine", 2, sizeof merge), {scratch, &out}, &merge, sizeof merge, gx, gy);
 }
 
 }  // namespace lokal::gpu

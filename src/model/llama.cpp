@@ -266,6 +266,9 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   as.scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
   const DType tk = kv.type_k(), tv = kv.type_v();
   const int64_t rows = dkv.n_rows();
+  int64_t max_n = 0;  // the most positions any token attends to (split attention's chunking)
+  for (int64_t t = 0; t < n; ++t) max_n = std::max(max_n, e[t].pos + 1);
+  gpu::Buffer* split = s.attn_split ? &s.attn_split : nullptr;
   const uint32_t un = static_cast<uint32_t>(n);
   // The int8 path (gpu/kernels.h) for decode-sized batches: an input read by matrices of int8 types is quantized
   // once into s.xq (prep), and those matrices read it there; the others (and every product of a longer batch) take
@@ -318,7 +321,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     K.kv_store(cmd, s.k, dkv.k(l), tk, rows, nk, s.meta, 0, n);
     K.kv_store(cmd, s.v, dkv.v(l), tv, rows, nv, s.meta, 0, n);
     cmd.barrier();
-    K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n);
+    K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n, split, max_n);
     cmd.barrier();
     prep(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {&L.wo});
     mm(cmd, L.wo, s.attn, s.xn);

@@ -150,7 +150,7 @@ void DeviceKV::copy_page(int64_t dst, int64_t src) {
 
 namespace {
 struct ScratchSizes {
-  uint64_t x, xn, q, k, v, attn, gate, cs, meta, logits, xq, up, down;
+  uint64_t x, xn, q, k, v, attn, gate, cs, meta, logits, xq, split, up, down;
 };
 ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
   ScratchSizes s;
@@ -170,6 +170,14 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
   // The int8 path's activations (gpu::Kernels::quantize_q8): any matrix input of up to kFewTokens tokens.
   const int64_t in_cols = std::max({c.n_embd, c.n_head * c.head_dim_v, c.n_ff});
   s.xq = gpu::Device::allocation_bytes(gpu::Kernels::q8_bytes(in_cols, std::min(B, gpu::Kernels::kFewTokens)));
+  // Split attention's partial sums (gpu::Kernels::attention_split): 0 when no batch of B tokens over max_ctx splits.
+  gpu::Kernels::AttnShape as;
+  as.n_head = c.n_head;
+  as.n_head_kv = c.n_head_kv;
+  as.head_dim = c.head_dim;
+  as.head_dim_v = c.head_dim_v;
+  const uint64_t split = gpu::Kernels::attention_scratch_bytes(as, B, max_ctx);
+  s.split = split ? gpu::Device::allocation_bytes(split) : 0;
   s.up = s.x + s.meta + s.cs;
   s.down = s.x + s.logits;
   return s;
@@ -178,7 +186,7 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
 
 uint64_t DeviceScratch::bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
   const ScratchSizes s = scratch_sizes(c, B, max_ctx, output_on_device);
-  return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits + s.xq;  // staging: host
+  return s.x + s.xn + s.q + s.k + s.v + s.attn + 2 * s.gate + s.cs + s.meta + s.logits + s.xq + s.split;  // staging: host
 }
 
 uint64_t DeviceScratch::staging_bytes_for(const ModelConfig& c, int64_t B, int64_t max_ctx, bool output_on_device) {
@@ -208,6 +216,7 @@ DeviceScratch::DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t B, i
   meta = alloc(s.meta);
   if (s.logits) logits = alloc(s.logits);
   xq = alloc(s.xq);
+  if (s.split) attn_split = alloc(s.split);
   up_stage = d.staging(s.up);
   down_stage = d.staging(s.down);
 }

@@ -120,6 +120,7 @@ struct DeviceScratch {
   int64_t max_batch, max_meta;  // tokens; uint32 entries of the metadata buffer
   gpu::Buffer x, xn, q, k, v, attn, gate, up, meta, cs, logits;
   gpu::Buffer xq;  // a matrix input quantized for the int8 path (gpu::Kernels::quantize_q8)
+  gpu::Buffer attn_split;  // split attention's partial sums (empty when no batch splits)
   gpu::Buffer up_stage, down_stage;  // host-visible
   uint64_t bytes_ = 0;
 };

@@ -11,6 +11,11 @@
 //  3. every thread finds the tile's max (broadcast reads of shared memory), thread j stores p_j = exp(s_j - m_new);
 //  4. thread i accumulates dims i, i+64, i+128, i+192 of V: sum_j p_j V[row_j][dim] (consecutive threads read
 //     consecutive elements of a row), and (identically in every thread) l.
+// Split (flash-decoding, when few (token, head) pairs would leave most of a GPU idle on a long context): with
+// pc.splits > 1, workgroup (token, head, s) visits only positions [s chunk, (s + 1) chunk) (chunk a multiple of 64)
+// and writes its unnormalized accumulator, running max and sum to the scratch buffer bound as Out:
+// o[p hdv + i] = acc_i, o[ml_off + 2 p] = m, o[ml_off + 2 p + 1] = l for p = (token n_head + head) splits + s (an
+// empty chunk: m = -inf, l = 0, acc = 0); attention_combine.comp then merges the splits.
 // K and V elements are converted to f32 exactly as core/quant.cpp's dequantize_row (F16 exactly, Q8_0 as
 // float(q) * d, `precise`), so they equal the CPU's values; scores and sums are f32. head_dim, head_dim_v <= 256.
 #extension GL_GOOGLE_include_directive : require
@@ -43,6 +48,9 @@ layout(push_constant) uniform Push {
   uint kw, vw;    // row widths: n_head_kv * hd, n_head_kv * hdv
   uint kdbase;    // Q8_0: word index of the d array in K (n_rows * kw / 4), in V (n_rows * vw / 4)
   uint vdbase;
+  uint splits;    // 1: the whole context, normalized output; > 1: chunks of `chunk` positions, partial output
+  uint chunk;
+  uint ml_off;    // split: where the (m, l) pairs start in the output
 } pc;
 
 shared float qs[MAX_HD];
@@ -93,10 +101,15 @@ float v_elem(uint row, uint g, uint e) {
 
 void main() {
   const uint id = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
-  if (id >= pc.n_tok * pc.n_head) return;  // whole workgroups leave: barriers below stay uniform
-  const uint t = id / pc.n_head, h = id % pc.n_head, g = h / pc.group;
+  if (id >= pc.n_tok * pc.n_head * pc.splits) return;  // whole workgroups leave: barriers below stay uniform
+  const uint th = id / pc.splits, split = id % pc.splits;
+  const uint t = th / pc.n_head, h = th % pc.n_head, g = h / pc.group;
   const uint tid = gl_LocalInvocationID.x, lane = tid % LANES, grp = tid / LANES;
-  const uint n = meta[pc.npos_off + t];
+  const uint n_all = meta[pc.npos_off + t];
+  // This workgroup's positions [begin, n): all of them, or its chunk (empty when the context ends before it).
+  const uint begin = pc.splits > 1u ? min(split * pc.chunk, n_all) : 0u;
+  // (The last chunk runs to the context's end, so a token longer than the host's estimate is still whole.)
+  const uint n = pc.splits > 1u && split + 1u < pc.splits ? min(begin + pc.chunk, n_all) : n_all;
   const uint pt = meta[pc.pt_off + t];
   const uint meta_last = uint(meta.length()) - 1u;
 
@@ -109,7 +122,8 @@ void main() {
   for (uint k = 0u; k < MAX_HD / WG; ++k) acc[k] = 0.0;
 
   const uint tiles = n / TILE + ((n % TILE) != 0u ? 1u : 0u);
-  for (uint tile = 0u; tile < tiles; ++tile) {
+  const uint first = begin < n ? begin / TILE : tiles;  // an empty chunk visits no tile
+  for (uint tile = first; tile < tiles; ++tile) {
     const uint base = tile * TILE;
     const uint valid = min(n - base, uint(TILE));
     // Rows of this tile: one page. Out-of-range page-table entries or rows are clamped (never read out of bounds).
@@ -138,7 +152,7 @@ void main() {
     barrier();
     // 4. rescale and accumulate
     if (m_new != m) {
-      const float alpha = tile == 0u ? 0.0 : exp(m - m_new);
+      const float alpha = tile == first ? 0.0 : exp(m - m_new);
       l *= alpha;
       for (uint k = 0u; k < MAX_HD / WG; ++k) acc[k] *= alpha;
       m = m_new;
@@ -156,6 +170,18 @@ void main() {
     }
   }
 
+  if (pc.splits > 1u) {
+    const uint o0 = id * pc.hdv;
+    for (uint k = 0u; k < MAX_HD / WG; ++k) {
+      const uint e = tid + k * WG;
+      if (e < pc.hdv) o[o0 + e] = acc[k];
+    }
+    if (tid == 0u) {
+      o[pc.ml_off + 2u * id] = m;
+      o[pc.ml_off + 2u * id + 1u] = l;
+    }
+    return;
+  }
   const uint o0 = (t * pc.n_head + h) * pc.hdv;
   for (uint k = 0u; k < MAX_HD / WG; ++k) {
     const uint e = tid + k * WG;
