@@ -168,8 +168,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuGoldenLogits, ::testing::ValuesIn(golden_fil
 
 // ---- the int8 path (gpu/kernels.h: quantize_q8 + matmul_q8) in the engine ----
 // Forced on with LOKAL_GPU_INT8=1 (lavapipe runs it, not accelerated, so it is off there by default), the longest
-// prompt of every golden model whose matrices the path takes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; the
-// K-quant mixes' other tensors take the f32 path) in micro-batches of 8 tokens, the most the path takes. The
+// prompt of every golden model of a quantized type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K and the K-quant mixes;
+// their F32/F16 tensors take the f32 path) in micro-batches of 8 tokens, the most the path takes. The
 // activations are then quantized to 8 bits per block of 32 as llama.cpp's CPU does for these types, so the
 // golden tolerance of a quantized model holds (it covers the difference between int8 and f32 activations).
 
@@ -177,7 +177,7 @@ std::vector<std::string> int8_golden_files() {
   std::vector<std::string> out;
   for (const std::string& f : golden_files()) {
     if (f.find(".p64.") == std::string::npos) continue;
-    for (const char* t : {"-q4_0", "-q4_1", "-q5_0", "-q5_1", "-q8_0", "-q4_k_m", "-q5_k_m", "-q6_k"})
+    for (const char* t : {"-q4_0", "-q4_1", "-q5_0", "-q5_1", "-q8_0", "-q2_k", "-q3_k_m", "-q4_k_m", "-q5_k_m", "-q6_k"})
       if (f.find(t) != std::string::npos) {
         out.push_back(f);
         break;

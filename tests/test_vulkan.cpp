@@ -799,6 +799,7 @@ std::vector<float> weight_offsets(DType t, std::vector<uint8_t> w, int64_t rows,
     switch (t) {
       case DType::Q4_1: std::memset(p + 4, 0, 16); break;
       case DType::Q5_1: std::memset(p + 4, 0, 20); break;
+      case DType::Q2_K: std::memset(p + 16, 0, 64); break;
       case DType::Q4_K: std::memset(p + 16, 0, 128); break;
       case DType::Q5_K: std::memset(p + 16, 0, 160); break;
       default: return std::vector<float>(static_cast<size_t>(rows * cols), 0.0f);
@@ -911,8 +912,8 @@ TEST(VulkanInt8, MatmulMatchesReferenceForEveryType) {
   ASSERT_TRUE(k.int8_capable()) << dev->info().name << " cannot run the int8 path";
   k.set_int8(true);
   std::mt19937 rng(43);
-  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q5_K,
-                  DType::Q6_K}) {
+  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K,
+                  DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     ASSERT_TRUE(gpu::Kernels::supports_q8(t));
     // 256 columns: 8 units (most threads idle); 2304 = 72 units: threads take 2-3 units; odd row counts.
     check_matmul_q8(k, rng, t, 37, 256, 1);
@@ -920,7 +921,7 @@ TEST(VulkanInt8, MatmulMatchesReferenceForEveryType) {
     check_matmul_q8(k, rng, t, 5, 2304, 8);
   }
   EXPECT_FALSE(gpu::Kernels::supports_q8(DType::F16));
-  EXPECT_FALSE(gpu::Kernels::supports_q8(DType::Q2_K));
+  EXPECT_FALSE(gpu::Kernels::supports_q8(DType::BF16));
 }
 
 TEST(VulkanInt8, BadArgumentsAreErrors) {

@@ -248,6 +248,8 @@ const char* q8_shader(DType t) {
     case DType::Q5_0: return "mvq_q5_0";
     case DType::Q5_1: return "mvq_q5_1";
     case DType::Q8_0: return "mvq_q8_0";
+    case DType::Q2_K: return "mvq_q2_k";
+    case DType::Q3_K: return "mvq_q3_k";
     case DType::Q4_K: return "mvq_q4_k";
     case DType::Q5_K: return "mvq_q5_k";
     case DType::Q6_K: return "mvq_q6_k";

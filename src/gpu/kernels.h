@@ -41,7 +41,7 @@ class Kernels {
               int64_t n_tok);
   // ---- the int8 path of few-token products (decode) ----
   // On devices with integer dot products and subgroup arithmetic, a product over at most kFewTokens tokens of
-  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weights can dot int8 with int8: the activations are quantized
+  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or Q2_K..Q6_K weights can dot int8 with int8: the activations are quantized
   // once (quantize_q8, blocks of 32 codes with an f16-precision scale, as the CPU's activation blocks) and every
   // matrix that reads them runs matmul_q8 (OpSDot on four packed codes). It is on by default where the device
   // reports 4x8-bit packed dot products as accelerated; LOKAL_GPU_INT8=1 turns it on wherever the device can run it

@@ -14,3 +14,11 @@ void k4_scale_min(uint s, uint j, out uint sc, out uint mn) {  // s: byte offset
     mn = (byte_at(s + j + 4u) >> 4) | ((byte_at(s + j) >> 6) << 4);
   }
 }
+
+// Q3_K scales: 12 bytes holding 16 six-bit values. Value k: low nibble from byte k (k < 8) or the high nibble of
+// byte k - 8, top two bits from byte 8 + k % 4, bits 2 (k / 4); minus 32.
+int q3k_scale(uint s, uint k) {
+  const uint lo = k < 8u ? (byte_at(s + k) & 15u) : (byte_at(s + k - 8u) >> 4);
+  const uint hi = (byte_at(s + 8u + (k & 3u)) >> (2u * (k >> 2))) & 3u;
+  return int(lo | (hi << 4)) - 32;
+}

@@ -1,8 +1,8 @@
 // mvq_common.glsl - the int8 path of the few-token matrix product (mvq_*.comp): y[t][r] = sum_c W[r][c] x[t][c] with
 // x quantized by quantize_q8.comp (blocks of 32 int8 codes with a scale d_a and the sums of each half's codes) and
 // each 32-element unit of W read as 32 int8 codes (eight words of four) with per-half scales:
-//     W[r][32u + e] = wd[e / 16] * code_e + wm          (wm: the unit's offset, 0 for the symmetric types)
-// so a unit's contribution is  d_a * (wd[0] * isum_0 + wd[1] * isum_1 + wm * (asum_0 + asum_1)),  isum_h the integer
+//     W[r][32u + e] = wd[e / 16] * code_e + wm[e / 16]    (wm: the half's offset, 0 for the symmetric types)
+// so a unit's contribution is  d_a * (wd[0] * isum_0 + wd[1] * isum_1 + wm[0] * asum_0 + wm[1] * asum_1),  isum_h the integer
 // dot of half h's codes (OpSDot on packed 4 x int8: four sdots per half), asum_h the activation codes' sum. Integer
 // sums are exact; only the float combination differs from a dequantize-then-dot. The weight codes are the same
 // integers as core/quant.cpp's dequantizers use, moved by a constant where that keeps them in int8 (Q4_0: q - 8).
@@ -44,5 +44,5 @@ uint sub_bytes(uint v, uint o) { return ((v | 0x80808080u) - o * 0x01010101u) ^ 
 uint bit4_of_bytes(uint b4) { return ((b4 & 1u) << 4) | ((b4 & 2u) << 11) | ((b4 & 4u) << 18) | ((b4 & 8u) << 25); }
 
 // Each q_TYPE.glsl defines HAS_OFFSET (1 when wm can be nonzero) and
-//   void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm)
+//   void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm0, out float wm1)
 // for unit u of the row starting at byte rb: q[k] holds codes 4k..4k+3.

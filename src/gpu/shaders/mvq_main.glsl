@@ -19,9 +19,9 @@ void main() {
   float acc[NT];
   [[unroll]] for (uint t = 0; t < NT; ++t) acc[t] = 0.0;
   uint q[8];
-  float wd0, wd1, wm;
+  float wd0, wd1, wm0, wm1;
   for (uint u = tid; u < units; u += WG) {
-    unit_codes(row_base, u, q, wd0, wd1, wm);
+    unit_codes(row_base, u, q, wd0, wd1, wm0, wm1);
     [[unroll]] for (uint t = 0; t < NT; ++t) {
       if (t < nt) {
         const uint blk = t * units + u, a = 8u * blk;
@@ -34,7 +34,7 @@ void main() {
         float v = wd0 * float(s0) + wd1 * float(s1);
 #if HAS_OFFSET
         const uint sums = xq[aux + 2u * blk + 1u];
-        v += wm * float((int(sums << 16) >> 16) + (int(sums) >> 16));
+        v += wm0 * float(int(sums << 16) >> 16) + wm1 * float(int(sums) >> 16);
 #endif
         acc[t] += da * v;
       }

@@ -2,12 +2,12 @@
 // sub-block j of a 144-byte superblock. w = (d * sc) * q - dmin * mn: codes q (0..15), wd = d * sc, wm = -dmin * mn.
 #include "kquant.glsl"
 #define HAS_OFFSET 1
-void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm) {
+void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm0, out float wm1) {
   const uint b = rb + (u >> 3) * 144u, j = u & 7u;
   uint sc, mn;
   k4_scale_min(b + 4u, j, sc, mn);
   wd0 = wd1 = f16_at(b) * float(sc);
-  wm = -(f16_at(b + 2u) * float(mn));
+  wm0 = wm1 = -(f16_at(b + 2u) * float(mn));
   const uint q0 = b + 16u + (j >> 1) * 32u, shift = (j & 1u) * 4u;
   for (uint k = 0; k < 8u; ++k) q[k] = (u32_at_even(q0 + 4u * k) >> shift) & 0x0F0F0F0Fu;
 }

@@ -3,12 +3,12 @@
 // codes q (0..31), wd = d * sc, wm = -dmin * mn.
 #include "kquant.glsl"
 #define HAS_OFFSET 1
-void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm) {
+void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm0, out float wm1) {
   const uint b = rb + (u >> 3) * 176u, j = u & 7u;
   uint sc, mn;
   k4_scale_min(b + 4u, j, sc, mn);
   wd0 = wd1 = f16_at(b) * float(sc);
-  wm = -(f16_at(b + 2u) * float(mn));
+  wm0 = wm1 = -(f16_at(b + 2u) * float(mn));
   const uint q0 = b + 48u + (j >> 1) * 32u, shift = (j & 1u) * 4u;
   for (uint k = 0; k < 8u; ++k) {
     const uint hi = ((u32_at_even(b + 16u + 4u * k) >> j) & 0x01010101u) << 4;

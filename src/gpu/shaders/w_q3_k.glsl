@@ -4,12 +4,8 @@
 // Element e = 32 j + l (g = j/4, c = j%4): low 2 bits = bits 2c of qs[g*32 + l]; the third bit is bit (4g + c) of
 // hmask[l]; code = low - (bit set ? 0 : 4). Scale of sub-block k = e/16: low nibble from byte k (k < 8) or high
 // nibble of byte k-8, top two bits from byte 8 + k%4, bits 2*(k/4); minus 32.   w = (d * scale) * code
+#include "kquant.glsl"
 #define UNIT 32
-int q3k_scale(uint s, uint k) {
-  const uint lo = k < 8u ? (byte_at(s + k) & 15u) : (byte_at(s + k - 8u) >> 4);
-  const uint hi = (byte_at(s + 8u + (k & 3u)) >> (2u * (k >> 2))) & 3u;
-  return int(lo | (hi << 4)) - 32;
-}
 void unit_weights(uint rb, uint u, out float wv[UNIT]) {
   const uint b = rb + (u >> 3) * 110u, j = u & 7u, g = j >> 2, c = j & 3u;
   const float d = f16_at(b + 108u);
