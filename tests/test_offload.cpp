@@ -295,6 +295,60 @@ TEST(GpuOffload, LongContextSplitAttentionEqualsTheCpu) {
   std::printf("[ %s ] 700 positions + 6 split decode steps: max |diff| = %.3g\n", rel, d);
 }
 
+// Matrices larger than one shader binding are cut into parts of rows (DeviceModel::Matrix), each multiplied into its
+// slice of the output. LOKAL_GPU_MAX_BINDING lowers lavapipe's 128 MiB to 256 KiB: tinytales-4m's 2 MiB output
+// becomes 8 parts, ffn_down (256 rows of 3 KiB) 4 parts of 80, 80, 80, 16 rows; the golden logits stay within the F32
+// tolerance. Its Q8_0 file with the int8 path forced: the parts go through matmul_q8. `lokal run` with 1 MiB: the same
+// text as the CPU and device bytes used = predicted (the parts' allocations add up to the whole matrix's).
+TEST(GpuOffload, MatricesLargerThanABindingAreCutIntoParts) {
+  LOKAL_NEED_GPU();
+  struct EnvGuard {
+    ~EnvGuard() {
+      unsetenv("LOKAL_GPU_MAX_BINDING");
+      unsetenv("LOKAL_GPU_INT8");
+    }
+  } guard;
+  setenv("LOKAL_GPU_MAX_BINDING", "262144", 1);
+  for (const char* which : {"f32", "q8_0"}) {
+    SCOPED_TRACE(which);
+    const std::string golden = std::string("tinytales-4m-") + which + ".p64.json";
+    json g = json::parse(test::read_file(test::test_data_dir() + "/golden/logits/" + golden));
+    if (std::string(which) == "q8_0") setenv("LOKAL_GPU_INT8", "1", 1);
+    std::unique_ptr<Model> model = load(g["model"], 99);
+    ASSERT_NE(model->device(), nullptr);
+    EXPECT_EQ(model->device()->info().max_storage_buffer_bytes, 262144u);
+    ASSERT_TRUE(model->device()->output_on_device());
+    const DeviceModel::Matrix& out = model->device()->output();
+    const DeviceModel::Matrix& down = model->device()->layer(0).w_down;
+    if (std::string(which) == "f32") {
+      EXPECT_EQ(out.parts.size(), 8u);
+      EXPECT_EQ(down.parts.size(), 4u);
+      EXPECT_EQ(down.part_rows, 80);
+    } else {
+      EXPECT_TRUE(model->device()->int8());
+      EXPECT_EQ(out.parts.size(), 3u);  // 2048 rows of 272 bytes: 960 per part
+    }
+    std::vector<int32_t> tokens = g["tokens"].get<std::vector<int32_t>>();
+    const int64_t batch = std::string(which) == "f32" ? 0 : gpu::Kernels::kFewTokens;
+    const std::vector<float> logits = run(*model, tokens, 0, DType::F32, batch);
+    check_golden(golden, g, logits, model->config().n_vocab, gpu_tolerance(std::string("tinytales-4m-") + which),
+                 "-ngl 99, 256 KiB bindings");
+  }
+  unsetenv("LOKAL_GPU_INT8");
+  setenv("LOKAL_GPU_MAX_BINDING", "1048576", 1);
+  const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
+  const test::CliResult cpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0");
+  const test::CliResult gpu = test::run_lokal("run -m " + model + " -p 'Once upon a time' -n 24 --temp 0 -b 64 -ngl 99");
+  ASSERT_EQ(cpu.rc, 0) << cpu.err;
+  ASSERT_EQ(gpu.rc, 0) << gpu.err;
+  EXPECT_EQ(gpu.out, cpu.out);
+  EXPECT_NE(gpu.err.find("(output on the GPU)"), std::string::npos) << gpu.err;
+  std::smatch mt;
+  ASSERT_TRUE(std::regex_search(gpu.err, mt, std::regex(R"(\((\d+) bytes\) used, [0-9.]+ MiB \((\d+) bytes\) predicted)")))
+      << gpu.err;
+  EXPECT_EQ(mt[1].str(), mt[2].str()) << gpu.err;
+}
+
 TEST(GpuOffload, GreedyTextIdenticalToTheCpuOnRealModels) {
   LOKAL_NEED_GPU();
   for (const char* rel : {"models/real/stories260K.gguf", "models/real/stories260K-f16.gguf",

@@ -946,3 +946,65 @@ TEST(VulkanInt8, BadArgumentsAreErrors) {
   EXPECT_THROW(k.quantize_q8(c, x, xq, 64, 9), Error);                    // output too small
   EXPECT_THROW(k.quantize_q8(c, x, xq, 40, 1), Error);                    // not whole blocks
 }
+
+// A matrix cut into parts of rows (as model/offload.cpp does for matrices beyond one binding), each multiplied into
+// its slice of y (OutRows): the very bits of the whole product, for the few-token, the tiled and the int8 kernel;
+// rows outside every slice untouched; a slice beyond y is an error.
+TEST(VulkanMatMul, PartsOfRowsWriteTheirSliceBitForBit) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  const bool int8 = k.int8_capable();
+  if (int8) k.set_int8(true);
+  std::mt19937 rng(47);
+  const int64_t rows = 70, cols = 512;
+  for (DType t : {DType::F16, DType::Q4_K, DType::Q8_0}) {
+    for (int64_t n_tok : {1, 5, 40}) {
+      for (bool q8 : {false, true}) {
+        if (q8 && (!int8 || n_tok > gpu::Kernels::kFewTokens || !gpu::Kernels::supports_q8(t))) continue;
+        SCOPED_TRACE(std::string(type_name(t)) + ", " + std::to_string(n_tok) + " tokens" + (q8 ? ", int8" : ""));
+        const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
+        const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
+        const size_t rb = row_size(t, cols);
+        gpu::Buffer whole = dev->alloc(w.size());
+        dev->upload(whole, w.data(), w.size());
+        const int64_t cut[] = {0, 24, 48, rows};  // parts of 24, 24, 22 rows
+        std::vector<gpu::Buffer> parts;
+        for (int p = 0; p < 3; ++p) {
+          parts.push_back(dev->alloc(rb * (cut[p + 1] - cut[p])));
+          dev->upload(parts.back(), w.data() + rb * cut[p], rb * (cut[p + 1] - cut[p]));
+        }
+        gpu::Buffer xb = upload_vec(*dev, x);
+        gpu::Buffer xq = dev->alloc(gpu::Kernels::q8_bytes(cols, n_tok));
+        // y of the parts starts as NaN: rows outside every slice would stay NaN.
+        const std::vector<float> nan(static_cast<size_t>(n_tok * (rows + 3)), std::nanf(""));
+        gpu::Buffer y1 = dev->alloc(static_cast<uint64_t>(n_tok * rows) * 4), y2 = upload_vec(*dev, nan);
+        gpu::Commands c(*dev);
+        if (q8) {
+          k.quantize_q8(c, xb, xq, cols, n_tok);
+          c.barrier();
+          k.matmul_q8(c, t, whole, xq, y1, rows, cols, n_tok);
+          for (int p = 0; p < 3; ++p)
+            k.matmul_q8(c, t, parts[p], xq, y2, cut[p + 1] - cut[p], cols, n_tok, {cut[p] + 2, rows + 3});
+        } else {
+          k.matmul(c, t, whole, xb, y1, rows, cols, n_tok);
+          for (int p = 0; p < 3; ++p)
+            k.matmul(c, t, parts[p], xb, y2, cut[p + 1] - cut[p], cols, n_tok, {cut[p] + 2, rows + 3});
+        }
+        c.submit_and_wait();
+        const std::vector<float> a = download_floats(*dev, y1, static_cast<size_t>(n_tok * rows));
+        const std::vector<float> b = download_floats(*dev, y2, static_cast<size_t>(n_tok * (rows + 3)));
+        for (int64_t tok = 0; tok < n_tok; ++tok) {
+          const float* bt = b.data() + tok * (rows + 3);
+          EXPECT_TRUE(std::isnan(bt[0]) && std::isnan(bt[1]) && std::isnan(bt[rows + 2])) << "token " << tok;
+          EXPECT_EQ(std::memcmp(a.data() + tok * rows, bt + 2, static_cast<size_t>(rows) * 4), 0) << "token " << tok;
+        }
+      }
+    }
+  }
+  gpu::Buffer w = dev->alloc(row_size(DType::F16, 64) * 4), x = dev->alloc(64 * 4), y = dev->alloc(10 * 4);
+  gpu::Commands c(*dev);
+  EXPECT_NO_THROW(k.matmul(c, DType::F16, w, x, y, 4, 64, 1, {6, 10}));
+  EXPECT_THROW(k.matmul(c, DType::F16, w, x, y, 4, 64, 1, {7, 10}), Error);   // past the end of the row
+  EXPECT_THROW(k.matmul(c, DType::F16, w, x, y, 4, 64, 1, {-1, 10}), Error);
+  EXPECT_THROW(k.matmul(c, DType::F16, w, x, y, 4, 64, 1, {0, 13}), Error);   // y (48 bytes) too small for 13
+}

@@ -259,6 +259,13 @@ class Instance {
     }
     d.max_allocation_bytes = m3.maxMemoryAllocationSize;
     d.max_storage_buffer_bytes = base.limits.maxStorageBufferRange;
+    // LOKAL_GPU_MAX_BINDING=BYTES lowers it (to try, on any device, what a device with smaller bindings does: the
+    // tests cut matrices into parts with it).
+    if (const char* e = std::getenv("LOKAL_GPU_MAX_BINDING")) {
+      char* end = nullptr;
+      const unsigned long long v = std::strtoull(e, &end, 10);
+      if (end != e && *end == '\0' && v >= 16) d.max_storage_buffer_bytes = std::min<uint64_t>(d.max_storage_buffer_bytes, v);
+    }
     d.fp16 = has_f16i8 && f16.shaderFloat16;
     d.int8 = has_f16i8 && f16.shaderInt8;
     d.int8_dot = has_dot && dotf.shaderIntegerDotProduct;

@@ -45,7 +45,8 @@ struct DeviceInfo {
   uint32_t api_version = 0;        // VK_MAKE_API_VERSION value
   uint64_t device_local_bytes = 0;  // sum of the DEVICE_LOCAL memory heaps
   uint64_t max_allocation_bytes = 0;  // maxMemoryAllocationSize (largest single allocation)
-  uint64_t max_storage_buffer_bytes = 0;  // maxStorageBufferRange (largest buffer one shader binding may see)
+  uint64_t max_storage_buffer_bytes = 0;  // maxStorageBufferRange (largest buffer one shader binding may see;
+                                          // LOKAL_GPU_MAX_BINDING=BYTES lowers it)
   bool fp16 = false;               // shaderFloat16: half-precision arithmetic in shaders
   bool int8 = false;               // shaderInt8: 8-bit integer arithmetic in shaders
   bool int8_dot = false;           // shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product / Vulkan 1.3)

@@ -110,38 +110,49 @@ constexpr int64_t kTileRows = 64, kTileTokens = 32;
 std::string tiled_shader(const char* matvec_name) { return std::string("mm_") + (matvec_name + 3); }
 }  // namespace
 
-void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
-                     int64_t n_tok) {
-  const char* name = matvec_shader(t);
-  if (!name) throw Error(std::string("GPU matmul: no shader for weight type ") + type_name(t));
-  check_count(rows, "matmul", "row count");
-  check_count(cols, "matmul", "column count");
-  check_count(n_tok, "matmul", "token count");
+Kernels::MatPush Kernels::mat_push(const char* kn, DType t, const Buffer& w, Buffer& y, int64_t rows, int64_t cols,
+                                   int64_t n_tok, OutRows out) const {
+  const std::string k = std::string("GPU ") + kn + ": ";
+  check_count(rows, kn, "row count");
+  check_count(cols, kn, "column count");
+  check_count(n_tok, kn, "token count");
+  const int64_t total = out.total ? out.total : rows;
+  check_count(total, kn, "output row length");
+  if (out.first < 0 || out.first > total - rows)
+    throw Error(k + "rows [" + std::to_string(out.first) + ", " + std::to_string(out.first + rows) +
+                ") are outside an output of " + std::to_string(total) + " rows");
   const TypeInfo* ti = type_info(t);
   if (cols % ti->block_size != 0)
-    throw Error("GPU matmul: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
-                " block size " + std::to_string(ti->block_size));
+    throw Error(k + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) + " block size " +
+                std::to_string(ti->block_size));
   const uint64_t row_bytes = row_size(t, cols);
   // The shaders address W in 32-bit byte offsets, x and y in 32-bit element indices.
   if (rows != 0 && row_bytes > UINT32_MAX / static_cast<uint64_t>(rows))  // (no overflow: both may be ~2^32)
-    throw Error("GPU matmul: a matrix of " + std::to_string(rows) + " rows of " + std::to_string(row_bytes) +
+    throw Error(k + "a matrix of " + std::to_string(rows) + " rows of " + std::to_string(row_bytes) +
                 " bytes is beyond 4 GiB");
+  const uint64_t y_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(total);
+  if (y_elems > UINT32_MAX)
+    throw Error(k + std::to_string(n_tok) + " tokens of " + std::to_string(total) + " outputs are too many elements");
+  need(w, row_bytes * rows, kn, "weight");
+  need(y, 4 * y_elems, kn, "output");
+  return {static_cast<uint32_t>(rows),      static_cast<uint32_t>(cols),  static_cast<uint32_t>(row_bytes),
+          static_cast<uint32_t>(n_tok),     static_cast<uint32_t>(total), static_cast<uint32_t>(out.first)};
+}
+
+void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
+                     int64_t n_tok, OutRows out) {
+  const char* name = matvec_shader(t);
+  if (!name) throw Error(std::string("GPU matmul: no shader for weight type ") + type_name(t));
+  const MatPush push = mat_push("matmul", t, w, y, rows, cols, n_tok, out);
   const uint64_t x_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(cols);
-  const uint64_t y_elems = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows);
-  if (x_elems > UINT32_MAX || y_elems > UINT32_MAX)
-    throw Error("GPU matmul: " + std::to_string(n_tok) + " tokens of " + std::to_string(cols) + " inputs and " +
-                std::to_string(rows) + " outputs are too many elements");
-  need(w, row_bytes * rows, "matmul", "weight");
+  if (x_elems > UINT32_MAX)
+    throw Error("GPU matmul: " + std::to_string(n_tok) + " tokens of " + std::to_string(cols) +
+                " inputs are too many elements");
   need(x, 4 * x_elems, "matmul", "input");
-  need(y, 4 * y_elems, "matmul", "output");
   const int64_t groups_z = (n_tok + kMatmulTokens - 1) / kMatmulTokens;
   if (groups_z > int64_t(dev_->info().max_workgroup_count[2]))
     throw Error("GPU matmul: " + std::to_string(n_tok) + " tokens exceed the device's dispatch limit (" +
                 std::to_string(int64_t(dev_->info().max_workgroup_count[2]) * kMatmulTokens) + ")");
-  struct {
-    uint32_t rows, cols, row_bytes, n_tok;
-  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes),
-         static_cast<uint32_t>(n_tok)};
   uint32_t gx, gy;
   if (n_tok > kMatmulTokens) {
     // Prompt processing: tiles of 64 rows x 32 tokens read and dequantize each weight once per 32 tokens (the
@@ -280,31 +291,15 @@ void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols
 }
 
 void Kernels::matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows,
-                        int64_t cols, int64_t n_tok) {
+                        int64_t cols, int64_t n_tok, OutRows out) {
   const char* name = q8_shader(t);
   if (!name) throw Error(std::string("GPU matmul_q8: no int8 shader for weight type ") + type_name(t));
   if (!int8_) throw Error("GPU matmul_q8: the int8 path is off on " + dev_->info().name);
-  check_count(rows, "matmul_q8", "row count");
-  check_count(cols, "matmul_q8", "column count");
   if (n_tok < 1 || n_tok > kFewTokens)
     throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens (1.." + std::to_string(kFewTokens) + ")");
-  if (cols % type_info(t)->block_size != 0)
-    throw Error("GPU matmul_q8: " + std::to_string(cols) + " columns is not a multiple of the " + type_name(t) +
-                " block size " + std::to_string(type_info(t)->block_size));
-  const uint64_t row_bytes = row_size(t, cols);
-  if (rows != 0 && row_bytes > UINT32_MAX / static_cast<uint64_t>(rows))
-    throw Error("GPU matmul_q8: a matrix of " + std::to_string(rows) + " rows of " + std::to_string(row_bytes) +
-                " bytes is beyond 4 GiB");
-  if (static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows) > UINT32_MAX)
-    throw Error("GPU matmul_q8: too many outputs");
-  need(w, row_bytes * rows, "matmul_q8", "weight");
+  const MatPush push = mat_push("matmul_q8", t, w, y, rows, cols, n_tok, out);
   need(xq, q8_bytes(cols, n_tok), "matmul_q8", "quantized input");
-  need(y, 4 * static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rows), "matmul_q8", "output");
   if (rows == 0) return;
-  struct {
-    uint32_t rows, cols, row_bytes, n_tok;
-  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), static_cast<uint32_t>(row_bytes),
-         static_cast<uint32_t>(n_tok)};
   uint32_t gx, gy;
   grid(rows, gx, gy);
   c.dispatch(pipeline(name, 3, sizeof push), {&w, &xq, &y}, &push, sizeof push, gx, gy);

@@ -12,6 +12,12 @@
 
 namespace lokal::gpu {
 
+// Where a matrix product's rows go in y: y[t][first + r] for r < rows, y's rows `total` long (0: the matrix's own row
+// count, the whole of y).
+struct OutRows {
+  int64_t first = 0, total = 0;
+};
+
 class Kernels {
  public:
   // int8() starts as int8_by_default.
@@ -37,8 +43,11 @@ class Kernels {
 
   // y[t][r] = sum_c W[r][c] x[t][c] for t < n_tok, r < rows: x holds n_tok x cols f32, y n_tok x rows f32. The
   // same types and checks as matvec (matvec is n_tok = 1). Reads each weight row once per group of tokens.
+  //
+  // A matrix too large for one binding is multiplied in parts of rows: `out` places this part's rows in a wider y
+  // (see OutRows).
   void matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
-              int64_t n_tok);
+              int64_t n_tok, OutRows out = {});
   // ---- the int8 path of few-token products (decode) ----
   // On devices with integer dot products and subgroup arithmetic, a product over at most kFewTokens tokens of
   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or Q2_K..Q6_K weights can dot int8 with int8: the activations are quantized
@@ -61,7 +70,7 @@ class Kernels {
   // matmul for n_tok <= kFewTokens from xq = quantize_q8(x): the same y as matmul up to the activations' rounding.
   // Throws for a type without an int8 shader, n_tok beyond kFewTokens, or when int8() is off.
   void matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows, int64_t cols,
-                 int64_t n_tok);
+                 int64_t n_tok, OutRows out = {});
 
   // y[t][i] += b[i] for t < n_tok, i < n (a bias on every token's row).
   void add_bias(Commands& c, Buffer& y, const Buffer& b, int64_t n, int64_t n_tok);
@@ -116,6 +125,12 @@ class Kernels {
 
  private:
   const Pipeline& pipeline(const std::string& name, uint32_t n_buffers, uint32_t push_bytes);
+  // The push constants of the matrix shaders (mv_common.glsl, mvq_common.glsl), checked.
+  struct MatPush {
+    uint32_t rows, cols, row_bytes, n_tok, y_rows, y_row0;
+  };
+  MatPush mat_push(const char* kernel, DType t, const Buffer& w, Buffer& y, int64_t rows, int64_t cols,
+                   int64_t n_tok, OutRows out) const;
   // A grid of at least `groups` workgroups in x (then y) within the device's per-dimension limit.
   void grid(int64_t groups, uint32_t& gx, uint32_t& gy) const;
 

@@ -285,10 +285,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
       }
   };
   auto mm = [&](gpu::Commands& cmd, const DeviceModel::Matrix& w, const gpu::Buffer& in, gpu::Buffer& out) {
-    if (q8(w))
-      K.matmul_q8(cmd, w.type, w.buf, s.xq, out, w.rows, w.cols, n);
-    else
-      K.matmul(cmd, w.type, w.buf, in, out, w.rows, w.cols, n);
+    dm.matmul(cmd, w, in, int8 ? &s.xq : nullptr, out, n);
   };
 
   auto lock = dm.lock();
@@ -367,13 +364,12 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     c.barrier();
     c.copy(s.gate, s.xn, static_cast<uint64_t>(r * d) * 4, static_cast<uint64_t>(c0 * d) * 4, 0);
     c.barrier();
-    if (K.int8() && r <= gpu::Kernels::kFewTokens && gpu::Kernels::supports_q8(W.type)) {
+    const bool q8 = K.int8() && r <= gpu::Kernels::kFewTokens && gpu::Kernels::supports_q8(W.type);
+    if (q8) {
       K.quantize_q8(c, s.xn, s.xq, W.cols, r);
       c.barrier();
-      K.matmul_q8(c, W.type, W.buf, s.xq, s.logits, W.rows, W.cols, r);
-    } else {
-      K.matmul(c, W.type, W.buf, s.xn, s.logits, W.rows, W.cols, r);
     }
+    dm.matmul(c, W, s.xn, q8 ? &s.xq : nullptr, s.logits, r);
     c.barrier();
     c.copy(s.logits, s.down_stage, row_logits * r, 0, x_bytes);
   };

@@ -20,13 +20,36 @@ std::string mib(uint64_t b) {
 
 uint64_t matrix_bytes(const WeightView& w) { return w.row_bytes * static_cast<uint64_t>(w.rows); }
 
-// Whether the device can multiply by this matrix: a shader for its type and one binding large enough.
+// Rows per part of a matrix of rows of row_bytes on a device whose bindings see max_binding bytes (all of them when
+// they fit; 0 when not even one row fits). Parts are a multiple of 8 rows where possible: with even row sizes (every
+// GGUF type's) each full part is then a multiple of 16 bytes, so the parts' allocations (rounded to 16 bytes) add up
+// to the whole matrix's, which is what the planner counts.
+int64_t part_rows_for(uint64_t row_bytes, int64_t rows, uint64_t max_binding) {
+  const uint64_t limit = std::min<uint64_t>(max_binding, UINT32_MAX);
+  if (row_bytes * static_cast<uint64_t>(rows) <= limit) return rows;
+  const int64_t fit = static_cast<int64_t>(limit / row_bytes);
+  return fit >= 8 ? fit / 8 * 8 : fit;
+}
+
+// Whether the device can multiply by this matrix: a shader for its type and a binding that holds one row.
 bool device_can_hold(const WeightView& w, uint64_t max_binding) {
-  return w.data && gpu::Kernels::supports_matvec(w.type) && matrix_bytes(w) <= max_binding &&
-         matrix_bytes(w) <= UINT32_MAX;
+  return w.data && gpu::Kernels::supports_matvec(w.type) && part_rows_for(w.row_bytes, w.rows, max_binding) > 0;
 }
 
 }  // namespace
+
+void DeviceModel::matmul(gpu::Commands& c, const Matrix& w, const gpu::Buffer& x, const gpu::Buffer* xq,
+                         gpu::Buffer& y, int64_t n_tok) {
+  const bool q8 = xq && kernels_->int8() && gpu::Kernels::supports_q8(w.type);
+  for (size_t p = 0; p < w.parts.size(); ++p) {
+    const int64_t r0 = static_cast<int64_t>(p) * w.part_rows, rows = std::min(w.part_rows, w.rows - r0);
+    const gpu::OutRows out{r0, w.rows};
+    if (q8)
+      kernels_->matmul_q8(c, w.type, w.parts[p], *xq, y, rows, w.cols, n_tok, out);
+    else
+      kernels_->matmul(c, w.type, w.parts[p], x, y, rows, w.cols, n_tok, out);
+  }
+}
 
 std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOptions& opt) {
   const ModelConfig& c = m.config();
@@ -50,12 +73,17 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
                   "layers (-ngl) or a supported type");
     if (w.packed) throw Error("GPU offload: " + name + " was repacked for the CPU before the upload (internal error)");
     const uint64_t bytes = matrix_bytes(w);
-    if (bytes > max_binding || bytes > UINT32_MAX)
-      throw Error("GPU offload: " + name + " takes " + mib(bytes) + ", more than one shader binding of " +
-                  dm->info().name + " may see (" + mib(max_binding) + ")");
     Matrix mx;
-    mx.buf = dev.alloc(bytes);
-    dev.upload(mx.buf, w.data, bytes);
+    mx.part_rows = part_rows_for(w.row_bytes, w.rows, max_binding);
+    if (mx.part_rows <= 0)
+      throw Error("GPU offload: one row of " + name + " takes " + std::to_string(w.row_bytes) +
+                  " bytes, more than one shader binding of " + dm->info().name + " may see (" + mib(max_binding) + ")");
+    for (int64_t r0 = 0; r0 < w.rows; r0 += mx.part_rows) {
+      const uint64_t part = w.row_bytes * static_cast<uint64_t>(std::min(mx.part_rows, w.rows - r0));
+      mx.parts.push_back(dev.alloc(part));
+      dev.upload(mx.parts.back(), w.data + w.row_bytes * static_cast<uint64_t>(r0), part);
+      dm->weight_bytes_ += mx.parts.back().size();
+    }
     if (const MappedFile* mf = m.gguf().mapped(); mf && mf->is_mapped() && !cpu_reads_it) {
       const size_t off = static_cast<size_t>(w.data - mf->data());
       mf->release(off, bytes);  // the CPU never reads these bytes again
@@ -64,7 +92,6 @@ std::unique_ptr<DeviceModel> DeviceModel::create(const Model& m, const OffloadOp
     mx.type = w.type;
     mx.rows = w.rows;
     mx.cols = w.cols;
-    dm->weight_bytes_ += mx.buf.size();
     return mx;
   };
   auto upload_vector = [&](const float* v, int64_t k) {

@@ -36,11 +36,14 @@ struct OffloadOptions {
 
 class DeviceModel {
  public:
+  // A weight matrix in its GGUF layout: one buffer, or (larger than one shader binding may see) parts of
+  // part_rows rows each (the last one the rest), multiplied part by part into slices of the output.
   struct Matrix {
-    gpu::Buffer buf;
+    std::vector<gpu::Buffer> parts;
+    int64_t part_rows = 0;
     DType type = DType::F32;
     int64_t rows = 0, cols = 0;
-    explicit operator bool() const { return static_cast<bool>(buf); }
+    explicit operator bool() const { return !parts.empty(); }
   };
   struct Layer {
     gpu::Buffer attn_norm, ffn_norm, bq, bk, bv;  // f32 vectors (biases: empty when absent)
@@ -63,6 +66,10 @@ class DeviceModel {
   bool output_on_device() const { return static_cast<bool>(output_); }
   const Layer& layer(int64_t l) const { return layers_[static_cast<size_t>(l - first_)]; }
   const Matrix& output() const { return output_; }
+  // y = W x for n_tok tokens (gpu::Kernels::matmul, part by part). With xq (x quantized by Kernels::quantize_q8) a
+  // type that has an int8 shader takes the int8 path (Kernels::matmul_q8).
+  void matmul(gpu::Commands& c, const Matrix& w, const gpu::Buffer& x, const gpu::Buffer* xq, gpu::Buffer& y,
+              int64_t n_tok);
   const gpu::Buffer& output_norm() const { return output_norm_; }
   uint64_t weight_bytes() const { return weight_bytes_; }  // device memory of the uploaded weights
   // The file byte ranges [offset, end) of the uploaded matrices: the CPU never reads them, so the loader neither

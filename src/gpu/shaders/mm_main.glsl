@@ -79,7 +79,7 @@ void main() {
     if (tok < pc.n_tok)
       [[unroll]] for (uint i = 0; i < TM; ++i) {
         const uint row = row0 + tx + i * TX;
-        if (row < pc.rows) y[tok * pc.rows + row] = acc[i * TN + j];
+        if (row < pc.rows) y[tok * pc.y_rows + pc.y_row0 + row] = acc[i * TN + j];
       }
   }
 }

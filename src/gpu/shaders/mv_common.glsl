@@ -32,6 +32,8 @@ layout(push_constant) uniform Push {
   uint cols;       // elements per row of W (= length of x), a multiple of UNIT
   uint row_bytes;  // bytes per row of W
   uint n_tok;      // tokens (rows of x and of y)
+  uint y_rows;     // y's row length (>= rows: a matrix cut into parts writes rows [y_row0, y_row0 + rows) of it)
+  uint y_row0;
 } pc;
 
 // Byte b of W (0..255).

@@ -40,5 +40,5 @@ void main() {
         if (t < nt) partial[t * WG + tid] += partial[t * WG + tid + s];
     barrier();
   }
-  if (tid < nt) y[(tok0 + tid) * pc.rows + row] = partial[tid * WG];
+  if (tid < nt) y[(tok0 + tid) * pc.y_rows + pc.y_row0 + row] = partial[tid * WG];
 }

@@ -23,6 +23,8 @@ layout(push_constant) uniform Push {
   uint cols;       // elements per row of W, a multiple of 32
   uint row_bytes;  // bytes per row of W
   uint n_tok;      // tokens (rows of x and of y), 1..8
+  uint y_rows;     // y's row length and where this matrix's rows start in it (as mv_common.glsl)
+  uint y_row0;
 } pc;
 
 // OpSDot (SPV_KHR_integer_dot_product, opcode 4450) of two words of four packed int8 (PackedVectorFormat4x8Bit = 0):

@@ -50,6 +50,6 @@ void main() {
   if (tid < nt) {
     float s = 0.0;
     for (uint g = 0; g < gl_NumSubgroups; ++g) s += partial[tid * WG + g];
-    y[tid * pc.rows + row] = s;
+    y[tid * pc.y_rows + pc.y_row0 + row] = s;
   }
 }
