@@ -505,6 +505,70 @@ TEST(GpuOffload, ServeOffloadsPerModelAndAnswersAsTheCpu) {
 
 // ---- errors ----
 
+// serve --vram: the models' predicted device memory shares one budget beside --ram. Three offloaded models of which
+// any two fit the budget: the third evicts the least recently used idle one (as the RAM budget does); the
+// prediction is what each loaded model then really uses on the device (/api/ps size_vram); a model over the whole
+// budget is refused at start.
+TEST(GpuOffload, ServeVramBudgetEvictsToMakeRoom) {
+  LOKAL_NEED_GPU();
+  test::TempDir dir;
+  const std::string a = test::data_path("models/real/tinytales-4m-f32.gguf");
+  const std::string b = test::data_path("models/real/tinytales-4m-f16.gguf");
+  const std::string c3 = test::data_path("models/real/tinychat-4m-f32.gguf");
+  auto config = [&](const std::string& head) {
+    const std::string cfg = dir.file("vram-" + std::to_string(head.size()) + ".toml");
+    std::ofstream(cfg) << head << "[models.a]\nmodel = \"" << a << "\"\ngpu_layers = 99\n"
+                       << "[models.b]\nmodel = \"" << b << "\"\ngpu_layers = 99\n"
+                       << "[models.c]\nmodel = \"" << c3 << "\"\ngpu_layers = 99\n";
+    return cfg;
+  };
+  // The predictions, from a server without a budget.
+  std::map<std::string, uint64_t> vram;
+  {
+    test::Server s({"--config", config("")});
+    ASSERT_GT(s.port(), 0) << s.log();
+    auto c = s.client(60);
+    auto r = c.Get("/v1/models");
+    ASSERT_TRUE(r);
+    const json models = json::parse(r->body);
+    for (const json& m : models["data"])
+      if (!m.contains("alias_of")) vram[m["id"].get<std::string>()] = m["meta"]["vram_bytes"].get<uint64_t>();
+    ASSERT_EQ(vram.size(), 3u) << r->body;
+    EXPECT_EQ(s.stop(), 0) << s.log();
+  }
+  ASSERT_EQ(vram.size(), 3u);
+  const uint64_t budget = std::max({vram["a"] + vram["b"], vram["a"] + vram["c"], vram["b"] + vram["c"]});
+  ASSERT_LT(budget, vram["a"] + vram["b"] + vram["c"]);
+  test::Server s({"--config", config("vram = \"" + std::to_string(budget) + "\"\n")});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client(120);
+  auto state = [&] {
+    std::map<std::string, uint64_t> loaded;  // name -> size_vram
+    auto r = c.Get("/api/ps");
+    const json ps = r ? json::parse(r->body) : json::object();
+    if (r)
+      for (const json& m : ps["models"]) loaded[m["name"].get<std::string>()] = m["size_vram"].get<uint64_t>();
+    return loaded;
+  };
+  int st = 0;
+  for (const char* m : {"a", "b", "a", "c"}) {
+    test::post(c, "/v1/completions", {{"model", m}, {"prompt", "Once upon a time"}, {"max_tokens", 4}}, &st);
+    EXPECT_EQ(st, 200) << m;
+  }
+  const auto loaded = state();  // c needed room: b, the least recently used, went
+  EXPECT_EQ(loaded.size(), 2u);
+  EXPECT_EQ(loaded.count("b"), 0u);
+  for (const auto& [name, bytes] : loaded) EXPECT_EQ(bytes, vram[name]) << name << ": used = predicted";
+  auto r = c.Get("/api/ps");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(json::parse(r->body)["memory"]["vram_budget_bytes"].get<uint64_t>(), budget);
+  EXPECT_EQ(s.stop(), 0) << s.log();
+  // One model over the whole budget: refused at start, with the numbers.
+  const test::CliResult bad = test::run_lokal("serve --config " + config("vram = \"1MiB\"\n") + " --port 0");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("more than --vram 1MiB"), std::string::npos) << bad.err;
+}
+
 TEST(GpuOffload, KvTypeWithoutAGpuKernelIsAClearError) {
   LOKAL_NEED_GPU();
   auto m = load("models/real/tinytales-4m-f32.gguf", 2);

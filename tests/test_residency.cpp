@@ -75,6 +75,40 @@ TEST(Residency, BusyModelsMakeTheLoadWaitPinnedOnesMakeItImpossible) {
   EXPECT_NE(full.why.find("maximum of 2 loaded models"), std::string::npos) << full.why;
 }
 
+// A device-memory budget (serve --vram) beside the RAM one: a load must fit both; eviction frees both; a model over
+// the device budget alone, or over what pinned models leave of it, is impossible with the numbers.
+TEST(Residency, DeviceMemoryIsASecondBudget) {
+  Residency r(10000 * MiB, 0, 1000 * MiB);
+  EXPECT_EQ(r.vram_budget(), 1000 * MiB);
+  r.loaded("a", 100 * MiB, false, 5min, t0, 600 * MiB);
+  r.loaded("b", 100 * MiB, false, 5min, t0 + 1s, 300 * MiB);
+  EXPECT_EQ(r.used_device_bytes(), 900 * MiB);
+  // RAM has room for c, the device does not: the least recently used idle model goes.
+  const auto dc = r.plan_load("c", 100 * MiB, 300 * MiB);
+  EXPECT_EQ(dc.kind, Kind::Load);
+  EXPECT_EQ(dc.evict, std::vector<std::string>{"a"});
+  // A CPU-only model (no device bytes) loads beside them.
+  EXPECT_TRUE(r.plan_load("cpu", 100 * MiB, 0).evict.empty());
+  // Busy: wait; pinned: impossible.
+  r.begin("a", t0 + 2s);
+  r.begin("b", t0 + 2s);
+  EXPECT_EQ(r.plan_load("c", 100 * MiB, 300 * MiB).kind, Kind::Wait);
+  r.end("a", t0 + 3s);
+  r.end("b", t0 + 3s);
+  r.set_pinned("a", true);
+  r.set_pinned("b", true);
+  const auto pinned = r.plan_load("c", 100 * MiB, 300 * MiB);
+  EXPECT_EQ(pinned.kind, Kind::Impossible);
+  EXPECT_NE(pinned.why.find("--vram"), std::string::npos) << pinned.why;
+  const auto huge = r.plan_load("huge", 100 * MiB, 1500 * MiB);
+  EXPECT_EQ(huge.kind, Kind::Impossible);
+  EXPECT_NE(huge.why.find("device memory"), std::string::npos) << huge.why;
+  // Without a device budget, device bytes do not limit anything.
+  Residency n(10000 * MiB, 0);
+  n.loaded("a", 100 * MiB, false, 5min, t0, 600 * MiB);
+  EXPECT_TRUE(n.plan_load("b", 100 * MiB, 50000 * MiB).evict.empty());
+}
+
 TEST(Residency, KeepAliveExpiresIdleModels) {
   Residency r(0, 0);
   r.loaded("a", MiB, false, 5min, t0);

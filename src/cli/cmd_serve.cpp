@@ -39,6 +39,7 @@ struct ServeArgs {
   int64_t kv_tokens = 0;
   std::string cache_type_k = "f16", cache_type_v = "f16";
   std::string ram;
+  std::string vram;  // --vram: the device memory budget of the models' GPU layers
   bool allow_long_ctx = false, no_mmap = false, jinja = true;
   OffloadOptions offload;
   std::string chat_template;
@@ -400,6 +401,10 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     }
     specs.push_back(std::move(m));
   }
+  if (!a.vram.empty()) {  // one model or several: their device memory together (a model over it is refused)
+    ro.vram_budget_bytes = parse_byte_size(a.vram);
+    ro.vram_budget_text = a.vram;
+  }
   if (multi) {
     if (!a.ram.empty()) {
       ro.budget_bytes = parse_byte_size(a.ram);
@@ -472,10 +477,13 @@ int serve(ServeArgs& a, CLI::App* cmd) {
       std::string tasks;
       for (server::Task t : m.tasks) tasks += (tasks.empty() ? "" : ",") + std::string(server::task_name(t));
       names += "\n  " + m.name + " (" + tasks + (m.pinned ? ", pinned" : "") + "): " + m.facts.path + ", " +
-               format_bytes(static_cast<double>(m.predicted_bytes));
+               format_bytes(static_cast<double>(m.predicted_bytes)) +
+               (m.predicted_vram_bytes ? " + " + format_bytes(static_cast<double>(m.predicted_vram_bytes)) + " of device memory" : "");
     }
     std::fprintf(stderr, "lokal serve: listening on %s://%s:%d, %zu models (loaded on first use%s%s):%s\n", scheme, host.c_str(),
-                 port, router.size(), ro.budget_bytes ? (", budget --ram " + ro.budget_text).c_str() : "",
+                 port, router.size(),
+                 ((ro.budget_bytes ? ", budget --ram " + ro.budget_text : std::string()) +
+                  (ro.vram_budget_bytes ? ", --vram " + ro.vram_budget_text : std::string())).c_str(),
                  ro.max_loaded ? (", at most " + std::to_string(ro.max_loaded) + " loaded").c_str() : "", names.c_str());
   } else {
     std::fprintf(stderr, "lokal serve: listening on %s://%s:%d (loading %s)\n", scheme, host.c_str(), port, a.model.c_str());
@@ -574,6 +582,8 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB); several models: all of them together");
+  cmd->add_option("--vram", a->vram, "Device memory the models' GPU layers may use together (e.g. 11GiB): a model "
+                  "over it is refused, idle ones are unloaded to make room");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   add_gpu_options(cmd, a->offload);

@@ -24,7 +24,13 @@ uint64_t Residency::used_bytes() const {
   return sum;
 }
 
-Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes) const {
+uint64_t Residency::used_device_bytes() const {
+  uint64_t sum = 0;
+  for (const auto& [name, e] : models_) sum += e.device_bytes;
+  return sum;
+}
+
+Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes, uint64_t device_bytes) const {
   Decision d;
   if (models_.count(name)) {
     d.kind = Decision::Kind::Ready;
@@ -36,10 +42,17 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
             format_bytes(static_cast<double>(budget_));
     return d;
   }
-  uint64_t used = used_bytes();
+  if (vram_budget_ > 0 && device_bytes > vram_budget_) {
+    d.kind = Decision::Kind::Impossible;
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes)) +
+            " of device memory, more than the whole --vram budget of " + format_bytes(static_cast<double>(vram_budget_));
+    return d;
+  }
+  uint64_t used = used_bytes(), used_dev = used_device_bytes();
   size_t count = models_.size();
   auto fits = [&] {
-    return (budget_ == 0 || used + bytes <= budget_) && (max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_));
+    return (budget_ == 0 || used + bytes <= budget_) && (vram_budget_ == 0 || used_dev + device_bytes <= vram_budget_) &&
+           (max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_));
   };
   if (fits()) return d;
   // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic).
@@ -50,6 +63,7 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
   for (const auto& [t, n] : idle) {
     d.evict.push_back(n);
     used -= models_.at(n).bytes;
+    used_dev -= models_.at(n).device_bytes;
     --count;
     if (fits()) return d;
   }
@@ -59,6 +73,7 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
     if (!e.pinned && e.in_flight > 0) {
       busy.push_back(n);
       used -= e.bytes;
+      used_dev -= e.device_bytes;
       --count;
     }
   d.evict.clear();
@@ -70,13 +85,17 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
     return d;
   }
   d.kind = Decision::Kind::Impossible;
-  uint64_t pinned_bytes = 0;
+  uint64_t pinned_bytes = 0, pinned_dev = 0;
   size_t n_pinned = 0;
   for (const auto& [n, e] : models_)
-    if (e.pinned) pinned_bytes += e.bytes, ++n_pinned;
+    if (e.pinned) pinned_bytes += e.bytes, pinned_dev += e.device_bytes, ++n_pinned;
   if (max_loaded_ > 0 && n_pinned >= static_cast<size_t>(max_loaded_))
     d.why = "'" + name + "' cannot load: " + std::to_string(n_pinned) + " pinned models already fill the maximum of " +
             std::to_string(max_loaded_) + " loaded models";
+  else if (vram_budget_ > 0 && pinned_dev + device_bytes > vram_budget_)
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes)) + " of device memory but pinned "
+            "models hold " + format_bytes(static_cast<double>(pinned_dev)) + " of the " +
+            format_bytes(static_cast<double>(vram_budget_)) + " --vram budget";
   else
     d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(bytes)) + " but pinned models hold " +
             format_bytes(static_cast<double>(pinned_bytes)) + " of the " + format_bytes(static_cast<double>(budget_)) +
@@ -85,9 +104,10 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
 }
 
 void Residency::loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive,
-                       Clock::time_point now) {
+                       Clock::time_point now, uint64_t device_bytes) {
   Entry e;
   e.bytes = bytes;
+  e.device_bytes = device_bytes;
   e.pinned = pinned;
   e.keep_alive = keep_alive;
   e.last_used = now;

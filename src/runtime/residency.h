@@ -11,6 +11,7 @@
 //               per model (its default) and per request (then it holds from that request on).
 //   pinned      never evicted for another model (still unloaded by hand, or by keep_alive 0 on a request).
 //   budget      bytes every loaded model's prediction must fit in together; 0 = no memory limit.
+//   vram budget the same for device memory (the offloaded layers' weights, KV caches and scratch); 0 = no limit.
 //   max_loaded  models loaded at once; 0 = no limit.
 #pragma once
 #include <chrono>
@@ -28,7 +29,8 @@ class Residency {
   using Duration = std::chrono::milliseconds;
   static constexpr Duration kForever{-1};
 
-  Residency(uint64_t budget_bytes, int max_loaded) : budget_(budget_bytes), max_loaded_(max_loaded) {}
+  Residency(uint64_t budget_bytes, int max_loaded, uint64_t vram_budget_bytes = 0)
+      : budget_(budget_bytes), vram_budget_(vram_budget_bytes), max_loaded_(max_loaded) {}
 
   struct Decision {
     enum class Kind {
@@ -41,11 +43,12 @@ class Residency {
     std::vector<std::string> evict;
     std::string why;
   };
-  // What it takes to load `name`, predicted to need `bytes`.
-  Decision plan_load(const std::string& name, uint64_t bytes) const;
+  // What it takes to load `name`, predicted to need `bytes` of RAM and `device_bytes` of device memory.
+  Decision plan_load(const std::string& name, uint64_t bytes, uint64_t device_bytes = 0) const;
 
   // Bookkeeping. loaded(): the model is resident (its prediction counted), idle since `now`. unloaded(): gone.
-  void loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive, Clock::time_point now);
+  void loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive, Clock::time_point now,
+              uint64_t device_bytes = 0);
   void unloaded(const std::string& name);
   // A request starts using the model (it is then never evicted) / ends (its keep_alive starts counting). A request's
   // own keep_alive, when it gives one, replaces the model's from then on.
@@ -59,7 +62,7 @@ class Residency {
   std::optional<Clock::time_point> next_expiry() const;
 
   struct Entry {
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, device_bytes = 0;
     bool pinned = false;
     int in_flight = 0;
     Duration keep_alive{0};
@@ -70,11 +73,13 @@ class Residency {
   const std::map<std::string, Entry>& entries() const { return models_; }
   bool is_loaded(const std::string& name) const { return models_.count(name) != 0; }
   uint64_t used_bytes() const;
+  uint64_t used_device_bytes() const;
   uint64_t budget() const { return budget_; }
+  uint64_t vram_budget() const { return vram_budget_; }
   int max_loaded() const { return max_loaded_; }
 
  private:
-  uint64_t budget_;
+  uint64_t budget_, vram_budget_;
   int max_loaded_;
   std::map<std::string, Entry> models_;
 };

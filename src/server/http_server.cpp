@@ -1027,7 +1027,8 @@ struct HttpServer::Impl {
                         {"status", {{"value", m.state}}}, {"tasks", tasks}, {"aliases", m.aliases},
                         {"meta", {{"n_ctx", m.n_ctx}, {"n_ctx_train", m.facts.cfg.n_ctx_train}, {"n_vocab", m.facts.n_tokens},
                                   {"n_params", m.facts.n_params}, {"size", m.facts.file_bytes},
-                                  {"memory_bytes", m.predicted_bytes}, {"quantization", m.facts.type_label},
+                                  {"memory_bytes", m.predicted_bytes}, {"vram_bytes", m.predicted_vram_bytes},
+                                  {"quantization", m.facts.type_label},
                                   {"loads", m.loads}, {"pinned", m.pinned}}}});
         for (const std::string& a : m.aliases)
           data.push_back({{"id", a}, {"object", "model"}, {"created", unix_now()}, {"owned_by", "lokal"}, {"alias_of", m.name}});
@@ -1202,7 +1203,8 @@ struct HttpServer::Impl {
       for (const ModelStatus& m : router.status())
         if (m.state == "loaded") out.push_back(tag(m, true));
       send_json(res, {{"models", out}, {"memory", {{"predicted_bytes", router.predicted_bytes()}, {"rss_bytes", rss_bytes()},
-                                                   {"budget_bytes", router.options().budget_bytes}}}});
+                                                   {"budget_bytes", router.options().budget_bytes},
+                                                   {"vram_budget_bytes", router.options().vram_budget_bytes}}}});
     });
     add("POST", "/api/show", Scope::Inference, Style::Ollama, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
       Engine& eng = *c.eng;

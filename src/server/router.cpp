@@ -72,7 +72,7 @@ std::vector<Task> infer_tasks(const GGUFFile& f, bool has_template_override) {
 Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     : opt_(std::move(opt)),
       residency_(opt_.budget_bytes > fixed_bytes() ? opt_.budget_bytes - fixed_bytes() : (opt_.budget_bytes ? 1 : 0),
-                 opt_.max_loaded) {
+                 opt_.max_loaded, opt_.vram_budget_bytes) {
   if (models.empty()) throw Error("serve: no model to serve (give -m FILE, [models.NAME] tables in --config, or --all-models)");
   models_.resize(models.size());
   for (size_t i = 0; i < models.size(); ++i) {
@@ -93,10 +93,14 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     s.settings = run_settings(s.spec.engine.load, s.facts);
     MemoryEstimate e = estimate_memory(s.facts, s.settings);
     s.bytes = e.total_bytes - std::min(e.total_bytes, process_base_bytes()) + kPerModelServingBytes;
+    s.device_bytes = e.gpu_total_bytes;
     if (!s.spec.engine.spec.draft.empty()) {  // the draft sits beside it with the same context and sequences
       const ModelFacts df = ModelFacts::read(s.spec.engine.spec.draft);
-      const MemoryEstimate de = estimate_memory(df, s.settings);
+      RunSettings ds = s.settings;
+      if (s.spec.engine.spec.draft_gpu_layers >= 0) ds.n_gpu_layers = s.spec.engine.spec.draft_gpu_layers;
+      const MemoryEstimate de = estimate_memory(df, ds);
       s.bytes += de.total_bytes - std::min(de.total_bytes, process_base_bytes());
+      s.device_bytes += de.gpu_total_bytes;
     }
     for (const std::string& n : s.spec.engine.aliases) {
       if (n.empty()) throw Error(where + ": an empty name or alias");
@@ -111,6 +115,12 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
                   std::to_string(s.settings.n_parallel) + " sequences) plus " +
                   format_bytes(static_cast<double>(fixed_bytes())) + " for the server process: more than --ram " +
                   opt_.budget_text + " on its own; give it a smaller ctx_size or parallel, or a larger --ram");
+    if (opt_.vram_budget_bytes > 0 && s.device_bytes > opt_.vram_budget_bytes)
+      throw Error(where + " (" + s.spec.engine.load.path + ") needs " +
+                  format_bytes(static_cast<double>(s.device_bytes)) + " of device memory with " +
+                  std::to_string(s.settings.n_gpu_layers) + " GPU layers (context " + std::to_string(s.settings.n_ctx) +
+                  " x " + std::to_string(s.settings.n_parallel) + " sequences): more than --vram " +
+                  opt_.vram_budget_text + " on its own; give it fewer gpu_layers or a larger --vram");
   }
   // Clients may also name a model by its file (llama-server's habit): its path, file name, or file name without
   // ".gguf", where that names no other model.
@@ -250,14 +260,14 @@ std::shared_ptr<Router::Lease> Router::acquire(size_t index) {
         throw ApiError(500, "the model '" + name + "' failed to load: " + s.last_error, "model", "model_load_failed");
       continue;
     }
-    const Residency::Decision d = residency_.plan_load(name, s.bytes);
+    const Residency::Decision d = residency_.plan_load(name, s.bytes, s.device_bytes);
     if (d.kind == Residency::Decision::Kind::Impossible)
       throw ApiError(503, "cannot load the model: " + d.why + " (unload a pinned model with POST /models/unload, or "
-                     "raise --ram / --max-loaded)", "model", "insufficient_memory");
+                     "raise --ram / --vram / --max-loaded)", "model", "insufficient_memory");
     if (d.kind == Residency::Decision::Kind::Wait) {
       waited = true;
       if (cv_.wait_until(lk, deadline) == std::cv_status::timeout) {
-        const Residency::Decision again = residency_.plan_load(name, s.bytes);
+        const Residency::Decision again = residency_.plan_load(name, s.bytes, s.device_bytes);
         if (again.kind == Residency::Decision::Kind::Wait)
           throw timeout("no room to load the model '" + name + "' yet: " + d.why + "; retry shortly");
       }
@@ -269,7 +279,7 @@ std::shared_ptr<Router::Lease> Router::acquire(size_t index) {
     s.state = Slot::State::Loading;
     s.last_error.clear();
     ++s.attempts;
-    residency_.loaded(name, s.bytes, s.spec.pinned, keep_alive_of(s), Clock::now());
+    residency_.loaded(name, s.bytes, s.spec.pinned, keep_alive_of(s), Clock::now(), s.device_bytes);
     residency_.begin(name, Clock::now());
     s.engine = std::make_unique<Engine>(s.spec.engine);
     Engine* eng = s.engine.get();
@@ -377,6 +387,7 @@ ModelStatus Router::status(size_t i) const {
   m.tasks = s.spec.tasks;
   m.pinned = s.spec.pinned;
   m.predicted_bytes = s.bytes;
+  m.predicted_vram_bytes = s.device_bytes;
   m.facts = s.facts;
   m.n_ctx = s.settings.n_ctx;
   m.n_parallel = s.settings.n_parallel;
