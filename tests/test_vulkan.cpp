@@ -334,7 +334,14 @@ TEST(VulkanMatVec, AllTypesMatchReference) {
   std::mt19937 rng(1234);
   const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,
                          DType::Q5_1, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+  // Both ways of adding the threads' sums: subgroupAdd (mvs_TYPE, the default where the device has it; lavapipe
+  // does, with subgroups of 8: four per workgroup) and the shared-memory tree (mv_TYPE).
+  EXPECT_EQ(k.subgroup_sums(), dev->info().subgroup_arithmetic);
+  for (bool sg : {true, false})
   for (DType t : types) {
+    if (sg && !dev->info().subgroup_arithmetic) continue;
+    k.set_subgroup_sums(sg);
+    SCOPED_TRACE(sg ? "subgroup sums" : "tree sums");
     ASSERT_TRUE(gpu::Kernels::supports_matvec(t)) << type_name(t);
     const int64_t bs = type_info(t)->block_size;
     std::vector<int64_t> cols = {bs, 3 * bs, 4096, 11008};
@@ -509,6 +516,8 @@ TEST(VulkanMatMul, AllTypesMatchReference) {
     std::vector<int64_t> cols = {bs, 4096};
     if (bs == 1) cols.push_back(33);  // F32/F16/BF16 take any length
     for (int64_t n_tok : {1, 2, 7, 8, 9, 33}) {
+      // 2 and 8 tokens with the shared-memory tree, the others with subgroup sums where the device has them.
+      k.set_subgroup_sums(dev->info().subgroup_arithmetic && n_tok != 2 && n_tok != 8);
       for (int64_t c : cols)
         for (int64_t r : {1, 7, 33}) check_matmul(k, rng, t, r, c, n_tok);
     }

@@ -63,7 +63,16 @@ void check_count(int64_t n, const char* kernel, const char* what) {
 
 bool Kernels::supports_matvec(DType t) { return matvec_shader(t) != nullptr; }
 
-Kernels::Kernels(std::shared_ptr<Device> dev) : dev_(std::move(dev)), int8_(int8_by_default(dev_->info())) {}
+Kernels::Kernels(std::shared_ptr<Device> dev) : dev_(std::move(dev)), int8_(int8_by_default(dev_->info())) {
+  const char* e = std::getenv("LOKAL_GPU_SUBGROUP");
+  subgroup_sums_ = dev_->info().subgroup_arithmetic && !(e && std::string(e) == "0");
+}
+
+void Kernels::set_subgroup_sums(bool on) {
+  if (on && !dev_->info().subgroup_arithmetic)
+    throw Error("GPU: " + dev_->info().name + " has no subgroup arithmetic");
+  subgroup_sums_ = on;
+}
 
 bool Kernels::int8_capable(const DeviceInfo& d) { return d.int8_dot && d.subgroup_arithmetic; }
 
@@ -163,8 +172,8 @@ void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buf
     return;
   }
   grid(rows, gx, gy);
-  c.dispatch(pipeline(name, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy,
-             static_cast<uint32_t>(groups_z));
+  const std::string few = subgroup_sums_ ? std::string("mvs_") + (name + 3) : std::string(name);
+  c.dispatch(pipeline(few, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy, static_cast<uint32_t>(groups_z));
 }
 
 void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n,

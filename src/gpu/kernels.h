@@ -48,6 +48,12 @@ class Kernels {
   // (see OutRows).
   void matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buffer& y, int64_t rows, int64_t cols,
               int64_t n_tok, OutRows out = {});
+  // The few-token f32 kernel adds its threads' partial sums with subgroupAdd where the device has subgroup
+  // arithmetic (mvs_TYPE), else by a shared-memory tree (mv_TYPE); LOKAL_GPU_SUBGROUP=0 forces the tree. The two
+  // differ only in the order of the f32 sum.
+  bool subgroup_sums() const { return subgroup_sums_; }
+  void set_subgroup_sums(bool on);  // throws lokal::Error when turning it on on a device without subgroup arithmetic
+
   // ---- the int8 path of few-token products (decode) ----
   // On devices with integer dot products and subgroup arithmetic, a product over at most kFewTokens tokens of
   // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or Q2_K..Q6_K weights can dot int8 with int8: the activations are quantized
@@ -137,6 +143,7 @@ class Kernels {
   std::shared_ptr<Device> dev_;
   std::map<std::string, Pipeline> pipes_;  // compiled on first use
   bool int8_ = false;
+  bool subgroup_sums_ = false;
 };
 
 }  // namespace lokal::gpu

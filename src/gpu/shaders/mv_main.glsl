@@ -1,5 +1,7 @@
 // mv_main.glsl - the body of the few-token matrix shaders (mv_*.comp; see mv_common.glsl); included after
 // unit_weights. Kernels::matmul uses it for up to 8 tokens (decode); more tokens go to mm_main.glsl's tiles.
+// With SUBGROUP_SUMS (the mvs_*.comp variants, for devices with subgroup arithmetic) the threads' partial sums are
+// added with subgroupAdd and the subgroups' results in shared memory; otherwise by a shared-memory tree.
 #define WG 32
 #define NT 8  // tokens per workgroup (<= WG: thread t < NT writes token t's result)
 layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
@@ -30,6 +32,20 @@ void main() {
       }
     }
   }
+#ifdef SUBGROUP_SUMS
+  [[unroll]] for (uint t = 0; t < NT; ++t) {
+    if (t < nt) {
+      const float s = subgroupAdd(acc[t]);
+      if (subgroupElect()) partial[t * WG + gl_SubgroupID] = s;
+    }
+  }
+  barrier();
+  if (tid < nt) {
+    float s = 0.0;
+    for (uint g = 0; g < gl_NumSubgroups; ++g) s += partial[tid * WG + g];
+    y[(tok0 + tid) * pc.y_rows + pc.y_row0 + row] = s;
+  }
+#else
   // Only the group's nt tokens are summed (nt is uniform in the workgroup: matvec pays for one tree, not NT).
   [[unroll]] for (uint t = 0; t < NT; ++t)
     if (t < nt) partial[t * WG + tid] = acc[t];
@@ -41,4 +57,5 @@ void main() {
     barrier();
   }
   if (tid < nt) y[(tok0 + tid) * pc.y_rows + pc.y_row0 + row] = partial[tid * WG];
+#endif
 }

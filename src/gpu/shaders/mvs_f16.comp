@@ -1,0 +1,6 @@
+#version 450
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#define SUBGROUP_SUMS 1
+#include "mv_common.glsl"
+#include "w_f16.glsl"
+#include "mv_main.glsl"
