@@ -7,6 +7,9 @@
 layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
 
 shared float partial[NT * WG];
+#ifdef SUBGROUP_SUMS
+#include "subgroup_sums.glsl"
+#endif
 
 void main() {
   // Rows beyond 65535 workgroups continue in gl_WorkGroupID.y (the host dispatches a 2-D grid for tall matrices).
@@ -33,18 +36,7 @@ void main() {
     }
   }
 #ifdef SUBGROUP_SUMS
-  [[unroll]] for (uint t = 0; t < NT; ++t) {
-    if (t < nt) {
-      const float s = subgroupAdd(acc[t]);
-      if (subgroupElect()) partial[t * WG + gl_SubgroupID] = s;
-    }
-  }
-  barrier();
-  if (tid < nt) {
-    float s = 0.0;
-    for (uint g = 0; g < gl_NumSubgroups; ++g) s += partial[tid * WG + g];
-    y[(tok0 + tid) * pc.y_rows + pc.y_row0 + row] = s;
-  }
+  store_subgroup_sums(acc, nt, tok0, row);
 #else
   // Only the group's nt tokens are summed (nt is uniform in the workgroup: matvec pays for one tree, not NT).
   [[unroll]] for (uint t = 0; t < NT; ++t)

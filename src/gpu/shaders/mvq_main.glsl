@@ -7,6 +7,7 @@
 layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
 
 shared float partial[NT * WG];
+#include "subgroup_sums.glsl"
 
 void main() {
   const uint row = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
@@ -40,16 +41,5 @@ void main() {
       }
     }
   }
-  [[unroll]] for (uint t = 0; t < NT; ++t) {
-    if (t < nt) {
-      const float s = subgroupAdd(acc[t]);
-      if (subgroupElect()) partial[t * WG + gl_SubgroupID] = s;
-    }
-  }
-  barrier();
-  if (tid < nt) {
-    float s = 0.0;
-    for (uint g = 0; g < gl_NumSubgroups; ++g) s += partial[tid * WG + g];
-    y[tid * pc.y_rows + pc.y_row0 + row] = s;
-  }
+  store_subgroup_sums(acc, nt, 0u, row);
 }
