@@ -36,16 +36,7 @@ layout(push_constant) uniform Push {
   uint y_row0;
 } pc;
 
-// Byte b of W (0..255).
-uint byte_at(uint b) { return (w[b >> 2] >> ((b & 3u) * 8u)) & 0xFFu; }
-// Signed byte b of W (-128..127).
-int i8_at(uint b) { return int(byte_at(b) << 24) >> 24; }
-// The 16-bit little-endian value at even byte offset b.
-uint u16_at(uint b) { return (w[b >> 2] >> ((b & 2u) * 8u)) & 0xFFFFu; }
-// IEEE half at even byte offset b, as f32 (exact).
-float f16_at(uint b) { return unpackHalf2x16(u16_at(b)).x; }
-// 32-bit little-endian value at even byte offset b (two halves; b need not be 4-aligned).
-uint u32_at_even(uint b) { return u16_at(b) | (u16_at(b + 2u) << 16); }
+#include "w_fields.glsl"
 
 // Each w_TYPE.glsl defines UNIT and `void unit_weights(uint row_base, uint u, out float wv[UNIT])`: the UNIT
 // dequantized weights of unit u of the row starting at byte row_base, wv[l] = element u * UNIT + l.

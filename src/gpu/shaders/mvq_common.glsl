@@ -34,12 +34,7 @@ spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [
 int sdot4x8(uint a, uint b, spirv_literal int packed_format);
 int sdot(uint a, uint b) { return sdot4x8(a, b, 0); }
 
-uint byte_at(uint b) { return (w[b >> 2] >> ((b & 3u) * 8u)) & 0xFFu; }
-int i8_at(uint b) { return int(byte_at(b) << 24) >> 24; }
-uint u16_at(uint b) { return (w[b >> 2] >> ((b & 2u) * 8u)) & 0xFFFFu; }
-float f16_at(uint b) { return unpackHalf2x16(u16_at(b)).x; }
-// 32-bit little-endian value at even byte offset b.
-uint u32_at_even(uint b) { return (b & 2u) == 0u ? w[b >> 2] : u16_at(b) | (u16_at(b + 2u) << 16); }
+#include "w_fields.glsl"
 // Four unsigned codes (one per byte, each < 128) moved down by o (each >= o), as signed int8: no byte borrows.
 uint sub_bytes(uint v, uint o) { return ((v | 0x80808080u) - o * 0x01010101u) ^ 0x80808080u; }
 // The low bits of a nibble of four bits b0..b3 spread to bit 4 of each byte (the fifth bit of Q5 codes).
