@@ -34,6 +34,7 @@
 #include "support/gpu_test.h"
 #include "gpu/shaders.h"
 #include "ops/ops.h"
+#include "ops/vec_dot.h"
 #include "support/test_data.h"
 
 using namespace lokal;
@@ -764,25 +765,49 @@ std::vector<Q8Block> download_q8(gpu::Device& dev, const gpu::Buffer& xq, int64_
   return out;
 }
 
-// quantize_q8's specification, checked on every block: d is max|x| / 127 rounded to f16 precision (the shader's
-// division may be off by 2.5 ulp in Vulkan, which f16 rounding absorbs unless the quotient lies right at an f16
-// rounding boundary: allowed one f16 step); every code is round(x / d) within one step of the exact quotient (the
-// shader multiplies by a reciprocal, itself within 2.5 ulp), in [-127, 127], and the two sums are the codes' sums.
-void check_quantized(const std::vector<float>& x, const std::vector<Q8Block>& q) {
+// quantize_q8's specification, checked on every block.
+// Block32 (Q8_0 activations): d is max|x| / 127 rounded to f16 precision (the shader's division may be off by 2.5 ulp
+// in Vulkan, which f16 rounding absorbs unless the quotient lies right at an f16 rounding boundary: allowed one f16
+// step); every code is round(x / d) within one step of the exact quotient (the shader multiplies by 127 / max|x|,
+// itself within 2.5 ulp), in [-127, 127].
+// Superblock256 (Q8_K activations): over each 256 elements, v is the first element of largest magnitude; d is
+// -v / 127 in f32 (the sign opposite to v's: v's code is -127) within 2.5 + 0.5 ulp (Vulkan's division, then the
+// reciprocal), the same d in the superblock's 8 blocks; codes round(x / d) within one step as above, in [-128, 127]
+// (a -128 only for an element whose quotient exceeds 127.5 in magnitude: none, as |x| <= |v|).
+// Both: the two sums are the codes' sums.
+void check_quantized(const std::vector<float>& x, const std::vector<Q8Block>& q,
+                     gpu::Kernels::Q8Scale scale = gpu::Kernels::Q8Scale::Block32) {
   int bad = 0;
+  const bool sb = scale == gpu::Kernels::Q8Scale::Superblock256;
   for (size_t b = 0; b < q.size() && bad < 5; ++b) {
     const float* xb = x.data() + 32 * b;
-    float amax = 0;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const double d_exact = amax / 127.0;
-    const float d16 = fp16_to_fp32(fp32_to_fp16(static_cast<float>(d_exact)));
-    if (!(std::fabs(q[b].d - d16) <= std::ldexp(std::fabs(d16), -10))) {
-      ++bad;
-      ADD_FAILURE() << "block " << b << ": d " << q[b].d << ", expected " << d16;
+    double d_exact = 0;
+    if (sb) {
+      const float* xs = x.data() + 256 * (b / 8);
+      float amax = 0, v = 0;
+      for (int i = 0; i < 256; ++i)
+        if (std::fabs(xs[i]) > amax) {
+          amax = std::fabs(xs[i]);
+          v = xs[i];
+        }
+      d_exact = -v / 127.0;
+      if (!(std::fabs(q[b].d - d_exact) <= 3.0 * std::ldexp(std::fabs(d_exact), -23))) {
+        ++bad;
+        ADD_FAILURE() << "block " << b << ": d " << q[b].d << ", expected " << d_exact;
+      }
+    } else {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      d_exact = amax / 127.0;
+      const float d16 = fp16_to_fp32(fp32_to_fp16(static_cast<float>(d_exact)));
+      if (!(std::fabs(q[b].d - d16) <= std::ldexp(std::fabs(d16), -10))) {
+        ++bad;
+        ADD_FAILURE() << "block " << b << ": d " << q[b].d << ", expected " << d16;
+      }
     }
     int lo = 0, hi = 0;
     for (int i = 0; i < 32; ++i) {
-      const double r = d_exact > 0 ? xb[i] / d_exact : 0.0;
+      const double r = d_exact != 0 ? xb[i] / d_exact : 0.0;
       if (!(std::fabs(q[b].q[i] - r) <= 0.5 + 1e-5) || q[b].q[i] == -128) {
         ++bad;
         ADD_FAILURE() << "block " << b << " element " << i << ": code " << int(q[b].q[i]) << " for " << r;
@@ -839,14 +864,14 @@ void check_matmul_q8(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, 
   gpu::Buffer yb = dev.alloc(static_cast<uint64_t>(n_tok * rows) * 4);
   {
     gpu::Commands c(dev);
-    k.quantize_q8(c, xb, xq, cols, n_tok);
+    k.quantize_q8(c, xb, xq, cols, n_tok, gpu::Kernels::q8_scale(t));
     c.barrier();
     k.matmul_q8(c, t, wb, xq, yb, rows, cols, n_tok);
     c.submit_and_wait();
   }
   const std::vector<float> y = download_floats(dev, yb, static_cast<size_t>(n_tok * rows));
   const std::vector<Q8Block> q = download_q8(dev, xq, n_tok * cols / 32);
-  check_quantized(x, q);
+  check_quantized(x, q, gpu::Kernels::q8_scale(t));
   const std::vector<float> wm = weight_offsets(t, w, rows, cols);
   const int64_t units = cols / 32;
   const double n = static_cast<double>(units + 32);
@@ -905,14 +930,64 @@ TEST(VulkanInt8, QuantizeMeetsItsSpecification) {
   for (int i = 0; i < 32; ++i) x[128 + i] = i % 2 ? 1e-3f : -2e4f;  // wide range, ties at the max
   gpu::Buffer xb = upload_vec(*dev, x);
   gpu::Buffer xq = dev->alloc(gpu::Kernels::q8_bytes(cols, n_tok));
+  {
+    gpu::Commands c(*dev);
+    k.quantize_q8(c, xb, xq, cols, n_tok);
+    c.submit_and_wait();
+    const std::vector<Q8Block> q = download_q8(*dev, xq, cols * n_tok / 32);
+    check_quantized(x, q);
+    EXPECT_EQ(q[2].d, 0.0f);
+    for (int i = 0; i < 32; ++i) EXPECT_EQ(q[2].q[i], 0);
+    for (int i = 0; i < 32; i += 2) EXPECT_EQ(q[4].q[i], -127);
+  }
+  // The Q8_K scaling: superblock 0 holds -2e4 (its first element of largest magnitude: code -127 for a negative d);
+  // superblock 1 is all zeros; in superblock 2 the largest magnitude appears as +5 then -5 (the first one counts: its
+  // code is -127, the later -5's +127) -- a kernel that keeps the last, or scales by max|x|, fails.
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);
+  x[512 + 7] = 5.0f;
+  x[512 + 100] = -5.0f;
+  gpu::Buffer xb2 = upload_vec(*dev, x);
   gpu::Commands c(*dev);
-  k.quantize_q8(c, xb, xq, cols, n_tok);
+  k.quantize_q8(c, xb2, xq, cols, n_tok, gpu::Kernels::Q8Scale::Superblock256);
   c.submit_and_wait();
   const std::vector<Q8Block> q = download_q8(*dev, xq, cols * n_tok / 32);
-  check_quantized(x, q);
-  EXPECT_EQ(q[2].d, 0.0f);
-  for (int i = 0; i < 32; ++i) EXPECT_EQ(q[2].q[i], 0);
-  for (int i = 0; i < 32; i += 2) EXPECT_EQ(q[4].q[i], -127);
+  check_quantized(x, q, gpu::Kernels::Q8Scale::Superblock256);
+  EXPECT_GT(q[0].d, 0.0f);
+  EXPECT_EQ(q[4].q[0], -127);
+  // The same bytes as the CPU's activations (ops/vec_dot's quantize_activation with this machine's SIMD kernels, which
+  // compute as llama.cpp's x86 ones: 127 / max|x| and round-half-even for Q8_0, -127 / v for Q8_K): every code and d
+  // of Q8_K per superblock, and of Q8_0 per block. With a correctly rounded division (lavapipe) they are equal;
+  // Vulkan allows 2.5 ulp, which may move a code that lies at a rounding tie by one step, and the scalar reference
+  // kernels round 1 / d ties away from zero as ggml's reference does: elsewhere at most 0.2% of the codes may
+  // differ (the specification checks above hold everywhere).
+  const bool exact = dev->info().name.find("llvmpipe") != std::string::npos && std::string(vec_dot_isa()) != "scalar";
+  std::vector<BlockQ8_K> ck(static_cast<size_t>(cols * n_tok / 256));
+  quantize_activation(DType::Q4_K, x.data(), ck.data(), cols * n_tok);
+  int64_t off = 0;
+  for (size_t b = 0; b < q.size(); ++b) {
+    const BlockQ8_K& r = ck[b / 8];
+    EXPECT_EQ(q[b].d, r.d) << "superblock " << b / 8;
+    for (int i = 0; i < 32; ++i) off += q[b].q[i] != r.qs[32 * (b % 8) + i];
+  }
+  std::vector<BlockQ8_0> c0(static_cast<size_t>(cols * n_tok / 32));
+  quantize_activation(DType::Q8_0, x.data(), c0.data(), cols * n_tok);
+  gpu::Commands c3(*dev);
+  k.quantize_q8(c3, xb2, xq, cols, n_tok);
+  c3.submit_and_wait();
+  const std::vector<Q8Block> q0 = download_q8(*dev, xq, cols * n_tok / 32);
+  for (size_t b = 0; b < q0.size(); ++b) {
+    EXPECT_EQ(q0[b].d, fp16_to_fp32(c0[b].d)) << "block " << b;
+    for (int i = 0; i < 32; ++i) off += q0[b].q[i] != c0[b].qs[i];
+  }
+  if (exact)
+    EXPECT_EQ(off, 0) << "codes unlike the CPU's";
+  else
+    EXPECT_LE(off, 2 * cols * n_tok / 1000) << "codes unlike the CPU's";
+  for (int b = 8; b < 16; ++b) EXPECT_EQ(q[b].d, 0.0f);
+  EXPECT_LT(q[16].d, 0.0f);
+  EXPECT_EQ(q[16].q[7], -127);
+  EXPECT_EQ(q[19].q[4], 127);
+  for (int b = 17; b < 24; ++b) EXPECT_EQ(q[b].d, q[16].d);
 }
 
 TEST(VulkanInt8, MatmulMatchesReferenceForEveryType) {
@@ -928,6 +1003,11 @@ TEST(VulkanInt8, MatmulMatchesReferenceForEveryType) {
     check_matmul_q8(k, rng, t, 37, 256, 1);
     check_matmul_q8(k, rng, t, 19, 2304, 3);
     check_matmul_q8(k, rng, t, 5, 2304, 8);
+    // The int8 tiles (more than 8 tokens): a partial row tile and token tile, an odd unit count where the type
+    // allows it (the tiles step two units at a time), two row tiles and two token tiles.
+    const int64_t odd = type_info(t)->block_size == 32 ? 96 : 256;
+    check_matmul_q8(k, rng, t, 37, odd, 9);
+    check_matmul_q8(k, rng, t, 70, 2304, 40);
   }
   EXPECT_FALSE(gpu::Kernels::supports_q8(DType::F16));
   EXPECT_FALSE(gpu::Kernels::supports_q8(DType::BF16));
@@ -947,17 +1027,25 @@ TEST(VulkanInt8, BadArgumentsAreErrors) {
   }
   k.set_int8(true);
   EXPECT_NO_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 8));
-  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 9), Error);   // beyond kFewTokens
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 9), Error);   // quantized input and output too small
+  gpu::Buffer xq9 = dev->alloc(gpu::Kernels::q8_bytes(64, 9)), y9 = dev->alloc(4 * 9 * 4);
+  EXPECT_NO_THROW(k.matmul_q8(c, DType::Q4_0, w, xq9, y9, 4, 64, 9));    // the tiles
+  EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y9, 4, 64, 9), Error);  // quantized input too small
   EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 64, 0), Error);
   EXPECT_THROW(k.matmul_q8(c, DType::F16, w, xq, y, 4, 64, 1), Error);    // no int8 shader
   EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 4, 48, 1), Error);   // not whole blocks
   EXPECT_THROW(k.matmul_q8(c, DType::Q4_0, w, xq, y, 8, 64, 1), Error);   // weight buffer too small
   EXPECT_THROW(k.quantize_q8(c, x, xq, 64, 9), Error);                    // output too small
   EXPECT_THROW(k.quantize_q8(c, x, xq, 40, 1), Error);                    // not whole blocks
+  EXPECT_THROW(k.quantize_q8(c, x, xq, 64, 1, gpu::Kernels::Q8Scale::Superblock256), Error);  // not whole superblocks
+  EXPECT_EQ(gpu::Kernels::q8_scale(DType::Q8_0), gpu::Kernels::Q8Scale::Block32);
+  EXPECT_EQ(gpu::Kernels::q8_scale(DType::Q4_1), gpu::Kernels::Q8Scale::Block32);
+  EXPECT_EQ(gpu::Kernels::q8_scale(DType::Q3_K), gpu::Kernels::Q8Scale::Superblock256);
+  EXPECT_EQ(gpu::Kernels::q8_scale(DType::Q6_K), gpu::Kernels::Q8Scale::Superblock256);
 }
 
 // A matrix cut into parts of rows (as model/offload.cpp does for matrices beyond one binding), each multiplied into
-// its slice of y (OutRows): the very bits of the whole product, for the few-token, the tiled and the int8 kernel;
+// its slice of y (OutRows): the very bits of the whole product, for the few-token, the tiled and both int8 kernels;
 // rows outside every slice untouched; a slice beyond y is an error.
 TEST(VulkanMatMul, PartsOfRowsWriteTheirSliceBitForBit) {
   OPEN_DEVICE_OR_SKIP(dev);
@@ -969,7 +1057,7 @@ TEST(VulkanMatMul, PartsOfRowsWriteTheirSliceBitForBit) {
   for (DType t : {DType::F16, DType::Q4_K, DType::Q8_0}) {
     for (int64_t n_tok : {1, 5, 40}) {
       for (bool q8 : {false, true}) {
-        if (q8 && (!int8 || n_tok > gpu::Kernels::kFewTokens || !gpu::Kernels::supports_q8(t))) continue;
+        if (q8 && (!int8 || !gpu::Kernels::supports_q8(t))) continue;
         SCOPED_TRACE(std::string(type_name(t)) + ", " + std::to_string(n_tok) + " tokens" + (q8 ? ", int8" : ""));
         const std::vector<uint8_t> w = random_weights(rng, t, rows, cols);
         const std::vector<float> x = random_floats(rng, static_cast<size_t>(n_tok * cols), -1.0f, 1.0f);
@@ -989,7 +1077,7 @@ TEST(VulkanMatMul, PartsOfRowsWriteTheirSliceBitForBit) {
         gpu::Buffer y1 = dev->alloc(static_cast<uint64_t>(n_tok * rows) * 4), y2 = upload_vec(*dev, nan);
         gpu::Commands c(*dev);
         if (q8) {
-          k.quantize_q8(c, xb, xq, cols, n_tok);
+          k.quantize_q8(c, xb, xq, cols, n_tok, gpu::Kernels::q8_scale(t));
           c.barrier();
           k.matmul_q8(c, t, whole, xq, y1, rows, cols, n_tok);
           for (int p = 0; p < 3; ++p)

@@ -284,18 +284,33 @@ uint64_t Kernels::q8_bytes(int64_t cols, int64_t n_tok) {
   return static_cast<uint64_t>(cols) / 32 * static_cast<uint64_t>(n_tok) * 40;  // 32 codes + d + sums per block
 }
 
-void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok) {
+Kernels::Q8Scale Kernels::q8_scale(DType t) {
+  switch (t) {
+    case DType::Q2_K:
+    case DType::Q3_K:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K: return Q8Scale::Superblock256;
+    default: return Q8Scale::Block32;
+  }
+}
+
+void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok, Q8Scale scale) {
   check_count(cols, "quantize_q8", "column count");
   check_count(n_tok, "quantize_q8", "token count");
-  if (cols % 32 != 0) throw Error("GPU quantize_q8: " + std::to_string(cols) + " columns is not a multiple of 32");
+  const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
+  if (cols % group != 0)
+    throw Error("GPU quantize_q8: " + std::to_string(cols) + " columns is not a multiple of " + std::to_string(group));
   const uint64_t elems = static_cast<uint64_t>(cols) * static_cast<uint64_t>(n_tok);
   if (q8_bytes(cols, n_tok) / 4 > UINT32_MAX) throw Error("GPU quantize_q8: too many elements");
   need(x, 4 * elems, "quantize_q8", "input");
   need(xq, q8_bytes(cols, n_tok), "quantize_q8", "output");
   if (elems == 0) return;
-  const uint32_t push = static_cast<uint32_t>(elems / 32);
+  const struct {
+    uint32_t n_blocks, superblock;
+  } push{static_cast<uint32_t>(elems / 32), scale == Q8Scale::Superblock256 ? 1u : 0u};
   uint32_t gx, gy;
-  grid((static_cast<int64_t>(push) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  grid((static_cast<int64_t>(push.n_blocks) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
   c.dispatch(pipeline("quantize_q8", 2, sizeof push), {&x, &xq}, &push, sizeof push, gx, gy);
 }
 
@@ -304,12 +319,24 @@ void Kernels::matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq,
   const char* name = q8_shader(t);
   if (!name) throw Error(std::string("GPU matmul_q8: no int8 shader for weight type ") + type_name(t));
   if (!int8_) throw Error("GPU matmul_q8: the int8 path is off on " + dev_->info().name);
-  if (n_tok < 1 || n_tok > kFewTokens)
-    throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens (1.." + std::to_string(kFewTokens) + ")");
+  if (n_tok < 1) throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens");
   const MatPush push = mat_push("matmul_q8", t, w, y, rows, cols, n_tok, out);
+  if (q8_bytes(cols, n_tok) / 4 > UINT32_MAX)
+    throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens of " + std::to_string(cols) +
+                " inputs are too many elements");
   need(xq, q8_bytes(cols, n_tok), "matmul_q8", "quantized input");
   if (rows == 0) return;
   uint32_t gx, gy;
+  if (n_tok > kFewTokens) {
+    // Prompts: the int8 tiles (mmq_TYPE, gpu/shaders/mmq_main.glsl), 64 rows x 32 tokens per workgroup as mm_TYPE.
+    const int64_t groups_z = (n_tok + kTileTokens - 1) / kTileTokens;
+    if (groups_z > int64_t(dev_->info().max_workgroup_count[2]))
+      throw Error("GPU matmul_q8: " + std::to_string(n_tok) + " tokens exceed the device's dispatch limit");
+    grid((rows + kTileRows - 1) / kTileRows, gx, gy);
+    c.dispatch(pipeline(std::string("mmq_") + (name + 4), 3, sizeof push), {&w, &xq, &y}, &push, sizeof push, gx,
+               gy, static_cast<uint32_t>(groups_z));
+    return;
+  }
   grid(rows, gx, gy);
   c.dispatch(pipeline(name, 3, sizeof push), {&w, &xq, &y}, &push, sizeof push, gx, gy);
 }

@@ -54,11 +54,12 @@ class Kernels {
   bool subgroup_sums() const { return subgroup_sums_; }
   void set_subgroup_sums(bool on);  // throws lokal::Error when turning it on on a device without subgroup arithmetic
 
-  // ---- the int8 path of few-token products (decode) ----
-  // On devices with integer dot products and subgroup arithmetic, a product over at most kFewTokens tokens of
-  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or Q2_K..Q6_K weights can dot int8 with int8: the activations are quantized
-  // once (quantize_q8, blocks of 32 codes with an f16-precision scale, as the CPU's activation blocks) and every
-  // matrix that reads them runs matmul_q8 (OpSDot on four packed codes). It is on by default where the device
+  // ---- the int8 path (decode and prompts) ----
+  // On devices with integer dot products and subgroup arithmetic, a product of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or
+  // Q2_K..Q6_K weights can dot int8 with int8: the activations are quantized once (quantize_q8, blocks of 32
+  // int8 codes scaled as the CPU's activations for the weight type: q8_scale) and every matrix that reads them runs
+  // matmul_q8 (OpSDot on four packed codes; up to kFewTokens tokens one workgroup per row, beyond that tiles of
+  // 64 rows x 32 tokens, like matmul). It is on by default where the device
   // reports 4x8-bit packed dot products as accelerated; LOKAL_GPU_INT8=1 turns it on wherever the device can run it
   // (lavapipe: for tests), LOKAL_GPU_INT8=0 off.
   static constexpr int64_t kFewTokens = 8;
@@ -71,10 +72,17 @@ class Kernels {
   void set_int8(bool on);
   // Bytes quantize_q8 writes for n_tok rows of cols (cols a multiple of 32): one byte per element, 8 per block.
   static uint64_t q8_bytes(int64_t cols, int64_t n_tok);
-  // xq = the int8 blocks of x (n_tok x cols f32), laid out as gpu/shaders/quantize_q8.comp says.
-  void quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok);
-  // matmul for n_tok <= kFewTokens from xq = quantize_q8(x): the same y as matmul up to the activations' rounding.
-  // Throws for a type without an int8 shader, n_tok beyond kFewTokens, or when int8() is off.
+  // How activations are scaled for weights of type t, as the CPU (ops/vec_dot) and llama.cpp's CPU backend do, so
+  // that the integer sums are the CPU's: Q4_0..Q8_0 read blocks of 32 scaled by max|x| / 127 (Q8_0 activations),
+  // the K-quants superblocks of 256 scaled by -(first element of largest magnitude) / 127 (Q8_K activations).
+  enum class Q8Scale { Block32, Superblock256 };
+  static Q8Scale q8_scale(DType t);
+  // xq = the int8 blocks of x (n_tok x cols f32), laid out as gpu/shaders/quantize_q8.comp says (Superblock256:
+  // cols a multiple of 256).
+  void quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok,
+                   Q8Scale scale = Q8Scale::Block32);
+  // matmul from xq = quantize_q8(x): the same y as matmul up to the activations' rounding. Throws for a type
+  // without an int8 shader, no tokens, or when int8() is off.
   void matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows, int64_t cols,
                  int64_t n_tok, OutRows out = {});
 

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "gpu/kernels.h"
@@ -270,22 +271,29 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   for (int64_t t = 0; t < n; ++t) max_n = std::max(max_n, e[t].pos + 1);
   gpu::Buffer* split = s.attn_split ? &s.attn_split : nullptr;
   const uint32_t un = static_cast<uint32_t>(n);
-  // The int8 path (gpu/kernels.h) for decode-sized batches: an input read by matrices of int8 types is quantized
-  // once into s.xq (prep), and those matrices read it there; the others (and every product of a longer batch) take
-  // the f32 path. mm must follow the prep of the same input.
-  const bool int8 = K.int8() && n <= gpu::Kernels::kFewTokens;
-  auto q8 = [&](const DeviceModel::Matrix& w) { return int8 && gpu::Kernels::supports_q8(w.type); };
-  auto prep = [&](gpu::Commands& cmd, const gpu::Buffer& in, int64_t cols, int64_t rows_in,
-                  std::initializer_list<const DeviceModel::Matrix*> readers) {
-    for (const DeviceModel::Matrix* w : readers)
-      if (q8(*w)) {
-        K.quantize_q8(cmd, in, s.xq, cols, rows_in);
-        cmd.barrier();
-        return;
-      }
-  };
-  auto mm = [&](gpu::Commands& cmd, const DeviceModel::Matrix& w, const gpu::Buffer& in, gpu::Buffer& out) {
-    dm.matmul(cmd, w, in, int8 ? &s.xq : nullptr, out, n);
+  // Matrix products of one input `in` (n rows of cols) into their outputs. On the int8 path (gpu/kernels.h) the
+  // input of matrices of int8 types is quantized into s.xq, once per activation scaling among them (Q8_0-style for
+  // Q4_0..Q8_0, Q8_K-style for the K-quants, as the CPU), and those matrices read it there (decode and prompts
+  // alike); the others take the f32 path. A barrier separates the readers of one scaling from the next quantization.
+  using Product = std::pair<const DeviceModel::Matrix*, gpu::Buffer*>;
+  auto products = [&](gpu::Commands& cmd, const gpu::Buffer& in, int64_t cols, int64_t rows_in,
+                      std::initializer_list<Product> jobs) {
+    auto q8 = [&](const DeviceModel::Matrix& w) { return K.int8() && gpu::Kernels::supports_q8(w.type); };
+    for (const Product& j : jobs)
+      if (!q8(*j.first)) dm.matmul(cmd, *j.first, in, nullptr, *j.second, rows_in);
+    bool quantized = false;
+    for (gpu::Kernels::Q8Scale sc : {gpu::Kernels::Q8Scale::Block32, gpu::Kernels::Q8Scale::Superblock256}) {
+      bool any = false;
+      for (const Product& j : jobs) any = any || (q8(*j.first) && gpu::Kernels::q8_scale(j.first->type) == sc);
+      if (!any) continue;
+      if (quantized) cmd.barrier();  // the previous scaling's readers are done with s.xq
+      K.quantize_q8(cmd, in, s.xq, cols, rows_in, sc);
+      cmd.barrier();
+      for (const Product& j : jobs)
+        if (q8(*j.first) && gpu::Kernels::q8_scale(j.first->type) == sc)
+          dm.matmul(cmd, *j.first, in, &s.xq, *j.second, rows_in);
+      quantized = true;
+    }
   };
 
   auto lock = dm.lock();
@@ -299,10 +307,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     // --- attention block ---
     K.rms_norm(cmd, s.x, L.attn_norm, s.xn, n, d, c_.rms_eps);
     cmd.barrier();
-    prep(cmd, s.xn, d, n, {&L.wq, &L.wk, &L.wv});
-    mm(cmd, L.wq, s.xn, s.q);
-    mm(cmd, L.wk, s.xn, s.k);
-    mm(cmd, L.wv, s.xn, s.v);
+    products(cmd, s.xn, d, n, {{&L.wq, &s.q}, {&L.wk, &s.k}, {&L.wv, &s.v}});
     cmd.barrier();
     if (L.bq) {
       K.add_bias(cmd, s.q, L.bq, nq, n);
@@ -320,22 +325,18 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     cmd.barrier();
     K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n, split, max_n);
     cmd.barrier();
-    prep(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {&L.wo});
-    mm(cmd, L.wo, s.attn, s.xn);
+    products(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {{&L.wo, &s.xn}});
     cmd.barrier();
     K.add(cmd, s.x, s.xn, n * d);
     cmd.barrier();
     // --- feed-forward block ---
     K.rms_norm(cmd, s.x, L.ffn_norm, s.xn, n, d, c_.rms_eps);
     cmd.barrier();
-    prep(cmd, s.xn, d, n, {&L.w_gate, &L.w_up});
-    mm(cmd, L.w_gate, s.xn, s.gate);
-    mm(cmd, L.w_up, s.xn, s.up);
+    products(cmd, s.xn, d, n, {{&L.w_gate, &s.gate}, {&L.w_up, &s.up}});
     cmd.barrier();
     K.swiglu(cmd, s.gate, s.up, s.xn, n * ff);
     cmd.barrier();
-    prep(cmd, s.xn, ff, n, {&L.w_down});
-    mm(cmd, L.w_down, s.xn, s.gate);
+    products(cmd, s.xn, ff, n, {{&L.w_down, &s.gate}});
     cmd.barrier();
     K.add(cmd, s.x, s.gate, n * d);
     cmd.barrier();
@@ -364,12 +365,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     c.barrier();
     c.copy(s.gate, s.xn, static_cast<uint64_t>(r * d) * 4, static_cast<uint64_t>(c0 * d) * 4, 0);
     c.barrier();
-    const bool q8 = K.int8() && r <= gpu::Kernels::kFewTokens && gpu::Kernels::supports_q8(W.type);
-    if (q8) {
-      K.quantize_q8(c, s.xn, s.xq, W.cols, r);
-      c.barrier();
-    }
-    dm.matmul(c, W, s.xn, q8 ? &s.xq : nullptr, s.logits, r);
+    products(c, s.xn, W.cols, r, {{&W, &s.logits}});
     c.barrier();
     c.copy(s.logits, s.down_stage, row_logits * r, 0, x_bytes);
   };

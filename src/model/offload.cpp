@@ -194,9 +194,10 @@ ScratchSizes scratch_sizes(const ModelConfig& c, int64_t B, int64_t max_ctx, boo
   s.meta = (3 * b + b * static_cast<uint64_t>(pages)) * 4;
   const uint64_t lrows = static_cast<uint64_t>(std::min<int64_t>(B, DeviceScratch::kLogitRows));
   s.logits = output_on_device ? lrows * c.n_vocab * 4 : 0;
-  // The int8 path's activations (gpu::Kernels::quantize_q8): any matrix input of up to kFewTokens tokens.
+  // The int8 path's activations (gpu::Kernels::quantize_q8): any matrix input of a whole batch (1.25 bytes per
+  // element: 9 MiB for 512 tokens of a 14336-wide FFN).
   const int64_t in_cols = std::max({c.n_embd, c.n_head * c.head_dim_v, c.n_ff});
-  s.xq = gpu::Device::allocation_bytes(gpu::Kernels::q8_bytes(in_cols, std::min(B, gpu::Kernels::kFewTokens)));
+  s.xq = gpu::Device::allocation_bytes(gpu::Kernels::q8_bytes(in_cols, B));
   // Split attention's partial sums (gpu::Kernels::attention_split): 0 when no batch of B tokens over max_ctx splits.
   gpu::Kernels::AttnShape as;
   as.n_head = c.n_head;

@@ -17,27 +17,18 @@
 // Each output is one running f32 sum over k = 0 .. cols-1 of w * x (a K-term dot product in one order: the same
 // error bound as mv_main.glsl's strided sums and tree), and the weights are unit_weights' (bit-identical to
 // core/quant.cpp). An fma in step 2 only removes roundings from that bound.
-#define WG 128
-#define BM 64            // rows per tile
-#define BN 32            // tokens per tile
+#include "tile_common.glsl"
 #define BK 32            // elements of K per step (a multiple of UNIT)
-#define TM 4             // rows per thread: tx + 16 i, i < TM
-#define TN 4             // tokens per thread: ty + 8 j, j < TN
-#define TX (BM / TM)     // 16 threads across the rows
-#define TY (BN / TN)     // 8 across the tokens (TX * TY = WG)
 #define UPS (BK / UNIT)  // units per row per step
 #define WS_STRIDE (BM + 1)
 #define XS_STRIDE (BN + 1)
-layout(local_size_x = WG, local_size_y = 1, local_size_z = 1) in;
 
 shared float ws[BK * WS_STRIDE];  // ws[k * WS_STRIDE + r]: weight (row0 + r, k0 + k)
 shared float xs[BK * XS_STRIDE];  // xs[k * XS_STRIDE + t]: input (tok0 + t, k0 + k)
 
 void main() {
-  const uint row_tiles = (pc.rows + BM - 1) / BM;
-  const uint tile = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
-  if (tile >= row_tiles) return;  // the whole workgroup leaves together, so the barriers below stay uniform
-  const uint row0 = tile * BM, tok0 = gl_WorkGroupID.z * BN;
+  uint row0, tok0;
+  if (!tile_origin(row0, tok0)) return;  // the whole workgroup leaves together, so the barriers below stay uniform
   const uint tid = gl_LocalInvocationID.x;
   const uint tx = tid % TX, ty = tid / TX;
   float acc[TM * TN];
@@ -73,13 +64,5 @@ void main() {
     }
     barrier();
   }
-  // y[t][r], token-major; consecutive threads store consecutive rows of one token.
-  [[unroll]] for (uint j = 0; j < TN; ++j) {
-    const uint tok = tok0 + ty + j * TY;
-    if (tok < pc.n_tok)
-      [[unroll]] for (uint i = 0; i < TM; ++i) {
-        const uint row = row0 + tx + i * TX;
-        if (row < pc.rows) y[tok * pc.y_rows + pc.y_row0 + row] = acc[i * TN + j];
-      }
-  }
+  store_tile(acc, row0, tok0, tx, ty);
 }

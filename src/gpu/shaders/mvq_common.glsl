@@ -1,4 +1,4 @@
-// mvq_common.glsl - the int8 path of the few-token matrix product (mvq_*.comp): y[t][r] = sum_c W[r][c] x[t][c] with
+// mvq_common.glsl - the int8 path of the matrix product (mvq_*.comp: few tokens; mmq_*.comp: tiled): y[t][r] = sum_c W[r][c] x[t][c] with
 // x quantized by quantize_q8.comp (blocks of 32 int8 codes with a scale d_a and the sums of each half's codes) and
 // each 32-element unit of W read as 32 int8 codes (eight words of four) with per-half scales:
 //     W[r][32u + e] = wd[e / 16] * code_e + wm[e / 16]    (wm: the half's offset, 0 for the symmetric types)
@@ -7,7 +7,8 @@
 // sums are exact; only the float combination differs from a dequantize-then-dot. The weight codes are the same
 // integers as core/quant.cpp's dequantizers use, moved by a constant where that keeps them in int8 (Q4_0: q - 8).
 //
-// Each shader is mvq_common.glsl, then q_TYPE.glsl (the type's unit_codes), then mvq_main.glsl. W is bound as 32-bit
+// Each shader is mvq_common.glsl, then q_TYPE.glsl (the type's unit_codes), then mvq_main.glsl (decode: up to 8
+// tokens, one workgroup per row) or mmq_main.glsl (prompts: 64-row x 32-token tiles). W is bound as 32-bit
 // words as in mv_common.glsl (blocks are not 4-byte aligned; every field offset used here is even).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -22,7 +23,7 @@ layout(push_constant) uniform Push {
   uint rows;       // output elements
   uint cols;       // elements per row of W, a multiple of 32
   uint row_bytes;  // bytes per row of W
-  uint n_tok;      // tokens (rows of x and of y), 1..8
+  uint n_tok;      // tokens (rows of x and of y): 1..8 (mvq_main.glsl), any (mmq_main.glsl)
   uint y_rows;     // y's row length and where this matrix's rows start in it (as mv_common.glsl)
   uint y_row0;
 } pc;

@@ -2,10 +2,16 @@
 // quantize_q8: the activations of the int8 path (gpu/kernels.h: quantize_q8, matmul_q8). x holds n_blocks runs of
 // 32 f32 (n_tok rows of cols, cols a multiple of 32); block b becomes
 //   words [8 b, 8 b + 8):     its 32 codes, int8, four per word (element 4k + i in byte i of word k)
-//   word  8 n + 2 b:          d, f32 (the scale, rounded to f16 precision)
+//   word  8 n + 2 b:          d, f32 (the scale: element = d * code)
 //   word  8 n + 2 b + 1:      the sums of its codes 0..15 (low 16 bits) and 16..31 (high 16 bits), int16 each
-// with d = max|x| / 127 and code = round-half-even(x / d) (as core/quant.cpp's Q8_0 and ops' activation blocks; the
-// codes use the unrounded d, the product uses the f16-rounded one). One thread per block.
+// in one of two scalings, the two the CPU (ops/vec_dot) and llama.cpp's CPU backend give the activations of these
+// weight types, so that the device's integer sums are theirs:
+//   superblock = 0 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights; Q8_0 activations): per block of 32, d = max|x| / 127 and
+//     code = round-half-even(x * (127 / max|x|)); d is then rounded to f16 precision (the product uses the rounded d)
+//   superblock = 1 (Q2_K..Q6_K weights; Q8_K activations): per superblock of 256 (cols a multiple of 256), with v the
+//     first element of largest magnitude, iscale = -127 / v, code = min(127, round-half-even(iscale * x)) and
+//     d = 1 / iscale in f32, written to each of the superblock's 8 blocks.
+// One thread per block (in superblock mode each of the 8 threads of a superblock finds its maximum: 256 reads each).
 #extension GL_EXT_control_flow_attributes : require
 layout(local_size_x = 64) in;
 
@@ -14,27 +20,43 @@ layout(std430, set = 0, binding = 1) writeonly buffer XQ { uint xq[]; };
 
 layout(push_constant) uniform Push {
   uint n_blocks;
+  uint superblock;  // 1: Q8_K scaling (see above)
 } pc;
 
 void main() {
   const uint b = gl_GlobalInvocationID.x + gl_GlobalInvocationID.y * gl_NumWorkGroups.x * 64u;
   if (b >= pc.n_blocks) return;
   const uint x0 = b * 32u;
-  float amax = 0.0;
-  for (uint i = 0; i < 32u; ++i) amax = max(amax, abs(x[x0 + i]));
-  const float d = amax / 127.0;
-  const float id = d != 0.0 ? 1.0 / d : 0.0;
+  float d, id;
+  if (pc.superblock != 0u) {
+    const uint s0 = x0 & ~255u;
+    float amax = 0.0, v = 0.0;
+    for (uint i = 0; i < 256u; ++i) {
+      const float e = x[s0 + i];
+      if (abs(e) > amax) {  // strictly greater: the first element of largest magnitude
+        amax = abs(e);
+        v = e;
+      }
+    }
+    id = amax != 0.0 ? -127.0 / v : 0.0;
+    d = amax != 0.0 ? 1.0 / id : 0.0;
+  } else {
+    float amax = 0.0;
+    for (uint i = 0; i < 32u; ++i) amax = max(amax, abs(x[x0 + i]));
+    id = amax != 0.0 ? 127.0 / amax : 0.0;
+    d = unpackHalf2x16(packHalf2x16(vec2(amax / 127.0, 0.0))).x;
+  }
   int sum_lo = 0, sum_hi = 0;
   for (uint k = 0; k < 8u; ++k) {
     uint word = 0u;
     for (uint i = 0; i < 4u; ++i) {
-      const int q = int(roundEven(x[x0 + 4u * k + i] * id));
+      const int q = min(127, int(roundEven(x[x0 + 4u * k + i] * id)));
       word |= (uint(q) & 0xFFu) << (8u * i);
       if (k < 4u) sum_lo += q; else sum_hi += q;
     }
     xq[8u * b + k] = word;
   }
   const uint aux = 8u * pc.n_blocks + 2u * b;
-  xq[aux] = floatBitsToUint(unpackHalf2x16(packHalf2x16(vec2(d, 0.0))).x);
+  xq[aux] = floatBitsToUint(d);
   xq[aux + 1u] = (uint(sum_lo) & 0xFFFFu) | (uint(sum_hi) << 16);
 }
