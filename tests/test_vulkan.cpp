@@ -747,7 +747,8 @@ namespace {
 struct Q8Block {
   float d;
   int8_t q[32];
-  int sum_lo, sum_hi;
+  int sum_lo, sum_hi;  // Superblock256: the half sums
+  float s;             // Block32: d * (the sum of the codes), rounded to f16
 };
 
 // The activation blocks as quantize_q8 laid them out (gpu/shaders/quantize_q8.comp).
@@ -761,6 +762,7 @@ std::vector<Q8Block> download_q8(gpu::Device& dev, const gpu::Buffer& xq, int64_
     const uint32_t s = words[8 * n_blocks + 2 * b + 1];
     out[b].sum_lo = static_cast<int16_t>(s & 0xFFFF);
     out[b].sum_hi = static_cast<int16_t>(s >> 16);
+    std::memcpy(&out[b].s, &s, 4);
   }
   return out;
 }
@@ -774,7 +776,7 @@ std::vector<Q8Block> download_q8(gpu::Device& dev, const gpu::Buffer& xq, int64_
 // -v / 127 in f32 (the sign opposite to v's: v's code is -127) within 2.5 + 0.5 ulp (Vulkan's division, then the
 // reciprocal), the same d in the superblock's 8 blocks; codes round(x / d) within one step as above, in [-128, 127]
 // (a -128 only for an element whose quotient exceeds 127.5 in magnitude: none, as |x| <= |v|).
-// Both: the two sums are the codes' sums.
+// Superblock256 also carries the two half sums of the codes, Block32 s = d * (the sum of the codes) to f16 precision.
 void check_quantized(const std::vector<float>& x, const std::vector<Q8Block>& q,
                      gpu::Kernels::Q8Scale scale = gpu::Kernels::Q8Scale::Block32) {
   int bad = 0;
@@ -814,10 +816,18 @@ void check_quantized(const std::vector<float>& x, const std::vector<Q8Block>& q,
       }
       (i < 16 ? lo : hi) += q[b].q[i];
     }
-    if (lo != q[b].sum_lo || hi != q[b].sum_hi) {
+    if (sb && (lo != q[b].sum_lo || hi != q[b].sum_hi)) {
       ++bad;
       ADD_FAILURE() << "block " << b << ": sums " << q[b].sum_lo << ", " << q[b].sum_hi << " expected " << lo << ", "
                     << hi;
+    }
+    if (!sb) {  // s = d_exact * sum to f16 precision (one f16 step for the division's ulps, as d)
+      const float s16 = fp16_to_fp32(fp32_to_fp16(static_cast<float>(d_exact * (lo + hi))));
+      // (beyond f16's range s is infinite, as on the CPU and in llama.cpp: block 4 of the test below)
+      if (!(q[b].s == s16 || std::fabs(q[b].s - s16) <= std::ldexp(std::fabs(s16), -10))) {
+        ++bad;
+        ADD_FAILURE() << "block " << b << ": s " << q[b].s << ", expected " << s16;
+      }
     }
   }
 }
@@ -845,7 +855,7 @@ std::vector<float> weight_offsets(DType t, std::vector<uint8_t> w, int64_t rows,
 }
 
 // matmul_q8 against the double-precision product of the dequantized weights with the activation codes the device
-// made (sum over blocks of d_a * sum_e w_e * code_e). The shader's integer sums are exact; each term then passes
+// made (sum over blocks of d_a * sum_e w_e * code_e; for Q4_1 / Q5_1 d_a * sum_e (w_e - m) * code_e + m * s_a). The shader's integer sums are exact; each term then passes
 // through a few roundings (wd * isum, the offset term, the adds, d_a *) and the sums over units (at most units / 32
 // per thread, a 5-level subgroup tree, the subgroups' partials), so its relative error is below
 // gamma_(units + 32) of the magnitude sum_e (|w_e - wm_e| + |wm_e|) |code_e d_a| (the reference's own weights, f32
@@ -873,6 +883,9 @@ void check_matmul_q8(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, 
   const std::vector<Q8Block> q = download_q8(dev, xq, n_tok * cols / 32);
   check_quantized(x, q, gpu::Kernels::q8_scale(t));
   const std::vector<float> wm = weight_offsets(t, w, rows, cols);
+  // Q4_1 / Q5_1 add their offset m times the activation block's s (f16-rounded d * sum, as the CPU's Q8_1), not
+  // times the exact d * sum.
+  const bool s_offsets = t == DType::Q4_1 || t == DType::Q5_1;
   const int64_t units = cols / 32;
   const double n = static_cast<double>(units + 32);
   const double gamma = n * kU / (1 - n * kU);
@@ -886,8 +899,17 @@ void check_matmul_q8(gpu::Kernels& k, std::mt19937& rng, DType t, int64_t rows, 
         const Q8Block& a = q[tok * units + c / 32];
         const double av = static_cast<double>(a.d) * a.q[c % 32];
         const double off = wm[r * cols + c];
-        ref += wr[c] * av;
-        mag += (std::fabs(wr[c] - off) + std::fabs(off)) * std::fabs(av);
+        if (s_offsets) {  // the offset through the block's s, once per block
+          ref += (wr[c] - off) * av;
+          mag += std::fabs(wr[c] - off) * std::fabs(av);
+          if (c % 32 == 0) {
+            ref += off * a.s;
+            mag += std::fabs(off * a.s);
+          }
+        } else {
+          ref += wr[c] * av;
+          mag += (std::fabs(wr[c] - off) + std::fabs(off)) * std::fabs(av);
+        }
       }
       const float got = y[tok * rows + r];
       const double err = std::fabs(got - ref), tol = gamma * mag;
@@ -939,6 +961,7 @@ TEST(VulkanInt8, QuantizeMeetsItsSpecification) {
     EXPECT_EQ(q[2].d, 0.0f);
     for (int i = 0; i < 32; ++i) EXPECT_EQ(q[2].q[i], 0);
     for (int i = 0; i < 32; i += 2) EXPECT_EQ(q[4].q[i], -127);
+    EXPECT_EQ(q[4].s, -INFINITY);  // 16 x -2e4 is beyond f16, as the CPU's Q8_1 s
   }
   // The Q8_K scaling: superblock 0 holds -2e4 (its first element of largest magnitude: code -127 for a negative d);
   // superblock 1 is all zeros; in superblock 2 the largest magnitude appears as +5 then -5 (the first one counts: its
@@ -955,34 +978,39 @@ TEST(VulkanInt8, QuantizeMeetsItsSpecification) {
   EXPECT_GT(q[0].d, 0.0f);
   EXPECT_EQ(q[4].q[0], -127);
   // The same bytes as the CPU's activations (ops/vec_dot's quantize_activation with this machine's SIMD kernels, which
-  // compute as llama.cpp's x86 ones: 127 / max|x| and round-half-even for Q8_0, -127 / v for Q8_K): every code and d
-  // of Q8_K per superblock, and of Q8_0 per block. With a correctly rounded division (lavapipe) they are equal;
-  // Vulkan allows 2.5 ulp, which may move a code that lies at a rounding tie by one step, and the scalar reference
-  // kernels round 1 / d ties away from zero as ggml's reference does: elsewhere at most 0.2% of the codes may
-  // differ (the specification checks above hold everywhere).
+  // compute as llama.cpp's x86 ones: 127 / max|x| and round-half-even for Q8_0/Q8_1, -127 / v for Q8_K): every code
+  // and d of Q8_K per superblock, and every code, d and s of Q8_1 per block. With a correctly rounded division
+  // (lavapipe) they are equal; Vulkan allows 2.5 ulp, which may move a code that lies at a rounding tie by one step
+  // (or a scale at an f16 rounding boundary), and the scalar reference kernels round 1 / d ties away from zero as
+  // ggml's reference does: elsewhere at most 0.2% of the codes and 2% of the blocks' scales may differ (the
+  // specification checks above hold everywhere).
   const bool exact = dev->info().name.find("llvmpipe") != std::string::npos && std::string(vec_dot_isa()) != "scalar";
   std::vector<BlockQ8_K> ck(static_cast<size_t>(cols * n_tok / 256));
   quantize_activation(DType::Q4_K, x.data(), ck.data(), cols * n_tok);
-  int64_t off = 0;
+  int64_t off = 0, off_scales = 0;  // codes, and blocks whose d or s, unlike the CPU's
   for (size_t b = 0; b < q.size(); ++b) {
     const BlockQ8_K& r = ck[b / 8];
-    EXPECT_EQ(q[b].d, r.d) << "superblock " << b / 8;
+    off_scales += q[b].d != r.d;
     for (int i = 0; i < 32; ++i) off += q[b].q[i] != r.qs[32 * (b % 8) + i];
   }
-  std::vector<BlockQ8_0> c0(static_cast<size_t>(cols * n_tok / 32));
-  quantize_activation(DType::Q8_0, x.data(), c0.data(), cols * n_tok);
+  std::vector<BlockQ8_1> c0(static_cast<size_t>(cols * n_tok / 32));
+  quantize_activation(DType::Q4_1, x.data(), c0.data(), cols * n_tok);  // Q8_1: Q8_0's d and codes, and s
   gpu::Commands c3(*dev);
   k.quantize_q8(c3, xb2, xq, cols, n_tok);
   c3.submit_and_wait();
   const std::vector<Q8Block> q0 = download_q8(*dev, xq, cols * n_tok / 32);
+  check_quantized(x, q0);
   for (size_t b = 0; b < q0.size(); ++b) {
-    EXPECT_EQ(q0[b].d, fp16_to_fp32(c0[b].d)) << "block " << b;
+    off_scales += q0[b].d != fp16_to_fp32(c0[b].d) || q0[b].s != fp16_to_fp32(c0[b].s);
     for (int i = 0; i < 32; ++i) off += q0[b].q[i] != c0[b].qs[i];
   }
-  if (exact)
+  if (exact) {
     EXPECT_EQ(off, 0) << "codes unlike the CPU's";
-  else
+    EXPECT_EQ(off_scales, 0) << "scales unlike the CPU's";
+  } else {
     EXPECT_LE(off, 2 * cols * n_tok / 1000) << "codes unlike the CPU's";
+    EXPECT_LE(off_scales, 2 * cols * n_tok / 32 / 100) << "scales unlike the CPU's";
+  }
   for (int b = 8; b < 16; ++b) EXPECT_EQ(q[b].d, 0.0f);
   EXPECT_LT(q[16].d, 0.0f);
   EXPECT_EQ(q[16].q[7], -127);

@@ -8,8 +8,9 @@
 //      into wq / wsc, and the 32 tokens' two activation blocks (8 words of codes, d, the half sums) are copied into
 //      xq_s / xd_s / xsum_s; rows and tokens beyond the matrix are zeros (codes and scales 0: they add exact zeros);
 //   2. barrier; each thread takes a 4-row x 4-token register block: per unit and (row, token) pair 8 sdot of the
-//      halves, then acc += d_a * (wd0 * isum_0 + wd1 * isum_1 + wm0 * asum_0 + wm1 * asum_1), the unit term of
-//      mvq_common.glsl in the same float operations; barrier.
+//      halves, then acc += d_a * (wd0 * isum_0 + wd1 * isum_1 + wm0 * asum_0 + wm1 * asum_1) (or, for Q4_1/Q5_1,
+//      d_a * (wd0 * isum_0 + wd1 * isum_1) + wm0 * s_a), the unit term of mvq_common.glsl in the same float
+//      operations; barrier.
 // Each output is a sequential f32 sum of its units' terms (mvq_main.glsl sums the same terms strided, then by a
 // subgroup tree: the same error bound). Sizes: wq 16 x 65 words, wsc 2 x 4 x 64 floats, xq_s 16 x 33 words, xd_s and
 // xsum_s 2 x 32: 9.4 KiB of shared memory. Both code arrays are K-major with an odd stride, so the stores and the
@@ -24,7 +25,7 @@ shared uint wq[KW * WQ_STRIDE];    // wq[(8 uu + k) * WQ_STRIDE + r]: word k of 
 shared vec4 wsc[UPS * BM];         // (wd0, wd1, wm0, wm1) of unit uu of row r at [uu * BM + r]
 shared uint xq_s[KW * XQ_STRIDE];  // xq_s[(8 uu + k) * XQ_STRIDE + t]: word k of block uu of token tok0 + t
 shared float xd_s[UPS * BN];       // d of that block
-shared uint xsum_s[UPS * BN];      // its half sums (int16 each)
+shared uint xsum_s[UPS * BN];      // its half sums (int16 each) or s (f32 bits), as quantize_q8.comp wrote them
 
 void main() {
   uint row0, tok0;
@@ -69,17 +70,23 @@ void main() {
     [[unroll]] for (uint uu = 0; uu < UPS; ++uu) {
       uint b[TN][8];
       float da[TN];
-#if HAS_OFFSET
+#if HAS_OFFSET == 1
       float as0[TN], as1[TN];
+#endif
+#if HAS_OFFSET == 2
+      float sa[TN];
 #endif
       [[unroll]] for (uint j = 0; j < TN; ++j) {
         const uint t = ty + j * TY;
         [[unroll]] for (uint k = 0; k < 8u; ++k) b[j][k] = xq_s[(8u * uu + k) * XQ_STRIDE + t];
         da[j] = xd_s[uu * BN + t];
-#if HAS_OFFSET
+#if HAS_OFFSET == 1
         const uint sums = xsum_s[uu * BN + t];
         as0[j] = float(int(sums << 16) >> 16);
         as1[j] = float(int(sums) >> 16);
+#endif
+#if HAS_OFFSET == 2
+        sa[j] = uintBitsToFloat(xsum_s[uu * BN + t]);
 #endif
       }
       [[unroll]] for (uint i = 0; i < TM; ++i) {
@@ -94,10 +101,14 @@ void main() {
             s1 += sdot(a[k + 4u], b[j][k + 4u]);
           }
           float v = sc.x * float(s0) + sc.y * float(s1);
-#if HAS_OFFSET
+#if HAS_OFFSET == 1
           v += sc.z * as0[j] + sc.w * as1[j];
 #endif
+#if HAS_OFFSET == 2
+          acc[i * TN + j] += da[j] * v + sc.z * sa[j];
+#else
           acc[i * TN + j] += da[j] * v;
+#endif
         }
       }
     }

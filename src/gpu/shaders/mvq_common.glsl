@@ -41,6 +41,11 @@ uint sub_bytes(uint v, uint o) { return ((v | 0x80808080u) - o * 0x01010101u) ^ 
 // The low bits of a nibble of four bits b0..b3 spread to bit 4 of each byte (the fifth bit of Q5 codes).
 uint bit4_of_bytes(uint b4) { return ((b4 & 1u) << 4) | ((b4 & 2u) << 11) | ((b4 & 4u) << 18) | ((b4 & 8u) << 25); }
 
-// Each q_TYPE.glsl defines HAS_OFFSET (1 when wm can be nonzero) and
+// Each q_TYPE.glsl defines
 //   void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm0, out float wm1)
-// for unit u of the row starting at byte rb: q[k] holds codes 4k..4k+3.
+// for unit u of the row starting at byte rb (q[k] holds codes 4k..4k+3), and HAS_OFFSET, how the offsets enter:
+//   0: none (wm = 0: Q4_0, Q5_0, Q8_0, Q3_K, Q6_K);
+//   1: per half through the activation codes' half sums, exact integers as the CPU's Q8_K bsums (Q2_K, Q4_K, Q5_K:
+//      superblock-scaled activations), inside the d_a product as above;
+//   2: one offset wm0 per unit times the activation block's s = d_a * (sum of its codes), rounded to f16 as the
+//      CPU's Q8_1 blocks carry it (Q4_1, Q5_1: block-scaled activations), added as wm0 * s outside the d_a product.

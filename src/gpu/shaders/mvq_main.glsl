@@ -33,11 +33,15 @@ void main() {
         }
         const float da = uintBitsToFloat(xq[aux + 2u * blk]);
         float v = wd0 * float(s0) + wd1 * float(s1);
-#if HAS_OFFSET
+#if HAS_OFFSET == 1
         const uint sums = xq[aux + 2u * blk + 1u];
         v += wm0 * float(int(sums << 16) >> 16) + wm1 * float(int(sums) >> 16);
 #endif
+#if HAS_OFFSET == 2
+        acc[t] += da * v + wm0 * uintBitsToFloat(xq[aux + 2u * blk + 1u]);
+#else
         acc[t] += da * v;
+#endif
       }
     }
   }

@@ -1,6 +1,6 @@
 // q_q5_1.glsl - unit_codes for Q5_1 (mvq_q5_1.comp; see mvq_common.glsl). 24 bytes per 32: [0] d [2] m (f16)
 // [4..7] qh [8..23] qs, as Q5_0. w = q * d + m: codes q (0..31), wd = d, wm = m.
-#define HAS_OFFSET 1
+#define HAS_OFFSET 2  // wm0 * s_a (mvq_common.glsl)
 void unit_codes(uint rb, uint u, out uint q[8], out float wd0, out float wd1, out float wm0, out float wm1) {
   const uint b = rb + u * 24u;
   wd0 = wd1 = f16_at(b);

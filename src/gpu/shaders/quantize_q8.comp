@@ -3,7 +3,10 @@
 // 32 f32 (n_tok rows of cols, cols a multiple of 32); block b becomes
 //   words [8 b, 8 b + 8):     its 32 codes, int8, four per word (element 4k + i in byte i of word k)
 //   word  8 n + 2 b:          d, f32 (the scale: element = d * code)
-//   word  8 n + 2 b + 1:      the sums of its codes 0..15 (low 16 bits) and 16..31 (high 16 bits), int16 each
+//   word  8 n + 2 b + 1:      superblock = 1: the sums of its codes 0..15 (low 16 bits) and 16..31 (high 16 bits),
+//                             int16 each (the K-quants' offsets); superblock = 0: s, f32 bits, = d * (the sum of its
+//                             32 codes) with the unrounded d, rounded to f16 precision (as the CPU's Q8_1 blocks; the
+//                             offsets of Q4_1 / Q5_1)
 // in one of two scalings, the two the CPU (ops/vec_dot) and llama.cpp's CPU backend give the activations of these
 // weight types, so that the device's integer sums are theirs:
 //   superblock = 0 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights; Q8_0 activations): per block of 32, d = max|x| / 127 and
@@ -27,7 +30,7 @@ void main() {
   const uint b = gl_GlobalInvocationID.x + gl_GlobalInvocationID.y * gl_NumWorkGroups.x * 64u;
   if (b >= pc.n_blocks) return;
   const uint x0 = b * 32u;
-  float d, id;
+  float d, id, d_unrounded = 0.0;
   if (pc.superblock != 0u) {
     const uint s0 = x0 & ~255u;
     float amax = 0.0, v = 0.0;
@@ -44,7 +47,8 @@ void main() {
     float amax = 0.0;
     for (uint i = 0; i < 32u; ++i) amax = max(amax, abs(x[x0 + i]));
     id = amax != 0.0 ? 127.0 / amax : 0.0;
-    d = unpackHalf2x16(packHalf2x16(vec2(amax / 127.0, 0.0))).x;
+    d_unrounded = amax / 127.0;
+    d = unpackHalf2x16(packHalf2x16(vec2(d_unrounded, 0.0))).x;
   }
   int sum_lo = 0, sum_hi = 0;
   for (uint k = 0; k < 8u; ++k) {
@@ -58,5 +62,8 @@ void main() {
   }
   const uint aux = 8u * pc.n_blocks + 2u * b;
   xq[aux] = floatBitsToUint(d);
-  xq[aux + 1u] = (uint(sum_lo) & 0xFFFFu) | (uint(sum_hi) << 16);
+  if (pc.superblock != 0u)
+    xq[aux + 1u] = (uint(sum_lo) & 0xFFFFu) | (uint(sum_hi) << 16);
+  else
+    xq[aux + 1u] = floatBitsToUint(unpackHalf2x16(packHalf2x16(vec2(d_unrounded * float(sum_lo + sum_hi), 0.0))).x);
 }
