@@ -24,6 +24,9 @@
 #include <regex>
 #include <sstream>
 
+#include "core/gguf.h"
+#include "core/gguf_writer.h"
+#include "core/quant.h"
 #include "core/threadpool.h"
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -284,6 +287,67 @@ INSTANTIATE_TEST_SUITE_P(
         if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
       return s;
     });
+
+// ---- one input, readers of both activation scalings ----
+
+// The int8 path quantizes a matrix input once per activation scaling among its readers (Q8_0-style blocks for
+// Q4_0..Q8_0, Q8_K-style superblocks for the K-quants): no quantized file mixes them within one input's readers, so
+// this test writes tinytales-4m F32 with each layer's q/k/v and gate/up in types of both families (wq Q8_0, wk Q4_K,
+// wv Q4_1, gate Q5_K, up Q5_0, down Q6_K, wo Q4_0) and checks the int8 path with -ngl 99 against the CPU on the same
+// file: the CPU quantizes each matrix's activations in its own scaling, so a reader handed the other family's codes
+// (or codes overwritten by the next quantization) is far off (every reader given the Q8_0-style codes: 40.9), while
+// the right codes give the CPU's integer sums (measured: ~1e-5 at positions 0-3 of the 40-token prompt in batches
+// of 16, then 0.01-0.057 from position 4 on, where one activation code flips and the KV cache carries it). Tolerance
+// 0.3 as the other int8 comparisons (one flipped code moves later logits by up to ~0.2).
+TEST(GpuOffload, Int8PathQuantizesOncePerActivationScaling) {
+  LOKAL_NEED_GPU();
+  test::TempDir tmp("int8-mixed");
+  const std::string path = tmp.file("tinytales-mixed.gguf");
+  {
+    auto f = GGUFFile::open(test::data_path("models/real/tinytales-4m-f32.gguf"));
+    const std::map<std::string, DType> types = {{"attn_q", DType::Q8_0},   {"attn_k", DType::Q4_K},
+                                                {"attn_v", DType::Q4_1},   {"ffn_gate", DType::Q5_K},
+                                                {"ffn_up", DType::Q5_0},   {"ffn_down", DType::Q6_K},
+                                                {"attn_output", DType::Q4_0}};
+    GGUFWriter w;
+    w.copy_metadata(*f);
+    std::vector<std::vector<uint8_t>> store;
+    store.reserve(f->tensors().size());
+    int converted = 0;
+    for (const GGUFTensorInfo& t : f->tensors()) {
+      DType to = t.type;
+      for (const auto& [part, ty] : types)
+        if (t.name.find("." + part + ".") != std::string::npos) to = ty;
+      if (to == t.type) {
+        w.add_tensor(t);
+        continue;
+      }
+      ASSERT_EQ(t.type, DType::F32) << t.name;
+      store.emplace_back(row_size(to, t.ne[0]) * static_cast<size_t>(t.n_rows()));
+      for (int64_t r = 0; r < t.n_rows(); ++r)
+        quantize_row(to, reinterpret_cast<const float*>(t.data) + r * t.ne[0],
+                     store.back().data() + r * row_size(to, t.ne[0]), t.ne[0]);
+      w.add_tensor(t.name, to, std::vector<int64_t>(t.ne, t.ne + t.n_dims), store.back().data(), store.back().size());
+      ++converted;
+    }
+    ASSERT_EQ(converted, 7 * 4);
+    w.write(path);
+  }
+  LoadOptions lo;
+  auto cpu = Model::load(path, lo);
+  setenv("LOKAL_GPU_INT8", "1", 1);
+  lo.offload.n_gpu_layers = 99;
+  auto gpu = Model::load(path, lo);
+  unsetenv("LOKAL_GPU_INT8");
+  ASSERT_NE(gpu->device(), nullptr);
+  ASSERT_TRUE(gpu->device()->int8());
+  const std::vector<int32_t> tokens = story_tokens(*cpu, 40);
+  const std::vector<float> ref = run(*cpu, tokens, 6, DType::F32, 16);
+  const std::vector<float> got = run(*gpu, tokens, 6, DType::F32, 16);
+  const double d = max_abs_diff(ref, got);
+  EXPECT_LE(d, 0.3);
+  std::printf("[ mixed scalings ] int8 path -ngl 99: max |diff| vs CPU %.3g\n", d);
+}
 
 // ---- greedy text identical to the CPU on the real F32/F16 models ----
 
