@@ -429,6 +429,89 @@ TEST(VulkanOps, SwigluMatchesReference) {
   }
 }
 
+// The fused kernels of a decode step (rms_norm_fused, swiglu_q8) against the kernels they replace, run separately
+// with barriers between: the same bits for x (the residual sum), y / out and every byte of xq, both scalings. Row
+// lengths of one superblock and of several, odd row counts (the quantized blocks of each row land at its own
+// offset, the aux words after all rows' codes). Without the int8 path only the residual form exists.
+TEST(VulkanOps, FusedKernelsGiveTheSeparateKernelsBits) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  const bool int8 = k.int8_capable();
+  if (int8) k.set_int8(true);
+  std::mt19937 rng(9);
+  using S = gpu::Kernels::Q8Scale;
+  for (int64_t rows : {1, 3, 5})
+    for (int64_t n : {256, 2304}) {
+      SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(n));
+      const auto x = random_floats(rng, rows * n, -3.0f, 3.0f), r = random_floats(rng, rows * n, -3.0f, 3.0f);
+      const auto w = random_floats(rng, n, -2.0f, 2.0f);
+      for (int mode = 0; mode < (int8 ? 4 : 2); ++mode) {
+        const bool residual = mode % 2 == 1;
+        const bool quant = mode >= 2;
+        for (S sc : {S::Block32, S::Superblock256}) {
+          if (!quant && sc == S::Superblock256) continue;
+          SCOPED_TRACE(std::string(residual ? "residual " : "") + (quant ? (sc == S::Block32 ? "q8 blocks" : "q8 superblocks") : ""));
+          gpu::Buffer x1 = upload_vec(*dev, x), x2 = upload_vec(*dev, x), rb = upload_vec(*dev, r), wb = upload_vec(*dev, w);
+          gpu::Buffer y1 = dev->alloc(rows * n * 4), y2 = dev->alloc(rows * n * 4);
+          gpu::Buffer q1 = dev->alloc(gpu::Kernels::q8_bytes(n, rows)), q2 = dev->alloc(gpu::Kernels::q8_bytes(n, rows));
+          gpu::Commands c(*dev);
+          if (residual) {
+            k.add(c, x1, rb, rows * n);
+            c.barrier();
+          }
+          k.rms_norm(c, x1, wb, y1, rows, n, 1e-5f);
+          if (quant) {
+            c.barrier();
+            k.quantize_q8(c, y1, q1, n, rows, sc);
+          }
+          k.rms_norm_fused(c, x2, residual ? &rb : nullptr, wb, y2, rows, n, 1e-5f, quant ? &q2 : nullptr, sc);
+          c.submit_and_wait();
+          EXPECT_EQ(download_floats(*dev, x1, rows * n), download_floats(*dev, x2, rows * n));
+          EXPECT_EQ(download_floats(*dev, y1, rows * n), download_floats(*dev, y2, rows * n));
+          if (quant) {
+            std::vector<uint8_t> a(gpu::Kernels::q8_bytes(n, rows)), b(a.size());
+            dev->download(q1, a.data(), a.size());
+            dev->download(q2, b.data(), b.size());
+            EXPECT_EQ(a, b);
+          }
+        }
+      }
+    }
+  if (!int8) return;
+  for (int64_t n : {256, 6912, 3 * 2304}) {
+    SCOPED_TRACE(n);
+    const auto g = random_floats(rng, n, -12.0f, 12.0f), up = random_floats(rng, n, -2.0f, 2.0f);
+    for (S sc : {S::Block32, S::Superblock256}) {
+      gpu::Buffer gb = upload_vec(*dev, g), ub = upload_vec(*dev, up);
+      gpu::Buffer o1 = dev->alloc(n * 4), o2 = dev->alloc(n * 4);
+      gpu::Buffer q1 = dev->alloc(gpu::Kernels::q8_bytes(n, 1)), q2 = dev->alloc(gpu::Kernels::q8_bytes(n, 1));
+      gpu::Commands c(*dev);
+      k.swiglu(c, gb, ub, o1, n);
+      c.barrier();
+      k.quantize_q8(c, o1, q1, n, 1, sc);
+      k.swiglu_q8(c, gb, ub, o2, n, q2, sc);
+      c.submit_and_wait();
+      EXPECT_EQ(download_floats(*dev, o1, n), download_floats(*dev, o2, n));
+      std::vector<uint8_t> a(gpu::Kernels::q8_bytes(n, 1)), b(a.size());
+      dev->download(q1, a.data(), a.size());
+      dev->download(q2, b.data(), b.size());
+      EXPECT_EQ(a, b) << (sc == S::Block32 ? "blocks" : "superblocks");
+    }
+  }
+  // Errors: blocks that do not divide the rows, buffers too small, the int8 path off.
+  gpu::Buffer x = dev->alloc(4 * 96), wb = dev->alloc(4 * 96), y = dev->alloc(4 * 96), xq = dev->alloc(gpu::Kernels::q8_bytes(96, 1));
+  gpu::Commands c(*dev);
+  EXPECT_THROW(k.rms_norm_fused(c, x, nullptr, wb, y, 1, 96, 1e-5f, &xq, S::Superblock256), Error);
+  EXPECT_NO_THROW(k.rms_norm_fused(c, x, nullptr, wb, y, 1, 96, 1e-5f, &xq, S::Block32));
+  EXPECT_THROW(k.rms_norm_fused(c, x, nullptr, wb, y, 2, 96, 1e-5f, &xq, S::Block32), Error);  // buffers hold one row
+  EXPECT_THROW(k.swiglu_q8(c, x, x, y, 96, xq, S::Superblock256), Error);
+  EXPECT_THROW(k.swiglu_q8(c, x, x, y, 80, xq, S::Block32), Error);
+  k.set_int8(false);
+  EXPECT_THROW(k.rms_norm_fused(c, x, nullptr, wb, y, 1, 96, 1e-5f, &xq, S::Block32), Error);
+  EXPECT_THROW(k.swiglu_q8(c, x, x, y, 96, xq, S::Block32), Error);
+  EXPECT_NO_THROW(k.rms_norm_fused(c, x, &y, wb, y, 1, 96, 1e-5f, nullptr));
+}
+
 // add: one correctly rounded f32 addition per element on both sides, so the results are identical.
 TEST(VulkanOps, AddIsExact) {
   OPEN_DEVICE_OR_SKIP(dev);

@@ -176,6 +176,15 @@ void Kernels::matmul(Commands& c, DType t, const Buffer& w, const Buffer& x, Buf
   c.dispatch(pipeline(few, 3, sizeof push), {&w, &x, &y}, &push, sizeof push, gx, gy, static_cast<uint32_t>(groups_z));
 }
 
+namespace {
+// The push constants of rms_norm.comp; flags as its RESIDUAL, Q8, Q8_SUPERBLOCK.
+struct NormPush {
+  uint32_t rows, n;
+  float eps;
+  uint32_t flags;
+};
+}  // namespace
+
 void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n,
                        float eps) {
   check_count(rows, "rms_norm", "row count");
@@ -185,13 +194,43 @@ void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffe
   need(x, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "input");
   need(weight, 4 * static_cast<uint64_t>(n), "rms_norm", "weight");
   need(y, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "output");
-  struct {
-    uint32_t rows, n;
-    float eps;
-  } push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps};
+  const NormPush push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps, 0};
   uint32_t gx, gy;
   grid(rows, gx, gy);
-  c.dispatch(pipeline("rms_norm", 3, sizeof push), {&x, &weight, &y}, &push, sizeof push, gx, gy);
+  // Bindings 3 (residual) and 4 (xq) are not touched without their flags.
+  c.dispatch(pipeline("rms_norm", 5, sizeof push), {&x, &weight, &y, &x, &y}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::rms_norm_fused(Commands& c, Buffer& x, const Buffer* residual, const Buffer& weight, Buffer& y,
+                             int64_t rows, int64_t n, float eps, Buffer* xq, Q8Scale scale) {
+  check_count(rows, "rms_norm", "row count");
+  check_count(n, "rms_norm", "row length");
+  if (n == 0) throw Error("GPU rms_norm: empty rows");
+  const uint64_t elems = static_cast<uint64_t>(rows) * static_cast<uint64_t>(n);
+  if (elems > UINT32_MAX) throw Error("GPU rms_norm: too many elements");
+  need(x, 4 * elems, "rms_norm", "input");
+  need(weight, 4 * static_cast<uint64_t>(n), "rms_norm", "weight");
+  need(y, 4 * elems, "rms_norm", "output");
+  uint32_t flags = 0;
+  if (residual) {
+    need(*residual, 4 * elems, "rms_norm", "residual");
+    flags |= 1u;
+  }
+  if (xq) {
+    if (!int8_) throw Error("GPU rms_norm: the int8 path is off on " + dev_->info().name);
+    const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
+    if (n % group != 0)
+      throw Error("GPU rms_norm: rows of " + std::to_string(n) + " are not whole blocks of " + std::to_string(group) +
+                  " to quantize");
+    if (q8_bytes(n, rows) / 4 > UINT32_MAX) throw Error("GPU rms_norm: too many elements to quantize");
+    need(*xq, q8_bytes(n, rows), "rms_norm", "quantized output");
+    flags |= scale == Q8Scale::Superblock256 ? 4u : 2u;
+  }
+  const NormPush push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps, flags};
+  uint32_t gx, gy;
+  grid(rows, gx, gy);
+  c.dispatch(pipeline("rms_norm", 5, sizeof push), {&x, &weight, &y, residual ? residual : &x, xq ? xq : &y}, &push,
+             sizeof push, gx, gy);
 }
 
 namespace {
@@ -207,6 +246,27 @@ void Kernels::swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& 
   uint32_t gx, gy;
   grid((n + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
   c.dispatch(pipeline("swiglu", 3, sizeof push), {&gate, &up, &out}, &push, sizeof push, gx, gy);
+}
+
+void Kernels::swiglu_q8(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n, Buffer& xq,
+                        Q8Scale scale) {
+  check_count(n, "swiglu_q8", "length");
+  if (!int8_) throw Error("GPU swiglu_q8: the int8 path is off on " + dev_->info().name);
+  const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
+  if (n % group != 0)
+    throw Error("GPU swiglu_q8: " + std::to_string(n) + " elements are not whole blocks of " + std::to_string(group));
+  if (q8_bytes(n, 1) / 4 > UINT32_MAX) throw Error("GPU swiglu_q8: too many elements");
+  need(gate, 4 * static_cast<uint64_t>(n), "swiglu_q8", "gate");
+  need(up, 4 * static_cast<uint64_t>(n), "swiglu_q8", "up");
+  need(out, 4 * static_cast<uint64_t>(n), "swiglu_q8", "output");
+  need(xq, q8_bytes(n, 1), "swiglu_q8", "quantized output");
+  if (n == 0) return;
+  const struct {
+    uint32_t n_blocks, superblock;
+  } push{static_cast<uint32_t>(n / 32), scale == Q8Scale::Superblock256 ? 1u : 0u};
+  uint32_t gx, gy;
+  grid((static_cast<int64_t>(push.n_blocks) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline("swiglu_q8", 4, sizeof push), {&gate, &up, &out, &xq}, &push, sizeof push, gx, gy);
 }
 
 void Kernels::add(Commands& c, Buffer& y, const Buffer& x, int64_t n) {

@@ -36,6 +36,17 @@ class Kernels {
   void rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n, float eps);
   // out[i] = silu(gate[i]) * up[i].
   void swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n);
+  // How activations are scaled for weights of type t, as the CPU (ops/vec_dot) and llama.cpp's CPU backend do, so
+  // that the integer sums are the CPU's: Q4_0..Q8_0 read blocks of 32 scaled by max|x| / 127 (Q8_0 activations),
+  // the K-quants superblocks of 256 scaled by -(first element of largest magnitude) / 127 (Q8_K activations).
+  enum class Q8Scale { Block32, Superblock256 };
+  // Fused forms for a decode step's fewer dispatches and barriers, each the same bits as the kernels it replaces:
+  // rms_norm with, first, x += residual (written back: the residual add of the layer before) and, after, y
+  // quantized into xq for the int8 path (quantize_q8(y, scale): n a multiple of the scale's block). Either may be
+  // null. Throws for a quantized output when int8() is off.
+  void rms_norm_fused(Commands& c, Buffer& x, const Buffer* residual, const Buffer& weight, Buffer& y, int64_t rows,
+                      int64_t n, float eps, Buffer* xq, Q8Scale scale = Q8Scale::Block32);
+  // (swiglu with its output quantized: swiglu_q8, with the int8 path below.)
   // y[i] += x[i].
   void add(Commands& c, Buffer& y, const Buffer& x, int64_t n);
 
@@ -72,15 +83,15 @@ class Kernels {
   void set_int8(bool on);
   // Bytes quantize_q8 writes for n_tok rows of cols (cols a multiple of 32): one byte per element, 8 per block.
   static uint64_t q8_bytes(int64_t cols, int64_t n_tok);
-  // How activations are scaled for weights of type t, as the CPU (ops/vec_dot) and llama.cpp's CPU backend do, so
-  // that the integer sums are the CPU's: Q4_0..Q8_0 read blocks of 32 scaled by max|x| / 127 (Q8_0 activations),
-  // the K-quants superblocks of 256 scaled by -(first element of largest magnitude) / 127 (Q8_K activations).
-  enum class Q8Scale { Block32, Superblock256 };
   static Q8Scale q8_scale(DType t);
   // xq = the int8 blocks of x (n_tok x cols f32), laid out as gpu/shaders/quantize_q8.comp says (Superblock256:
   // cols a multiple of 256).
   void quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok,
                    Q8Scale scale = Q8Scale::Block32);
+  // out = swiglu(gate, up) over n elements and xq = quantize_q8(out, scale) in one dispatch (n a multiple of the
+  // scale's block; the blocks are the same whatever the row length, so xq serves any matrix of n / rows columns).
+  void swiglu_q8(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n, Buffer& xq,
+                 Q8Scale scale = Q8Scale::Block32);
   // matmul from xq = quantize_q8(x): the same y as matmul up to the activations' rounding. Throws for a type
   // without an int8 shader, no tokens, or when int8() is off.
   void matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows, int64_t cols,

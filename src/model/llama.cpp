@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "core/error.h"
@@ -274,26 +275,49 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   // Matrix products of one input `in` (n rows of cols) into their outputs. On the int8 path (gpu/kernels.h) the
   // input of matrices of int8 types is quantized into s.xq, once per activation scaling among them (Q8_0-style for
   // Q4_0..Q8_0, Q8_K-style for the K-quants, as the CPU), and those matrices read it there (decode and prompts
-  // alike); the others take the f32 path. A barrier separates the readers of one scaling from the next quantization.
+  // alike); the others take the f32 path. `ready`: s.xq already holds `in` in that scaling (the kernel that wrote
+  // `in` quantized it too: rms_norm_fused, swiglu_q8), so its readers go first. A barrier separates the readers of
+  // one scaling from the next quantization.
   using Product = std::pair<const DeviceModel::Matrix*, gpu::Buffer*>;
+  using Scale = gpu::Kernels::Q8Scale;
+  auto q8 = [&](const DeviceModel::Matrix& w) { return K.int8() && gpu::Kernels::supports_q8(w.type); };
+  // The scaling a kernel writing the input of `jobs` should quantize it in: the first int8 reader's, if any.
+  auto first_scale = [&](std::initializer_list<const DeviceModel::Matrix*> readers) -> std::optional<Scale> {
+    for (const DeviceModel::Matrix* w : readers)
+      if (q8(*w)) return gpu::Kernels::q8_scale(w->type);
+    return std::nullopt;
+  };
   auto products = [&](gpu::Commands& cmd, const gpu::Buffer& in, int64_t cols, int64_t rows_in,
-                      std::initializer_list<Product> jobs) {
-    auto q8 = [&](const DeviceModel::Matrix& w) { return K.int8() && gpu::Kernels::supports_q8(w.type); };
+                      std::initializer_list<Product> jobs, std::optional<Scale> ready = std::nullopt) {
     for (const Product& j : jobs)
       if (!q8(*j.first)) dm.matmul(cmd, *j.first, in, nullptr, *j.second, rows_in);
-    bool quantized = false;
-    for (gpu::Kernels::Q8Scale sc : {gpu::Kernels::Q8Scale::Block32, gpu::Kernels::Q8Scale::Superblock256}) {
+    const Scale other = ready == Scale::Superblock256 ? Scale::Block32 : Scale::Superblock256;
+    const Scale order[2] = {ready.value_or(Scale::Block32), ready ? other : Scale::Superblock256};
+    bool used = false;  // s.xq holds codes some products read
+    for (Scale sc : order) {
       bool any = false;
       for (const Product& j : jobs) any = any || (q8(*j.first) && gpu::Kernels::q8_scale(j.first->type) == sc);
       if (!any) continue;
-      if (quantized) cmd.barrier();  // the previous scaling's readers are done with s.xq
-      K.quantize_q8(cmd, in, s.xq, cols, rows_in, sc);
-      cmd.barrier();
+      if (sc != ready) {
+        if (used) cmd.barrier();  // the previous scaling's readers are done with s.xq
+        K.quantize_q8(cmd, in, s.xq, cols, rows_in, sc);
+        cmd.barrier();
+      }
       for (const Product& j : jobs)
         if (q8(*j.first) && gpu::Kernels::q8_scale(j.first->type) == sc)
           dm.matmul(cmd, *j.first, in, &s.xq, *j.second, rows_in);
-      quantized = true;
+      used = true;
     }
+  };
+  // rms_norm of s.x into s.xn with the residual add before it fused (x += residual) and, on the int8 path, s.xn
+  // quantized for `readers`; returns the scaling quantized in.
+  auto norm = [&](gpu::Commands& cmd, const gpu::Buffer* residual, const gpu::Buffer& weight,
+                  std::initializer_list<const DeviceModel::Matrix*> readers) {
+    const std::optional<Scale> sc = first_scale(readers);
+    K.rms_norm_fused(cmd, s.x, residual, weight, s.xn, n, d, c_.rms_eps, sc ? &s.xq : nullptr,
+                     sc.value_or(Scale::Block32));
+    cmd.barrier();
+    return sc;
   };
 
   auto lock = dm.lock();
@@ -302,12 +326,15 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   cmd.copy(s.up_stage, s.meta, meta_bytes, x_bytes, 0);
   if (cs_bytes) cmd.copy(s.up_stage, s.cs, cs_bytes, x_bytes + meta_bytes, 0);
   cmd.barrier();
+  // Each residual add is fused into the rms_norm after it (the FFN output's into the next layer's attention norm):
+  // the attention output goes to s.gate, the FFN output to s.gate, and `pending` says that s.gate still has to be
+  // added to s.x.
+  bool pending = false;
   for (int64_t l = m_.first_device_layer(); l < c_.n_layer; ++l) {
     const DeviceModel::Layer& L = dm.layer(l);
     // --- attention block ---
-    K.rms_norm(cmd, s.x, L.attn_norm, s.xn, n, d, c_.rms_eps);
-    cmd.barrier();
-    products(cmd, s.xn, d, n, {{&L.wq, &s.q}, {&L.wk, &s.k}, {&L.wv, &s.v}});
+    const std::optional<Scale> qa = norm(cmd, pending ? &s.gate : nullptr, L.attn_norm, {&L.wq, &L.wk, &L.wv});
+    products(cmd, s.xn, d, n, {{&L.wq, &s.q}, {&L.wk, &s.k}, {&L.wv, &s.v}}, qa);
     cmd.barrier();
     if (L.bq) {
       K.add_bias(cmd, s.q, L.bq, nq, n);
@@ -325,19 +352,23 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
     cmd.barrier();
     K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n, split, max_n);
     cmd.barrier();
-    products(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {{&L.wo, &s.xn}});
-    cmd.barrier();
-    K.add(cmd, s.x, s.xn, n * d);
+    products(cmd, s.attn, c_.n_head * c_.head_dim_v, n, {{&L.wo, &s.gate}});
     cmd.barrier();
     // --- feed-forward block ---
-    K.rms_norm(cmd, s.x, L.ffn_norm, s.xn, n, d, c_.rms_eps);
+    const std::optional<Scale> qf = norm(cmd, &s.gate, L.ffn_norm, {&L.w_gate, &L.w_up});
+    products(cmd, s.xn, d, n, {{&L.w_gate, &s.gate}, {&L.w_up, &s.up}}, qf);
     cmd.barrier();
-    products(cmd, s.xn, d, n, {{&L.w_gate, &s.gate}, {&L.w_up, &s.up}});
+    const std::optional<Scale> qd = first_scale({&L.w_down});
+    if (qd)
+      K.swiglu_q8(cmd, s.gate, s.up, s.xn, n * ff, s.xq, *qd);
+    else
+      K.swiglu(cmd, s.gate, s.up, s.xn, n * ff);
     cmd.barrier();
-    K.swiglu(cmd, s.gate, s.up, s.xn, n * ff);
+    products(cmd, s.xn, ff, n, {{&L.w_down, &s.gate}}, qd);
     cmd.barrier();
-    products(cmd, s.xn, ff, n, {{&L.w_down, &s.gate}});
-    cmd.barrier();
+    pending = true;
+  }
+  if (pending) {
     K.add(cmd, s.x, s.gate, n * d);
     cmd.barrier();
   }

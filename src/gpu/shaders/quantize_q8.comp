@@ -16,6 +16,7 @@
 //     d = 1 / iscale in f32, written to each of the superblock's 8 blocks.
 // One thread per block (in superblock mode each of the 8 threads of a superblock finds its maximum: 256 reads each).
 #extension GL_EXT_control_flow_attributes : require
+#extension GL_GOOGLE_include_directive : require
 layout(local_size_x = 64) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer X { float x[]; };
@@ -26,44 +27,11 @@ layout(push_constant) uniform Push {
   uint superblock;  // 1: Q8_K scaling (see above)
 } pc;
 
+#define Q8_SRC(i) x[i]
+#include "q8_block.glsl"
+
 void main() {
   const uint b = gl_GlobalInvocationID.x + gl_GlobalInvocationID.y * gl_NumWorkGroups.x * 64u;
   if (b >= pc.n_blocks) return;
-  const uint x0 = b * 32u;
-  float d, id, d_unrounded = 0.0;
-  if (pc.superblock != 0u) {
-    const uint s0 = x0 & ~255u;
-    float amax = 0.0, v = 0.0;
-    for (uint i = 0; i < 256u; ++i) {
-      const float e = x[s0 + i];
-      if (abs(e) > amax) {  // strictly greater: the first element of largest magnitude
-        amax = abs(e);
-        v = e;
-      }
-    }
-    id = amax != 0.0 ? -127.0 / v : 0.0;
-    d = amax != 0.0 ? 1.0 / id : 0.0;
-  } else {
-    float amax = 0.0;
-    for (uint i = 0; i < 32u; ++i) amax = max(amax, abs(x[x0 + i]));
-    id = amax != 0.0 ? 127.0 / amax : 0.0;
-    d_unrounded = amax / 127.0;
-    d = unpackHalf2x16(packHalf2x16(vec2(d_unrounded, 0.0))).x;
-  }
-  int sum_lo = 0, sum_hi = 0;
-  for (uint k = 0; k < 8u; ++k) {
-    uint word = 0u;
-    for (uint i = 0; i < 4u; ++i) {
-      const int q = min(127, int(roundEven(x[x0 + 4u * k + i] * id)));
-      word |= (uint(q) & 0xFFu) << (8u * i);
-      if (k < 4u) sum_lo += q; else sum_hi += q;
-    }
-    xq[8u * b + k] = word;
-  }
-  const uint aux = 8u * pc.n_blocks + 2u * b;
-  xq[aux] = floatBitsToUint(d);
-  if (pc.superblock != 0u)
-    xq[aux + 1u] = (uint(sum_lo) & 0xFFFFu) | (uint(sum_hi) << 16);
-  else
-    xq[aux + 1u] = floatBitsToUint(unpackHalf2x16(packHalf2x16(vec2(d_unrounded * float(sum_lo + sum_hi), 0.0))).x);
+  q8_quantize_block(b, pc.n_blocks, pc.superblock != 0u);
 }
