@@ -234,7 +234,7 @@ void Kernels::rms_norm_fused(Commands& c, Buffer& x, const Buffer* residual, con
 }
 
 namespace {
-constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp, add.comp, add_bias.comp, rope.comp, quantize_q8.comp
+constexpr int64_t kElementwiseWG = 64;  // local_size_x of swiglu.comp, add.comp, add_bias.comp, rope.comp, quantize_q8.comp, swiglu_q8.comp
 }
 
 void Kernels::swiglu(Commands& c, const Buffer& gate, const Buffer& up, Buffer& out, int64_t n) {
@@ -261,12 +261,7 @@ void Kernels::swiglu_q8(Commands& c, const Buffer& gate, const Buffer& up, Buffe
   need(out, 4 * static_cast<uint64_t>(n), "swiglu_q8", "output");
   need(xq, q8_bytes(n, 1), "swiglu_q8", "quantized output");
   if (n == 0) return;
-  const struct {
-    uint32_t n_blocks, superblock;
-  } push{static_cast<uint32_t>(n / 32), scale == Q8Scale::Superblock256 ? 1u : 0u};
-  uint32_t gx, gy;
-  grid((static_cast<int64_t>(push.n_blocks) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
-  c.dispatch(pipeline("swiglu_q8", 4, sizeof push), {&gate, &up, &out, &xq}, &push, sizeof push, gx, gy);
+  q8_blocks_dispatch(c, "swiglu_q8", {&gate, &up, &out, &xq}, n / 32, scale);
 }
 
 void Kernels::add(Commands& c, Buffer& y, const Buffer& x, int64_t n) {
@@ -366,12 +361,18 @@ void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols
   need(x, 4 * elems, "quantize_q8", "input");
   need(xq, q8_bytes(cols, n_tok), "quantize_q8", "output");
   if (elems == 0) return;
+  q8_blocks_dispatch(c, "quantize_q8", {&x, &xq}, static_cast<int64_t>(elems / 32), scale);
+}
+
+void Kernels::q8_blocks_dispatch(Commands& c, const char* shader, std::initializer_list<const Buffer*> buffers,
+                                 int64_t n_blocks, Q8Scale scale) {
   const struct {
     uint32_t n_blocks, superblock;
-  } push{static_cast<uint32_t>(elems / 32), scale == Q8Scale::Superblock256 ? 1u : 0u};
+  } push{static_cast<uint32_t>(n_blocks), scale == Q8Scale::Superblock256 ? 1u : 0u};
   uint32_t gx, gy;
-  grid((static_cast<int64_t>(push.n_blocks) + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
-  c.dispatch(pipeline("quantize_q8", 2, sizeof push), {&x, &xq}, &push, sizeof push, gx, gy);
+  grid((n_blocks + kElementwiseWG - 1) / kElementwiseWG, gx, gy);
+  c.dispatch(pipeline(shader, static_cast<uint32_t>(buffers.size()), sizeof push), buffers, &push, sizeof push, gx,
+             gy);
 }
 
 void Kernels::matmul_q8(Commands& c, DType t, const Buffer& w, const Buffer& xq, Buffer& y, int64_t rows,

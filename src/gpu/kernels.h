@@ -3,6 +3,7 @@
 // Commands::submit_and_wait); put Commands::barrier() between a kernel and the next one that reads its output.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -156,6 +157,9 @@ class Kernels {
   };
   MatPush mat_push(const char* kernel, DType t, const Buffer& w, Buffer& y, int64_t rows, int64_t cols,
                    int64_t n_tok, OutRows out) const;
+  // One thread per block of 32 (quantize_q8.comp, swiglu_q8.comp: push {n_blocks, superblock}, 64 per workgroup).
+  void q8_blocks_dispatch(Commands& c, const char* shader, std::initializer_list<const Buffer*> buffers,
+                          int64_t n_blocks, Q8Scale scale);
   // A grid of at least `groups` workgroups in x (then y) within the device's per-dimension limit.
   void grid(int64_t groups, uint32_t& gx, uint32_t& gy) const;
 
