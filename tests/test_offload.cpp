@@ -176,8 +176,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuGoldenLogits, ::testing::ValuesIn(golden_fil
 // quantize them for each weight type (Q8_0 blocks of 32 for Q4_0..Q8_0, Q8_K superblocks of 256 for the K-quants)
 // and the integer sums are theirs, so the path is held to the CPU's own golden tolerance for quantized models, 0.3
 // (tests/test_golden_logits.cpp: most files match to ~5e-5; where a float summed in another order flips one
-// activation code, logits move by up to ~0.2), not the f32 path's 0.6. Measured: ~5e-5 on 7 of the 22 files in one batch, at
-// most 0.226 (synth-qwen2-q4_k_m, exactly the CPU's own distance there).
+// activation code, logits move by up to ~0.2), not the f32 path's 0.6. Measured: ~5e-5 on 7 of the 22 files in one
+// batch, at most 0.226 (synth-qwen2-q4_k_m, exactly the CPU's own distance there).
 
 std::vector<std::string> int8_golden_files() {
   std::vector<std::string> out;
