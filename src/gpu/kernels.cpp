@@ -187,22 +187,16 @@ struct NormPush {
 
 void Kernels::rms_norm(Commands& c, const Buffer& x, const Buffer& weight, Buffer& y, int64_t rows, int64_t n,
                        float eps) {
-  check_count(rows, "rms_norm", "row count");
-  check_count(n, "rms_norm", "row length");
-  if (n == 0) throw Error("GPU rms_norm: empty rows");
-  if (static_cast<uint64_t>(rows) * n > UINT32_MAX) throw Error("GPU rms_norm: too many elements");
-  need(x, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "input");
-  need(weight, 4 * static_cast<uint64_t>(n), "rms_norm", "weight");
-  need(y, 4 * static_cast<uint64_t>(rows) * n, "rms_norm", "output");
-  const NormPush push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps, 0};
-  uint32_t gx, gy;
-  grid(rows, gx, gy);
-  // Bindings 3 (residual) and 4 (xq) are not touched without their flags.
-  c.dispatch(pipeline("rms_norm", 5, sizeof push), {&x, &weight, &y, &x, &y}, &push, sizeof push, gx, gy);
+  norm_dispatch(c, x, nullptr, weight, y, rows, n, eps, nullptr, Q8Scale::Block32);
 }
 
 void Kernels::rms_norm_fused(Commands& c, Buffer& x, const Buffer* residual, const Buffer& weight, Buffer& y,
                              int64_t rows, int64_t n, float eps, Buffer* xq, Q8Scale scale) {
+  norm_dispatch(c, x, residual, weight, y, rows, n, eps, xq, scale);
+}
+
+void Kernels::norm_dispatch(Commands& c, const Buffer& x, const Buffer* residual, const Buffer& weight, Buffer& y,
+                            int64_t rows, int64_t n, float eps, Buffer* xq, Q8Scale scale) {
   check_count(rows, "rms_norm", "row count");
   check_count(n, "rms_norm", "row length");
   if (n == 0) throw Error("GPU rms_norm: empty rows");
@@ -218,19 +212,25 @@ void Kernels::rms_norm_fused(Commands& c, Buffer& x, const Buffer* residual, con
   }
   if (xq) {
     if (!int8_) throw Error("GPU rms_norm: the int8 path is off on " + dev_->info().name);
-    const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
-    if (n % group != 0)
-      throw Error("GPU rms_norm: rows of " + std::to_string(n) + " are not whole blocks of " + std::to_string(group) +
-                  " to quantize");
-    if (q8_bytes(n, rows) / 4 > UINT32_MAX) throw Error("GPU rms_norm: too many elements to quantize");
-    need(*xq, q8_bytes(n, rows), "rms_norm", "quantized output");
+    check_q8_output("rms_norm", *xq, n, rows, scale);
     flags |= scale == Q8Scale::Superblock256 ? 4u : 2u;
   }
   const NormPush push{static_cast<uint32_t>(rows), static_cast<uint32_t>(n), eps, flags};
   uint32_t gx, gy;
   grid(rows, gx, gy);
+  // Without their flags, bindings 3 (residual) and 4 (xq) are not touched.
   c.dispatch(pipeline("rms_norm", 5, sizeof push), {&x, &weight, &y, residual ? residual : &x, xq ? xq : &y}, &push,
              sizeof push, gx, gy);
+}
+
+// xq must take quantize_q8's output for rows of cols in this scaling: whole blocks, 32-bit indexable, large enough.
+void Kernels::check_q8_output(const char* kernel, const Buffer& xq, int64_t cols, int64_t rows, Q8Scale scale) {
+  const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
+  if (cols % group != 0)
+    throw Error(std::string("GPU ") + kernel + ": rows of " + std::to_string(cols) + " are not whole blocks of " +
+                std::to_string(group) + " to quantize");
+  if (q8_bytes(cols, rows) / 4 > UINT32_MAX) throw Error(std::string("GPU ") + kernel + ": too many elements");
+  need(xq, q8_bytes(cols, rows), kernel, "quantized output");
 }
 
 namespace {
@@ -252,14 +252,10 @@ void Kernels::swiglu_q8(Commands& c, const Buffer& gate, const Buffer& up, Buffe
                         Q8Scale scale) {
   check_count(n, "swiglu_q8", "length");
   if (!int8_) throw Error("GPU swiglu_q8: the int8 path is off on " + dev_->info().name);
-  const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
-  if (n % group != 0)
-    throw Error("GPU swiglu_q8: " + std::to_string(n) + " elements are not whole blocks of " + std::to_string(group));
-  if (q8_bytes(n, 1) / 4 > UINT32_MAX) throw Error("GPU swiglu_q8: too many elements");
+  check_q8_output("swiglu_q8", xq, n, 1, scale);
   need(gate, 4 * static_cast<uint64_t>(n), "swiglu_q8", "gate");
   need(up, 4 * static_cast<uint64_t>(n), "swiglu_q8", "up");
   need(out, 4 * static_cast<uint64_t>(n), "swiglu_q8", "output");
-  need(xq, q8_bytes(n, 1), "swiglu_q8", "quantized output");
   if (n == 0) return;
   q8_blocks_dispatch(c, "swiglu_q8", {&gate, &up, &out, &xq}, n / 32, scale);
 }
@@ -353,13 +349,9 @@ Kernels::Q8Scale Kernels::q8_scale(DType t) {
 void Kernels::quantize_q8(Commands& c, const Buffer& x, Buffer& xq, int64_t cols, int64_t n_tok, Q8Scale scale) {
   check_count(cols, "quantize_q8", "column count");
   check_count(n_tok, "quantize_q8", "token count");
-  const int64_t group = scale == Q8Scale::Superblock256 ? 256 : 32;
-  if (cols % group != 0)
-    throw Error("GPU quantize_q8: " + std::to_string(cols) + " columns is not a multiple of " + std::to_string(group));
+  check_q8_output("quantize_q8", xq, cols, n_tok, scale);
   const uint64_t elems = static_cast<uint64_t>(cols) * static_cast<uint64_t>(n_tok);
-  if (q8_bytes(cols, n_tok) / 4 > UINT32_MAX) throw Error("GPU quantize_q8: too many elements");
   need(x, 4 * elems, "quantize_q8", "input");
-  need(xq, q8_bytes(cols, n_tok), "quantize_q8", "output");
   if (elems == 0) return;
   q8_blocks_dispatch(c, "quantize_q8", {&x, &xq}, static_cast<int64_t>(elems / 32), scale);
 }

@@ -157,6 +157,11 @@ class Kernels {
   };
   MatPush mat_push(const char* kernel, DType t, const Buffer& w, Buffer& y, int64_t rows, int64_t cols,
                    int64_t n_tok, OutRows out) const;
+  // rms_norm.comp with its optional residual and quantized output (rms_norm, rms_norm_fused).
+  void norm_dispatch(Commands& c, const Buffer& x, const Buffer* residual, const Buffer& weight, Buffer& y,
+                     int64_t rows, int64_t n, float eps, Buffer* xq, Q8Scale scale);
+  // Throws unless xq can take quantize_q8's output for rows of cols in this scaling.
+  static void check_q8_output(const char* kernel, const Buffer& xq, int64_t cols, int64_t rows, Q8Scale scale);
   // One thread per block of 32 (quantize_q8.comp, swiglu_q8.comp: push {n_blocks, superblock}, 64 per workgroup).
   void q8_blocks_dispatch(Commands& c, const char* shader, std::initializer_list<const Buffer*> buffers,
                           int64_t n_blocks, Q8Scale scale);
