@@ -291,8 +291,9 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
                       std::initializer_list<Product> jobs, std::optional<Scale> ready = std::nullopt) {
     for (const Product& j : jobs)
       if (!q8(*j.first)) dm.matmul(cmd, *j.first, in, nullptr, *j.second, rows_in);
-    const Scale other = ready == Scale::Superblock256 ? Scale::Block32 : Scale::Superblock256;
-    const Scale order[2] = {ready.value_or(Scale::Block32), ready ? other : Scale::Superblock256};
+    const bool sb_first = ready == Scale::Superblock256;
+    const Scale order[2] = {sb_first ? Scale::Superblock256 : Scale::Block32,
+                            sb_first ? Scale::Block32 : Scale::Superblock256};
     bool used = false;  // s.xq holds codes some products read
     for (Scale sc : order) {
       bool any = false;
