@@ -9,9 +9,11 @@
 # 2. writes synth models with real shapes (MODELS, default TinyLlama-1.1B and Qwen2.5-7B in Q4_K_M, Q8_0, F16) to
 #    $WORK (default /tmp/lokal-gpu);
 # 3. for each: `lokal bench -ngl 99` with the f32 path (LOKAL_GPU_INT8=0) and the int8 path (LOKAL_GPU_INT8=1),
+#    then decode once more with command buffers built every step (LOKAL_GPU_REUSE=0: what reusing them saves),
 #    then llama.cpp's llama-bench -ngl 99 where PACK/llama holds one, with the same -p/-n/-r (P, N, R);
 # 4. OUT/gpu_results.md: one table (t/s, lokal/llama.cpp, decode GB/s and % of the GPU's bandwidth, BW_GBPS or
-#    the known figure of the GPU's name), OUT/gpu_results.jsonl (every result), OUT/gpu_run.log (all output).
+#    the known figure of the GPU's name) and one of the host's time per command buffer with and without reuse,
+#    OUT/gpu_results.jsonl (every result), OUT/gpu_run.log (all output).
 # Each step has its own time limit (STEP_S, default 240 s) so that one hang leaves the rest.
 set -uo pipefail
 
@@ -64,16 +66,20 @@ for m in $MODELS; do
     # shellcheck disable=SC2086
     timeout "$STEP_S" "${LOKAL[@]}" synth --preset "$preset" --type "$type" -q -o "$f" $SYNTH_ARGS || { echo "synth failed"; continue; }
   fi
-  for int8 in 0 1; do
-    echo "== lokal bench $preset $type LOKAL_GPU_INT8=$int8"
-    LOKAL_GPU_INT8=$int8 timeout "$STEP_S" "${LOKAL[@]}" bench -m "$f" -ngl 99 -p "$P" -n "$N" -r "$R" --no-mem-bw --json -q \
-      > "$WORK/lokal.json" || { echo "lokal bench failed"; continue; }
-    python3 - "$WORK/lokal.json" "$preset" "$type" "lokal-int8=$int8" >> "$results" <<'EOF'
+  for variant in int8=0 int8=1 reuse=0; do
+    int8=${variant#int8=} reuse=1 p="$P"
+    if [ "$variant" = reuse=0 ]; then int8=1 reuse=0 p=0; fi  # decode only, on the int8 path
+    echo "== lokal bench $preset $type LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse"
+    LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse timeout "$STEP_S" "${LOKAL[@]}" bench -m "$f" -ngl 99 -p "$p" -n "$N" \
+      -r "$R" --no-mem-bw --json -q > "$WORK/lokal.json" || { echo "lokal bench failed"; continue; }
+    python3 - "$WORK/lokal.json" "$preset" "$type" "lokal-$variant" >> "$results" <<'EOF'
 import json, sys
 for r in json.load(open(sys.argv[1])):
     print(json.dumps({"model": sys.argv[2], "type": sys.argv[3], "engine": sys.argv[4], "test": r["test"],
                       "ts": r["avg_ts"], "sd": r["stddev_ts"], "bytes_per_token": r.get("decode_bytes_per_token"),
-                      "gpu": r.get("gpu_info"), "int8": r.get("gpu_int8"), "load_ms": r.get("load_ms")}))
+                      "gpu": r.get("gpu_info"), "int8": r.get("gpu_int8"), "load_ms": r.get("load_ms"),
+                      "host_us": r.get("gpu_host_us"), "device_us": r.get("gpu_device_us"),
+                      "reused_pct": r.get("gpu_reused_pct"), "dispatches": r.get("gpu_dispatches")}))
 EOF
   done
   if [ ${#LLAMA[@]} -gt 0 ]; then
@@ -109,6 +115,7 @@ for k in keys:
     def get(e):
         return next((r for r in rows if (r["model"], r["type"], r["test"]) == k and r["engine"] == e), None)
     a, b, c = get("lokal-int8=0"), get("lokal-int8=1"), get("llama.cpp")
+    if not (a or b or c): continue
     fmt = lambda r: f'{r["ts"]:.1f} ± {r["sd"]:.1f}' if r else "-"
     best = max((r for r in (a, b) if r), key=lambda r: r["ts"], default=None)
     ratio = f'{best["ts"] / c["ts"]:.2f}x' if best and c else "-"
@@ -118,5 +125,18 @@ for k in keys:
         gbs = f"{g:.1f}"
         pct = f"{100 * g / bw:.0f}%" if bw else "-"
     print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {ratio} | {gbs} | {pct} |")
+print("\nDecode on the int8 path with command buffers reused and built every step (LOKAL_GPU_REUSE=0): t/s, and per")
+print("command buffer the host's recording time and the time until the device was done.\n")
+print("| model | type | test | reused: t/s | host us | device us | % reused | built: t/s | host us | device us | dispatches |")
+print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+for k in keys:
+    if not k[2].startswith("tg"): continue
+    on = next((r for r in rows if (r["model"], r["type"], r["test"]) == k and r["engine"] == "lokal-int8=1"), None)
+    off = next((r for r in rows if (r["model"], r["type"], r["test"]) == k and r["engine"] == "lokal-reuse=0"), None)
+    if not (on and off): continue
+    f1 = lambda v: f"{v:.1f}" if v is not None else "-"
+    print(f'| {k[0]} | {k[1]} | {k[2]} | {on["ts"]:.1f} | {f1(on.get("host_us"))} | {f1(on.get("device_us"))} | '
+          f'{f1(on.get("reused_pct"))} | {off["ts"]:.1f} | {f1(off.get("host_us"))} | {f1(off.get("device_us"))} | '
+          f'{f1(on.get("dispatches"))} |')
 EOF
 cat "$OUT/gpu_results.md"

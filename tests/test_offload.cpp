@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -375,6 +376,37 @@ TEST(GpuOffload, LongContextSplitAttentionEqualsTheCpu) {
   const double d = max_abs_diff(a, b);
   EXPECT_LE(d, 1e-3);
   std::printf("[ %s ] 700 positions + 6 split decode steps: max |diff| = %.3g\n", rel, d);
+}
+
+// Decode steps submit again the command buffer an earlier step built (gpu::CommandCache, the forward pass's in
+// DeviceScratch) when they record the same commands: the logits are the bits of a run that builds every command
+// buffer anew (LOKAL_GPU_REUSE=0), and every decode step after the first reused one. The int8 path forced and a
+// 300-token context (split attention: its partial-sum scratch and merge are in the reused commands too).
+TEST(GpuOffload, ReusedCommandBuffersGiveTheSameLogits) {
+  LOKAL_NEED_GPU();
+  const char* rel = "models/real/tinytales-4m-q4_k_m.gguf";
+  setenv("LOKAL_GPU_INT8", "1", 1);
+  auto gpu = load(rel, 99);
+  unsetenv("LOKAL_GPU_INT8");
+  ASSERT_TRUE(gpu->device() && gpu->device()->int8());
+  const std::vector<int32_t> story = story_tokens(*gpu, 1000);
+  std::vector<int32_t> prompt;
+  while (prompt.size() < 300) prompt.insert(prompt.end(), story.begin() + (prompt.empty() ? 0 : 1), story.end());
+  prompt.resize(300);
+  const int n_dec = 12;
+  setenv("LOKAL_GPU_REUSE", "0", 1);
+  const auto s0 = gpu->device()->submit_stats();
+  const std::vector<float> built = run(*gpu, prompt, n_dec, DType::F16, 128);
+  unsetenv("LOKAL_GPU_REUSE");
+  const auto s1 = gpu->device()->submit_stats();
+  const std::vector<float> reused = run(*gpu, prompt, n_dec, DType::F16, 128);
+  const auto s2 = gpu->device()->submit_stats();
+  EXPECT_EQ(s1.reused, s0.reused);
+  EXPECT_EQ(s2.reused - s1.reused, static_cast<uint64_t>(n_dec - 1));
+  ASSERT_EQ(built.size(), reused.size());
+  EXPECT_EQ(std::memcmp(built.data(), reused.data(), built.size() * sizeof(float)), 0);
+  std::printf("[ %s ] %d decode steps: %llu command buffers reused, the logits bit-identical\n", rel, n_dec,
+              static_cast<unsigned long long>(s2.reused - s1.reused));
 }
 
 // Matrices larger than one shader binding are cut into parts of rows (DeviceModel::Matrix), each multiplied into its

@@ -586,6 +586,134 @@ TEST(VulkanOps, ChainedKernelsWithBarriers) {
   for (int64_t i = 0; i < d; ++i) ASSERT_NEAR(got[i], ref[i], 1e-4 * scale) << "element " << i;
 }
 
+// ---- reused command buffers (gpu::CommandCache) ----
+
+// y += x through a cache, three times with new data in the same buffers: the first submission builds the command
+// buffer, the next two submit it again (no new build), and every run computes on the data of its own time (a
+// reused command buffer that replayed stale results, or skipped the run, would fail the exact comparison).
+TEST(VulkanCommandCache, ReusedCommandBufferRunsOnTheNewData) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  unsetenv("LOKAL_GPU_REUSE");
+  gpu::Kernels k(dev);
+  gpu::CommandCache cache(*dev);
+  ASSERT_TRUE(cache.enabled());
+  std::mt19937 rng(21);
+  const int64_t n = 1000, d = 96;
+  gpu::Buffer yb = dev->alloc(n * 4), xb = dev->alloc(n * 4), wb = dev->alloc(d * 4), nb = dev->alloc(d * 4);
+  const gpu::Device::SubmitStats before = dev->submit_stats();
+  for (int run = 0; run < 3; ++run) {
+    auto y = random_floats(rng, n, -100.0f, 100.0f);
+    const auto x = random_floats(rng, n, -1.0f, 1.0f), w = random_floats(rng, d, 0.5f, 1.5f);
+    dev->upload(yb, y.data(), n * 4);
+    dev->upload(xb, x.data(), n * 4);
+    dev->upload(wb, w.data(), d * 4);
+    gpu::Commands c(*dev, &cache);
+    k.add(c, yb, xb, n);
+    c.barrier();
+    k.rms_norm(c, yb, wb, nb, 1, d, 1e-5f);  // reads the add's output: the barrier is replayed too
+    c.submit_and_wait();
+    add_inplace(y.data(), x.data(), n);
+    const auto got = download_floats(*dev, yb, n);
+    EXPECT_EQ(std::memcmp(got.data(), y.data(), n * 4), 0) << "run " << run;
+    std::vector<float> norm(d);
+    rms_norm(y.data(), w.data(), norm.data(), d, 1e-5f);
+    const auto got_norm = download_floats(*dev, nb, d);
+    for (int64_t i = 0; i < d; ++i) ASSERT_NEAR(got_norm[i], norm[i], 1e-5 * std::fabs(norm[i]) + 1e-7) << run;
+  }
+  EXPECT_EQ(cache.misses(), 1u);
+  EXPECT_EQ(cache.hits(), 2u);
+  EXPECT_EQ(cache.size(), 1u);
+  const gpu::Device::SubmitStats after = dev->submit_stats();
+  EXPECT_EQ(after.reused - before.reused, 2u);
+  EXPECT_GE(after.submits - before.submits, 3u);  // (uploads and downloads submit too)
+  EXPECT_GT(after.host_s, before.host_s);
+}
+
+// Whatever differs in what was recorded builds a new command buffer: another push constant (length), another buffer
+// in a binding, a buffer freed and allocated again (its Vulkan handle may be the same value; its serial number is
+// not), an extra barrier, a copy's region; the original recording is still found after all of them.
+TEST(VulkanCommandCache, AnyDifferenceBuildsANewCommandBuffer) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  unsetenv("LOKAL_GPU_REUSE");
+  gpu::Kernels k(dev);
+  gpu::CommandCache cache(*dev, 16);
+  const int64_t n = 256;
+  gpu::Buffer yb = dev->alloc(n * 4), xb = dev->alloc(n * 4), x2 = dev->alloc(n * 4);
+  uint64_t hits = 0, misses = 0;
+  auto step = [&](auto record, bool expect_hit, const char* what) {
+    gpu::Commands c(*dev, &cache);
+    record(c);
+    c.submit_and_wait();
+    (expect_hit ? hits : misses) += 1;
+    EXPECT_EQ(cache.hits(), hits) << what;
+    EXPECT_EQ(cache.misses(), misses) << what;
+  };
+  auto base = [&](gpu::Commands& c) { k.add(c, yb, xb, n); };
+  step(base, false, "first");
+  step(base, true, "same again");
+  step([&](gpu::Commands& c) { k.add(c, yb, xb, n - 1); }, false, "another length");
+  step([&](gpu::Commands& c) { k.add(c, yb, x2, n); }, false, "another buffer");
+  step([&](gpu::Commands& c) { k.add(c, yb, xb, n); c.barrier(); }, false, "an extra barrier");
+  step([&](gpu::Commands& c) { k.add(c, yb, xb, n); c.copy(xb, x2, 64, 0, 0); }, false, "with a copy");
+  step([&](gpu::Commands& c) { k.add(c, yb, xb, n); c.copy(xb, x2, 64, 0, 4); }, false, "the copy elsewhere");
+  step([&](gpu::Commands& c) { k.add(c, yb, xb, n); c.copy(xb, x2, 64, 0, 4); }, true, "that copy again");
+  step(base, true, "the first recording, still kept");
+  const uint64_t old_id = xb.id();
+  xb = gpu::Buffer();
+  xb = dev->alloc(n * 4);
+  EXPECT_NE(xb.id(), old_id);
+  step(base, false, "a buffer allocated again");
+  EXPECT_EQ(cache.size(), 7u);  // one per miss
+}
+
+// The cache keeps its `capacity` most recently used command buffers.
+TEST(VulkanCommandCache, KeepsTheMostRecentlyUsed) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  unsetenv("LOKAL_GPU_REUSE");
+  gpu::Kernels k(dev);
+  gpu::CommandCache cache(*dev, 2);
+  gpu::Buffer yb = dev->alloc(1024), xb = dev->alloc(1024);
+  auto run = [&](int64_t n) {
+    const uint64_t h = cache.hits();
+    gpu::Commands c(*dev, &cache);
+    k.add(c, yb, xb, n);
+    c.submit_and_wait();
+    return cache.hits() > h;
+  };
+  EXPECT_FALSE(run(10));  // [A]
+  EXPECT_FALSE(run(20));  // [B A]
+  EXPECT_TRUE(run(10));   // [A B]
+  EXPECT_FALSE(run(30));  // [C A]: B, the least recently used, goes
+  EXPECT_TRUE(run(10));   // [A C]
+  EXPECT_FALSE(run(20));  // [B A]
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_THROW(gpu::CommandCache(*dev, 0), Error);
+}
+
+// LOKAL_GPU_REUSE=0 turns reuse off: every submission builds its command buffer (and still computes right). A cache
+// serves one device.
+TEST(VulkanCommandCache, ReuseCanBeTurnedOffAndServesOneDevice) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  setenv("LOKAL_GPU_REUSE", "0", 1);
+  gpu::CommandCache off(*dev);
+  unsetenv("LOKAL_GPU_REUSE");
+  EXPECT_FALSE(off.enabled());
+  std::vector<float> y(64, 1.0f), x(64, 0.5f);
+  gpu::Buffer yb = upload_vec(*dev, y), xb = upload_vec(*dev, x);
+  const uint64_t reused = dev->submit_stats().reused;
+  for (int i = 0; i < 2; ++i) {
+    gpu::Commands c(*dev, &off);
+    k.add(c, yb, xb, 64);
+    c.submit_and_wait();
+  }
+  EXPECT_EQ(off.hits(), 0u);
+  EXPECT_EQ(dev->submit_stats().reused, reused);
+  EXPECT_EQ(download_floats(*dev, yb, 64), std::vector<float>(64, 2.0f));
+  auto other = gpu::Device::open(0);  // a second device object (the same GPU): another VkDevice
+  EXPECT_THROW(gpu::Commands(*other, &off), Error);
+}
+
 // matmul: every weight type, token counts 1 (= matvec), 2, 7, 8 (one full group of NT = 8: the few-token shader), 9
 // and 33 (the tiled shader, more in TiledAllTypesMatchReference), over row counts 1, 7, 33 and column counts from one
 // block to 4096, plus 11008 columns (a real n_ff) at 3 rows.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "support/gpu_test.h"
@@ -37,4 +38,36 @@ TEST(VulkanCli, InfoDevices) {
   EXPECT_EQ(r2.out, "no Vulkan device found\n");
   const auto r3 = test::run_lokal("info --devices some.gguf");
   EXPECT_NE(r3.rc, 0);
+}
+
+// `lokal bench -ngl 99`: the JSON rows name the device and the offload, and carry the command-buffer counters of the
+// warm runs: one command buffer per prompt and one per decoded token, every one of them a reused one (the cold run
+// built them: the same shapes at the same positions), none without reuse (LOKAL_GPU_REUSE=0); the table says so.
+TEST(VulkanCli, BenchReportsTheDeviceAndItsCommandBuffers) {
+  LOKAL_NEED_GPU();
+  const std::string model = test::data_path("models/real/stories260K.gguf");
+  const std::string args = "bench -m '" + model + "' -p 16 -n 8 -r 2 -t 2 -ngl 99 --no-mem-bw";
+  for (const char* reuse : {"1", "0"}) {
+    ::setenv("LOKAL_GPU_REUSE", reuse, 1);
+    const auto r = test::run_lokal(args + " --json");
+    ::unsetenv("LOKAL_GPU_REUSE");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_EQ(j.size(), 2u);
+    for (const auto& t : j) {
+      EXPECT_EQ(t["n_gpu_layers"], 5) << t.dump();
+      EXPECT_TRUE(t["gpu_output"].get<bool>());
+      EXPECT_NE(t["gpu_info"].get<std::string>().find("llvmpipe"), std::string::npos);
+      EXPECT_EQ(t["gpu_submits"].get<double>(), t["n_gen"] == 8 ? 8.0 : 1.0) << t.dump();
+      EXPECT_EQ(t["gpu_reused_pct"].get<double>(), std::string(reuse) == "1" ? 100.0 : 0.0) << t.dump();
+      EXPECT_GT(t["gpu_dispatches"].get<double>(), 5 * 10.0);  // 5 layers of at least 10 kernels each
+      EXPECT_GT(t["gpu_host_us"].get<double>(), 0.0);
+      EXPECT_GT(t["gpu_device_us"].get<double>(), 0.0);
+    }
+  }
+  const auto r = test::run_lokal(args + " -q");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char* s : {"gpu pp16: 1.0 command buffers per run (100% reused)", "gpu tg8: 8.0 command buffers per run",
+                        "us of host recording"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << "missing '" << s << "' in:\n" << r.out;
 }

@@ -101,6 +101,11 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["gpu_output"] = r.gpu_output;
   j["gpu_int8"] = r.gpu_int8;
   j["gpu_weight_bytes"] = r.gpu_bytes;
+  j["gpu_submits"] = t.gpu_submits;
+  j["gpu_reused_pct"] = t.gpu_reused_pct;
+  j["gpu_dispatches"] = t.gpu_dispatches;
+  j["gpu_host_us"] = t.gpu_host_us;
+  j["gpu_device_us"] = t.gpu_device_us;
   j["file_type"] = r.file_type;  // model_file_type: the name info, plan and compare show
   return j;
 }
@@ -183,6 +188,11 @@ void print_markdown(const BenchReport& r) {
                 "above are the CPU's\n",
                 static_cast<long long>(r.n_gpu_layers), r.gpu_output ? " and the output" : "", r.gpu.c_str(),
                 format_bytes(static_cast<double>(r.gpu_bytes)).c_str(), r.gpu_int8 ? "on" : "off");
+  for (const BenchTest& t : r.tests)
+    if (t.gpu_submits > 0)
+      std::printf("gpu %s: %.1f command buffers per run (%.0f%% reused), %.0f dispatches each; per command buffer "
+                  "%.1f us of host recording, then %.1f us until the device was done\n",
+                  t.name.c_str(), t.gpu_submits, t.gpu_reused_pct, t.gpu_dispatches, t.gpu_host_us, t.gpu_device_us);
 }
 
 void bench(const BenchArgs& a) {

@@ -213,6 +213,34 @@ double measure_read_bandwidth(int n_threads, size_t bytes, int runs) {
 namespace {
 void finish_bandwidth(const BenchOptions& opt, const std::function<void(const std::string&)>& log, BenchReport& rep);
 
+// The device's submission counters over the timed parts of a test's warm runs (BenchTest::gpu_*).
+struct GpuCounter {
+  const Model& model;
+  gpu::Device::SubmitStats at{}, sum{};
+  void begin() {
+    if (const DeviceModel* dm = model.device()) at = dm->submit_stats();
+  }
+  void end() {
+    const DeviceModel* dm = model.device();
+    if (!dm) return;
+    const gpu::Device::SubmitStats now = dm->submit_stats();
+    sum.submits += now.submits - at.submits;
+    sum.reused += now.reused - at.reused;
+    sum.dispatches += now.dispatches - at.dispatches;
+    sum.host_s += now.host_s - at.host_s;
+    sum.wait_s += now.wait_s - at.wait_s;
+  }
+  void finish(BenchTest& t, int runs) const {
+    if (sum.submits == 0 || runs <= 0) return;
+    const double n = static_cast<double>(sum.submits);
+    t.gpu_submits = n / runs;
+    t.gpu_reused_pct = 100.0 * static_cast<double>(sum.reused) / n;
+    t.gpu_dispatches = static_cast<double>(sum.dispatches) / n;
+    t.gpu_host_us = sum.host_s * 1e6 / n;
+    t.gpu_device_us = sum.wait_s * 1e6 / n;
+  }
+};
+
 // One ppP xN and one tgG xN test (llama-batched-bench's PP/TG with -npl N): N sequences in a fresh pool of
 // N * (P + G) positions; the N prompts are evaluated in one eval_batch (only each prompt's last row of logits),
 // then G steps of N entries. Token ids are random; nothing is sampled (like llama-batched-bench).
@@ -233,6 +261,7 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
   pp.name = "pp" + std::to_string(P) + " x" + std::to_string(N);
   tg.name = "tg" + std::to_string(G) + " x" + std::to_string(N);
   pp.test_time = tg.test_time = iso_utc();
+  GpuCounter gpp{model}, gtg{model};
   for (int r = 0; r <= opt.reps; ++r) {
     log("bench: " + std::to_string(N) + " sequences, " + std::to_string(nt) + " threads, " +
         (r == 0 ? std::string("first run") : "run " + std::to_string(r) + "/" + std::to_string(opt.reps)));
@@ -249,9 +278,11 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
         const std::vector<int32_t> toks = random_tokens(P);
         for (int j = 0; j < P; ++j) e.push_back(BatchEntry{toks[static_cast<size_t>(j)], i, j, j == P - 1});
       }
+      if (r > 0) gpp.begin();
       const double t0 = now_ns();
       fwd.eval_batch(e.data(), static_cast<int64_t>(e.size()), tables.data(), N, kv.cache(), logits.data());
       const double ns = now_ns() - t0;
+      if (r > 0) gpp.end();
       const double ts = static_cast<double>(P) * N * 1e9 / ns;
       if (r == 0) pp.first_ns = ns, pp.first_ts = ts;
       else pp.samples_ns.push_back(ns), pp.samples_ts.push_back(ts);
@@ -259,12 +290,14 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
     if (G > 0) {
       const std::vector<int32_t> toks = random_tokens(static_cast<int64_t>(G) * N);
       e.resize(static_cast<size_t>(N));
+      if (r > 0) gtg.begin();
       const double t0 = now_ns();
       for (int g = 0; g < G; ++g) {
         for (int i = 0; i < N; ++i) e[static_cast<size_t>(i)] = BatchEntry{toks[static_cast<size_t>(g * N + i)], i, P + g, true};
         fwd.eval_batch(e.data(), N, tables.data(), N, kv.cache(), logits.data());
       }
       const double ns = now_ns() - t0;
+      if (r > 0) gtg.end();
       const double ts = static_cast<double>(G) * N * 1e9 / ns;
       if (r == 0) tg.first_ns = ns, tg.first_ts = ts;
       else tg.samples_ns.push_back(ns), tg.samples_ts.push_back(ts);
@@ -279,6 +312,7 @@ void run_parallel_test(const Model& model, ThreadPool& pool, const BenchOptions&
     t->stddev_ts = stddev(t->samples_ts);
     // Weights are read once per step for all N sequences.
     if (t == &tg) t->decode_gbps = static_cast<double>(rep.decode_bytes_per_token) * t->avg_ts / N * 1e-9;
+    (t == &pp ? gpp : gtg).finish(*t, opt.reps);
     rep.tests.push_back(*t);
   }
 }
@@ -394,12 +428,14 @@ BenchReport run_bench(const BenchOptions& opt) {
       t.name = s.p > 0 ? "pp" + std::to_string(s.p) : "tg" + std::to_string(s.n);
       if (s.d > 0) t.name += " @ d" + std::to_string(s.d);
       t.test_time = iso_utc();
+      GpuCounter gc{*model};
       for (int r = 0; r <= opt.reps; ++r) {
         log("bench: " + t.name + ", " + std::to_string(nt) + " threads, " +
             (r == 0 ? std::string("first run") : "run " + std::to_string(r) + "/" + std::to_string(opt.reps)));
         session.reset();
         if (s.d > 0) session.feed(random_tokens(s.d));
         double ns;
+        if (r > 0) gc.begin();
         if (s.p > 0) {
           const std::vector<int32_t> toks = random_tokens(s.p);
           const double t0 = now_ns();
@@ -411,6 +447,7 @@ BenchReport run_bench(const BenchOptions& opt) {
           for (int i = 0; i < s.n; ++i) session.feed({toks[static_cast<size_t>(i)]});
           ns = now_ns() - t0;
         }
+        if (r > 0) gc.end();
         const double ts = static_cast<double>(s.p + s.n) * 1e9 / ns;
         if (r == 0) {
           t.first_ns = ns;
@@ -425,6 +462,7 @@ BenchReport run_bench(const BenchOptions& opt) {
       t.avg_ts = mean(t.samples_ts);
       t.stddev_ts = stddev(t.samples_ts);
       if (s.n > 0) t.decode_gbps = static_cast<double>(rep.decode_bytes_per_token) * t.avg_ts * 1e-9;
+      gc.finish(t, opt.reps);
       rep.tests.push_back(std::move(t));
     }
   }

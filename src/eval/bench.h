@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "core/types.h"
-#include "model/offload.h"
 #include "model/config.h"
+#include "model/offload.h"
 
 namespace lokal {
 
@@ -62,6 +62,10 @@ struct BenchTest {
   double decode_gbps = 0;   // tg: weight bytes per token * avg_ts / 1e9
   double mem_bw_gbps = 0;   // measured read bandwidth at this thread count (0: not measured)
   double mem_bw_pct = 0;    // decode_gbps as % of mem_bw_gbps
+  // GPU runs, over the warm runs (gpu::Device::SubmitStats): command buffers submitted per run, the % of them
+  // reused (gpu::CommandCache), dispatches per submission, and per submission the host's time recording and
+  // building it and the time until the device was done. All 0 on the CPU.
+  double gpu_submits = 0, gpu_reused_pct = 0, gpu_dispatches = 0, gpu_host_us = 0, gpu_device_us = 0;
 };
 
 struct BenchReport {

@@ -3,6 +3,8 @@
 #include <link.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -395,6 +397,15 @@ uint32_t Device::memory_type(uint32_t bits, VkMemoryPropertyFlags want, VkMemory
   return UINT32_MAX;
 }
 
+namespace {
+// Serial numbers of buffers and pipelines: never reused (Vulkan handles may be), so a recorded command naming one
+// can be compared with another (CommandCache).
+uint64_t next_id() {
+  static std::atomic<uint64_t> n{0};
+  return ++n;
+}
+}  // namespace
+
 Buffer Device::alloc(uint64_t bytes) { return make_buffer(bytes, false); }
 Buffer Device::staging(uint64_t bytes) { return make_buffer(bytes, true); }
 
@@ -413,6 +424,7 @@ Buffer Device::make_buffer(uint64_t bytes, bool host_visible) {
   Buffer b;
   b.dev_ = shared_from_this();
   b.size_ = size;
+  b.id_ = next_id();
   auto bci = vk_struct<VkBufferCreateInfo>(VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO);
   bci.size = size;
   bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
@@ -474,6 +486,7 @@ Pipeline Device::pipeline(std::span<const uint32_t> spirv, uint32_t n_buffers, u
   p.n_buffers_ = n_buffers;
   p.push_bytes_ = push_bytes;
   p.name_ = name;
+  p.id_ = next_id();
   auto smi = vk_struct<VkShaderModuleCreateInfo>(VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO);
   smi.codeSize = spirv.size_bytes();
   smi.pCode = spirv.data();
@@ -523,6 +536,7 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     memory_ = std::exchange(o.memory_, VK_NULL_HANDLE);
     size_ = std::exchange(o.size_, 0);
     mapped_ = std::exchange(o.mapped_, nullptr);
+    id_ = std::exchange(o.id_, 0);
   }
   return *this;
 }
@@ -539,6 +553,7 @@ void Buffer::reset() {
   memory_ = VK_NULL_HANDLE;
   size_ = 0;
   mapped_ = nullptr;
+  id_ = 0;
 }
 
 Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
@@ -552,6 +567,7 @@ Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
     n_buffers_ = o.n_buffers_;
     push_bytes_ = o.push_bytes_;
     name_ = std::move(o.name_);
+    id_ = std::exchange(o.id_, 0);
   }
   return *this;
 }
@@ -570,6 +586,7 @@ void Pipeline::reset() {
   layout_ = VK_NULL_HANDLE;
   set_layout_ = VK_NULL_HANDLE;
   module_ = VK_NULL_HANDLE;
+  id_ = 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,58 +594,181 @@ void Pipeline::reset() {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-constexpr uint32_t kSetsPerPool = 64, kBuffersPerSet = 8;
+constexpr uint32_t kBuffersPerSet = 8;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+namespace detail {
+
+bool same_op(const Op& a, const Op& b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Op::kBarrier: return true;
+    case Op::kCopy:
+      return a.buffer_ids[0] == b.buffer_ids[0] && a.buffer_ids[1] == b.buffer_ids[1] &&
+             std::equal(a.copy_region, a.copy_region + 3, b.copy_region);
+    case Op::kDispatch:
+      return a.pipeline_id == b.pipeline_id && a.n_buffers == b.n_buffers && a.push_bytes == b.push_bytes &&
+             a.push_offset == b.push_offset && std::equal(a.groups, a.groups + 3, b.groups) &&
+             std::equal(a.buffer_ids, a.buffer_ids + a.n_buffers, b.buffer_ids);
+  }
+  return false;
 }
 
-Commands::Commands(Device& dev) : dev_(dev.shared_from_this()) {
-  const VkFns& f = dev_->vk();
-  auto ai = vk_struct<VkCommandBufferAllocateInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO);
-  ai.commandPool = dev_->command_pool();
-  ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-  ai.commandBufferCount = 1;
-  check(f.vkAllocateCommandBuffers(dev_->handle(), &ai, &cmd_), "vkAllocateCommandBuffers");
-  auto bi = vk_struct<VkCommandBufferBeginInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO);
-  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
-  const VkResult r = f.vkBeginCommandBuffer(cmd_, &bi);
-  if (r != VK_SUCCESS) {
-    f.vkFreeCommandBuffers(dev_->handle(), dev_->command_pool(), 1, &cmd_);
-    check(r, "vkBeginCommandBuffer");
+// A command buffer built from ops (kept with them for the comparison), its descriptor pool and sets.
+struct Built {
+  std::shared_ptr<Device> dev;
+  VkCommandPool pool = VK_NULL_HANDLE;  // the command pool it came from (not owned)
+  VkCommandBuffer cmd = VK_NULL_HANDLE;
+  VkDescriptorPool sets = VK_NULL_HANDLE;
+  std::vector<Op> ops;
+  std::vector<uint8_t> push;
+  uint64_t dispatches = 0;
+
+  Built(std::shared_ptr<Device> d, VkCommandPool p) : dev(std::move(d)), pool(p) {}
+  Built(const Built&) = delete;
+  Built& operator=(const Built&) = delete;
+  ~Built() {
+    const VkFns& f = dev->vk();
+    if (cmd != VK_NULL_HANDLE) f.vkFreeCommandBuffers(dev->handle(), pool, 1, &cmd);
+    if (sets != VK_NULL_HANDLE) f.vkDestroyDescriptorPool(dev->handle(), sets, nullptr);
+  }
+
+  bool matches(const std::vector<Op>& o, const std::vector<uint8_t>& p) const {
+    if (o.size() != ops.size() || p != push) return false;
+    for (size_t i = 0; i < o.size(); ++i)
+      if (!same_op(o[i], ops[i])) return false;
+    return true;
+  }
+
+  // Allocates the command buffer and the descriptor sets of every dispatch (one pool, one allocation, one update)
+  // and records ops into it. `once`: to be submitted once (VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT).
+  void build(bool once) {
+    const VkFns& f = dev->vk();
+    const VkDevice d = dev->handle();
+    auto ai = vk_struct<VkCommandBufferAllocateInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO);
+    ai.commandPool = pool;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    check(f.vkAllocateCommandBuffers(d, &ai, &cmd), "vkAllocateCommandBuffers");
+
+    std::vector<VkDescriptorSetLayout> layouts;
+    uint32_t n_bindings = 0;
+    for (const Op& op : ops)
+      if (op.kind == Op::kDispatch) {
+        layouts.push_back(op.set_layout);
+        n_bindings += op.n_buffers;
+      }
+    dispatches = layouts.size();
+    std::vector<VkDescriptorSet> set_of(layouts.size(), VK_NULL_HANDLE);
+    if (!layouts.empty()) {
+      VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, std::max<uint32_t>(n_bindings, 1)};
+      auto pci = vk_struct<VkDescriptorPoolCreateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO);
+      pci.maxSets = static_cast<uint32_t>(layouts.size());
+      pci.poolSizeCount = 1;
+      pci.pPoolSizes = &ps;
+      check(f.vkCreateDescriptorPool(d, &pci, nullptr, &sets), "vkCreateDescriptorPool");
+      auto sai = vk_struct<VkDescriptorSetAllocateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO);
+      sai.descriptorPool = sets;
+      sai.descriptorSetCount = static_cast<uint32_t>(layouts.size());
+      sai.pSetLayouts = layouts.data();
+      check(f.vkAllocateDescriptorSets(d, &sai, set_of.data()), "vkAllocateDescriptorSets");
+      std::vector<VkDescriptorBufferInfo> infos(n_bindings);
+      std::vector<VkWriteDescriptorSet> writes(n_bindings);
+      size_t w = 0, k = 0;
+      for (const Op& op : ops) {
+        if (op.kind != Op::kDispatch) continue;
+        for (uint32_t i = 0; i < op.n_buffers; ++i, ++w) {
+          infos[w] = VkDescriptorBufferInfo{op.buffers[i], 0, VK_WHOLE_SIZE};
+          writes[w] = vk_struct<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
+          writes[w].dstSet = set_of[k];
+          writes[w].dstBinding = i;
+          writes[w].descriptorCount = 1;
+          writes[w].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+          writes[w].pBufferInfo = &infos[w];
+        }
+        ++k;
+      }
+      f.vkUpdateDescriptorSets(d, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
+    }
+
+    auto bi = vk_struct<VkCommandBufferBeginInfo>(VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO);
+    bi.flags = once ? VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT : 0;
+    check(f.vkBeginCommandBuffer(cmd, &bi), "vkBeginCommandBuffer");
+    auto mb = vk_struct<VkMemoryBarrier>(VK_STRUCTURE_TYPE_MEMORY_BARRIER);
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
+                       VK_ACCESS_TRANSFER_WRITE_BIT;
+    const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    VkPipeline bound = VK_NULL_HANDLE;
+    size_t k = 0;
+    for (const Op& op : ops) {
+      switch (op.kind) {
+        case Op::kBarrier: f.vkCmdPipelineBarrier(cmd, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr); break;
+        case Op::kCopy: {
+          VkBufferCopy region{op.copy_region[0], op.copy_region[1], op.copy_region[2]};
+          f.vkCmdCopyBuffer(cmd, op.buffers[0], op.buffers[1], 1, &region);
+          break;
+        }
+        case Op::kDispatch: {
+          if (op.pipeline != bound) f.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, op.pipeline);
+          bound = op.pipeline;
+          f.vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, op.layout, 0, 1, &set_of[k++], 0, nullptr);
+          if (op.push_bytes)
+            f.vkCmdPushConstants(cmd, op.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, op.push_bytes,
+                                 push.data() + op.push_offset);
+          if (op.groups[0] && op.groups[1] && op.groups[2])
+            f.vkCmdDispatch(cmd, op.groups[0], op.groups[1], op.groups[2]);
+          break;
+        }
+      }
+    }
+    check(f.vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
+  }
+};
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// CommandCache
+// ---------------------------------------------------------------------------------------------
+
+CommandCache::CommandCache(Device& dev, size_t capacity) : dev_(dev.shared_from_this()), capacity_(capacity) {
+  if (capacity_ == 0) throw Error("GPU command cache: a capacity of 0");
+  const char* env = std::getenv("LOKAL_GPU_REUSE");
+  enabled_ = !(env && std::string(env) == "0");
+  auto pci = vk_struct<VkCommandPoolCreateInfo>(VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO);
+  pci.queueFamilyIndex = dev_->queue_family_;
+  check(dev_->vk().vkCreateCommandPool(dev_->handle(), &pci, nullptr, &pool_), "vkCreateCommandPool");
+}
+
+CommandCache::~CommandCache() {
+  entries_.clear();  // their command buffers come from pool_
+  dev_->vk().vkDestroyCommandPool(dev_->handle(), pool_, nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+Commands::Commands(Device& dev, CommandCache* cache) : dev_(dev.shared_from_this()), cache_(cache), start_ns_(now_ns()) {
+  if (cache_ && cache_->dev_ != dev_) throw Error("GPU commands: a command cache of another device");
+  if (cache_ && !cache_->entries_.empty()) {  // likely the same commands again: no regrowth while recording
+    ops_.reserve(cache_->entries_.front()->ops.size());
+    push_.reserve(cache_->entries_.front()->push.size());
   }
 }
 
-Commands::~Commands() {
-  const VkFns& f = dev_->vk();
-  if (!ended_) f.vkEndCommandBuffer(cmd_);
-  f.vkFreeCommandBuffers(dev_->handle(), dev_->command_pool(), 1, &cmd_);
-  for (VkDescriptorPool p : pools_) f.vkDestroyDescriptorPool(dev_->handle(), p, nullptr);
-}
-
-VkDescriptorSet Commands::new_set(VkDescriptorSetLayout layout) {
-  const VkFns& f = dev_->vk();
-  if (sets_left_ == 0) {
-    VkDescriptorPoolSize ps{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * kBuffersPerSet};
-    auto pci = vk_struct<VkDescriptorPoolCreateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO);
-    pci.maxSets = kSetsPerPool;
-    pci.poolSizeCount = 1;
-    pci.pPoolSizes = &ps;
-    VkDescriptorPool pool = VK_NULL_HANDLE;
-    check(f.vkCreateDescriptorPool(dev_->handle(), &pci, nullptr, &pool), "vkCreateDescriptorPool");
-    pools_.push_back(pool);
-    sets_left_ = kSetsPerPool;
-  }
-  auto ai = vk_struct<VkDescriptorSetAllocateInfo>(VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO);
-  ai.descriptorPool = pools_.back();
-  ai.descriptorSetCount = 1;
-  ai.pSetLayouts = &layout;
-  VkDescriptorSet set = VK_NULL_HANDLE;
-  check(f.vkAllocateDescriptorSets(dev_->handle(), &ai, &set), "vkAllocateDescriptorSets");
-  --sets_left_;
-  return set;
-}
+Commands::~Commands() = default;
 
 void Commands::dispatch(const Pipeline& p, std::initializer_list<const Buffer*> buffers, const void* push,
                         uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
   if (ended_) throw Error("GPU commands: dispatch after submit");
+  if (!p) throw Error("GPU commands: dispatch of an empty pipeline");
   if (buffers.size() != p.n_buffers() || buffers.size() > kBuffersPerSet)
     throw Error("GPU kernel " + p.name() + " binds " + std::to_string(p.n_buffers()) + " buffers, given " +
                 std::to_string(buffers.size()));
@@ -639,30 +779,33 @@ void Commands::dispatch(const Pipeline& p, std::initializer_list<const Buffer*> 
   if (gx > info.max_workgroup_count[0] || gy > info.max_workgroup_count[1] || gz > info.max_workgroup_count[2])
     throw Error("GPU kernel " + p.name() + ": dispatch of " + std::to_string(gx) + "x" + std::to_string(gy) + "x" +
                 std::to_string(gz) + " workgroups exceeds the device's limit");
-  const VkFns& f = dev_->vk();
-  VkDescriptorSet set = new_set(p.set_layout());
-  VkDescriptorBufferInfo infos[kBuffersPerSet];
-  VkWriteDescriptorSet writes[kBuffersPerSet];
+  detail::Op op;
+  op.kind = detail::Op::kDispatch;
   uint32_t i = 0;
   for (const Buffer* b : buffers) {
     if (!b || !*b) throw Error("GPU kernel " + p.name() + ": buffer " + std::to_string(i) + " is empty");
     if (b->size() > info.max_storage_buffer_bytes)
       throw Error("GPU kernel " + p.name() + ": a buffer of " + std::to_string(b->size()) + " bytes is larger than " +
                   info.name + " lets one shader binding see (" + std::to_string(info.max_storage_buffer_bytes) + ")");
-    infos[i] = VkDescriptorBufferInfo{b->handle(), 0, VK_WHOLE_SIZE};
-    writes[i] = vk_struct<VkWriteDescriptorSet>(VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET);
-    writes[i].dstSet = set;
-    writes[i].dstBinding = i;
-    writes[i].descriptorCount = 1;
-    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-    writes[i].pBufferInfo = &infos[i];
+    op.buffers[i] = b->handle();
+    op.buffer_ids[i] = b->id();
     ++i;
   }
-  f.vkUpdateDescriptorSets(dev_->handle(), i, writes, 0, nullptr);
-  f.vkCmdBindPipeline(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.handle());
-  f.vkCmdBindDescriptorSets(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout(), 0, 1, &set, 0, nullptr);
-  if (push_bytes) f.vkCmdPushConstants(cmd_, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
-  if (gx && gy && gz) f.vkCmdDispatch(cmd_, gx, gy, gz);
+  op.n_buffers = i;
+  op.pipeline = p.handle();
+  op.layout = p.layout();
+  op.set_layout = p.set_layout();
+  op.pipeline_id = p.id();
+  op.push_bytes = push_bytes;
+  op.push_offset = static_cast<uint32_t>(push_.size());
+  if (push_bytes) {
+    const auto* pb = static_cast<const uint8_t*>(push);
+    push_.insert(push_.end(), pb, pb + push_bytes);
+  }
+  op.groups[0] = gx;
+  op.groups[1] = gy;
+  op.groups[2] = gz;
+  ops_.push_back(op);
 }
 
 void Commands::copy(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t so, uint64_t doff) {
@@ -670,33 +813,78 @@ void Commands::copy(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t so,
   if (so > src.size() || bytes > src.size() - so || doff > dst.size() || bytes > dst.size() - doff)
     throw Error("GPU copy of " + std::to_string(bytes) + " bytes overruns a buffer");
   if (bytes == 0) return;
-  VkBufferCopy region{so, doff, bytes};
-  dev_->vk().vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &region);
+  detail::Op op;
+  op.kind = detail::Op::kCopy;
+  op.buffers[0] = src.handle();
+  op.buffers[1] = dst.handle();
+  op.buffer_ids[0] = src.id();
+  op.buffer_ids[1] = dst.id();
+  op.copy_region[0] = so;
+  op.copy_region[1] = doff;
+  op.copy_region[2] = bytes;
+  ops_.push_back(op);
 }
 
 void Commands::barrier() {
-  auto mb = vk_struct<VkMemoryBarrier>(VK_STRUCTURE_TYPE_MEMORY_BARRIER);
-  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
-  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
-                     VK_ACCESS_TRANSFER_WRITE_BIT;
-  const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-  dev_->vk().vkCmdPipelineBarrier(cmd_, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr);
+  if (ended_) throw Error("GPU commands: barrier after submit");
+  detail::Op op;
+  op.kind = detail::Op::kBarrier;
+  ops_.push_back(op);
 }
 
 void Commands::submit_and_wait() {
   if (ended_) throw Error("GPU commands: submitted twice");
-  const VkFns& f = dev_->vk();
   ended_ = true;
-  check(f.vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
+  detail::Built* run = nullptr;
+  bool reused = false;
+  if (cache_ && cache_->enabled_) {
+    auto& es = cache_->entries_;
+    for (size_t i = 0; i < es.size() && !run; ++i)
+      if (es[i]->matches(ops_, push_)) {
+        std::rotate(es.begin(), es.begin() + static_cast<std::ptrdiff_t>(i), es.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+        run = es.front().get();
+        reused = true;
+        ++cache_->hits_;
+      }
+    if (!run) {
+      auto b = std::make_unique<detail::Built>(dev_, cache_->pool_);
+      b->ops = std::move(ops_);
+      b->push = std::move(push_);
+      b->build(false);
+      if (es.size() >= cache_->capacity_) es.pop_back();
+      es.insert(es.begin(), std::move(b));
+      run = es.front().get();
+      ++cache_->misses_;
+    }
+  } else {
+    own_ = std::make_unique<detail::Built>(dev_, dev_->command_pool());
+    own_->ops = std::move(ops_);
+    own_->push = std::move(push_);
+    own_->build(true);
+    run = own_.get();
+  }
+  const VkFns& f = dev_->vk();
   auto fci = vk_struct<VkFenceCreateInfo>(VK_STRUCTURE_TYPE_FENCE_CREATE_INFO);
   VkFence fence = VK_NULL_HANDLE;
   check(f.vkCreateFence(dev_->handle(), &fci, nullptr, &fence), "vkCreateFence");
   auto si = vk_struct<VkSubmitInfo>(VK_STRUCTURE_TYPE_SUBMIT_INFO);
   si.commandBufferCount = 1;
-  si.pCommandBuffers = &cmd_;
+  si.pCommandBuffers = &run->cmd;
+  const int64_t t_submit = now_ns();
   VkResult r = f.vkQueueSubmit(dev_->queue(), 1, &si, fence);
   if (r == VK_SUCCESS) r = f.vkWaitForFences(dev_->handle(), 1, &fence, VK_TRUE, UINT64_MAX);
   f.vkDestroyFence(dev_->handle(), fence, nullptr);
+  Device::SubmitStats& st = dev_->stats_;
+  ++st.submits;
+  st.reused += reused ? 1 : 0;
+  st.dispatches += run->dispatches;
+  st.host_s += static_cast<double>(t_submit - start_ns_) * 1e-9;
+  st.wait_s += static_cast<double>(now_ns() - t_submit) * 1e-9;
+  if (r != VK_SUCCESS && cache_ && cache_->enabled_) {
+    // Whatever state a failed submission left the command buffer in, it is not submitted again.
+    auto& es = cache_->entries_;
+    es.erase(std::remove_if(es.begin(), es.end(), [&](const auto& e) { return e.get() == run; }), es.end());
+  }
   check(r, "running GPU commands (vkQueueSubmit / vkWaitForFences)");
 }
 

@@ -8,7 +8,7 @@
 //   dev->upload(w, host_ptr, bytes);              // through a host-visible staging buffer, waits for completion
 //   gpu::Commands cmd(*dev);                      // one command buffer
 //   cmd.dispatch(pipeline, {&w, &x, &y}, &push, sizeof push, groups_x);
-//   cmd.submit_and_wait();
+//   cmd.submit_and_wait();                        // builds the command buffer, runs it, waits
 //   dev->download(y, host_out, bytes);
 //
 // Every object is RAII and move-only; buffers, pipelines and command buffers keep their Device alive
@@ -101,6 +101,16 @@ class Device : public std::enable_shared_from_this<Device> {
   // and takes `push_bytes` of push constants.
   Pipeline pipeline(std::span<const uint32_t> spirv, uint32_t n_buffers, uint32_t push_bytes, const char* name);
 
+  // Command buffers run on this device so far (Commands::submit_and_wait).
+  struct SubmitStats {
+    uint64_t submits = 0;     // command buffers submitted
+    uint64_t reused = 0;      // of which a CommandCache's, built for an earlier submission
+    uint64_t dispatches = 0;  // dispatches in them
+    double host_s = 0;        // from each Commands' construction to its submission: the host's recording + building
+    double wait_s = 0;        // from each submission to the end of its wait: the device's work
+  };
+  const SubmitStats& submit_stats() const { return stats_; }
+
   // Internals for Buffer/Pipeline/Commands.
   const VkFns& vk() const;
   VkDevice handle() const { return device_; }
@@ -120,7 +130,10 @@ class Device : public std::enable_shared_from_this<Device> {
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
   VkCommandPool pool_ = VK_NULL_HANDLE;
+  SubmitStats stats_;
   friend class Buffer;
+  friend class Commands;
+  friend class CommandCache;
 };
 
 class Buffer {
@@ -137,6 +150,7 @@ class Buffer {
   uint64_t size() const { return size_; }      // usable bytes (as allocated, after rounding)
   void* mapped() const { return mapped_; }     // host pointer of a staging buffer, nullptr for device buffers
   VkBuffer handle() const { return buffer_; }
+  uint64_t id() const { return id_; }  // serial number, unique in the process (0: empty)
 
  private:
   friend class Device;
@@ -145,6 +159,7 @@ class Buffer {
   VkDeviceMemory memory_ = VK_NULL_HANDLE;
   uint64_t size_ = 0;
   void* mapped_ = nullptr;
+  uint64_t id_ = 0;
 };
 
 class Pipeline {
@@ -164,6 +179,7 @@ class Pipeline {
   VkPipeline handle() const { return pipeline_; }
   VkPipelineLayout layout() const { return layout_; }
   VkDescriptorSetLayout set_layout() const { return set_layout_; }
+  uint64_t id() const { return id_; }  // serial number, unique in the process (0: empty)
 
  private:
   friend class Device;
@@ -173,14 +189,66 @@ class Pipeline {
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
   VkPipeline pipeline_ = VK_NULL_HANDLE;
   uint32_t n_buffers_ = 0, push_bytes_ = 0;
+  uint64_t id_ = 0;
   std::string name_;
 };
 
-// One primary command buffer being recorded; submit_and_wait() runs it and blocks until the device is done.
-// Descriptor sets for the dispatches live as long as the Commands object.
+namespace detail {
+// One recorded command (Commands' list; compared by CommandCache). Buffers and pipelines are named by their serial
+// numbers (never reused, unlike Vulkan handles) for the comparison and by their handles for building.
+struct Op {
+  enum Kind : uint32_t { kDispatch, kCopy, kBarrier };
+  Kind kind = kBarrier;
+  uint32_t n_buffers = 0, push_bytes = 0, push_offset = 0;  // push constants: push_offset into Commands' push bytes
+  uint32_t groups[3] = {0, 0, 0};
+  uint64_t pipeline_id = 0;
+  uint64_t buffer_ids[8] = {};                     // dispatch: bindings 0..n_buffers-1; copy: source, destination
+  uint64_t copy_region[3] = {0, 0, 0};             // copy: source offset, destination offset, bytes
+  VkPipeline pipeline = VK_NULL_HANDLE;            // (handles: not compared)
+  VkPipelineLayout layout = VK_NULL_HANDLE;
+  VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
+  VkBuffer buffers[8] = {};
+};
+bool same_op(const Op& a, const Op& b);
+struct Built;  // a command buffer built from a list of Ops, with its descriptor sets
+}  // namespace detail
+
+// The command buffers of a repeated step, kept to be submitted again. A decode step records the same commands
+// step after step: the same kernels on the same buffers with the same push constants and workgroup counts (what
+// changes between steps is data in buffers: the hidden state, positions, page tables). Commands made with a cache
+// compare what they recorded with the cache's last few command buffers when submitted and, on a match, submit
+// that command buffer again instead of building a new one (no descriptor sets, no vkCmd* calls: the host's share
+// of a step shrinks to the recording of the list itself). A buffer freed since can never match, since buffers are
+// compared by serial numbers that are never reused. One thread at a time, as its Device; LOKAL_GPU_REUSE=0 turns
+// reuse off (every submission builds its command buffer, as without a cache).
+class CommandCache {
+ public:
+  explicit CommandCache(Device& dev, size_t capacity = 4);
+  ~CommandCache();
+  CommandCache(const CommandCache&) = delete;
+  CommandCache& operator=(const CommandCache&) = delete;
+
+  bool enabled() const { return enabled_; }
+  uint64_t hits() const { return hits_; }      // submissions that reused a built command buffer
+  uint64_t misses() const { return misses_; }  // submissions that built one (and kept it, evicting the oldest)
+  size_t size() const { return entries_.size(); }
+
+ private:
+  friend class Commands;
+  std::shared_ptr<Device> dev_;
+  VkCommandPool pool_ = VK_NULL_HANDLE;
+  std::vector<std::unique_ptr<detail::Built>> entries_;  // most recently used first
+  size_t capacity_;
+  bool enabled_;
+  uint64_t hits_ = 0, misses_ = 0;
+};
+
+// Records commands; submit_and_wait() runs them as one primary command buffer and blocks until the device is done.
+// Recording only lists the commands (after checking them); the command buffer and its descriptor sets are built
+// at submission (or taken from `cache`, see CommandCache) and live as long as the Commands object (or the cache).
 class Commands {
  public:
-  explicit Commands(Device& dev);
+  explicit Commands(Device& dev, CommandCache* cache = nullptr);
   ~Commands();
   Commands(const Commands&) = delete;
   Commands& operator=(const Commands&) = delete;
@@ -193,15 +261,16 @@ class Commands {
   void copy(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t src_offset = 0, uint64_t dst_offset = 0);
   // Makes the writes of every earlier dispatch/copy visible to every later one (compute and transfer).
   void barrier();
-  // Ends recording, submits, waits on a fence. The object cannot record again afterwards.
+  // Builds (or reuses) the command buffer, submits it, waits on a fence. The object cannot record again afterwards.
   void submit_and_wait();
 
  private:
-  VkDescriptorSet new_set(VkDescriptorSetLayout layout);
   std::shared_ptr<Device> dev_;
-  VkCommandBuffer cmd_ = VK_NULL_HANDLE;
-  std::vector<VkDescriptorPool> pools_;
-  uint32_t sets_left_ = 0;
+  CommandCache* cache_;
+  std::vector<detail::Op> ops_;
+  std::vector<uint8_t> push_;  // every dispatch's push constants, back to back
+  std::unique_ptr<detail::Built> own_;  // the command buffer built without a cache
+  int64_t start_ns_ = 0;
   bool ended_ = false;
 };
 

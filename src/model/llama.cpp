@@ -322,7 +322,7 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
   };
 
   auto lock = dm.lock();
-  gpu::Commands cmd(dm.device());
+  gpu::Commands cmd(dm.device(), &s.commands);
   cmd.copy(s.up_stage, s.x, x_bytes, 0, 0);
   cmd.copy(s.up_stage, s.meta, meta_bytes, x_bytes, 0);
   if (cs_bytes) cmd.copy(s.up_stage, s.cs, cs_bytes, x_bytes + meta_bytes, 0);

@@ -223,7 +223,7 @@ uint64_t DeviceScratch::staging_bytes_for(const ModelConfig& c, int64_t B, int64
 }
 
 DeviceScratch::DeviceScratch(DeviceModel& dm, const ModelConfig& c, int64_t B, int64_t max_ctx)
-    : max_batch(B), max_meta(3 * B + B * ((max_ctx + 63) / 64)) {
+    : max_batch(B), max_meta(3 * B + B * ((max_ctx + 63) / 64)), commands(dm.device()) {
   const ScratchSizes s = scratch_sizes(c, B, max_ctx, dm.output_on_device());
   auto lk = dm.lock();
   gpu::Device& d = dm.device();

@@ -59,6 +59,7 @@ class DeviceModel {
   gpu::Device& device() { return *dev_; }
   const gpu::DeviceInfo& info() const { return dev_->info(); }
   bool int8() const { return kernels_->int8(); }  // decode's products of int8 types take the int8 path
+  gpu::Device::SubmitStats submit_stats() const { return dev_->submit_stats(); }
   std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(mu_); }
 
   int64_t first_layer() const { return first_; }   // layers [first_layer, n_layer) are on the device
@@ -129,6 +130,9 @@ struct DeviceScratch {
   gpu::Buffer xq;  // a matrix input quantized for the int8 path (gpu::Kernels::quantize_q8)
   gpu::Buffer attn_split;  // split attention's partial sums (empty when no batch splits)
   gpu::Buffer up_stage, down_stage;  // host-visible
+  // The forward pass's command buffers, submitted again while a step records the same commands as an earlier one
+  // (decode: step after step; see gpu::CommandCache).
+  gpu::CommandCache commands;
   uint64_t bytes_ = 0;
 };
 
