@@ -366,6 +366,60 @@ TEST(VulkanKV, StoreIsBitExact) {
   }
 }
 
+// rope_kv_store (K rotated on its way into the cache, the forward pass's fused step) stores exactly the bytes of rope
+// then kv_store, for every cache type, both pair layouts, whole and partial rotation (rope_dim 64 and 32 of 64), and
+// leaves its source unrotated.
+TEST(VulkanKV, RopeKvStoreGivesTheBitsOfRopeThenKvStore) {
+  OPEN_DEVICE_OR_SKIP(dev);
+  gpu::Kernels k(dev);
+  std::mt19937 rng(37);
+  const int64_t head_dim = 64, heads = 3, width = heads * head_dim, n_rows = 40, n_tok = 9;
+  for (DType t : {DType::F32, DType::F16, DType::Q8_0})
+    for (bool neox : {false, true})
+      for (int64_t rope_dim : {int64_t(64), int64_t(32)}) {
+        SCOPED_TRACE(std::string(type_name(t)) + (neox ? " neox" : " normal") + " rope_dim " + std::to_string(rope_dim));
+        const std::vector<float> src = random_floats(rng, static_cast<size_t>(n_tok * width), -3.0f, 3.0f);
+        std::vector<float> cs(static_cast<size_t>(n_tok * rope_dim));
+        std::uniform_real_distribution<float> angle(-40.0f, 40.0f);
+        for (int64_t i = 0; i < n_tok; ++i)
+          for (int64_t j = 0; j < rope_dim / 2; ++j) {
+            const float a = angle(rng);
+            cs[static_cast<size_t>(i * rope_dim + j)] = std::cos(a);
+            cs[static_cast<size_t>(i * rope_dim + rope_dim / 2 + j)] = std::sin(a);
+          }
+        std::vector<uint32_t> rows(static_cast<size_t>(n_rows));
+        std::iota(rows.begin(), rows.end(), 0u);
+        std::shuffle(rows.begin(), rows.end(), rng);
+        rows.resize(static_cast<size_t>(n_tok));
+        const uint64_t bytes = gpu::Kernels::kv_bytes(t, n_rows, width);
+        const std::vector<uint8_t> init(bytes, 0x5A);
+        gpu::Buffer sb = upload_vec(*dev, src), rotated = upload_vec(*dev, src), csb = upload_vec(*dev, cs),
+                    mb = upload_vec(*dev, rows), separate = upload_vec(*dev, init), fused = upload_vec(*dev, init);
+        {
+          gpu::Commands c(*dev);
+          k.rope(c, rotated, csb, n_tok, heads, head_dim, rope_dim, neox);
+          c.barrier();
+          k.kv_store(c, rotated, separate, t, n_rows, width, mb, 0, n_tok);
+          k.rope_kv_store(c, sb, csb, head_dim, rope_dim, neox, fused, t, n_rows, width, mb, 0, n_tok);
+          c.submit_and_wait();
+        }
+        std::vector<uint8_t> a(bytes), b(bytes);
+        dev->download(separate, a.data(), bytes);
+        dev->download(fused, b.data(), bytes);
+        EXPECT_NE(a, init);
+        EXPECT_TRUE(a == b) << "the fused store differs from rope then kv_store";
+        EXPECT_EQ(test::download_floats(*dev, sb, src.size()), src) << "the source was changed";
+        EXPECT_NE(test::download_floats(*dev, rotated, src.size()), src) << "rope rotated nothing";
+      }
+  gpu::Buffer big = dev->alloc(1 << 16), meta = dev->alloc(64), cs_small = dev->alloc(16);
+  gpu::Commands c(*dev);
+  EXPECT_THROW(k.rope_kv_store(c, big, big, 64, 31, false, big, DType::F32, 4, 128, meta, 0, 1), Error);  // odd
+  EXPECT_THROW(k.rope_kv_store(c, big, big, 64, 66, false, big, DType::F32, 4, 128, meta, 0, 1), Error);  // > head
+  EXPECT_THROW(k.rope_kv_store(c, big, big, 48, 32, false, big, DType::F32, 4, 128, meta, 0, 1), Error);  // heads
+  EXPECT_THROW(k.rope_kv_store(c, big, cs_small, 64, 64, false, big, DType::F32, 4, 128, meta, 0, 1), Error);
+  EXPECT_NO_THROW(k.rope_kv_store(c, big, big, 64, 64, true, big, DType::Q8_0, 4, 128, meta, 0, 1));
+}
+
 // Q8_0 over many blocks whose magnitudes span 2^-100 .. 2^100 (d's f16 from zero through denormals to inf; the
 // divisions amax/127 and 1/d over many significands): kv_store's bytes equal quantize_row's. (The shader divides
 // with integer long division, div_rn in kv_common.glsl, because Vulkan lets `/` be off by 2.5 ULP.)

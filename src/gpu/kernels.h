@@ -123,6 +123,11 @@ class Kernels {
   // cache[meta[row_off + t]] = src[t] (converted) for t < n_tok; src holds n_tok x width f32.
   void kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
                 const Buffer& meta, uint32_t row_off, int64_t n_tok);
+  // kv_store of rope(src): the bytes of rope(src, cs, ..., head_dim, rope_dim, neox) followed by kv_store, in one
+  // dispatch and without a barrier between (src itself stays unrotated). width = heads * head_dim.
+  void rope_kv_store(Commands& c, const Buffer& src, const Buffer& cs, int64_t head_dim, int64_t rope_dim, bool neox,
+                     Buffer& cache, DType t, int64_t n_rows, int64_t width, const Buffer& meta, uint32_t row_off,
+                     int64_t n_tok);
   struct AttnShape {
     int64_t n_head = 0, n_head_kv = 0, head_dim = 0, head_dim_v = 0;
     float scale = 1.0f;
@@ -165,6 +170,10 @@ class Kernels {
   // One thread per block of 32 (quantize_q8.comp, swiglu_q8.comp: push {n_blocks, superblock}, 64 per workgroup).
   void q8_blocks_dispatch(Commands& c, const char* shader, std::initializer_list<const Buffer*> buffers,
                           int64_t n_blocks, Q8Scale scale);
+  // kv_store.comp, rotating the rows first when cs is given (kv_store, rope_kv_store).
+  void kv_store_dispatch(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
+                         const Buffer& meta, uint32_t row_off, int64_t n_tok, const Buffer* cs, int64_t head_dim,
+                         int64_t rope_dim, bool neox);
   // A grid of at least `groups` workgroups in x (then y) within the device's per-dimension limit.
   void grid(int64_t groups, uint32_t& gx, uint32_t& gy) const;
 

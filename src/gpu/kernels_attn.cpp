@@ -98,6 +98,24 @@ void Kernels::kv_copy_rows(Commands& c, Buffer& cache, DType t, int64_t n_rows, 
 
 void Kernels::kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
                        const Buffer& meta, uint32_t row_off, int64_t n_tok) {
+  kv_store_dispatch(c, src, cache, t, n_rows, width, meta, row_off, n_tok, nullptr, 0, 0, false);
+}
+
+void Kernels::rope_kv_store(Commands& c, const Buffer& src, const Buffer& cs, int64_t head_dim, int64_t rope_dim,
+                            bool neox, Buffer& cache, DType t, int64_t n_rows, int64_t width, const Buffer& meta,
+                            uint32_t row_off, int64_t n_tok) {
+  const char* kn = "rope_kv_store";
+  check_range(head_dim, 1, width, kn, "head size");
+  check_range(rope_dim, 2, head_dim, kn, "rotated dimension count");
+  if (rope_dim % 2 != 0) fail(kn, "rope_dim " + std::to_string(rope_dim) + " must be even");
+  if (width % head_dim != 0)
+    fail(kn, "a row of " + std::to_string(width) + " elements is not whole heads of " + std::to_string(head_dim));
+  kv_store_dispatch(c, src, cache, t, n_rows, width, meta, row_off, n_tok, &cs, head_dim, rope_dim, neox);
+}
+
+void Kernels::kv_store_dispatch(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
+                                const Buffer& meta, uint32_t row_off, int64_t n_tok, const Buffer* cs,
+                                int64_t head_dim, int64_t rope_dim, bool neox) {
   const uint64_t bytes = checked_kv_bytes(t, n_rows, width, "kv_store");
   check_range(n_tok, 0, UINT32_MAX, "kv_store", "token count");
   if (n_tok == 0) return;
@@ -106,17 +124,22 @@ void Kernels::kv_store(Commands& c, const Buffer& src, Buffer& cache, DType t, i
   need_bytes(src, 4 * static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(width), "kv_store", "source");
   need_bytes(cache, bytes, "kv_store", "cache");
   need_bytes(meta, 4 * (static_cast<uint64_t>(row_off) + static_cast<uint64_t>(n_tok)), "kv_store", "meta");
+  if (cs) need_bytes(*cs, 4 * static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(rope_dim), "kv_store", "cos/sin");
   struct {
-    uint32_t type, width, n_rows, row_off, n_tok, dbase;
+    uint32_t type, width, n_rows, row_off, n_tok, dbase, head_dim, rope_dim, neox;
   } push{kv_code(t),
          static_cast<uint32_t>(width),
          static_cast<uint32_t>(n_rows),
          row_off,
          static_cast<uint32_t>(n_tok),
-         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * static_cast<uint64_t>(width) / 4)};
+         static_cast<uint32_t>(static_cast<uint64_t>(n_rows) * static_cast<uint64_t>(width) / 4),
+         static_cast<uint32_t>(cs ? head_dim : 0),
+         static_cast<uint32_t>(cs ? rope_dim : 0),
+         cs && neox ? 1u : 0u};
   uint32_t gx, gy;
   grid(n_tok, gx, gy);
-  c.dispatch(pipeline("kv_store", 3, sizeof push), {&src, &cache, &meta}, &push, sizeof push, gx, gy);
+  // Without rotation the cos/sin binding is never read; meta stands in for it.
+  c.dispatch(pipeline("kv_store", 4, sizeof push), {&src, &cache, &meta, cs ? cs : &meta}, &push, sizeof push, gx, gy);
 }
 
 namespace {

@@ -343,12 +343,14 @@ bool Forward::eval_device(const BatchEntry* e, int64_t n, const SeqPages* seqs, 
       K.add_bias(cmd, s.v, L.bv, nv, n);
       cmd.barrier();
     }
+    // q rotated in place; k rotated on its way into the cache (rope_kv_store: the bits of rope then kv_store, no
+    // barrier between), so one barrier separates the products from attention.
     if (rd > 0) {
       K.rope(cmd, s.q, s.cs, n, c_.n_head, c_.head_dim, rd, rp.neox);
-      K.rope(cmd, s.k, s.cs, n, c_.n_head_kv, c_.head_dim, rd, rp.neox);
-      cmd.barrier();
+      K.rope_kv_store(cmd, s.k, s.cs, c_.head_dim, rd, rp.neox, dkv.k(l), tk, rows, nk, s.meta, 0, n);
+    } else {
+      K.kv_store(cmd, s.k, dkv.k(l), tk, rows, nk, s.meta, 0, n);
     }
-    K.kv_store(cmd, s.k, dkv.k(l), tk, rows, nk, s.meta, 0, n);
     K.kv_store(cmd, s.v, dkv.v(l), tv, rows, nv, s.meta, 0, n);
     cmd.barrier();
     K.attention(cmd, as, s.q, dkv.k(l), tk, dkv.v(l), tv, rows, s.meta, un, 2 * un, s.attn, n, split, max_n);
