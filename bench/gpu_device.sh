@@ -13,7 +13,8 @@
 #    then llama.cpp's llama-bench -ngl 99 where PACK/llama holds one, with the same -p/-n/-r (P, N, R);
 # 4. OUT/gpu_results.md: one table (t/s, lokal/llama.cpp, decode GB/s and % of the GPU's bandwidth, BW_GBPS or
 #    the known figure of the GPU's name) and one of the host's time per command buffer with and without reuse,
-#    OUT/gpu_results.jsonl (every result), OUT/gpu_run.log (all output).
+#    OUT/gpu_results.jsonl (every result), OUT/gpu_run.log (all output). The tables are rewritten after every model,
+#    so a run stopped by the device tool's time limit still leaves those of the models it finished.
 # Each step has its own time limit (STEP_S, default 240 s) so that one hang leaves the rest.
 set -uo pipefail
 
@@ -58,45 +59,9 @@ fi
 
 results="$OUT/gpu_results.jsonl"
 : > "$results"
-for m in $MODELS; do
-  preset=${m%%:*} type=${m#*:}
-  f="$WORK/$preset-$type.gguf"
-  if [ ! -f "$f" ]; then
-    echo "== synth $preset $type"
-    # shellcheck disable=SC2086
-    timeout "$STEP_S" "${LOKAL[@]}" synth --preset "$preset" --type "$type" -q -o "$f" $SYNTH_ARGS || { echo "synth failed"; continue; }
-  fi
-  for variant in int8=0 int8=1 reuse=0; do
-    int8=${variant#int8=} reuse=1 p="$P"
-    if [ "$variant" = reuse=0 ]; then int8=1 reuse=0 p=0; fi  # decode only, on the int8 path
-    echo "== lokal bench $preset $type LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse"
-    LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse timeout "$STEP_S" "${LOKAL[@]}" bench -m "$f" -ngl 99 -p "$p" -n "$N" \
-      -r "$R" --no-mem-bw --json -q > "$WORK/lokal.json" || { echo "lokal bench failed"; continue; }
-    python3 - "$WORK/lokal.json" "$preset" "$type" "lokal-$variant" >> "$results" <<'EOF'
-import json, sys
-for r in json.load(open(sys.argv[1])):
-    print(json.dumps({"model": sys.argv[2], "type": sys.argv[3], "engine": sys.argv[4], "test": r["test"],
-                      "ts": r["avg_ts"], "sd": r["stddev_ts"], "bytes_per_token": r.get("decode_bytes_per_token"),
-                      "gpu": r.get("gpu_info"), "int8": r.get("gpu_int8"), "load_ms": r.get("load_ms"),
-                      "host_us": r.get("gpu_host_us"), "device_us": r.get("gpu_device_us"),
-                      "reused_pct": r.get("gpu_reused_pct"), "dispatches": r.get("gpu_dispatches")}))
-EOF
-  done
-  if [ ${#LLAMA[@]} -gt 0 ]; then
-    echo "== llama-bench $preset $type"
-    timeout "$STEP_S" "${LLAMA[@]}" -m "$f" -ngl 99 -p "$P" -n "$N" -r "$R" -o json > "$WORK/llama.json" \
-      || { echo "llama-bench failed"; continue; }
-    python3 - "$WORK/llama.json" "$preset" "$type" >> "$results" <<'EOF'
-import json, sys
-for r in json.load(open(sys.argv[1])):
-    t = ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"])
-    print(json.dumps({"model": sys.argv[2], "type": sys.argv[3], "engine": "llama.cpp", "test": t,
-                      "ts": r["avg_ts"], "sd": r["stddev_ts"], "gpu": r.get("gpu_info"),
-                      "backends": r.get("backends")}))
-EOF
-  fi
-done
-
+# The tables from what gpu_results.jsonl holds so far (written after every model, so a run cut short by its time
+# limit still leaves the tables of the models it finished).
+tables() {
 python3 - "$results" "${BW_GBPS:-}" > "$OUT/gpu_results.md" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -139,4 +104,47 @@ for k in keys:
           f'{f1(on.get("reused_pct"))} | {off["ts"]:.1f} | {f1(off.get("host_us"))} | {f1(off.get("device_us"))} | '
           f'{f1(on.get("dispatches"))} |')
 EOF
+}
+
+for m in $MODELS; do
+  preset=${m%%:*} type=${m#*:}
+  f="$WORK/$preset-$type.gguf"
+  if [ ! -f "$f" ]; then
+    echo "== synth $preset $type"
+    # shellcheck disable=SC2086
+    timeout "$STEP_S" "${LOKAL[@]}" synth --preset "$preset" --type "$type" -q -o "$f" $SYNTH_ARGS || { echo "synth failed"; continue; }
+  fi
+  for variant in int8=0 int8=1 reuse=0; do
+    int8=${variant#int8=} reuse=1 p="$P"
+    if [ "$variant" = reuse=0 ]; then int8=1 reuse=0 p=0; fi  # decode only, on the int8 path
+    echo "== lokal bench $preset $type LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse"
+    LOKAL_GPU_INT8=$int8 LOKAL_GPU_REUSE=$reuse timeout "$STEP_S" "${LOKAL[@]}" bench -m "$f" -ngl 99 -p "$p" -n "$N" \
+      -r "$R" --no-mem-bw --json -q > "$WORK/lokal.json" || { echo "lokal bench failed"; continue; }
+    python3 - "$WORK/lokal.json" "$preset" "$type" "lokal-$variant" >> "$results" <<'EOF'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(json.dumps({"model": sys.argv[2], "type": sys.argv[3], "engine": sys.argv[4], "test": r["test"],
+                      "ts": r["avg_ts"], "sd": r["stddev_ts"], "bytes_per_token": r.get("decode_bytes_per_token"),
+                      "gpu": r.get("gpu_info"), "int8": r.get("gpu_int8"), "load_ms": r.get("load_ms"),
+                      "host_us": r.get("gpu_host_us"), "device_us": r.get("gpu_device_us"),
+                      "reused_pct": r.get("gpu_reused_pct"), "dispatches": r.get("gpu_dispatches")}))
+EOF
+  done
+  if [ ${#LLAMA[@]} -gt 0 ]; then
+    echo "== llama-bench $preset $type"
+    timeout "$STEP_S" "${LLAMA[@]}" -m "$f" -ngl 99 -p "$P" -n "$N" -r "$R" -o json > "$WORK/llama.json" \
+      || { echo "llama-bench failed"; continue; }
+    python3 - "$WORK/llama.json" "$preset" "$type" >> "$results" <<'EOF'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    t = ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"])
+    print(json.dumps({"model": sys.argv[2], "type": sys.argv[3], "engine": "llama.cpp", "test": t,
+                      "ts": r["avg_ts"], "sd": r["stddev_ts"], "gpu": r.get("gpu_info"),
+                      "backends": r.get("backends")}))
+EOF
+  fi
+  tables
+done
+
+tables
 cat "$OUT/gpu_results.md"
