@@ -594,8 +594,6 @@ void Pipeline::reset() {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-constexpr uint32_t kBuffersPerSet = 8;
-
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -636,6 +634,16 @@ struct Built {
     const VkFns& f = dev->vk();
     if (cmd != VK_NULL_HANDLE) f.vkFreeCommandBuffers(dev->handle(), pool, 1, &cmd);
     if (sets != VK_NULL_HANDLE) f.vkDestroyDescriptorPool(dev->handle(), sets, nullptr);
+  }
+
+  // A command buffer from `pool` holding these commands (moved in), built.
+  static std::unique_ptr<Built> from(std::shared_ptr<Device> d, VkCommandPool pool, std::vector<Op>&& o,
+                                     std::vector<uint8_t>&& p, bool once) {
+    auto b = std::make_unique<Built>(std::move(d), pool);
+    b->ops = std::move(o);
+    b->push = std::move(p);
+    b->build(once);
+    return b;
   }
 
   bool matches(const std::vector<Op>& o, const std::vector<uint8_t>& p) const {
@@ -769,7 +777,7 @@ void Commands::dispatch(const Pipeline& p, std::initializer_list<const Buffer*> 
                         uint32_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
   if (ended_) throw Error("GPU commands: dispatch after submit");
   if (!p) throw Error("GPU commands: dispatch of an empty pipeline");
-  if (buffers.size() != p.n_buffers() || buffers.size() > kBuffersPerSet)
+  if (buffers.size() != p.n_buffers() || buffers.size() > detail::Op::kMaxBuffers)
     throw Error("GPU kernel " + p.name() + " binds " + std::to_string(p.n_buffers()) + " buffers, given " +
                 std::to_string(buffers.size()));
   if (push_bytes != p.push_bytes())
@@ -847,20 +855,14 @@ void Commands::submit_and_wait() {
         ++cache_->hits_;
       }
     if (!run) {
-      auto b = std::make_unique<detail::Built>(dev_, cache_->pool_);
-      b->ops = std::move(ops_);
-      b->push = std::move(push_);
-      b->build(false);
+      auto b = detail::Built::from(dev_, cache_->pool_, std::move(ops_), std::move(push_), false);
       if (es.size() >= cache_->capacity_) es.pop_back();
       es.insert(es.begin(), std::move(b));
       run = es.front().get();
       ++cache_->misses_;
     }
   } else {
-    own_ = std::make_unique<detail::Built>(dev_, dev_->command_pool());
-    own_->ops = std::move(ops_);
-    own_->push = std::move(push_);
-    own_->build(true);
+    own_ = detail::Built::from(dev_, dev_->command_pool(), std::move(ops_), std::move(push_), true);
     run = own_.get();
   }
   const VkFns& f = dev_->vk();

@@ -198,16 +198,17 @@ namespace detail {
 // numbers (never reused, unlike Vulkan handles) for the comparison and by their handles for building.
 struct Op {
   enum Kind : uint32_t { kDispatch, kCopy, kBarrier };
+  static constexpr uint32_t kMaxBuffers = 8;  // bindings of one dispatch
   Kind kind = kBarrier;
   uint32_t n_buffers = 0, push_bytes = 0, push_offset = 0;  // push constants: push_offset into Commands' push bytes
   uint32_t groups[3] = {0, 0, 0};
   uint64_t pipeline_id = 0;
-  uint64_t buffer_ids[8] = {};                     // dispatch: bindings 0..n_buffers-1; copy: source, destination
+  uint64_t buffer_ids[kMaxBuffers] = {};           // dispatch: bindings 0..n_buffers-1; copy: source, destination
   uint64_t copy_region[3] = {0, 0, 0};             // copy: source offset, destination offset, bytes
   VkPipeline pipeline = VK_NULL_HANDLE;            // (handles: not compared)
   VkPipelineLayout layout = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
-  VkBuffer buffers[8] = {};
+  VkBuffer buffers[kMaxBuffers] = {};
 };
 bool same_op(const Op& a, const Op& b);
 struct Built;  // a command buffer built from a list of Ops, with its descriptor sets

@@ -285,15 +285,19 @@ void Kernels::add_bias(Commands& c, Buffer& y, const Buffer& b, int64_t n, int64
   c.dispatch(pipeline("add_bias", 2, sizeof push), {&y, &b}, &push, sizeof push, gx, gy);
 }
 
+void Kernels::check_rope_dims(const char* kernel, int64_t head_dim, int64_t rope_dim) {
+  if (rope_dim % 2 != 0 || rope_dim > head_dim)
+    throw Error(std::string("GPU ") + kernel + ": rope_dim " + std::to_string(rope_dim) +
+                " must be even and at most head_dim " + std::to_string(head_dim));
+}
+
 void Kernels::rope(Commands& c, Buffer& x, const Buffer& cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
                    int64_t rope_dim, bool neox) {
   check_count(n_tok, "rope", "token count");
   check_count(n_heads, "rope", "head count");
   check_count(head_dim, "rope", "head size");
   check_count(rope_dim, "rope", "rotated dimension count");
-  if (rope_dim % 2 != 0 || rope_dim > head_dim)
-    throw Error("GPU rope: rope_dim " + std::to_string(rope_dim) + " must be even and at most head_dim " +
-                std::to_string(head_dim));
+  check_rope_dims("rope", head_dim, rope_dim);
   // Each count is below 2^32, so every product of two fits in 64 bits.
   const uint64_t heads = static_cast<uint64_t>(n_tok) * static_cast<uint64_t>(n_heads);
   const uint64_t x_elems = heads > UINT32_MAX ? UINT64_MAX : heads * static_cast<uint64_t>(head_dim);

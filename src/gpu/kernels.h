@@ -170,6 +170,8 @@ class Kernels {
   // One thread per block of 32 (quantize_q8.comp, swiglu_q8.comp: push {n_blocks, superblock}, 64 per workgroup).
   void q8_blocks_dispatch(Commands& c, const char* shader, std::initializer_list<const Buffer*> buffers,
                           int64_t n_blocks, Q8Scale scale);
+  // Throws unless rope_dim is even and at most head_dim (rope, rope_kv_store).
+  static void check_rope_dims(const char* kernel, int64_t head_dim, int64_t rope_dim);
   // kv_store.comp, rotating the rows first when cs is given (kv_store, rope_kv_store).
   void kv_store_dispatch(Commands& c, const Buffer& src, Buffer& cache, DType t, int64_t n_rows, int64_t width,
                          const Buffer& meta, uint32_t row_off, int64_t n_tok, const Buffer* cs, int64_t head_dim,

@@ -106,8 +106,8 @@ void Kernels::rope_kv_store(Commands& c, const Buffer& src, const Buffer& cs, in
                             uint32_t row_off, int64_t n_tok) {
   const char* kn = "rope_kv_store";
   check_range(head_dim, 1, width, kn, "head size");
-  check_range(rope_dim, 2, head_dim, kn, "rotated dimension count");
-  if (rope_dim % 2 != 0) fail(kn, "rope_dim " + std::to_string(rope_dim) + " must be even");
+  check_range(rope_dim, 1, UINT32_MAX, kn, "rotated dimension count");  // (0 would be kv_store's "no rotation")
+  check_rope_dims(kn, head_dim, rope_dim);
   if (width % head_dim != 0)
     fail(kn, "a row of " + std::to_string(width) + " elements is not whole heads of " + std::to_string(head_dim));
   kv_store_dispatch(c, src, cache, t, n_rows, width, meta, row_off, n_tok, &cs, head_dim, rope_dim, neox);
