@@ -79,34 +79,114 @@ TEST(Residency, BusyModelsMakeTheLoadWaitPinnedOnesMakeItImpossible) {
 // the device budget alone, or over what pinned models leave of it, is impossible with the numbers.
 TEST(Residency, DeviceMemoryIsASecondBudget) {
   Residency r(10000 * MiB, 0, 1000 * MiB);
-  EXPECT_EQ(r.vram_budget(), 1000 * MiB);
-  r.loaded("a", 100 * MiB, false, 5min, t0, 600 * MiB);
-  r.loaded("b", 100 * MiB, false, 5min, t0 + 1s, 300 * MiB);
-  EXPECT_EQ(r.used_device_bytes(), 900 * MiB);
+  EXPECT_EQ(r.vram_budget().of(0), 1000 * MiB);
+  EXPECT_EQ(r.vram_budget().of(3), 1000 * MiB);  // a plain size: every device
+  r.loaded("a", 100 * MiB, false, 5min, t0, {{0, 600 * MiB}});
+  r.loaded("b", 100 * MiB, false, 5min, t0 + 1s, {{0, 300 * MiB}});
+  EXPECT_EQ(r.used_device_bytes(), (DeviceBytes{{0, 900 * MiB}}));
   // RAM has room for c, the device does not: the least recently used idle model goes.
-  const auto dc = r.plan_load("c", 100 * MiB, 300 * MiB);
+  const auto dc = r.plan_load("c", 100 * MiB, {{0, 300 * MiB}});
   EXPECT_EQ(dc.kind, Kind::Load);
   EXPECT_EQ(dc.evict, std::vector<std::string>{"a"});
   // A CPU-only model (no device bytes) loads beside them.
-  EXPECT_TRUE(r.plan_load("cpu", 100 * MiB, 0).evict.empty());
+  EXPECT_TRUE(r.plan_load("cpu", 100 * MiB, {}).evict.empty());
   // Busy: wait; pinned: impossible.
   r.begin("a", t0 + 2s);
   r.begin("b", t0 + 2s);
-  EXPECT_EQ(r.plan_load("c", 100 * MiB, 300 * MiB).kind, Kind::Wait);
+  EXPECT_EQ(r.plan_load("c", 100 * MiB, {{0, 300 * MiB}}).kind, Kind::Wait);
   r.end("a", t0 + 3s);
   r.end("b", t0 + 3s);
   r.set_pinned("a", true);
   r.set_pinned("b", true);
-  const auto pinned = r.plan_load("c", 100 * MiB, 300 * MiB);
+  const auto pinned = r.plan_load("c", 100 * MiB, {{0, 300 * MiB}});
   EXPECT_EQ(pinned.kind, Kind::Impossible);
-  EXPECT_NE(pinned.why.find("--vram"), std::string::npos) << pinned.why;
-  const auto huge = r.plan_load("huge", 100 * MiB, 1500 * MiB);
+  EXPECT_NE(pinned.why.find("on GPU 0 but pinned models hold 900.00 MiB of its 1000.00 MiB --vram budget"),
+            std::string::npos) << pinned.why;
+  const auto huge = r.plan_load("huge", 100 * MiB, {{0, 1500 * MiB}});
   EXPECT_EQ(huge.kind, Kind::Impossible);
-  EXPECT_NE(huge.why.find("device memory"), std::string::npos) << huge.why;
+  EXPECT_NE(huge.why.find("device memory on GPU 0, more than its whole --vram budget"), std::string::npos) << huge.why;
   // Without a device budget, device bytes do not limit anything.
   Residency n(10000 * MiB, 0);
-  n.loaded("a", 100 * MiB, false, 5min, t0, 600 * MiB);
-  EXPECT_TRUE(n.plan_load("b", 100 * MiB, 50000 * MiB).evict.empty());
+  n.loaded("a", 100 * MiB, false, 5min, t0, {{0, 600 * MiB}});
+  EXPECT_TRUE(n.plan_load("b", 100 * MiB, {{0, 50000 * MiB}}).evict.empty());
+}
+
+// Several GPUs: each has its own budget. A model counts only on the devices it uses (a draft may use a second one);
+// a model on another GPU is not unloaded to make device room (it would free none there), but still is for RAM.
+TEST(Residency, EachGpuHasItsOwnBudget) {
+  VramBudget vb = VramBudget::parse("1000MiB,1=400MiB");
+  Residency r(10000 * MiB, 0, vb);
+  r.loaded("big0", 100 * MiB, false, 5min, t0, {{0, 900 * MiB}});         // oldest
+  r.loaded("small1", 100 * MiB, false, 5min, t0 + 1s, {{1, 300 * MiB}});
+  r.loaded("both", 100 * MiB, false, 5min, t0 + 2s, {{0, 50 * MiB}, {1, 50 * MiB}});  // target on 0, draft on 1
+  EXPECT_EQ(r.used_device_bytes(), (DeviceBytes{{0, 950 * MiB}, {1, 350 * MiB}}));
+  // 50 MiB on device 1 fits beside 350 of 400, although device 0 is nearly full: nothing goes.
+  const auto on1 = r.plan_load("x1", 100 * MiB, {{1, 50 * MiB}});
+  EXPECT_EQ(on1.kind, Kind::Load);
+  EXPECT_TRUE(on1.evict.empty());
+  // 100 MiB on device 1 does not fit: the least recently used model *on device 1* goes (small1), not big0, which
+  // is older but holds nothing there.
+  const auto more1 = r.plan_load("y1", 100 * MiB, {{1, 100 * MiB}});
+  EXPECT_EQ(more1.kind, Kind::Load);
+  EXPECT_EQ(more1.evict, std::vector<std::string>{"small1"});
+  // 200 MiB on device 0: big0 goes (the oldest there).
+  EXPECT_EQ(r.plan_load("z0", 100 * MiB, {{0, 200 * MiB}}).evict, std::vector<std::string>{"big0"});
+  // A model over device 1's own budget is impossible whatever is unloaded, with the device's numbers; the same
+  // bytes on device 0 fit its larger budget.
+  const auto over = r.plan_load("w", 100 * MiB, {{1, 500 * MiB}});
+  EXPECT_EQ(over.kind, Kind::Impossible);
+  EXPECT_NE(over.why.find("500.00 MiB of device memory on GPU 1, more than its whole --vram budget of 400.00 MiB"),
+            std::string::npos) << over.why;
+  EXPECT_EQ(r.plan_load("w", 100 * MiB, {{0, 500 * MiB}}).kind, Kind::Load);
+  // Busy models on other devices are not waited for: only a busy model on the short device is named.
+  r.begin("big0", t0 + 3s);
+  r.begin("small1", t0 + 3s);
+  const auto wait = r.plan_load("v1", 100 * MiB, {{1, 100 * MiB}});
+  EXPECT_EQ(wait.kind, Kind::Load);  // "both" is idle and frees 50 MiB on device 1: 300 + 100 <= 400
+  EXPECT_EQ(wait.evict, std::vector<std::string>{"both"});
+  const auto wait2 = r.plan_load("v1", 100 * MiB, {{1, 200 * MiB}});
+  EXPECT_EQ(wait2.kind, Kind::Wait);
+  EXPECT_NE(wait2.why.find("'small1'"), std::string::npos) << wait2.why;
+  EXPECT_EQ(wait2.why.find("big0"), std::string::npos) << wait2.why;
+  // RAM short: a model on another GPU is unloaded too (it frees RAM).
+  Residency ram(300 * MiB, 0, vb);
+  ram.loaded("on0", 100 * MiB, false, 5min, t0, {{0, 100 * MiB}});
+  ram.loaded("on1", 100 * MiB, false, 5min, t0 + 1s, {{1, 100 * MiB}});
+  EXPECT_EQ(ram.plan_load("more1", 200 * MiB, {{1, 100 * MiB}}).evict, std::vector<std::string>{"on0"});
+}
+
+TEST(Residency, VramBudgetsAreParsedWithClearErrors) {
+  const VramBudget one = VramBudget::parse("11GiB");
+  EXPECT_EQ(one.every, 11ull << 30);
+  EXPECT_TRUE(one.device.empty());
+  EXPECT_TRUE(one.limited());
+  const VramBudget mixed = VramBudget::parse("10GiB, 1=6GiB,2 = 512MiB");
+  EXPECT_EQ(mixed.of(0), 10ull << 30);
+  EXPECT_EQ(mixed.of(1), 6ull << 30);
+  EXPECT_EQ(mixed.of(2), 512ull << 20);
+  EXPECT_EQ(mixed.of(7), 10ull << 30);
+  const VramBudget only1 = VramBudget::parse("1=4GiB");
+  EXPECT_EQ(only1.of(1), 4ull << 30);
+  EXPECT_EQ(only1.of(0), 0u);  // no limit where none was given
+  EXPECT_TRUE(only1.limited());
+  EXPECT_FALSE(VramBudget().limited());
+  for (const auto& [text, why] : std::vector<std::pair<std::string, std::string>>{
+           {"", "an empty entry"},
+           {"1GiB,", "an empty entry"},
+           {"1GiB,2GiB", "two sizes for every device"},
+           {"1=1GiB,1=2GiB", "device 1 is given twice"},
+           {"x=1GiB", "'x' is not a device number"},
+           {"256=1GiB", "'256' is not a device number"},
+           {"-1=1GiB", "is not a device number"},
+           {"1=0", "device 1 is given no memory"},
+           {"1=lots", "lots"}}) {
+    try {
+      VramBudget::parse(text);
+      ADD_FAILURE() << "accepted '" << text << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << text << ": " << e.what();
+    }
+  }
 }
 
 TEST(Residency, KeepAliveExpiresIdleModels) {

@@ -262,7 +262,8 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   static const std::set<std::string> keys = {
       "model", "alias", "aliases", "tasks", "pinned", "keep_alive", "ctx_size", "parallel", "batch_size", "kv_tokens",
       "threads", "cache_type_k", "cache_type_v", "chat_template", "pooling", "system", "temp", "top_k", "top_p",
-      "min_p", "repeat_penalty", "seed", "draft", "model_draft", "gpu_layers", "device"};
+      "min_p", "repeat_penalty", "seed", "draft", "model_draft", "gpu_layers", "device",
+      "draft_gpu_layers", "draft_device"};
   for (const auto& [k, v] : t)
     if (!keys.count(std::string(k.str())))
       throw Error(at + ": unknown key '" + std::string(k.str()) + "' (see docs/MODELS.md for a model's keys)");
@@ -305,6 +306,8 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   if (auto v = integer("threads", 0, 1024)) m.engine.load.n_threads = static_cast<int>(*v);
   if (auto v = integer("gpu_layers", 0, 100000)) m.engine.load.load.offload.n_gpu_layers = static_cast<int>(*v);
   if (auto v = integer("device", 0, 255)) m.engine.load.load.offload.device = static_cast<uint32_t>(*v);
+  if (auto v = integer("draft_gpu_layers", 0, 100000)) m.engine.spec.draft_gpu_layers = static_cast<int>(*v);
+  if (auto v = integer("draft_device", 0, 255)) m.engine.spec.draft_device = static_cast<int>(*v);
   if (auto v = str("cache_type_k")) m.engine.load.type_k = parse_kv_type(*v, "cache_type_k");
   if (auto v = str("cache_type_v")) m.engine.load.type_v = parse_kv_type(*v, "cache_type_v");
   if (auto v = str("chat_template")) m.engine.chat_template = *v;
@@ -401,8 +404,12 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     }
     specs.push_back(std::move(m));
   }
-  if (!a.vram.empty()) {  // one model or several: their device memory together (a model over it is refused)
-    ro.vram_budget_bytes = parse_byte_size(a.vram);
+  if (!a.vram.empty()) {  // one model or several: their device memory on each GPU (a model over it is refused)
+    try {
+      ro.vram_budget = VramBudget::parse(a.vram);
+    } catch (const Error& e) {
+      throw Error(std::string("--vram ") + e.what());
+    }
     ro.vram_budget_text = a.vram;
   }
   if (multi) {
@@ -483,7 +490,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     std::fprintf(stderr, "lokal serve: listening on %s://%s:%d, %zu models (loaded on first use%s%s):%s\n", scheme, host.c_str(),
                  port, router.size(),
                  ((ro.budget_bytes ? ", budget --ram " + ro.budget_text : std::string()) +
-                  (ro.vram_budget_bytes ? ", --vram " + ro.vram_budget_text : std::string())).c_str(),
+                  (ro.vram_budget.limited() ? ", --vram " + ro.vram_budget_text : std::string())).c_str(),
                  ro.max_loaded ? (", at most " + std::to_string(ro.max_loaded) + " loaded").c_str() : "", names.c_str());
   } else {
     std::fprintf(stderr, "lokal serve: listening on %s://%s:%d (loading %s)\n", scheme, host.c_str(), port, a.model.c_str());
@@ -582,8 +589,8 @@ void register_serve(CLI::App& app, int* rc) {
   cmd->add_option("--cache-type-k", a->cache_type_k, "KV cache type for K: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--cache-type-v", a->cache_type_v, "KV cache type for V: f32, f16, bf16, q8_0, q4_0")->capture_default_str();
   cmd->add_option("--ram", a->ram, "Fit into this much RAM (e.g. 2GiB); several models: all of them together");
-  cmd->add_option("--vram", a->vram, "Device memory the models' GPU layers may use together (e.g. 11GiB): a model "
-                  "over it is refused, idle ones are unloaded to make room");
+  cmd->add_option("--vram", a->vram, "Device memory the models' GPU layers may use on each GPU (e.g. 11GiB), or on "
+                  "one (1=6GiB; combine with commas): a model over it is refused, idle ones are unloaded to make room");
   cmd->add_flag("--allow-long-ctx", a->allow_long_ctx, "Accept -c above the model's trained context");
   cmd->add_flag("--no-mmap", a->no_mmap, "Read the model into memory instead of mapping it");
   add_gpu_options(cmd, a->offload);

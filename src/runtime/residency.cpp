@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/safe_io.h"
 #include "runtime/load.h"
+#include "runtime/plan.h"
 
 namespace lokal {
 
@@ -24,13 +25,60 @@ uint64_t Residency::used_bytes() const {
   return sum;
 }
 
-uint64_t Residency::used_device_bytes() const {
-  uint64_t sum = 0;
-  for (const auto& [name, e] : models_) sum += e.device_bytes;
+DeviceBytes Residency::used_device_bytes() const {
+  DeviceBytes sum;
+  for (const auto& [name, e] : models_)
+    for (const auto& [dev, b] : e.device_bytes) sum[dev] += b;
   return sum;
 }
 
-Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes, uint64_t device_bytes) const {
+uint64_t VramBudget::of(uint32_t dev) const {
+  const auto it = device.find(dev);
+  return it != device.end() ? it->second : every;
+}
+
+VramBudget VramBudget::parse(const std::string& text) {
+  VramBudget v;
+  bool have_every = false;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    const auto bad = [&](const std::string& why) {
+      return Error("'" + printable(text) + "': " + why + " (a size for every GPU, e.g. 11GiB, and/or DEVICE=SIZE for "
+                   "one, e.g. 1=6GiB; devices as 'lokal info --devices' numbers them)");
+    };
+    if (item.empty()) throw bad("an empty entry");
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      if (have_every) throw bad("two sizes for every device");
+      have_every = true;
+      v.every = parse_byte_size(item);
+    } else {
+      std::string dev = item.substr(0, eq);
+      while (!dev.empty() && dev.back() == ' ') dev.pop_back();
+      if (dev.empty() || dev.size() > 3 || dev.find_first_not_of("0123456789") != std::string::npos || std::stoi(dev) > 255)
+        throw bad("'" + printable(dev) + "' is not a device number (0-255)");
+      const uint32_t d = static_cast<uint32_t>(std::stoi(dev));
+      std::string size = item.substr(eq + 1);
+      while (!size.empty() && size.front() == ' ') size.erase(size.begin());
+      const uint64_t bytes = parse_byte_size(size);
+      if (bytes == 0) throw bad("device " + dev + " is given no memory (leave it out for no limit)");
+      if (!v.device.emplace(d, bytes).second) throw bad("device " + dev + " is given twice");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return v;
+}
+
+namespace {
+std::string device_name(uint32_t dev) { return "GPU " + std::to_string(dev); }
+}  // namespace
+
+Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes, const DeviceBytes& device_bytes) const {
   Decision d;
   if (models_.count(name)) {
     d.kind = Decision::Kind::Ready;
@@ -42,40 +90,58 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
             format_bytes(static_cast<double>(budget_));
     return d;
   }
-  if (vram_budget_ > 0 && device_bytes > vram_budget_) {
-    d.kind = Decision::Kind::Impossible;
-    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes)) +
-            " of device memory, more than the whole --vram budget of " + format_bytes(static_cast<double>(vram_budget_));
-    return d;
-  }
-  uint64_t used = used_bytes(), used_dev = used_device_bytes();
+  for (const auto& [dev, b] : device_bytes)
+    if (const uint64_t cap = vram_budget_.of(dev); cap > 0 && b > cap) {
+      d.kind = Decision::Kind::Impossible;
+      d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(b)) + " of device memory on " +
+              device_name(dev) + ", more than its whole --vram budget of " + format_bytes(static_cast<double>(cap));
+      return d;
+    }
+  uint64_t used = used_bytes();
+  DeviceBytes used_dev = used_device_bytes();
   size_t count = models_.size();
   auto fits = [&] {
-    return (budget_ == 0 || used + bytes <= budget_) && (vram_budget_ == 0 || used_dev + device_bytes <= vram_budget_) &&
-           (max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_));
+    if (budget_ > 0 && used + bytes > budget_) return false;
+    for (const auto& [dev, b] : device_bytes)
+      if (const uint64_t cap = vram_budget_.of(dev); cap > 0 && used_dev[dev] + b > cap) return false;
+    return max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_);
+  };
+  auto drop = [&](const Entry& e) {
+    used -= e.bytes;
+    for (const auto& [dev, b] : e.device_bytes) used_dev[dev] -= b;
+    --count;
   };
   if (fits()) return d;
-  // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic).
+  // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic). A model on
+  // another GPU only is still evicted when RAM or the count is short; for device memory alone it would not help,
+  // so it is skipped then.
   std::vector<std::pair<Clock::time_point, std::string>> idle;
   for (const auto& [n, e] : models_)
     if (!e.pinned && e.in_flight == 0) idle.emplace_back(e.last_used, n);
   std::sort(idle.begin(), idle.end());
+  auto helps = [&](const Entry& e) {
+    if ((budget_ > 0 && used + bytes > budget_) || (max_loaded_ > 0 && count >= static_cast<size_t>(max_loaded_)))
+      return true;
+    for (const auto& [dev, b] : e.device_bytes)
+      if (b > 0 && device_bytes.count(dev)) return true;
+    return false;
+  };
   for (const auto& [t, n] : idle) {
+    const Entry& e = models_.at(n);
+    if (!helps(e)) continue;
     d.evict.push_back(n);
-    used -= models_.at(n).bytes;
-    used_dev -= models_.at(n).device_bytes;
-    --count;
+    drop(e);
     if (fits()) return d;
   }
   // Not enough idle room. If unloading the busy unpinned models too would do, their requests will end: wait.
-  std::vector<std::string> busy;
+  used = used_bytes();
+  used_dev = used_device_bytes();
+  count = models_.size();
+  std::vector<std::string> busy;  // those whose unloading would help, for the message
   for (const auto& [n, e] : models_)
-    if (!e.pinned && e.in_flight > 0) {
-      busy.push_back(n);
-      used -= e.bytes;
-      used_dev -= e.device_bytes;
-      --count;
-    }
+    if (!e.pinned && e.in_flight > 0 && helps(e)) busy.push_back(n);
+  for (const auto& [n, e] : models_)
+    if (!e.pinned) drop(e);
   d.evict.clear();
   if (fits()) {
     d.kind = Decision::Kind::Wait;
@@ -85,17 +151,26 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
     return d;
   }
   d.kind = Decision::Kind::Impossible;
-  uint64_t pinned_bytes = 0, pinned_dev = 0;
+  uint64_t pinned_bytes = 0;
+  DeviceBytes pinned_dev;
   size_t n_pinned = 0;
   for (const auto& [n, e] : models_)
-    if (e.pinned) pinned_bytes += e.bytes, pinned_dev += e.device_bytes, ++n_pinned;
+    if (e.pinned) {
+      pinned_bytes += e.bytes;
+      for (const auto& [dev, b] : e.device_bytes) pinned_dev[dev] += b;
+      ++n_pinned;
+    }
+  std::string short_dev;
+  for (const auto& [dev, b] : device_bytes)
+    if (const uint64_t cap = vram_budget_.of(dev); short_dev.empty() && cap > 0 && pinned_dev[dev] + b > cap)
+      short_dev = "'" + name + "' needs " + format_bytes(static_cast<double>(b)) + " of device memory on " +
+                  device_name(dev) + " but pinned models hold " + format_bytes(static_cast<double>(pinned_dev[dev])) +
+                  " of its " + format_bytes(static_cast<double>(cap)) + " --vram budget";
   if (max_loaded_ > 0 && n_pinned >= static_cast<size_t>(max_loaded_))
     d.why = "'" + name + "' cannot load: " + std::to_string(n_pinned) + " pinned models already fill the maximum of " +
             std::to_string(max_loaded_) + " loaded models";
-  else if (vram_budget_ > 0 && pinned_dev + device_bytes > vram_budget_)
-    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes)) + " of device memory but pinned "
-            "models hold " + format_bytes(static_cast<double>(pinned_dev)) + " of the " +
-            format_bytes(static_cast<double>(vram_budget_)) + " --vram budget";
+  else if (!short_dev.empty())
+    d.why = short_dev;
   else
     d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(bytes)) + " but pinned models hold " +
             format_bytes(static_cast<double>(pinned_bytes)) + " of the " + format_bytes(static_cast<double>(budget_)) +
@@ -104,10 +179,10 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
 }
 
 void Residency::loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive,
-                       Clock::time_point now, uint64_t device_bytes) {
+                       Clock::time_point now, DeviceBytes device_bytes) {
   Entry e;
   e.bytes = bytes;
-  e.device_bytes = device_bytes;
+  e.device_bytes = std::move(device_bytes);
   e.pinned = pinned;
   e.keep_alive = keep_alive;
   e.last_used = now;

@@ -11,7 +11,8 @@
 //               per model (its default) and per request (then it holds from that request on).
 //   pinned      never evicted for another model (still unloaded by hand, or by keep_alive 0 on a request).
 //   budget      bytes every loaded model's prediction must fit in together; 0 = no memory limit.
-//   vram budget the same for device memory (the offloaded layers' weights, KV caches and scratch); 0 = no limit.
+//   vram budget the same for device memory (the offloaded layers' weights, KV caches and scratch), per GPU: each
+//               device's loaded models must fit its own budget (VramBudget); 0 = no limit.
 //   max_loaded  models loaded at once; 0 = no limit.
 #pragma once
 #include <chrono>
@@ -19,9 +20,28 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lokal {
+
+// Predicted device memory of one model by GPU (its index in `lokal info --devices`): the target's layers on its
+// device, a draft's on its own (which may be another).
+using DeviceBytes = std::map<uint32_t, uint64_t>;
+
+// serve --vram: how much device memory the loaded models may use on each GPU. "SIZE" gives every device SIZE (the
+// usual case: one GPU, or several alike); "DEV=SIZE" one device; combined with commas, a device's own entry wins
+// ("10GiB,1=6GiB": 6 GiB on device 1, 10 GiB on every other). No entry for a device (and no SIZE): no limit there.
+struct VramBudget {
+  uint64_t every = 0;                    // every device without an entry of its own; 0: no limit
+  std::map<uint32_t, uint64_t> device;   // device -> bytes (never 0)
+  VramBudget() = default;
+  VramBudget(uint64_t every_device) : every(every_device) {}  // NOLINT: a plain size is the common budget
+  uint64_t of(uint32_t dev) const;       // 0: no limit on that device
+  bool limited() const { return every > 0 || !device.empty(); }
+  // Throws lokal::Error naming the bad part ("--vram" or the config key is the caller's prefix).
+  static VramBudget parse(const std::string& text);
+};
 
 class Residency {
  public:
@@ -29,8 +49,8 @@ class Residency {
   using Duration = std::chrono::milliseconds;
   static constexpr Duration kForever{-1};
 
-  Residency(uint64_t budget_bytes, int max_loaded, uint64_t vram_budget_bytes = 0)
-      : budget_(budget_bytes), vram_budget_(vram_budget_bytes), max_loaded_(max_loaded) {}
+  Residency(uint64_t budget_bytes, int max_loaded, VramBudget vram_budget = {})
+      : budget_(budget_bytes), vram_budget_(std::move(vram_budget)), max_loaded_(max_loaded) {}
 
   struct Decision {
     enum class Kind {
@@ -43,12 +63,12 @@ class Residency {
     std::vector<std::string> evict;
     std::string why;
   };
-  // What it takes to load `name`, predicted to need `bytes` of RAM and `device_bytes` of device memory.
-  Decision plan_load(const std::string& name, uint64_t bytes, uint64_t device_bytes = 0) const;
+  // What it takes to load `name`, predicted to need `bytes` of RAM and `device_bytes` of device memory (by GPU).
+  Decision plan_load(const std::string& name, uint64_t bytes, const DeviceBytes& device_bytes = {}) const;
 
   // Bookkeeping. loaded(): the model is resident (its prediction counted), idle since `now`. unloaded(): gone.
   void loaded(const std::string& name, uint64_t bytes, bool pinned, Duration keep_alive, Clock::time_point now,
-              uint64_t device_bytes = 0);
+              DeviceBytes device_bytes = {});
   void unloaded(const std::string& name);
   // A request starts using the model (it is then never evicted) / ends (its keep_alive starts counting). A request's
   // own keep_alive, when it gives one, replaces the model's from then on.
@@ -62,7 +82,8 @@ class Residency {
   std::optional<Clock::time_point> next_expiry() const;
 
   struct Entry {
-    uint64_t bytes = 0, device_bytes = 0;
+    uint64_t bytes = 0;
+    DeviceBytes device_bytes;
     bool pinned = false;
     int in_flight = 0;
     Duration keep_alive{0};
@@ -73,13 +94,14 @@ class Residency {
   const std::map<std::string, Entry>& entries() const { return models_; }
   bool is_loaded(const std::string& name) const { return models_.count(name) != 0; }
   uint64_t used_bytes() const;
-  uint64_t used_device_bytes() const;
+  DeviceBytes used_device_bytes() const;  // by GPU, of the loaded models
   uint64_t budget() const { return budget_; }
-  uint64_t vram_budget() const { return vram_budget_; }
+  const VramBudget& vram_budget() const { return vram_budget_; }
   int max_loaded() const { return max_loaded_; }
 
  private:
-  uint64_t budget_, vram_budget_;
+  uint64_t budget_;
+  VramBudget vram_budget_;
   int max_loaded_;
   std::map<std::string, Entry> models_;
 };

@@ -1018,7 +1018,12 @@ struct HttpServer::Impl {
     add("GET", "/v1/health", Scope::Open, Style::OpenAI, Needs::Nothing, false, health);
 
     // OpenAI: every model the server can serve, loaded or not, with what it does and its state.
-    auto models = [this](const httplib::Request&, httplib::Response& res, Ctx&) {
+    auto by_device = [](const DeviceBytes& d) {  // {"0": bytes, "1": bytes}
+      json j = json::object();
+      for (const auto& [dev, b] : d) j[std::to_string(dev)] = b;
+      return j;
+    };
+    auto models = [this, by_device](const httplib::Request&, httplib::Response& res, Ctx&) {
       json data = json::array();
       for (const ModelStatus& m : router.status()) {
         json tasks = json::array();
@@ -1028,6 +1033,7 @@ struct HttpServer::Impl {
                         {"meta", {{"n_ctx", m.n_ctx}, {"n_ctx_train", m.facts.cfg.n_ctx_train}, {"n_vocab", m.facts.n_tokens},
                                   {"n_params", m.facts.n_params}, {"size", m.facts.file_bytes},
                                   {"memory_bytes", m.predicted_bytes}, {"vram_bytes", m.predicted_vram_bytes},
+                                  {"vram_by_device", by_device(m.predicted_device_bytes)},
                                   {"quantization", m.facts.type_label},
                                   {"loads", m.loads}, {"pinned", m.pinned}}}});
         for (const std::string& a : m.aliases)
@@ -1198,13 +1204,17 @@ struct HttpServer::Impl {
       for (const ModelStatus& m : router.status()) out.push_back(tag(m, false));
       send_json(res, {{"models", out}});
     });
-    add("GET", "/api/ps", Scope::Inference, Style::Ollama, Needs::Nothing, false, [this, tag](auto&, auto& res, Ctx&) {
+    add("GET", "/api/ps", Scope::Inference, Style::Ollama, Needs::Nothing, false, [this, tag, by_device](auto&, auto& res, Ctx&) {
       json out = json::array();
       for (const ModelStatus& m : router.status())
         if (m.state == "loaded") out.push_back(tag(m, true));
+      // Device memory by GPU ("0", "1", ...): the loaded models' prediction and each device's --vram budget (0: none).
+      const VramBudget& vb = router.options().vram_budget;
       send_json(res, {{"models", out}, {"memory", {{"predicted_bytes", router.predicted_bytes()}, {"rss_bytes", rss_bytes()},
                                                    {"budget_bytes", router.options().budget_bytes},
-                                                   {"vram_budget_bytes", router.options().vram_budget_bytes}}}});
+                                                   {"vram_budget_bytes", vb.every},
+                                                   {"vram_device_budget_bytes", by_device(vb.device)},
+                                                   {"vram_predicted_bytes", by_device(router.predicted_device_bytes())}}}});
     });
     add("POST", "/api/show", Scope::Inference, Style::Ollama, Needs::AnyModel, false, [this](auto&, auto& res, Ctx& c) {
       Engine& eng = *c.eng;

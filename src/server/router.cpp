@@ -72,7 +72,7 @@ std::vector<Task> infer_tasks(const GGUFFile& f, bool has_template_override) {
 Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     : opt_(std::move(opt)),
       residency_(opt_.budget_bytes > fixed_bytes() ? opt_.budget_bytes - fixed_bytes() : (opt_.budget_bytes ? 1 : 0),
-                 opt_.max_loaded, opt_.vram_budget_bytes) {
+                 opt_.max_loaded, opt_.vram_budget) {
   if (models.empty()) throw Error("serve: no model to serve (give -m FILE, [models.NAME] tables in --config, or --all-models)");
   models_.resize(models.size());
   for (size_t i = 0; i < models.size(); ++i) {
@@ -93,14 +93,16 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     s.settings = run_settings(s.spec.engine.load, s.facts);
     MemoryEstimate e = estimate_memory(s.facts, s.settings);
     s.bytes = e.total_bytes - std::min(e.total_bytes, process_base_bytes()) + kPerModelServingBytes;
-    s.device_bytes = e.gpu_total_bytes;
+    const uint32_t device = s.spec.engine.load.load.offload.device;
+    if (e.gpu_total_bytes > 0) s.device_bytes[device] = e.gpu_total_bytes;
     if (!s.spec.engine.spec.draft.empty()) {  // the draft sits beside it with the same context and sequences
       const ModelFacts df = ModelFacts::read(s.spec.engine.spec.draft);
       RunSettings ds = s.settings;
       if (s.spec.engine.spec.draft_gpu_layers >= 0) ds.n_gpu_layers = s.spec.engine.spec.draft_gpu_layers;
       const MemoryEstimate de = estimate_memory(df, ds);
       s.bytes += de.total_bytes - std::min(de.total_bytes, process_base_bytes());
-      s.device_bytes += de.gpu_total_bytes;
+      const int dd = s.spec.engine.spec.draft_device;  // -1: the target's
+      if (de.gpu_total_bytes > 0) s.device_bytes[dd >= 0 ? static_cast<uint32_t>(dd) : device] += de.gpu_total_bytes;
     }
     for (const std::string& n : s.spec.engine.aliases) {
       if (n.empty()) throw Error(where + ": an empty name or alias");
@@ -115,12 +117,14 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
                   std::to_string(s.settings.n_parallel) + " sequences) plus " +
                   format_bytes(static_cast<double>(fixed_bytes())) + " for the server process: more than --ram " +
                   opt_.budget_text + " on its own; give it a smaller ctx_size or parallel, or a larger --ram");
-    if (opt_.vram_budget_bytes > 0 && s.device_bytes > opt_.vram_budget_bytes)
-      throw Error(where + " (" + s.spec.engine.load.path + ") needs " +
-                  format_bytes(static_cast<double>(s.device_bytes)) + " of device memory with " +
-                  std::to_string(s.settings.n_gpu_layers) + " GPU layers (context " + std::to_string(s.settings.n_ctx) +
-                  " x " + std::to_string(s.settings.n_parallel) + " sequences): more than --vram " +
-                  opt_.vram_budget_text + " on its own; give it fewer gpu_layers or a larger --vram");
+    for (const auto& [dev, b] : s.device_bytes)
+      if (const uint64_t cap = opt_.vram_budget.of(dev); cap > 0 && b > cap)
+        throw Error(where + " (" + s.spec.engine.load.path + ") needs " + format_bytes(static_cast<double>(b)) +
+                    " of device memory on GPU " + std::to_string(dev) + " with " +
+                    std::to_string(s.settings.n_gpu_layers) + " GPU layers (context " +
+                    std::to_string(s.settings.n_ctx) + " x " + std::to_string(s.settings.n_parallel) +
+                    " sequences): more than --vram " + opt_.vram_budget_text + " gives that device (" +
+                    format_bytes(static_cast<double>(cap)) + ") on its own; give it fewer gpu_layers or a larger --vram");
   }
   // Clients may also name a model by its file (llama-server's habit): its path, file name, or file name without
   // ".gguf", where that names no other model.
@@ -387,7 +391,8 @@ ModelStatus Router::status(size_t i) const {
   m.tasks = s.spec.tasks;
   m.pinned = s.spec.pinned;
   m.predicted_bytes = s.bytes;
-  m.predicted_vram_bytes = s.device_bytes;
+  for (const auto& [dev, b] : s.device_bytes) m.predicted_vram_bytes += b;
+  m.predicted_device_bytes = s.device_bytes;
   m.facts = s.facts;
   m.n_ctx = s.settings.n_ctx;
   m.n_parallel = s.settings.n_parallel;
@@ -438,6 +443,11 @@ void Router::close() {
 uint64_t Router::predicted_bytes() const {
   std::lock_guard<std::mutex> lk(mu_);
   return residency_.used_bytes() + fixed_bytes();
+}
+
+DeviceBytes Router::predicted_device_bytes() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return residency_.used_device_bytes();
 }
 
 uint64_t Router::fixed_bytes() const { return process_base_bytes() + opt_.server_bytes; }

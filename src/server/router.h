@@ -62,7 +62,7 @@ constexpr uint64_t kPerModelServingBytes = 768u << 10;
 struct RouterOptions {
   uint64_t budget_bytes = 0;        // --ram: all loaded models' predictions + the process together (0: no limit)
   std::string budget_text;          // as the user wrote it, for messages
-  uint64_t vram_budget_bytes = 0;   // --vram: all loaded models' predicted device memory together (0: no limit)
+  VramBudget vram_budget;           // --vram: loaded models' predicted device memory on each GPU (none: no limit)
   std::string vram_budget_text;
   int max_loaded = 0;               // --max-loaded (0: no limit)
   Residency::Duration keep_alive = std::chrono::minutes(5);  // --keep-alive: default of each model
@@ -80,7 +80,8 @@ struct ModelStatus {
   std::vector<Task> tasks;
   bool pinned = false;
   uint64_t predicted_bytes = 0;     // this model's share of the budget (with kPerModelServingBytes)
-  uint64_t predicted_vram_bytes = 0;  // its share of the --vram budget (0 without -ngl)
+  uint64_t predicted_vram_bytes = 0;  // its share of the --vram budgets, all GPUs together (0 without -ngl)
+  DeviceBytes predicted_device_bytes; //   by GPU (a draft may sit on another one)
   ModelFacts facts;
   int64_t n_ctx = 0;                // the context it runs with
   int n_parallel = 1;
@@ -145,6 +146,8 @@ class Router {
   const RouterOptions& options() const { return opt_; }
   // The bytes the budget is compared with: every loaded model's prediction + the process's and the server's own.
   uint64_t predicted_bytes() const;
+  // The loaded models' predicted device memory by GPU (what each device's --vram budget is compared with).
+  DeviceBytes predicted_device_bytes() const;
   // The part that does not depend on the models: process + server (RouterOptions::server_bytes).
   uint64_t fixed_bytes() const;
 
@@ -154,7 +157,7 @@ class Router {
     ModelFacts facts;
     RunSettings settings;
     uint64_t bytes = 0;  // predicted, without the process base
-    uint64_t device_bytes = 0;  // predicted device memory (-ngl: the target's and the draft's)
+    DeviceBytes device_bytes;  // predicted device memory by GPU (-ngl: the target's and the draft's)
     enum class State { Unloaded, Loading, Loaded } state = State::Unloaded;
     std::unique_ptr<Engine> engine;
     std::string last_error;

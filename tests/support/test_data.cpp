@@ -60,12 +60,13 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-CliResult run_lokal(const std::string& args) {
+CliResult run_lokal(const std::string& args, int timeout_s) {
   static std::atomic<int> counter{0};
   const std::string bin = binary_dir() + "/src/lokal";
   const std::string err_file = (fs::temp_directory_path() / ("lokal_cli_err_" + std::to_string(::getpid()) + "_" +
                                                              std::to_string(counter++))).string();
-  const std::string cmd = "'" + bin + "' " + args + " 2>'" + err_file + "'";
+  const std::string limit = timeout_s > 0 ? "timeout -k 5 " + std::to_string(timeout_s) + " " : "";
+  const std::string cmd = limit + "'" + bin + "' " + args + " 2>'" + err_file + "'";
   CliResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) throw std::runtime_error("popen failed");

@@ -35,7 +35,7 @@ struct CliResult {
   int rc;
   std::string out, err;
 };
-CliResult run_lokal(const std::string& args);
+CliResult run_lokal(const std::string& args, int timeout_s = 0);  // timeout_s > 0: killed after it (rc 124)
 
 // Checks a failed command: non-zero status, exactly one stderr line "error: ...", containing `must_contain`;
 // with no_stdout, nothing on stdout either.
