@@ -734,6 +734,9 @@ TEST(GpuOffload, ServeVramBudgetIsPerDevice) {
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("of device memory on GPU 1"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("more than --vram 1=1MiB gives that device (1.00 MiB)"), std::string::npos) << bad.err;
+  // Device 1 does not exist here (lavapipe is device 0): a warning says so before the model is checked.
+  EXPECT_NE(bad.err.find("warning: --vram 1=1MiB names GPU 1, but the highest device number here is 0"),
+            std::string::npos) << bad.err;
   // The same budget with the draft beside its target on device 0: nothing is on device 1, so it starts; a plain
   // size under the target's bytes is then the budget that refuses it (on GPU 0).
   {

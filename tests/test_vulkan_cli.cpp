@@ -40,6 +40,41 @@ TEST(VulkanCli, InfoDevices) {
   EXPECT_NE(r3.rc, 0);
 }
 
+// `lokal info --devices --json`: the same list as JSON (bytes and booleans, for scripts); with no device, an empty
+// list and "error" saying why; --json without --devices is refused.
+TEST(VulkanCli, InfoDevicesJson) {
+  using nlohmann::json;
+  if (!test::no_gpu_allowed()) {
+    const auto r = test::run_lokal("info --devices --json");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const json j = json::parse(r.out);
+    ASSERT_EQ(j["devices"].size(), 1u) << r.out;  // lavapipe
+    const json& d = j["devices"][0];
+    EXPECT_EQ(d["index"], 0);
+    EXPECT_NE(d["name"].get<std::string>().find("llvmpipe"), std::string::npos) << r.out;
+    EXPECT_EQ(d["type"], "cpu");
+    EXPECT_GT(d["memory_bytes"].get<uint64_t>(), 0u);
+    EXPECT_GE(d["max_allocation_bytes"].get<uint64_t>(), d["max_binding_bytes"].get<uint64_t>());
+    EXPECT_GT(d["subgroup_size"].get<uint32_t>(), 0u);
+    for (const char* flag : {"fp16", "int8_dot", "int8_dot_accelerated", "subgroup_arithmetic", "int8_path"})
+      EXPECT_TRUE(d[flag].is_boolean()) << flag;
+    EXPECT_FALSE(j.contains("error"));
+    // The text form's device agrees.
+    const auto t = test::run_lokal("info --devices");
+    EXPECT_NE(t.out.find("device 0: " + d["name"].get<std::string>()), std::string::npos) << t.out;
+  }
+  ::setenv("LOKAL_VULKAN_LOADER", "/nonexistent/libvulkan.so.1", 1);
+  const auto none = test::run_lokal("info --devices --json");
+  ::unsetenv("LOKAL_VULKAN_LOADER");
+  ASSERT_EQ(none.rc, 0) << none.err;
+  const json n = json::parse(none.out);
+  EXPECT_EQ(n["devices"], json::array());
+  EXPECT_NE(n["error"].get<std::string>().find("no Vulkan loader"), std::string::npos) << none.out;
+  const auto bad = test::run_lokal("info --json some.gguf");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("--json goes with --devices"), std::string::npos) << bad.err;
+}
+
 // `lokal bench -ngl 99`: the JSON rows name the device and the offload, and carry the command-buffer counters of the
 // warm runs: one command buffer per prompt and one per decoded token, every one of them a reused one (the cold run
 // built them: the same shapes at the same positions), none without reuse (LOKAL_GPU_REUSE=0); the table says so.

@@ -2,6 +2,7 @@
 // `lokal info --devices`: the Vulkan devices GPU offload can use (gpu/gpu.h), or why there are none.
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/log.h"
@@ -19,10 +20,50 @@ struct InfoArgs {
   int64_t ctx = 0;
   bool all_kv = false;
   bool devices = false;
+  bool json = false;  // --devices --json
 };
 
 // One block per device; with none, the one line saying why ("no Vulkan loader (libvulkan.so.1) found ...", "no
 // Vulkan device found") and exit status 0: finding no GPU is an answer, not a failure.
+// What the int8 path does on the device, in words.
+const char* int8_path_text(const gpu::DeviceInfo& d) {
+  return gpu::Kernels::int8_by_default(d) ? "on (decode dots int8 activations with int8 weights)"
+         : gpu::Kernels::int8_capable(d)  ? "off (the device's int8 dot is not accelerated; LOKAL_GPU_INT8=1 forces it)"
+                                          : "off (needs integer dot products and subgroup arithmetic)";
+}
+
+// --devices --json: {"devices": [...]} with the fields of the text form in bytes and booleans, and "error" (why there
+// is no device) when the list is empty.
+void info_devices_json() {
+  std::vector<gpu::DeviceInfo> devs;
+  std::string why;
+  try {
+    devs = gpu::list_devices();
+    if (devs.empty()) why = "no Vulkan device found";
+  } catch (const Error& e) {
+    why = e.what();
+  }
+  nlohmann::ordered_json out = {{"devices", nlohmann::ordered_json::array()}};
+  for (const gpu::DeviceInfo& d : devs)
+    out["devices"].push_back({{"index", d.index},
+                              {"name", printable(d.name)},
+                              {"type", d.type},
+                              {"driver", printable(d.driver)},
+                              {"vulkan", d.api_string()},
+                              {"memory_bytes", d.device_local_bytes},
+                              {"max_allocation_bytes", d.max_allocation_bytes},
+                              {"max_binding_bytes", d.max_storage_buffer_bytes},
+                              {"fp16", d.fp16},
+                              {"int8_dot", d.int8_dot},
+                              {"int8_dot_accelerated", d.int8_dot_accelerated},
+                              {"subgroup_size", d.subgroup_size},
+                              {"subgroup_arithmetic", d.subgroup_arithmetic},
+                              {"int8_path", gpu::Kernels::int8_by_default(d)},
+                              {"max_workgroup_invocations", d.max_workgroup_invocations}});
+  if (!why.empty()) out["error"] = why;
+  std::printf("%s\n", out.dump(2).c_str());
+}
+
 void info_devices() {
   std::vector<gpu::DeviceInfo> devs;
   try {
@@ -45,10 +86,7 @@ void info_devices() {
     std::printf("  fp16           %s\n", d.fp16 ? "yes" : "no");
     std::printf("  int8 dot       %s\n", d.int8_dot ? (d.int8_dot_accelerated ? "yes (accelerated)" : "yes (not accelerated)") : "no");
     std::printf("  subgroup size  %u%s\n", d.subgroup_size, d.subgroup_arithmetic ? " (arithmetic operations)" : "");
-    std::printf("  int8 path      %s\n",
-                gpu::Kernels::int8_by_default(d) ? "on (decode dots int8 activations with int8 weights)"
-                : gpu::Kernels::int8_capable(d)  ? "off (the device's int8 dot is not accelerated; LOKAL_GPU_INT8=1 forces it)"
-                                                 : "off (needs integer dot products and subgroup arithmetic)");
+    std::printf("  int8 path      %s\n", int8_path_text(d));
     std::printf("  workgroup      up to %u x %u x %u, %u invocations\n", d.max_workgroup_size[0], d.max_workgroup_size[1],
                 d.max_workgroup_size[2], d.max_workgroup_invocations);
   }
@@ -140,14 +178,17 @@ void register_info(CLI::App& app, int* rc) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_flag("--metadata", a->all_kv, "Also list every metadata key");
   cmd->add_flag("--devices", a->devices, "List the Vulkan GPU devices instead (no model needed)");
+  cmd->add_flag("--json", a->json, "With --devices: the list as JSON (bytes, booleans; \"error\" when there is none)");
   cmd->callback([a, rc] {
     if (a->devices) {
       if (!a->model.empty() || !a->model_flag.empty())
         throw CLI::ParseError("info: --devices lists GPUs and takes no model", 2);
-      info_devices();
+      if (a->json) info_devices_json();
+      else info_devices();
       *rc = 0;
       return;
     }
+    if (a->json) throw CLI::ParseError("info: --json goes with --devices (a model's information is text)", 2);
     a->model = one_model("info", a->model_flag, a->model);
     info(*a);
     *rc = 0;

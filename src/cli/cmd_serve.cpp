@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safe_io.h"
+#include "gpu/gpu.h"
 #include "runtime/model_store.h"
 #include "runtime/plan.h"
 #include "runtime/residency.h"
@@ -334,6 +335,29 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   return m;
 }
 
+// --vram above a device's memory, or naming a device this machine does not have: a warning, not an error (the
+// budget is what the user allows; models are loaded on first use), so that a load failing for device memory later
+// is not a surprise.
+void warn_vram_beyond_devices(const VramBudget& vb, const std::string& text) {
+  std::vector<gpu::DeviceInfo> devs;
+  try {
+    devs = gpu::list_devices();
+  } catch (const Error&) {  // no Vulkan loader: no devices
+  }
+  for (const gpu::DeviceInfo& d : devs)
+    if (const uint64_t cap = vb.of(d.index); d.device_local_bytes > 0 && cap > d.device_local_bytes)
+      std::fprintf(stderr, "warning: --vram %s gives GPU %u (%s) %s, more than its %s of device memory: loads past "
+                   "that fail\n", text.c_str(), d.index, printable(d.name).c_str(),
+                   format_bytes(static_cast<double>(cap)).c_str(),
+                   format_bytes(static_cast<double>(d.device_local_bytes)).c_str());
+  for (const auto& [dev, b] : vb.device)
+    if (dev >= devs.size())
+      std::fprintf(stderr, "warning: --vram %s names GPU %u, but %s\n", text.c_str(), dev,
+                   devs.empty() ? "no Vulkan device was found ('lokal info --devices')"
+                                : ("the highest device number here is " + std::to_string(devs.size() - 1) +
+                                   " ('lokal info --devices')").c_str());
+}
+
 int serve(ServeArgs& a, CLI::App* cmd) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   if (a.print_config) {
@@ -454,6 +478,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     ro.routes[std::string(k.str())] = *target;
   }
   ro.server_bytes = server::kServerBaseBytes + (a.no_webui ? 0 : server::kWebPageBytes);
+  if (ro.vram_budget.limited()) warn_vram_beyond_devices(ro.vram_budget, ro.vram_budget_text);
   server::Router router(std::move(specs), ro);
 
   server::ServerOptions so = a.srv;
