@@ -653,7 +653,7 @@ TEST(GpuOffload, ServeVramBudgetEvictsToMakeRoom) {
   ASSERT_EQ(vram.size(), 3u);
   const uint64_t budget = std::max({vram["a"] + vram["b"], vram["a"] + vram["c"], vram["b"] + vram["c"]});
   ASSERT_LT(budget, vram["a"] + vram["b"] + vram["c"]);
-  test::Server s({"--config", config("vram = \"" + std::to_string(budget) + "\"\n")});
+  test::Server s({"--config", config("vram = \"" + std::to_string(budget) + "\"\n"), "--metrics"});
   ASSERT_GT(s.port(), 0) << s.log();
   auto c = s.client(120);
   auto state = [&] {
@@ -681,6 +681,10 @@ TEST(GpuOffload, ServeVramBudgetEvictsToMakeRoom) {
   uint64_t sum = 0;
   for (const auto& [name, bytes] : loaded) sum += vram[name];
   EXPECT_EQ(mem["vram_predicted_bytes"], json({{"0", sum}})) << mem.dump();  // all on device 0
+  auto metrics = c.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("lokal_predicted_device_memory_bytes{device=\"0\"} " + std::to_string(sum) + "\n"),
+            std::string::npos) << metrics->body;
   EXPECT_EQ(s.stop(), 0) << s.log();
   // One model over the whole budget: refused at start, with the numbers.
   const test::CliResult bad = test::run_lokal("serve --config " + config("vram = \"1MiB\"\n") + " --port 0", 60);
