@@ -23,8 +23,6 @@ struct InfoArgs {
   bool json = false;  // --devices --json
 };
 
-// One block per device; with none, the one line saying why ("no Vulkan loader (libvulkan.so.1) found ...", "no
-// Vulkan device found") and exit status 0: finding no GPU is an answer, not a failure.
 // What the int8 path does on the device, in words.
 const char* int8_path_text(const gpu::DeviceInfo& d) {
   return gpu::Kernels::int8_by_default(d) ? "on (decode dots int8 activations with int8 weights)"
@@ -32,17 +30,23 @@ const char* int8_path_text(const gpu::DeviceInfo& d) {
                                           : "off (needs integer dot products and subgroup arithmetic)";
 }
 
-// --devices --json: {"devices": [...]} with the fields of the text form in bytes and booleans, and "error" (why there
-// is no device) when the list is empty.
-void info_devices_json() {
+// The devices, or none and `why` ("no Vulkan loader (libvulkan.so.1) found ...", "no Vulkan device found").
+std::vector<gpu::DeviceInfo> devices_or_why(std::string& why) {
   std::vector<gpu::DeviceInfo> devs;
-  std::string why;
   try {
     devs = gpu::list_devices();
     if (devs.empty()) why = "no Vulkan device found";
   } catch (const Error& e) {
     why = e.what();
   }
+  return devs;
+}
+
+// --devices --json: {"devices": [...]} with the fields of the text form in bytes and booleans, and "error" (why there
+// is no device) when the list is empty.
+void info_devices_json() {
+  std::string why;
+  const std::vector<gpu::DeviceInfo> devs = devices_or_why(why);
   nlohmann::ordered_json out = {{"devices", nlohmann::ordered_json::array()}};
   for (const gpu::DeviceInfo& d : devs)
     out["devices"].push_back({{"index", d.index},
@@ -64,16 +68,13 @@ void info_devices_json() {
   std::printf("%s\n", out.dump(2).c_str());
 }
 
+// One block per device; with none, the one line saying why and exit status 0: finding no GPU is an answer, not a
+// failure.
 void info_devices() {
-  std::vector<gpu::DeviceInfo> devs;
-  try {
-    devs = gpu::list_devices();
-  } catch (const Error& e) {
-    std::printf("%s\n", e.what());
-    return;
-  }
+  std::string why;
+  const std::vector<gpu::DeviceInfo> devs = devices_or_why(why);
   if (devs.empty()) {
-    std::printf("no Vulkan device found\n");
+    std::printf("%s\n", why.c_str());
     return;
   }
   for (const gpu::DeviceInfo& d : devs) {

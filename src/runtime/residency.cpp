@@ -37,15 +37,26 @@ uint64_t VramBudget::of(uint32_t dev) const {
   return it != device.end() ? it->second : every;
 }
 
+std::optional<uint32_t> VramBudget::over(const DeviceBytes& held, const DeviceBytes& need) const {
+  for (const auto& [dev, b] : need) {
+    const auto h = held.find(dev);
+    if (const uint64_t cap = of(dev); cap > 0 && (h != held.end() ? h->second : 0) + b > cap) return dev;
+  }
+  return std::nullopt;
+}
+
 VramBudget VramBudget::parse(const std::string& text) {
   VramBudget v;
   bool have_every = false;
   size_t start = 0;
+  const auto trim = [](std::string s) {
+    s.erase(0, std::min(s.size(), s.find_first_not_of(' ')));
+    s.erase(s.find_last_not_of(' ') + 1);
+    return s;
+  };
   while (true) {
     const size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
+    const std::string item = trim(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
     const auto bad = [&](const std::string& why) {
       return Error("'" + printable(text) + "': " + why + " (a size for every GPU, e.g. 11GiB, and/or DEVICE=SIZE for "
                    "one, e.g. 1=6GiB; devices as 'lokal info --devices' numbers them)");
@@ -57,14 +68,11 @@ VramBudget VramBudget::parse(const std::string& text) {
       have_every = true;
       v.every = parse_byte_size(item);
     } else {
-      std::string dev = item.substr(0, eq);
-      while (!dev.empty() && dev.back() == ' ') dev.pop_back();
+      const std::string dev = trim(item.substr(0, eq));
       if (dev.empty() || dev.size() > 3 || dev.find_first_not_of("0123456789") != std::string::npos || std::stoi(dev) > 255)
         throw bad("'" + printable(dev) + "' is not a device number (0-255)");
       const uint32_t d = static_cast<uint32_t>(std::stoi(dev));
-      std::string size = item.substr(eq + 1);
-      while (!size.empty() && size.front() == ' ') size.erase(size.begin());
-      const uint64_t bytes = parse_byte_size(size);
+      const uint64_t bytes = parse_byte_size(trim(item.substr(eq + 1)));
       if (bytes == 0) throw bad("device " + dev + " is given no memory (leave it out for no limit)");
       if (!v.device.emplace(d, bytes).second) throw bad("device " + dev + " is given twice");
     }
@@ -90,22 +98,20 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
             format_bytes(static_cast<double>(budget_));
     return d;
   }
-  for (const auto& [dev, b] : device_bytes)
-    if (const uint64_t cap = vram_budget_.of(dev); cap > 0 && b > cap) {
-      d.kind = Decision::Kind::Impossible;
-      d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(b)) + " of device memory on " +
-              device_name(dev) + ", more than its whole --vram budget of " + format_bytes(static_cast<double>(cap));
-      return d;
-    }
+  if (const auto dev = vram_budget_.over({}, device_bytes)) {
+    d.kind = Decision::Kind::Impossible;
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes.at(*dev))) +
+            " of device memory on " + device_name(*dev) + ", more than its whole --vram budget of " +
+            format_bytes(static_cast<double>(vram_budget_.of(*dev)));
+    return d;
+  }
   uint64_t used = used_bytes();
   DeviceBytes used_dev = used_device_bytes();
   size_t count = models_.size();
-  auto fits = [&] {
-    if (budget_ > 0 && used + bytes > budget_) return false;
-    for (const auto& [dev, b] : device_bytes)
-      if (const uint64_t cap = vram_budget_.of(dev); cap > 0 && used_dev[dev] + b > cap) return false;
-    return max_loaded_ <= 0 || count < static_cast<size_t>(max_loaded_);
+  auto ram_or_count_short = [&] {
+    return (budget_ > 0 && used + bytes > budget_) || (max_loaded_ > 0 && count >= static_cast<size_t>(max_loaded_));
   };
+  auto fits = [&] { return !ram_or_count_short() && !vram_budget_.over(used_dev, device_bytes); };
   auto drop = [&](const Entry& e) {
     used -= e.bytes;
     for (const auto& [dev, b] : e.device_bytes) used_dev[dev] -= b;
@@ -120,8 +126,7 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
     if (!e.pinned && e.in_flight == 0) idle.emplace_back(e.last_used, n);
   std::sort(idle.begin(), idle.end());
   auto helps = [&](const Entry& e) {
-    if ((budget_ > 0 && used + bytes > budget_) || (max_loaded_ > 0 && count >= static_cast<size_t>(max_loaded_)))
-      return true;
+    if (ram_or_count_short()) return true;
     for (const auto& [dev, b] : e.device_bytes)
       if (b > 0 && device_bytes.count(dev)) return true;
     return false;
@@ -160,17 +165,15 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
       for (const auto& [dev, b] : e.device_bytes) pinned_dev[dev] += b;
       ++n_pinned;
     }
-  std::string short_dev;
-  for (const auto& [dev, b] : device_bytes)
-    if (const uint64_t cap = vram_budget_.of(dev); short_dev.empty() && cap > 0 && pinned_dev[dev] + b > cap)
-      short_dev = "'" + name + "' needs " + format_bytes(static_cast<double>(b)) + " of device memory on " +
-                  device_name(dev) + " but pinned models hold " + format_bytes(static_cast<double>(pinned_dev[dev])) +
-                  " of its " + format_bytes(static_cast<double>(cap)) + " --vram budget";
+  const auto short_dev = vram_budget_.over(pinned_dev, device_bytes);
   if (max_loaded_ > 0 && n_pinned >= static_cast<size_t>(max_loaded_))
     d.why = "'" + name + "' cannot load: " + std::to_string(n_pinned) + " pinned models already fill the maximum of " +
             std::to_string(max_loaded_) + " loaded models";
-  else if (!short_dev.empty())
-    d.why = short_dev;
+  else if (short_dev)
+    d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(device_bytes.at(*short_dev))) +
+            " of device memory on " + device_name(*short_dev) + " but pinned models hold " +
+            format_bytes(static_cast<double>(pinned_dev[*short_dev])) + " of its " +
+            format_bytes(static_cast<double>(vram_budget_.of(*short_dev))) + " --vram budget";
   else
     d.why = "'" + name + "' needs " + format_bytes(static_cast<double>(bytes)) + " but pinned models hold " +
             format_bytes(static_cast<double>(pinned_bytes)) + " of the " + format_bytes(static_cast<double>(budget_)) +

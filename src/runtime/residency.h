@@ -39,6 +39,8 @@ struct VramBudget {
   VramBudget(uint64_t every_device) : every(every_device) {}  // NOLINT: a plain size is the common budget
   uint64_t of(uint32_t dev) const;       // 0: no limit on that device
   bool limited() const { return every > 0 || !device.empty(); }
+  // The first device where `held` plus `need` exceeds its budget (devices of `need` only), or nullopt.
+  std::optional<uint32_t> over(const DeviceBytes& held, const DeviceBytes& need) const;
   // Throws lokal::Error naming the bad part ("--vram" or the config key is the caller's prefix).
   static VramBudget parse(const std::string& text);
 };

@@ -1167,15 +1167,10 @@ struct HttpServer::Impl {
         reg.gauge("lokal_predicted_memory_bytes", "Memory the loaded models and the process are predicted to hold.")
             .set(static_cast<double>(router.predicted_bytes()));
         reg.gauge("lokal_models_loaded", "Models loaded now.").set(loaded);
-        {  // device memory by GPU: every device a model may use, 0 while none loaded there holds any
-          DeviceBytes dev = router.predicted_device_bytes();
-          for (const ModelStatus& m : router.status())
-            for (const auto& [d, b] : m.predicted_device_bytes) dev.emplace(d, 0);
-          for (const auto& [d, b] : dev)
-            reg.gauge("lokal_predicted_device_memory_bytes", "Device memory the loaded models are predicted to hold on "
-                      "this GPU (--vram budgets it).", {{"device", std::to_string(d)}})
-                .set(static_cast<double>(b));
-        }
+        for (const auto& [d, b] : router.predicted_device_bytes())  // every GPU a model may use (0: none loaded there)
+          reg.gauge("lokal_predicted_device_memory_bytes", "Device memory the loaded models are predicted to hold on "
+                    "this GPU (--vram budgets it).", {{"device", std::to_string(d)}})
+              .set(static_cast<double>(b));
         const double gen_s = static_cast<double>(gen_ns) / 1e9, prompt_s = static_cast<double>(prompt_ns) / 1e9;
         reg.gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.")
             .set(prompt_s > 0 ? static_cast<double>(prompt_tokens - cached_tokens) / prompt_s : 0);

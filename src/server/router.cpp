@@ -117,14 +117,14 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
                   std::to_string(s.settings.n_parallel) + " sequences) plus " +
                   format_bytes(static_cast<double>(fixed_bytes())) + " for the server process: more than --ram " +
                   opt_.budget_text + " on its own; give it a smaller ctx_size or parallel, or a larger --ram");
-    for (const auto& [dev, b] : s.device_bytes)
-      if (const uint64_t cap = opt_.vram_budget.of(dev); cap > 0 && b > cap)
-        throw Error(where + " (" + s.spec.engine.load.path + ") needs " + format_bytes(static_cast<double>(b)) +
-                    " of device memory on GPU " + std::to_string(dev) + " with " +
-                    std::to_string(s.settings.n_gpu_layers) + " GPU layers (context " +
-                    std::to_string(s.settings.n_ctx) + " x " + std::to_string(s.settings.n_parallel) +
-                    " sequences): more than --vram " + opt_.vram_budget_text + " gives that device (" +
-                    format_bytes(static_cast<double>(cap)) + ") on its own; give it fewer gpu_layers or a larger --vram");
+    if (const auto dev = opt_.vram_budget.over({}, s.device_bytes))
+      throw Error(where + " (" + s.spec.engine.load.path + ") needs " +
+                  format_bytes(static_cast<double>(s.device_bytes.at(*dev))) + " of device memory on GPU " +
+                  std::to_string(*dev) + " with " + std::to_string(s.settings.n_gpu_layers) + " GPU layers (context " +
+                  std::to_string(s.settings.n_ctx) + " x " + std::to_string(s.settings.n_parallel) +
+                  " sequences): more than --vram " + opt_.vram_budget_text + " gives that device (" +
+                  format_bytes(static_cast<double>(opt_.vram_budget.of(*dev))) +
+                  ") on its own; give it fewer gpu_layers or a larger --vram");
   }
   // Clients may also name a model by its file (llama-server's habit): its path, file name, or file name without
   // ".gguf", where that names no other model.
@@ -447,7 +447,10 @@ uint64_t Router::predicted_bytes() const {
 
 DeviceBytes Router::predicted_device_bytes() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return residency_.used_device_bytes();
+  DeviceBytes out = residency_.used_device_bytes();
+  for (const Slot& s : models_)
+    for (const auto& [dev, b] : s.device_bytes) out.emplace(dev, 0);
+  return out;
 }
 
 uint64_t Router::fixed_bytes() const { return process_base_bytes() + opt_.server_bytes; }

@@ -146,7 +146,8 @@ class Router {
   const RouterOptions& options() const { return opt_; }
   // The bytes the budget is compared with: every loaded model's prediction + the process's and the server's own.
   uint64_t predicted_bytes() const;
-  // The loaded models' predicted device memory by GPU (what each device's --vram budget is compared with).
+  // The loaded models' predicted device memory by GPU (what each device's --vram budget is compared with), with 0
+  // for every other GPU a configured model may use.
   DeviceBytes predicted_device_bytes() const;
   // The part that does not depend on the models: process + server (RouterOptions::server_bytes).
   uint64_t fixed_bytes() const;
