@@ -201,12 +201,30 @@ TEST(Plan, DraftAndVramAndMlockAreAccounted) {
   r.mlock_limit_bytes = 8 * MiB;
   const Plan p = make_plan(r);
   ASSERT_TRUE(p.fits);
-  const MemoryEstimate d = estimate_memory(*r.draft, p.chosen.settings);
+  // The draft as speculative decoding runs it (runtime/speculative.h: ModelDrafter): the chosen context, one cache per
+  // sequence, micro-batches of at most 64 tokens; its weights once.
+  RunSettings one = p.chosen.settings;
+  one.n_batch = 64;
+  const MemoryEstimate d = estimate_memory(*r.draft, one);
   EXPECT_EQ(p.chosen.draft_mem.weights_bytes, d.weights_bytes);
   EXPECT_EQ(p.chosen.draft_mem.kv_bytes, d.kv_bytes);
+  EXPECT_EQ(p.chosen.draft_mem.compute_bytes, d.compute_bytes);
+  EXPECT_EQ(p.chosen.draft_mem.gpu_total_bytes, d.gpu_total_bytes);
   EXPECT_EQ(p.chosen.total_bytes, p.chosen.mem.total_bytes + d.weights_bytes + d.kv_bytes + d.compute_bytes +
                                       p.chosen.draft_mem.overhead_bytes);
   EXPECT_LT(p.chosen.draft_mem.overhead_bytes, d.overhead_bytes);  // one process: no second process base
+  EXPECT_EQ(p.chosen.gpu_bytes, p.chosen.mem.gpu_total_bytes + d.gpu_total_bytes);
+  // Three sequences: three caches and three sets of buffers (each sequence drafts with its own), one set of weights.
+  RunSettings three = p.chosen.settings;
+  three.n_parallel = 3;
+  const MemoryEstimate d3 = estimate_draft_memory(*r.draft, three);
+  EXPECT_EQ(d3.weights_bytes, d.weights_bytes);
+  EXPECT_EQ(d3.gpu_weights_bytes, d.gpu_weights_bytes);
+  EXPECT_EQ(d3.kv_bytes, 3 * d.kv_bytes);
+  EXPECT_EQ(d3.compute_bytes, 3 * d.compute_bytes);
+  EXPECT_EQ(d3.gpu_kv_bytes, 3 * d.gpu_kv_bytes);
+  EXPECT_EQ(d3.gpu_compute_bytes, 3 * d.gpu_compute_bytes);
+  EXPECT_GT(d3.gpu_kv_bytes, 0u);
   std::string notes;
   for (const auto& n : p.notes) notes += n + "\n";
   // The VRAM budget holds everything: every layer and the output go to the GPU, and the RAM total shrinks by them.

@@ -153,6 +153,15 @@ TEST(Residency, EachGpuHasItsOwnBudget) {
   ram.loaded("on0", 100 * MiB, false, 5min, t0, {{0, 100 * MiB}});
   ram.loaded("on1", 100 * MiB, false, 5min, t0 + 1s, {{1, 100 * MiB}});
   EXPECT_EQ(ram.plan_load("more1", 200 * MiB, {{1, 100 * MiB}}).evict, std::vector<std::string>{"on0"});
+  // A model that needs both GPUs, only one of them short: only models holding bytes on the short one go. Device 0
+  // has no budget here (and then one with room), so the older model there stays.
+  for (const char* budget : {"1=400MiB", "1000MiB,1=400MiB"}) {
+    Residency two(10000 * MiB, 0, VramBudget::parse(budget));
+    two.loaded("gpu0", 100 * MiB, false, 5min, t0, {{0, 300 * MiB}});  // oldest, on GPU 0 only
+    two.loaded("gpu1", 100 * MiB, false, 5min, t0 + 1s, {{1, 300 * MiB}});
+    EXPECT_EQ(two.plan_load("split", 100 * MiB, {{0, 300 * MiB}, {1, 200 * MiB}}).evict,
+              std::vector<std::string>{"gpu1"}) << budget;
+  }
 }
 
 TEST(Residency, VramBudgetsAreParsedWithClearErrors) {

@@ -311,14 +311,48 @@ TEST(Router, KeepAliveUnloadsAndAdminLoadUnload) {
 
 // The memory the router predicts for what it holds (the planner's estimate of each loaded model + the process's
 // own part) against the measured resident set of the server, with two F32 models loaded (weights dominate; every
-// page of a mapped model is read in at load). The planner holds `lokal run`'s peak to 5% (tests/test_plan.cpp); a
-// server adds connection threads and HTTP buffers, which the same 5% must absorb.
+// page of a mapped model is read in at load), one with a draft model (its weights, a cache per sequence). The
+// planner holds `lokal run`'s peak to 5% (tests/test_plan.cpp); a server adds connection threads and HTTP buffers,
+// which the same 5% must absorb.
+// One model loaded on first use (a single [models.NAME] table, or one -m model with --keep-alive once it unloaded):
+// /health is 200 while it is unloaded, so a supervisor waiting for readiness does not wait forever for a load that
+// only a request starts; 503 only while it loads (or a pinned one has not loaded yet).
+TEST(Router, OneModelLoadedOnFirstUseIsHealthyWhileUnloaded) {
+  lokal::test::TempDir dir;
+  const std::string cfg = write_config(dir, "keep_alive = \"1s\"\n[models.tales]\nmodel = \"" +
+                                                data_path("models/real/tinytales-4m-q8_0.gguf") + "\"\n");
+  Server s({"--config", cfg});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto c = s.client();
+  auto health = [&](int& status) {
+    auto r = c.Get("/health");
+    status = r ? r->status : 0;
+    return r ? json::parse(r->body) : json::object();
+  };
+  int st = 0;
+  json h = health(st);
+  EXPECT_EQ(st, 200) << h.dump();
+  EXPECT_EQ(h["status"], "ok");
+  EXPECT_EQ(h["model_state"], "unloaded");
+  post(c, "/v1/completions", completion("tales"), &st);
+  EXPECT_EQ(st, 200);
+  h = health(st);
+  EXPECT_EQ(st, 200) << h.dump();
+  EXPECT_FALSE(h.contains("model_state")) << h.dump();  // loaded
+  EXPECT_TRUE(eventually([&] { return states(c)["tales"] == "unloaded"; }, 10)) << "keep_alive 1s";
+  h = health(st);
+  EXPECT_EQ(st, 200) << h.dump();
+  EXPECT_EQ(h["model_state"], "unloaded");
+  EXPECT_EQ(s.stop(), 0);
+}
+
 TEST(Router, PredictedMemoryOfTheLoadedModelsIsWithinFivePercentOfRss) {
   if (lokal::test::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer's shadow memory is not the program's";
   lokal::test::TempDir dir;
   const std::string cfg = write_config(dir,
       "[models.chat]\nmodel = \"" + data_path("models/real/tinychat-4m-f32.gguf") + "\"\n"
-      "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-f32.gguf") + "\"\n");
+      "[models.tales]\nmodel = \"" + data_path("models/real/tinytales-4m-f32.gguf") + "\"\n"
+      "draft = \"" + data_path("models/real/tinytales-draft-1m-f32.gguf") + "\"\n");
   Server s({"--config", cfg, "--parallel", "2"});
   ASSERT_GT(s.port(), 0) << s.log();
   auto c = s.client();

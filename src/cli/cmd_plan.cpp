@@ -159,20 +159,24 @@ void print_plan(const PlanRequest& req, const Plan& p) {
                 static_cast<long long>(cells), static_cast<long long>(req.models[c.model].cfg.n_layer), s.n_parallel,
                 s.n_parallel > 1 ? "s sharing it" : "",
                 kv_type_label(s.type_k).c_str(), mib(c.mem.kv_k_bytes).c_str(), kv_type_label(s.type_v).c_str(), mib(c.mem.kv_v_bytes).c_str());
+    // The draft as planned: beside the target, its cache in the target's types (f16 is its default).
+    std::string draft;
+    if (req.draft) {
+      draft = " -md " + req.draft->path;
+      if (s.type_k != DType::F16) draft += " --cache-type-k-draft " + kv_type_label(s.type_k);
+      if (s.type_v != DType::F16) draft += " --cache-type-v-draft " + kv_type_label(s.type_v);
+    }
+    const std::string ngl = s.n_gpu_layers > 0 ? " -ngl " + std::to_string(s.n_gpu_layers) : "";
     if (s.n_parallel > 1 || s.kv_tokens > 0)
-      std::printf("  run it:   lokal batch -m %s -f PROMPTS.jsonl -np %d --kv-tokens %lld -c %lld -ctk %s -ctv %s -b %lld -t %d\n",
+      std::printf("  run it:   lokal batch -m %s -f PROMPTS.jsonl -np %d --kv-tokens %lld -c %lld -ctk %s -ctv %s -b %lld -t %d%s%s\n",
                   req.models[c.model].path.c_str(), s.n_parallel, static_cast<long long>(cells),
                   static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(), kv_type_label(s.type_v).c_str(),
-                  static_cast<long long>(s.n_batch), s.n_threads);
-    else if (s.n_gpu_layers > 0)
-      std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d -ngl %d%s%s%s\n",
-                  req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
-                  kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, s.n_gpu_layers,
-                  req.draft ? " -md " : "", req.draft ? req.draft->path.c_str() : "", req.mlock ? " --mlock" : "");
+                  static_cast<long long>(s.n_batch), s.n_threads, ngl.c_str(), draft.c_str());
     else
-      std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d%s\n",
+      std::printf("  run it:   lokal run -m %s -c %lld -ctk %s -ctv %s -b %lld -t %d%s%s%s\n",
                   req.models[c.model].path.c_str(), static_cast<long long>(s.n_ctx), kv_type_label(s.type_k).c_str(),
-                  kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, req.mlock ? " --mlock" : "");
+                  kv_type_label(s.type_v).c_str(), static_cast<long long>(s.n_batch), s.n_threads, ngl.c_str(),
+                  draft.c_str(), req.mlock ? " --mlock" : "");
   } else {
     std::printf("refused: %s\n", p.reason.c_str());
   }

@@ -141,11 +141,23 @@ void run(const RunArgs& a) {
       std::fprintf(stderr, "memory: draft    %s weights + %s cache and scratch\n",
                    mib_bytes(spec_setup->draft_model()->gguf().file_size()).c_str(),
                    mib_bytes(spec_seq->model->bytes()).c_str());
-    if (const DeviceModel* dd = spec_setup->draft_model() ? spec_setup->draft_model()->device() : nullptr)
-      std::fprintf(stderr, "gpu: draft %lld of %lld layers on %s (output on the %s), weights %s\n",
+    if (const DeviceModel* dd = spec_setup->draft_model() ? spec_setup->draft_model()->device() : nullptr) {
+      std::fprintf(stderr, "gpu: draft %lld of %lld layers on %s (output on the %s), device %u\n",
                    static_cast<long long>(dd->n_layers()),
                    static_cast<long long>(spec_setup->draft_model()->config().n_layer), dd->info().name.c_str(),
-                   dd->output_on_device() ? "GPU" : "CPU", format_bytes(static_cast<double>(dd->weight_bytes())).c_str());
+                   dd->output_on_device() ? "GPU" : "CPU", dd->info().index);
+      RunSettings ds = loaded.settings;  // the draft's: one sequence of the session's context, its layers and cache
+      ds.n_ctx = session.n_ctx();
+      ds.n_parallel = 1;
+      ds.kv_tokens = 0;
+      if (spec_cfg.draft_gpu_layers >= 0) ds.n_gpu_layers = spec_cfg.draft_gpu_layers;
+      ds.type_k = spec_cfg.model.cache_type_k;
+      ds.type_v = spec_cfg.model.cache_type_v;
+      const uint64_t dw = dd->weight_bytes(), used = spec_setup->draft_device_bytes();
+      std::fprintf(stderr, "gpu memory: draft weights %s + kv cache and compute %s = %s used, %s predicted (lokal plan)\n",
+                   format_bytes(dw).c_str(), format_bytes(used - dw).c_str(), mib_bytes(used).c_str(),
+                   mib_bytes(estimate_draft_memory(ModelFacts::read(spec_cfg.draft), ds).gpu_total_bytes).c_str());
+    }
     for (const auto& w : spec_warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   }
   std::fflush(stderr);

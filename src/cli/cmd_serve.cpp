@@ -358,6 +358,31 @@ void warn_vram_beyond_devices(const VramBudget& vb, const std::string& text) {
                                    " ('lokal info --devices')").c_str());
 }
 
+// A model whose layers (or its draft's) are put on a GPU this machine lacks is refused at start, as `run -ngl` refuses
+// it, rather than failing on its first request.
+void refuse_models_on_missing_gpus(const server::Router& router) {
+  bool any = false;  // the Vulkan driver is loaded (tens of MiB) only when a model uses a GPU
+  for (const server::ModelStatus& m : router.status()) any = any || !m.predicted_device_bytes.empty();
+  if (!any) return;
+  std::vector<gpu::DeviceInfo> devs;
+  std::string none;  // why no device is there
+  try {
+    devs = gpu::list_devices();
+    if (devs.empty()) none = "no Vulkan device found";
+  } catch (const Error& e) {  // no Vulkan loader
+    none = e.what();
+  }
+  for (const server::ModelStatus& m : router.status())
+    for (const auto& [dev, bytes] : m.predicted_device_bytes)
+      if (bytes > 0 && dev >= devs.size())
+        throw Error("model '" + m.name + "' puts layers on GPU " + std::to_string(dev) + ": no GPU to offload to: " +
+                    (devs.empty() ? none
+                                  : "Vulkan device " + std::to_string(dev) + " does not exist (" +
+                                        std::to_string(devs.size()) + " found: 0.." + std::to_string(devs.size() - 1) +
+                                        ")") +
+                    " (gpu_layers = 0 or -ngl 0 keeps it on the CPU; 'lokal info --devices' lists the GPUs)");
+}
+
 int serve(ServeArgs& a, CLI::App* cmd) {
   if (!a.verbose) set_log_level(LogLevel::Warn);
   if (a.print_config) {
@@ -480,6 +505,7 @@ int serve(ServeArgs& a, CLI::App* cmd) {
   ro.server_bytes = server::kServerBaseBytes + (a.no_webui ? 0 : server::kWebPageBytes);
   if (ro.vram_budget.limited()) warn_vram_beyond_devices(ro.vram_budget, ro.vram_budget_text);
   server::Router router(std::move(specs), ro);
+  refuse_models_on_missing_gpus(router);
 
   server::ServerOptions so = a.srv;
   so.auth.api_keys = a.api_keys;
@@ -555,10 +581,16 @@ int serve(ServeArgs& a, CLI::App* cmd) {
                        engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
                        format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
           if (const DeviceModel* dm = engine.model().device())
-            std::fprintf(stderr, "lokal serve: gpu: %lld of %lld layers on %s (output on the %s), device memory %s\n",
+            std::fprintf(stderr, "lokal serve: gpu: %lld of %lld layers on %s (output on the %s), device %u, device memory %s\n",
                          static_cast<long long>(dm->n_layers()), static_cast<long long>(engine.model().config().n_layer),
-                         dm->info().name.c_str(), dm->output_on_device() ? "GPU" : "CPU",
-                         format_bytes(static_cast<double>(engine.device_bytes())).c_str());
+                         dm->info().name.c_str(), dm->output_on_device() ? "GPU" : "CPU", dm->info().index,
+                         format_bytes(static_cast<double>(engine.device_bytes()[dm->info().index])).c_str());
+          if (const SpecSetup* sp = engine.spec(); sp && sp->draft_device_bytes() > 0)
+            std::fprintf(stderr, "lokal serve: gpu: draft %lld of %lld layers on device %u, device memory %s (its "
+                         "weights; each sequence's draft cache is allocated when it first drafts)\n",
+                         static_cast<long long>(sp->draft_model()->device()->n_layers()),
+                         static_cast<long long>(sp->draft_model()->config().n_layer), sp->draft_device(),
+                         format_bytes(static_cast<double>(sp->draft_device_bytes())).c_str());
           if (!engine.template_error().empty())
             std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
         });

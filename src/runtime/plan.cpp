@@ -174,6 +174,23 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
   return e;
 }
 
+MemoryEstimate estimate_draft_memory(const ModelFacts& draft, const RunSettings& run) {
+  // One drafter: a single sequence of the target's context (ModelDrafter's Forward: own cache, batch min(64, ctx)).
+  RunSettings one = run;
+  one.n_parallel = 1;
+  one.kv_tokens = 0;
+  one.n_batch = std::min<int64_t>(64, std::max<int64_t>(1, run.n_ctx));
+  MemoryEstimate e = estimate_memory(draft, one);
+  const auto n = static_cast<uint64_t>(std::max(1, run.n_parallel));
+  for (uint64_t* per_seq : {&e.kv_bytes, &e.kv_k_bytes, &e.kv_v_bytes, &e.compute_bytes, &e.gpu_kv_bytes,
+                            &e.gpu_compute_bytes})
+    *per_seq *= n;
+  e.overhead_bytes = tokenizer_bytes(draft);
+  e.gpu_total_bytes = e.gpu_weights_bytes + e.gpu_kv_bytes + e.gpu_compute_bytes;
+  e.total_bytes = e.weights_bytes + e.kv_bytes + e.compute_bytes + e.overhead_bytes;
+  return e;
+}
+
 namespace {
 
 std::string settings_str(const ModelFacts& m, const RunSettings& s) {
@@ -254,12 +271,10 @@ Plan make_plan(const PlanRequest& req) {
       c.total_bytes = c.mem.total_bytes;
       c.gpu_bytes = c.mem.gpu_total_bytes;
       if (req.draft) {
-        // The draft is offloaded with the same -ngl (its last min(N, its layers) layers; runtime/speculative.h).
-        c.draft_mem = estimate_memory(*req.draft, c.settings);
-        // One process: the draft adds its weights, cache, compute buffers and tokenizer tables.
-        c.draft_mem.overhead_bytes = tokenizer_bytes(*req.draft);
-        c.draft_mem.total_bytes = c.draft_mem.weights_bytes + c.draft_mem.kv_bytes + c.draft_mem.compute_bytes +
-                                  c.draft_mem.overhead_bytes;
+        // The draft is offloaded with the same -ngl (its last min(N, its layers) layers; runtime/speculative.h), its
+        // cache in the target's cache types (the plan's command says so). One process: the draft adds its weights,
+        // a cache and compute buffers per sequence, and its tokenizer tables.
+        c.draft_mem = estimate_draft_memory(*req.draft, c.settings);
         c.total_bytes += c.draft_mem.total_bytes;
         c.gpu_bytes += c.draft_mem.gpu_total_bytes;
       }

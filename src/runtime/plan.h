@@ -89,6 +89,11 @@ struct MemoryEstimate {
 
 // Peak resident bytes of `lokal run` with this model and these settings (see the top of this file).
 MemoryEstimate estimate_memory(const ModelFacts& model, const RunSettings& s);
+// The draft model of speculative decoding beside a target run with settings `run` (runtime/speculative.h's
+// ModelDrafter): its weights once (run.n_gpu_layers: the draft's GPU layers) and, for each of run.n_parallel
+// sequences, its own cache of run.n_ctx positions in the draft's cache types (run.type_k/type_v) and working memory
+// for micro-batches of up to 64 tokens. overhead_bytes: its tokenizer tables only (the process is the target's).
+MemoryEstimate estimate_draft_memory(const ModelFacts& draft, const RunSettings& run);
 // The process and tokenizer part of estimate_memory (exposed for reporting).
 uint64_t runtime_overhead_bytes(const ModelFacts& model, int n_threads);
 // The model-independent part of it: the process itself (code, libraries, C++ runtime, heap), counted once however

@@ -118,17 +118,20 @@ Residency::Decision Residency::plan_load(const std::string& name, uint64_t bytes
     --count;
   };
   if (fits()) return d;
-  // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic). A model on
-  // another GPU only is still evicted when RAM or the count is short; for device memory alone it would not help,
-  // so it is skipped then.
+  // Idle, unpinned models, least recently used first (ties by name, so the choice is deterministic). A model that
+  // holds nothing on a GPU short of room (one without a budget, or one the new model does not use, is never short)
+  // is still evicted when RAM or the count is short; for device memory alone it would not help, so it is skipped
+  // then.
   std::vector<std::pair<Clock::time_point, std::string>> idle;
   for (const auto& [n, e] : models_)
     if (!e.pinned && e.in_flight == 0) idle.emplace_back(e.last_used, n);
   std::sort(idle.begin(), idle.end());
   auto helps = [&](const Entry& e) {
     if (ram_or_count_short()) return true;
-    for (const auto& [dev, b] : e.device_bytes)
-      if (b > 0 && device_bytes.count(dev)) return true;
+    for (const auto& [dev, b] : e.device_bytes) {
+      const auto need = device_bytes.find(dev);
+      if (b > 0 && need != device_bytes.end() && vram_budget_.over(used_dev, {{dev, need->second}})) return true;
+    }
     return false;
   };
   for (const auto& [t, n] : idle) {

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "model/offload.h"
 #include "tokenizer/vocab.h"
 
 namespace lokal {
@@ -164,6 +165,8 @@ ModelDrafter::ModelDrafter(const Model& target, const Model& draft, ThreadPool& 
 ModelDrafter::~ModelDrafter() = default;
 
 size_t ModelDrafter::bytes() const { return fwd_.kv_bytes() + fwd_.scratch_bytes() + logits_.size() * sizeof(float); }
+
+uint64_t ModelDrafter::device_bytes() const { return fwd_.kv().device_bytes() + fwd_.device_scratch_bytes(); }
 
 std::string ModelDrafter::describe() const {
   std::string s = "draft model " + draft_.gguf().name() + ", " + vocab_bridge_name(bridge_);
@@ -564,6 +567,20 @@ SpecSetup::SpecSetup(const Model& target, const SpecConfig& cfg, const LoadOptio
 
 SpecSetup::~SpecSetup() = default;
 
+SpecSeq::~SpecSeq() {
+  if (device_count) *device_count -= device_bytes;
+}
+
+uint64_t SpecSetup::draft_device_bytes() const {
+  const DeviceModel* dm = draft_ ? draft_->device() : nullptr;
+  return dm ? dm->weight_bytes() + live_device_bytes_.load() : 0;
+}
+
+uint32_t SpecSetup::draft_device() const {
+  const DeviceModel* dm = draft_ ? draft_->device() : nullptr;
+  return dm ? dm->info().index : 0;
+}
+
 std::string SpecSetup::describe() const {
   std::string s;
   if (cfg_.ngram)
@@ -596,6 +613,9 @@ std::unique_ptr<SpecSeq> SpecSetup::make(ThreadPool& pool, int64_t n_ctx, PassCo
     mo.n_ctx = n_ctx;
     s->model = std::make_unique<ModelDrafter>(target_, *draft_, pool, mo, dv_);
     ds.push_back(s->model.get());
+    s->device_bytes = s->model->device_bytes();
+    s->device_count = &live_device_bytes_;
+    live_device_bytes_ += s->device_bytes;
   }
   s->spec = std::make_unique<Speculator>(std::move(ds), override_opt ? *override_opt : cfg_.spec, cost);
   return s;

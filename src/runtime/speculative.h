@@ -31,6 +31,7 @@
 // tokens (PassCost) and t_draft the measured draft time per token. When no k beats plain decoding, speculation pauses
 // and probes again after 4, 8, ... 256 passes; so a draft that is too slow or too often wrong costs little.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -64,6 +65,9 @@ class Drafter {
   // evaluates next). sp: the request's sampling (temperature <= 0: greedy proposals).
   virtual void propose(const std::vector<int32_t>& context, int n_max, const SamplingParams& sp, Draft& out) = 0;
   virtual size_t bytes() const { return 0; }  // memory the drafter holds (a draft model's cache and scratch)
+  // Device memory it holds (a draft model offloaded to a GPU: its cache and scratch there; the weights are the
+  // draft model's, counted once by SpecSetup::draft_device_bytes).
+  virtual uint64_t device_bytes() const { return 0; }
   // Seconds the last propose() spent catching up with the context (evaluating tokens the drafter had not seen).
   virtual double catchup_seconds() const { return 0; }
 };
@@ -127,6 +131,7 @@ class ModelDrafter : public Drafter {
   std::string describe() const override;
   void propose(const std::vector<int32_t>& context, int n_max, const SamplingParams& sp, Draft& out) override;
   size_t bytes() const override;
+  uint64_t device_bytes() const override;
   double catchup_seconds() const override { return catchup_seconds_; }
   VocabBridge bridge() const { return bridge_; }
   const VocabMatch& match() const { return dv_->match; }
@@ -247,9 +252,15 @@ struct SpecConfig {
 
 // One sequence's speculation: its drafters and the speculator that drives them.
 struct SpecSeq {
+  SpecSeq() = default;
+  SpecSeq(const SpecSeq&) = delete;
+  SpecSeq& operator=(const SpecSeq&) = delete;
+  ~SpecSeq();  // gives its drafter's device bytes back to the SpecSetup's count
   std::unique_ptr<NgramDrafter> ngram;
   std::unique_ptr<ModelDrafter> model;
   std::unique_ptr<Speculator> spec;
+  std::atomic<uint64_t>* device_count = nullptr;  // SpecSetup's count of its live drafters' device bytes
+  uint64_t device_bytes = 0;                      // what this one added to it
 };
 
 // The draft model of a process (loaded once, next to the target) and the way to make each sequence's drafters.
@@ -268,12 +279,17 @@ class SpecSetup {
   std::unique_ptr<SpecSeq> make(ThreadPool& pool, int64_t n_ctx, PassCost* cost = nullptr,
                                 const SpecOptions* override_opt = nullptr) const;
   std::string describe() const;
+  // Device memory of the draft: its offloaded weights and the caches and scratch of the drafters made by make() that
+  // are alive now (0 when the draft runs on the CPU); the GPU it is on.
+  uint64_t draft_device_bytes() const;
+  uint32_t draft_device() const;
 
  private:
   const Model& target_;
   SpecConfig cfg_;
   std::unique_ptr<Model> draft_;
   std::shared_ptr<const DraftVocab> dv_;
+  mutable std::atomic<uint64_t> live_device_bytes_{0};  // of the SpecSeqs alive (they outlive no SpecSetup)
 };
 
 }  // namespace lokal

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "model/offload.h"
 #include "runtime/sampling.h"
 
 namespace lokal::server {
@@ -63,6 +64,16 @@ Engine::Engine(EngineOptions opt) : opt_(std::move(opt)), id_(model_id_for(opt_)
 
 Engine::~Engine() {
   if (sched_) sched_->stop();
+}
+
+DeviceBytes Engine::device_bytes() const {
+  DeviceBytes out;
+  if (const DeviceModel* dm = model().device())
+    out[dm->info().index] =
+        dm->weight_bytes() + sched_->kv_pool().cache().device_bytes() + sched_->device_scratch_bytes();
+  if (spec_)
+    if (const uint64_t d = spec_->draft_device_bytes()) out[spec_->draft_device()] += d;
+  return out;
 }
 
 std::string Engine::error() const {

@@ -20,6 +20,7 @@
 #include "chat/chat_template.h"
 #include "core/threadpool.h"
 #include "runtime/load.h"
+#include "runtime/residency.h"
 #include "runtime/scheduler.h"
 #include "server/requests.h"
 
@@ -105,11 +106,9 @@ class Engine {
   const Scheduler& scheduler() const { return *sched_; }
   std::shared_ptr<const TokenIndex> token_index();  // built on first use (grammars)
   double load_seconds() const { return load_seconds_; }
-  // GPU offload: device memory of the weights, the KV cache and the scheduler's scratch (0 without -ngl).
-  uint64_t device_bytes() const {
-    const DeviceModel* dm = model().device();
-    return dm ? dm->weight_bytes() + sched_->kv_pool().cache().device_bytes() + sched_->device_scratch_bytes() : 0;
-  }
+  // GPU offload: device memory by GPU, now: the target's weights, KV cache and the scheduler's scratch on its device,
+  // the draft's weights and its drafters' caches and scratch on the draft's (empty without -ngl).
+  DeviceBytes device_bytes() const;
   int64_t n_ctx() const { return sched_->options().n_ctx; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
 

@@ -978,7 +978,11 @@ struct HttpServer::Impl {
       j["status"] = draining.load() ? "draining" : "ok";
       if (all.size() == 1) {
         j["model"] = all[0].name;
-        if (all[0].state != "loaded") {
+        // Not loaded: loading now, or about to (a pinned model loads at start), or failed; a model loaded on first
+        // use (one [models.NAME] table, not pinned) is ready to be asked for while unloaded.
+        const bool on_first_use = all[0].state == "unloaded" && !all[0].pinned && all[0].last_error.empty();
+        if (on_first_use) j["model_state"] = all[0].state;
+        if (all[0].state != "loaded" && !on_first_use) {
           if (!all[0].last_error.empty()) {
             j["status"] = "error";
             j["error"] = all[0].last_error;
@@ -1184,7 +1188,7 @@ struct HttpServer::Impl {
     add("GET", "/api/version", Scope::Open, Style::Ollama, Needs::Nothing, false,
         [this](auto&, auto& res, Ctx&) { send_json(res, {{"version", kVersion}}); });
     // Ollama's listings: /api/tags every model (with its state), /api/ps the loaded ones with when they unload.
-    auto tag = [this](const ModelStatus& m, bool ps) {
+    auto tag = [this, by_device](const ModelStatus& m, bool ps) {
       json tasks = json::array();
       for (Task t : m.tasks) tasks.push_back(task_name(t));
       json j = {{"name", m.name}, {"model", m.name}, {"size", ps ? m.predicted_bytes : m.facts.file_bytes},
@@ -1192,7 +1196,8 @@ struct HttpServer::Impl {
       if (ps) {
         j["expires_at"] = m.expires_at ? iso_utc(std::chrono::system_clock::to_time_t(*m.expires_at))
                                        : std::string("2318-01-01T00:00:00Z");  // never (pinned, busy, or keep_alive < 0)
-        j["size_vram"] = m.vram_bytes;  // device memory with GPU offload (-ngl / gpu_layers)
+        j["size_vram"] = m.vram_bytes;  // device memory with GPU offload (-ngl / gpu_layers; its draft's too)
+        j["vram_by_device"] = by_device(m.device_bytes);  // the same by GPU ("0", "1", ...)
         j["gpu_layers"] = m.gpu_layers;
         j["context_length"] = m.n_ctx;
         j["in_flight"] = m.in_flight;

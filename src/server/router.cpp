@@ -99,8 +99,10 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
       const ModelFacts df = ModelFacts::read(s.spec.engine.spec.draft);
       RunSettings ds = s.settings;
       if (s.spec.engine.spec.draft_gpu_layers >= 0) ds.n_gpu_layers = s.spec.engine.spec.draft_gpu_layers;
-      const MemoryEstimate de = estimate_memory(df, ds);
-      s.bytes += de.total_bytes - std::min(de.total_bytes, process_base_bytes());
+      ds.type_k = s.spec.engine.spec.model.cache_type_k;
+      ds.type_v = s.spec.engine.spec.model.cache_type_v;
+      const MemoryEstimate de = estimate_draft_memory(df, ds);  // a cache per sequence
+      s.bytes += de.total_bytes;
       const int dd = s.spec.engine.spec.draft_device;  // -1: the target's
       if (de.gpu_total_bytes > 0) s.device_bytes[dd >= 0 ? static_cast<uint32_t>(dd) : device] += de.gpu_total_bytes;
     }
@@ -398,11 +400,11 @@ ModelStatus Router::status(size_t i) const {
   m.n_parallel = s.settings.n_parallel;
   m.load_seconds = s.load_seconds;
   m.loads = s.loads;
-  if (s.state == Slot::State::Loaded && s.engine)
-    if (const DeviceModel* dm = s.engine->model().device()) {
-      m.gpu_layers = dm->n_layers();
-      m.vram_bytes = s.engine->device_bytes();
-    }
+  if (s.state == Slot::State::Loaded && s.engine) {
+    if (const DeviceModel* dm = s.engine->model().device()) m.gpu_layers = dm->n_layers();
+    m.device_bytes = s.engine->device_bytes();
+    for (const auto& [dev, b] : m.device_bytes) m.vram_bytes += b;
+  }
   if (const auto it = residency_.entries().find(s.spec.name); it != residency_.entries().end()) {
     m.in_flight = it->second.in_flight;
     if (s.state == Slot::State::Loaded) {

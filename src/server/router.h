@@ -90,7 +90,8 @@ struct ModelStatus {
   double load_seconds = 0;
   int64_t loads = 0;                // times it was loaded since start
   int64_t gpu_layers = 0;           // loaded with GPU offload: its layers on the device (-ngl), and the device bytes
-  uint64_t vram_bytes = 0;          //   of its weights, KV cache and scratch
+  uint64_t vram_bytes = 0;          //   of its weights, KV cache and scratch (its draft's included), all GPUs
+  DeviceBytes device_bytes;         //   by GPU
 };
 
 class Router {
