@@ -1453,6 +1453,11 @@ TEST(SpecScheduler, EqualsPlainSchedulerWithStopsPreemptionAndLogits) {
     std::printf("[scheduler] %s: drafted %lld, preemptions %lld\n", setup.describe().c_str(),
                 static_cast<long long>(drafted), static_cast<long long>(preempted));
     EXPECT_GT(drafted, 0);
+    // Never more draft caches alive than sequences that run at once, preemptions included (the memory plan counts
+    // n_parallel of them: runtime/plan.h estimate_draft_memory).
+    EXPECT_GT(preempted, 0);
+    EXPECT_LE(setup.peak_drafters(), so.n_parallel);
+    EXPECT_GT(setup.peak_drafters(), 1);
   }
   int64_t preempted_plain = 0, stopped = 0;
   for (const auto& w : want) {

@@ -568,12 +568,14 @@ SpecSetup::SpecSetup(const Model& target, const SpecConfig& cfg, const LoadOptio
 SpecSetup::~SpecSetup() = default;
 
 SpecSeq::~SpecSeq() {
-  if (device_count) *device_count -= device_bytes;
+  if (!live) return;
+  live->device_bytes -= device_bytes;
+  --live->drafters;
 }
 
 uint64_t SpecSetup::draft_device_bytes() const {
   const DeviceModel* dm = draft_ ? draft_->device() : nullptr;
-  return dm ? dm->weight_bytes() + live_device_bytes_.load() : 0;
+  return dm ? dm->weight_bytes() + live_.device_bytes.load() : 0;
 }
 
 uint32_t SpecSetup::draft_device() const {
@@ -614,8 +616,11 @@ std::unique_ptr<SpecSeq> SpecSetup::make(ThreadPool& pool, int64_t n_ctx, PassCo
     s->model = std::make_unique<ModelDrafter>(target_, *draft_, pool, mo, dv_);
     ds.push_back(s->model.get());
     s->device_bytes = s->model->device_bytes();
-    s->device_count = &live_device_bytes_;
-    live_device_bytes_ += s->device_bytes;
+    s->live = &live_;
+    live_.device_bytes += s->device_bytes;
+    const int64_t now = ++live_.drafters;
+    for (int64_t p = live_.peak.load(); now > p && !live_.peak.compare_exchange_weak(p, now);) {
+    }
   }
   s->spec = std::make_unique<Speculator>(std::move(ds), override_opt ? *override_opt : cfg_.spec, cost);
   return s;

@@ -250,17 +250,24 @@ struct SpecConfig {
   bool enabled() const { return !draft.empty() || ngram; }
 };
 
+// What the draft-model drafters a SpecSetup made hold while they live (each SpecSeq gives its part back when
+// destroyed): how many, the most at once, and their device bytes.
+struct SpecLive {
+  std::atomic<int64_t> drafters{0}, peak{0};
+  std::atomic<uint64_t> device_bytes{0};
+};
+
 // One sequence's speculation: its drafters and the speculator that drives them.
 struct SpecSeq {
   SpecSeq() = default;
   SpecSeq(const SpecSeq&) = delete;
   SpecSeq& operator=(const SpecSeq&) = delete;
-  ~SpecSeq();  // gives its drafter's device bytes back to the SpecSetup's count
+  ~SpecSeq();  // gives its draft model's share back to `live`
   std::unique_ptr<NgramDrafter> ngram;
   std::unique_ptr<ModelDrafter> model;
   std::unique_ptr<Speculator> spec;
-  std::atomic<uint64_t>* device_count = nullptr;  // SpecSetup's count of its live drafters' device bytes
-  uint64_t device_bytes = 0;                      // what this one added to it
+  SpecLive* live = nullptr;   // its SpecSetup's count (set with `model`)
+  uint64_t device_bytes = 0;  // what `model` added to it
 };
 
 // The draft model of a process (loaded once, next to the target) and the way to make each sequence's drafters.
@@ -283,13 +290,16 @@ class SpecSetup {
   // are alive now (0 when the draft runs on the CPU); the GPU it is on.
   uint64_t draft_device_bytes() const;
   uint32_t draft_device() const;
+  // Draft-model drafters alive now, and the most alive at once so far (a scheduler keeps at most n_parallel).
+  int64_t live_drafters() const { return live_.drafters.load(); }
+  int64_t peak_drafters() const { return live_.peak.load(); }
 
  private:
   const Model& target_;
   SpecConfig cfg_;
   std::unique_ptr<Model> draft_;
   std::shared_ptr<const DraftVocab> dv_;
-  mutable std::atomic<uint64_t> live_device_bytes_{0};  // of the SpecSeqs alive (they outlive no SpecSetup)
+  mutable SpecLive live_;  // of the SpecSeqs alive (they outlive no SpecSetup)
 };
 
 }  // namespace lokal
