@@ -117,6 +117,25 @@ TEST_F(TwoGpus, DraftOnTheOtherGpuGivesThePlainText) {
   test::expect_one_line_error(bad, "Vulkan device 2 does not exist (2 found: 0..1)", true);
 }
 
+// lokal bench on the second GPU names it (text, and llama-bench's main_gpu in JSON).
+TEST_F(TwoGpus, BenchRunsOnTheGpuItIsGiven) {
+  const std::string model = test::data_path("models/real/tinytales-4m-q8_0.gguf");
+  const test::CliResult r =
+      test::run_lokal("bench -m " + model + " -ngl 99 --device 1 -p 8 -n 2 -r 1 --no-mem-bw --json", 300);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json rows = json::parse(r.out);
+  ASSERT_FALSE(rows.empty());
+  for (const json& row : rows) {
+    EXPECT_EQ(row["main_gpu"], 1) << row.dump();
+    EXPECT_EQ(row["gpu_device"], 1) << row.dump();
+    EXPECT_EQ(row["n_gpu_layers"], 4) << row.dump();
+  }
+  const test::CliResult text = test::run_lokal("bench -m " + model + " -ngl 99 --device 1 -p 8 -n 2 -r 1 --no-mem-bw", 300);
+  ASSERT_EQ(text.rc, 0) << text.err;
+  EXPECT_NE(text.out.find("gpu: 4 layers and the output on "), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(", device 1 ("), std::string::npos) << text.out;
+}
+
 // One server, models on different GPUs: `a` on GPU 0 with its draft on GPU 1, `b` on GPU 1, `cpu` on neither. Each
 // answers the CPU's greedy text; what each holds on each GPU (/api/ps) equals the router's prediction (/v1/models)
 // to the byte once a's two sequences have both drafted; /metrics sums the loaded models by GPU.

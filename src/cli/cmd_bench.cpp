@@ -67,7 +67,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["type_v"] = lower(type_name(r.cache_type_v));
   j["n_gpu_layers"] = r.n_gpu_layers;
   j["split_mode"] = "layer";
-  j["main_gpu"] = 0;
+  j["main_gpu"] = r.gpu_device;  // llama-bench: the device that holds the model (0 on the CPU)
   j["no_kv_offload"] = false;
   j["flash_attn"] = false;
   j["tensor_split"] = "0.00";
@@ -98,6 +98,7 @@ nlohmann::ordered_json to_json(const BenchReport& r, const BenchTest& t) {
   j["mem_bw_pct"] = t.mem_bw_pct;
   j["kernels"] = r.kernels;
   j["gpu"] = r.gpu;
+  if (!r.gpu.empty()) j["gpu_device"] = r.gpu_device;
   j["gpu_output"] = r.gpu_output;
   j["gpu_int8"] = r.gpu_int8;
   j["gpu_weight_bytes"] = r.gpu_bytes;
@@ -184,10 +185,10 @@ void print_markdown(const BenchReport& r) {
               r.kernels.c_str(), r.cpu_info.empty() ? "unknown" : r.cpu_info.c_str(),
               r.tests.empty() ? size_t{0} : r.tests[0].samples_ts.size());
   if (!r.gpu.empty())
-    std::printf("gpu: %lld layers%s on %s (%s of weights on the device, int8 decode path %s); the bandwidth figures "
-                "above are the CPU's\n",
+    std::printf("gpu: %lld layers%s on %s, device %u (%s of weights on the device, int8 decode path %s); the "
+                "bandwidth figures above are the CPU's\n",
                 static_cast<long long>(r.n_gpu_layers), r.gpu_output ? " and the output" : "", r.gpu.c_str(),
-                format_bytes(static_cast<double>(r.gpu_bytes)).c_str(), r.gpu_int8 ? "on" : "off");
+                r.gpu_device, format_bytes(static_cast<double>(r.gpu_bytes)).c_str(), r.gpu_int8 ? "on" : "off");
   for (const BenchTest& t : r.tests)
     if (t.gpu_submits > 0)
       std::printf("gpu %s: %.1f command buffers per run (%.0f%% reused), %.0f dispatches each; per command buffer "

@@ -363,6 +363,7 @@ BenchReport run_bench(const BenchOptions& opt) {
     rep.n_gpu_layers = dm->n_layers();
     rep.gpu_output = dm->output_on_device();
     rep.gpu = dm->info().name;
+    rep.gpu_device = dm->info().index;
     rep.gpu_int8 = dm->int8();
     rep.gpu_bytes = dm->weight_bytes();
   }

@@ -86,6 +86,7 @@ struct BenchReport {
   int64_t n_gpu_layers = 0;  // layers offloaded (0: CPU only)
   bool gpu_output = false;   // the output matrix on the GPU too
   std::string gpu;           // the device's name (empty: CPU only)
+  uint32_t gpu_device = 0;   // its index (lokal info --devices)
   bool gpu_int8 = false;     // decode's products of int8 weight types dot int8 activations (gpu/kernels.h)
   uint64_t gpu_bytes = 0;    // device memory of the weights
   std::vector<BenchTest> tests;
