@@ -580,17 +580,22 @@ int serve(ServeArgs& a, CLI::App* cmd) {
           std::fprintf(stderr, "lokal serve: ready: %s, context %lld tokens x %d sequences, KV cache %s, %d threads, load %.2f s\n",
                        engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
                        format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
-          if (const DeviceModel* dm = engine.model().device())
+          const SpecSetup* sp = engine.spec();
+          const uint64_t draft_dev = sp ? sp->draft_device_bytes() : 0;
+          if (const DeviceModel* dm = engine.model().device()) {
+            uint64_t mine = engine.device_bytes()[dm->info().index];  // the target's own: less a draft beside it
+            if (draft_dev > 0 && sp->draft_device() == dm->info().index) mine -= draft_dev;
             std::fprintf(stderr, "lokal serve: gpu: %lld of %lld layers on %s (output on the %s), device %u, device memory %s\n",
                          static_cast<long long>(dm->n_layers()), static_cast<long long>(engine.model().config().n_layer),
                          dm->info().name.c_str(), dm->output_on_device() ? "GPU" : "CPU", dm->info().index,
-                         format_bytes(static_cast<double>(engine.device_bytes()[dm->info().index])).c_str());
-          if (const SpecSetup* sp = engine.spec(); sp && sp->draft_device_bytes() > 0)
+                         format_bytes(static_cast<double>(mine)).c_str());
+          }
+          if (draft_dev > 0)
             std::fprintf(stderr, "lokal serve: gpu: draft %lld of %lld layers on device %u, device memory %s (its "
                          "weights; each sequence's draft cache is allocated when it first drafts)\n",
                          static_cast<long long>(sp->draft_model()->device()->n_layers()),
                          static_cast<long long>(sp->draft_model()->config().n_layer), sp->draft_device(),
-                         format_bytes(static_cast<double>(sp->draft_device_bytes())).c_str());
+                         format_bytes(static_cast<double>(draft_dev)).c_str());
           if (!engine.template_error().empty())
             std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
         });
