@@ -718,6 +718,18 @@ TEST(GpuOffload, KvTypeWithoutAGpuKernelIsAClearError) {
           << e.what();
     }
   }
+  // From the command line the planner says it before anything loads: run, plan, and serve naming the model.
+  const std::string model = test::data_path("models/real/tinytales-4m-f32.gguf");
+  test::expect_one_line_error(test::run_lokal("run -m " + model + " -p hi -n 2 -ngl 99 -ctk q4_0", 60),
+                              "-ngl 99: a q4_0 KV cache cannot go on the GPU", true);
+  test::expect_one_line_error(test::run_lokal("plan -m " + model + " -ngl 2 -ctv q4_0 --ram 1GiB", 60),
+                              "-ngl 2: a q4_0 KV cache cannot go on the GPU", true);
+  test::TempDir dir;
+  const std::string cfg = dir.file("q4.toml");
+  std::ofstream(cfg) << "[models.a]\nmodel = \"" << model << "\"\ngpu_layers = 99\ncache_type_k = \"q4_0\"\n"
+                     << "[models.b]\nmodel = \"" << model << "\"\n";
+  test::expect_one_line_error(test::run_lokal("serve --config " + cfg + " --port 0", 60),
+                              "model 'a': -ngl 99: a q4_0 KV cache cannot go on the GPU", true);
 }
 
 // A cache the device cannot hold (one layer's K above what one shader binding may see on lavapipe, 128 MiB; a real

@@ -263,6 +263,49 @@ ModelFacts shaped(const std::string& name, ModelConfig c, double bpw, bool tied)
 // The typical 12 GB case of the GPU issue: a 12B model (Mistral-Nemo's shapes) in Q5_K_M (~5.7 bits per weight) with
 // a q8_0 KV cache at 8k context, plus a 0.5B draft (Qwen2.5-0.5B's shapes, Q8_0), in 12 GiB of VRAM; then in 8 GiB,
 // where only some layers fit: the plan takes the most that do (one more would not), and RAM holds the rest.
+// With -ngl the device holds f32, f16 and q8_0 caches only: a plan under a tight RAM budget never offers (or
+// aborts on) a q4_0 cache then, a q4_0 cache fixed by the user is a clear error, and so is one given to the estimate.
+TEST(Plan, GpuLayersNeverGetACacheTypeTheDeviceLacks) {
+  PlanRequest r;
+  r.models = {fake_model("m", 1'100'000'000, 4.5)};
+  r.n_threads = 2;
+  r.n_ctx = 4096;
+  r.n_gpu_layers = 4;
+  // One byte less RAM than the smallest q8_0 option with 4 layers on the GPU: only a q4_0 cache (for the layers left
+  // on the CPU) would fit, which the device cannot hold: nothing fits, and the plan says so instead of failing.
+  RunSettings q8{4096, DType::Q8_0, DType::Q8_0, 32, 2};
+  q8.n_gpu_layers = 4;
+  r.ram_bytes = estimate_memory(r.models[0], q8).total_bytes - 1;
+  Plan p;
+  ASSERT_NO_THROW(p = make_plan(r));
+  EXPECT_FALSE(p.fits) << p.reason;
+  bool tried_q4 = false;
+  for (const PlanCandidate& c : p.tried)
+    if (c.settings.type_k == DType::Q4_0 || c.settings.type_v == DType::Q4_0) {
+      tried_q4 = true;
+      EXPECT_FALSE(c.fits);
+    }
+  EXPECT_TRUE(tried_q4);
+  // With room for q8_0, that is chosen.
+  r.ram_bytes += 1;
+  p = make_plan(r);
+  ASSERT_TRUE(p.fits) << p.reason;
+  EXPECT_EQ(p.chosen.settings.type_k, DType::Q8_0);
+  EXPECT_EQ(p.chosen.settings.n_gpu_layers, 4);
+  // Fixed by the user: the error says what to do.
+  r.type_v = DType::Q4_0;
+  try {
+    make_plan(r);
+    ADD_FAILURE() << "a q4_0 cache with -ngl was planned";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("-ngl 4: a q4_0 KV cache cannot go on the GPU"), std::string::npos)
+        << e.what();
+  }
+  RunSettings q4{4096, DType::Q4_0, DType::Q4_0, 32, 2};
+  q4.n_gpu_layers = 4;
+  EXPECT_THROW(estimate_memory(r.models[0], q4), Error);
+}
+
 TEST(Plan, VramChoosesHowManyLayersGoToTheGpu) {
   ModelConfig big;
   big.arch = "llama";

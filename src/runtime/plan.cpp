@@ -125,6 +125,15 @@ uint64_t runtime_overhead_bytes(const ModelFacts& m, int n_threads) {
   return kProcessBase + tokenizer_bytes(m) + static_cast<uint64_t>(std::max(1, n_threads)) * kPerThread;
 }
 
+namespace {
+// -ngl with a KV cache type the device does not hold (gpu/kernels.h: f32, f16, q8_0).
+Error kv_not_on_gpu(int n_gpu_layers, DType t) {
+  return Error("-ngl " + std::to_string(n_gpu_layers) + ": a " + kv_type_label(t) +
+               " KV cache cannot go on the GPU (its cache types are f32, f16 and q8_0: give -ctk/-ctv one of them, "
+               "or no -ngl)");
+}
+}  // namespace
+
 MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
   MemoryEstimate e;
   e.weights_bytes = m.file_bytes + m.converted_bytes;
@@ -143,6 +152,9 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const RunSettings& s) {
   e.overhead_bytes = runtime_overhead_bytes(m, s.n_threads);
   if (s.n_gpu_layers > 0 && c.n_layer > 0) {
     // GPU offload: the last layers' matrices live on the device (their file pages are released), so does their KV.
+    for (DType t : {s.type_k, s.type_v})
+      if (!gpu::Kernels::supports_kv(t))
+        throw kv_not_on_gpu(s.n_gpu_layers, t);
     const int64_t n = std::min<int64_t>(s.n_gpu_layers, c.n_layer);
     e.gpu_layers = n;
     e.gpu_output = n == c.n_layer && m.output_gpu_ok;
@@ -206,6 +218,10 @@ std::string settings_str(const ModelFacts& m, const RunSettings& s) {
 
 Plan make_plan(const PlanRequest& req) {
   if (req.models.empty()) throw Error("plan: no model given");
+  if (req.n_gpu_layers.value_or(0) > 0)  // a fixed cache type the device does not hold, with a fixed -ngl
+    for (const std::optional<DType>& t : {req.type_k, req.type_v})
+      if (t && !gpu::Kernels::supports_kv(*t))
+        throw kv_not_on_gpu(*req.n_gpu_layers, *t);
   Plan plan;
   plan.ram_bytes = req.ram_bytes;
 
@@ -284,6 +300,9 @@ Plan make_plan(const PlanRequest& req) {
     const ModelFacts& m = req.models[mi];
     const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && gpu::Kernels::supports_kv(kv.first) &&
                           gpu::Kernels::supports_kv(kv.second);
+    // A fixed -ngl with a cache type the device does not hold (q4_0) is no candidate: estimated on the CPU, unfit.
+    const bool kv_off_gpu = req.n_gpu_layers.value_or(0) > 0 &&
+                            !(gpu::Kernels::supports_kv(kv.first) && gpu::Kernels::supports_kv(kv.second));
     if (!req.n_gpu_layers && req.vram_bytes > 0 && gpu_able) {
       // All layers (and the output) if they fit, else the most that do (device bytes grow with N), else none.
       for (int ngl = static_cast<int>(m.cfg.n_layer); ngl >= 0; --ngl) {
@@ -291,9 +310,9 @@ Plan make_plan(const PlanRequest& req) {
         if (ngl == 0 || c.gpu_bytes <= req.vram_bytes) break;
       }
     } else {
-      estimate(req.n_gpu_layers.value_or(0));
+      estimate(kv_off_gpu ? 0 : req.n_gpu_layers.value_or(0));
     }
-    c.fits = c.total_bytes <= req.ram_bytes && (req.vram_bytes == 0 || c.gpu_bytes <= req.vram_bytes);
+    c.fits = !kv_off_gpu && c.total_bytes <= req.ram_bytes && (req.vram_bytes == 0 || c.gpu_bytes <= req.vram_bytes);
     return c;
   };
 

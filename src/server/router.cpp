@@ -91,7 +91,12 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
       if (s.spec.tasks.empty()) s.spec.tasks = infer_tasks(*file, !s.spec.engine.chat_template.empty());
     }
     s.settings = run_settings(s.spec.engine.load, s.facts);
-    MemoryEstimate e = estimate_memory(s.facts, s.settings);
+    MemoryEstimate e;
+    try {
+      e = estimate_memory(s.facts, s.settings);
+    } catch (const Error& err) {  // settings it cannot run with (a KV type the GPU lacks)
+      throw Error(where + ": " + err.what());
+    }
     s.bytes = e.total_bytes - std::min(e.total_bytes, process_base_bytes()) + kPerModelServingBytes;
     const uint32_t device = s.spec.engine.load.load.offload.device;
     if (e.gpu_total_bytes > 0) s.device_bytes[device] = e.gpu_total_bytes;
@@ -101,7 +106,12 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
       if (s.spec.engine.spec.draft_gpu_layers >= 0) ds.n_gpu_layers = s.spec.engine.spec.draft_gpu_layers;
       ds.type_k = s.spec.engine.spec.model.cache_type_k;
       ds.type_v = s.spec.engine.spec.model.cache_type_v;
-      const MemoryEstimate de = estimate_draft_memory(df, ds);  // a cache per sequence
+      MemoryEstimate de;  // a cache per sequence
+      try {
+        de = estimate_draft_memory(df, ds);
+      } catch (const Error& err) {
+        throw Error(where + ", its draft: " + err.what());
+      }
       s.bytes += de.total_bytes;
       const int dd = s.spec.engine.spec.draft_device;  // -1: the target's
       if (de.gpu_total_bytes > 0) s.device_bytes[dd >= 0 ? static_cast<uint32_t>(dd) : device] += de.gpu_total_bytes;
