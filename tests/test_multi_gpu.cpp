@@ -174,11 +174,14 @@ TEST_F(TwoGpus, ServePutsEachModelOnItsGpu) {
   };
   const std::string want = complete("cpu", 40);
   ASSERT_FALSE(want.empty());
-  // Two requests to a at once: both sequences draft, so both of its draft caches exist on GPU 1.
+  // Two requests to a and one to b at once (the two models' schedulers step concurrently, on GPU 0 and GPU 1
+  // both): a's two sequences both draft, so both of its draft caches exist on GPU 1.
   auto one = std::async(std::launch::async, complete, "a", 40);
   auto two = std::async(std::launch::async, complete, "a", 40);
+  auto other = std::async(std::launch::async, complete, "b", 40);
   EXPECT_EQ(one.get(), want);
   EXPECT_EQ(two.get(), want);
+  EXPECT_EQ(other.get(), want);
   EXPECT_EQ(complete("b", 40), want);
 
   auto r = c.Get("/api/ps");
