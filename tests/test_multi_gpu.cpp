@@ -17,7 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "support/gpu_test.h"
 #include "support/serve_process.h"
@@ -134,6 +136,47 @@ TEST_F(TwoGpus, BenchRunsOnTheGpuItIsGiven) {
   ASSERT_EQ(text.rc, 0) << text.err;
   EXPECT_NE(text.out.find("gpu: 4 layers and the output on "), std::string::npos) << text.out;
   EXPECT_NE(text.out.find(", device 1 ("), std::string::npos) << text.out;
+}
+
+// perplexity and batch on the second GPU: the same results as on the first (and the CPU's texts), each GPU named.
+TEST_F(TwoGpus, PerplexityAndBatchRunOnTheGpuTheyAreGiven) {
+  const std::string q8 = test::data_path("models/real/tinytales-4m-q8_0.gguf");
+  const std::string text = test::data_path("golden/ppl-text.txt");
+  std::map<int, std::string> ppl;
+  for (int dev : {0, 1}) {
+    const test::CliResult r = test::run_lokal("perplexity -m " + q8 + " -f " + text + " -c 128 --chunks 2 -ngl 99 "
+                                              "--device " + std::to_string(dev), 300);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.err.find("gpu: 4 of 4 layers on "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("(output on the GPU), device " + std::to_string(dev) + "\n"), std::string::npos) << r.err;
+    std::smatch m;
+    const std::string all = r.out + "\n" + r.err;  // the final figure is the result, on stdout
+    ASSERT_TRUE(std::regex_search(all, m, std::regex(R"((^|\n)PPL = ([0-9.]+) )"))) << all;
+    ppl[dev] = m[2].str();
+  }
+  EXPECT_EQ(ppl[0], ppl[1]);  // the same kernels on the same driver: the same bits
+
+  const std::string prompts = dir_.file("p.jsonl");
+  std::ofstream(prompts) << "{\"prompt\": \"Once upon a time\", \"max_tokens\": 24, \"temperature\": 0}\n"
+                         << "{\"prompt\": \"The king said\", \"max_tokens\": 24, \"temperature\": 0}\n";
+  const test::CliResult cpu = test::run_lokal("batch -m " + target_ + " -f " + prompts + " -np 2", 300);
+  ASSERT_EQ(cpu.rc, 0) << cpu.err;
+  const test::CliResult gpu = test::run_lokal("batch -m " + target_ + " -f " + prompts + " -np 2 -ngl 2 -md " + draft_ +
+                                              " -ngld 99 --device-draft 1", 300);
+  ASSERT_EQ(gpu.rc, 0) << gpu.err;
+  auto texts = [](const std::string& out) {
+    std::vector<std::string> t;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) t.push_back(json::parse(line)["text"].get<std::string>());
+    return t;
+  };
+  EXPECT_EQ(texts(gpu.out), texts(cpu.out));
+  EXPECT_EQ(texts(cpu.out).size(), 2u);
+  EXPECT_NE(gpu.err.find("gpu: 2 of 4 layers on "), std::string::npos) << gpu.err;
+  EXPECT_NE(gpu.err.find("(output on the CPU), device 0\n"), std::string::npos) << gpu.err;
+  EXPECT_NE(gpu.err.find("gpu: draft 2 of 2 layers on "), std::string::npos) << gpu.err;
+  EXPECT_NE(gpu.err.find("(output on the GPU), device 1\n"), std::string::npos) << gpu.err;
 }
 
 // One server, models on different GPUs: `a` on GPU 0 with its draft on GPU 1, `b` on GPU 1, `cpu` on neither. Each

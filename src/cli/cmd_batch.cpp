@@ -269,8 +269,12 @@ int batch(const BatchArgs& a) {
                static_cast<long long>(sch.kv_pool().capacity_tokens()), format_bytes(static_cast<double>(sch.kv_bytes())).c_str(),
                static_cast<long long>(sch.options().n_ctx), pool.size());
   std::fprintf(stderr, "memory: total    %s predicted peak (lokal plan)\n", mib_bytes(loaded.estimate.total_bytes).c_str());
+  if (const std::string g = gpu_placement(model); !g.empty()) std::fprintf(stderr, "%s\n", g.c_str());
   if (spec) {
     std::fprintf(stderr, "speculative: %s\n", spec->describe().c_str());
+    if (spec->draft_model())
+      if (const std::string g = gpu_placement(*spec->draft_model(), "draft "); !g.empty())
+        std::fprintf(stderr, "%s\n", g.c_str());
     for (const auto& w : spec_warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   }
 

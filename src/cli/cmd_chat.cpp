@@ -461,6 +461,10 @@ void run_chat(const ChatArgs& a) {
   sigaction(SIGINT, &sa, nullptr);
   std::fprintf(stderr, "lokal chat: %s, context %lld tokens. /help for commands, Ctrl-D or /bye to leave.\n",
                a.model.c_str(), static_cast<long long>(session.n_ctx()));
+  if (const std::string g = gpu_placement(*loaded.model); !g.empty()) std::fprintf(stderr, "%s\n", g.c_str());
+  if (spec_setup && spec_setup->draft_model())
+    if (const std::string g = gpu_placement(*spec_setup->draft_model(), "draft "); !g.empty())
+      std::fprintf(stderr, "%s\n", g.c_str());
   while (true) {
     std::fputs(">>> ", stdout);
     std::fflush(stdout);

@@ -60,6 +60,7 @@ void perplexity(const PplArgs& a) {
                a.text_file.c_str(), static_cast<long long>(plan.n_text_tokens), static_cast<long long>(plan.n_chunks),
                static_cast<long long>(plan.n_ctx), static_cast<long long>(plan.n_scored),
                plan.bos_replaced ? " (first token = BOS)" : "");
+  if (const std::string g = gpu_placement(*model); !g.empty()) std::fprintf(stderr, "%s\n", g.c_str());
   std::fflush(stderr);
 
   PerplexityResult r = run_perplexity(*model, plan, pool, a.batch, sinks, [](int64_t c, int64_t n, double ppl) {

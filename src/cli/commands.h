@@ -53,6 +53,9 @@ std::string read_text_file(const std::string& path);
 // GPU offload (model/offload.h): -ngl/--gpu-layers/--n-gpu-layers N (-ngl via canonical_args) (the last N layers on the GPU; 99: all, with the
 // output) and --device I (a Vulkan device of `lokal info --devices`).
 void add_gpu_options(CLI::App* cmd, OffloadOptions& o);
+// "gpu: N of L layers on NAME (output on the GPU|CPU), device I" for a model with GPU offload (`who`: "" or
+// "draft "), else "".
+std::string gpu_placement(const Model& m, const char* who = "");
 
 // A KV cache type name (f32, f16, bf16, q8_0, q4_0); throws lokal::Error naming `flag` otherwise.
 DType parse_kv_type(const std::string& name, const char* flag);

@@ -1,6 +1,7 @@
 // Helpers shared by several subcommands.
 #include "cli/commands.h"
 #include "core/error.h"
+#include "model/offload.h"
 #include "ops/attention.h"
 
 namespace lokal::cli {
@@ -18,6 +19,14 @@ void add_gpu_options(CLI::App* cmd, OffloadOptions& o) {
       ->capture_default_str()->check(CLI::Range(0, 100000));
   cmd->add_option("--device", o.device, "GPU for -ngl: its index in 'lokal info --devices'")
       ->capture_default_str()->check(CLI::Range(0, 255));
+}
+
+std::string gpu_placement(const Model& m, const char* who) {
+  const DeviceModel* dm = m.device();
+  if (!dm) return "";
+  return std::string("gpu: ") + who + std::to_string(dm->n_layers()) + " of " + std::to_string(m.config().n_layer) +
+         " layers on " + dm->info().name + " (output on the " + (dm->output_on_device() ? "GPU" : "CPU") +
+         "), device " + std::to_string(dm->info().index);
 }
 
 std::string one_model(const std::string& cmd, const std::string& from_flag, const std::string& positional) {
