@@ -495,6 +495,11 @@ TEST(PlanRss, PredictedPeakWithinFivePercentOfMeasured) {
   }
   check_rss({big, "-c 2048 -np 8 --kv-tokens 8192 -ctk q8_0 -ctv q8_0 -b 256"}, jsonl);
   check_rss({data_path("models/real/tinytales-4m-f32.gguf"), "-c 256 -np 8 -b 64"}, jsonl);
+  // With a draft model: its weights and one cache and set of buffers per sequence (runtime/plan.h
+  // estimate_draft_memory), which plan and batch both count.
+  check_rss({data_path("models/real/tinytales-4m-f32.gguf"),
+             "-c 256 -np 8 -b 64 --draft " + data_path("models/real/tinytales-draft-1m-f32.gguf")},
+            jsonl);
 }
 
 // Context overflow: stop with a reason by default; with the shift policy, generation goes on past the context and

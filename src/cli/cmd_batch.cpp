@@ -241,9 +241,16 @@ int batch(const BatchArgs& a) {
   so.cache_type_v = loaded.settings.type_v;
   std::vector<std::string> spec_warnings;
   std::unique_ptr<SpecSetup> spec;
+  uint64_t predicted = loaded.estimate.total_bytes;  // what lokal plan predicts, the draft's part included
   if (const SpecConfig sc = a.spec.config(); sc.enabled()) {
     spec = std::make_unique<SpecSetup>(model, sc, req.load, &spec_warnings);
     so.spec = spec.get();
+    if (!sc.draft.empty()) {  // its weights and a cache and buffers for each of the sequences
+      RunSettings ds = sc.draft_settings(loaded.settings);
+      ds.n_ctx = so.n_ctx;
+      ds.n_parallel = so.n_parallel;
+      predicted += estimate_draft_memory(ModelFacts::read(sc.draft), ds).total_bytes;
+    }
   }
   Scheduler sch(model, pool, so);
 
@@ -268,7 +275,8 @@ int batch(const BatchArgs& a) {
                "tokens, %d threads\n", lines.size(), so.n_parallel,
                static_cast<long long>(sch.kv_pool().capacity_tokens()), format_bytes(static_cast<double>(sch.kv_bytes())).c_str(),
                static_cast<long long>(sch.options().n_ctx), pool.size());
-  std::fprintf(stderr, "memory: total    %s predicted peak (lokal plan)\n", mib_bytes(loaded.estimate.total_bytes).c_str());
+  std::fprintf(stderr, "memory: total    %s predicted peak (lokal plan%s)\n", mib_bytes(predicted).c_str(),
+               spec && spec->draft_model() ? ", the draft's included" : "");
   if (const std::string g = gpu_placement(model); !g.empty()) std::fprintf(stderr, "%s\n", g.c_str());
   if (spec) {
     std::fprintf(stderr, "speculative: %s\n", spec->describe().c_str());
@@ -347,8 +355,7 @@ int batch(const BatchArgs& a) {
   if (spec) std::fprintf(stderr, "%s\n", spec_stats_line(spec_method(*spec), sch.stats().spec).c_str());
   if (const uint64_t peak = peak_rss_bytes())
     std::fprintf(stderr, "memory: peak RSS %s measured (VmHWM), %s predicted (%+.1f%%)\n", mib_bytes(peak).c_str(),
-                 mib_bytes(loaded.estimate.total_bytes).c_str(),
-                 100.0 * (static_cast<double>(loaded.estimate.total_bytes) / static_cast<double>(peak) - 1.0));
+                 mib_bytes(predicted).c_str(), 100.0 * (static_cast<double>(predicted) / static_cast<double>(peak) - 1.0));
   return n_failed > 0 ? 1 : 0;
 }
 }  // namespace

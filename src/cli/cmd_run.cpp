@@ -146,13 +146,9 @@ void run(const RunArgs& a) {
                    static_cast<long long>(dd->n_layers()),
                    static_cast<long long>(spec_setup->draft_model()->config().n_layer), dd->info().name.c_str(),
                    dd->output_on_device() ? "GPU" : "CPU", dd->info().index);
-      RunSettings ds = loaded.settings;  // the draft's: one sequence of the session's context, its layers and cache
+      RunSettings ds = spec_cfg.draft_settings(loaded.settings);  // one sequence of the session's context
       ds.n_ctx = session.n_ctx();
       ds.n_parallel = 1;
-      ds.kv_tokens = 0;
-      if (spec_cfg.draft_gpu_layers >= 0) ds.n_gpu_layers = spec_cfg.draft_gpu_layers;
-      ds.type_k = spec_cfg.model.cache_type_k;
-      ds.type_v = spec_cfg.model.cache_type_v;
       const uint64_t dw = dd->weight_bytes(), used = spec_setup->draft_device_bytes();
       std::fprintf(stderr, "gpu memory: draft weights %s + kv cache and compute %s = %s used, %s predicted (lokal plan)\n",
                    format_bytes(dw).c_str(), format_bytes(used - dw).c_str(), mib_bytes(used).c_str(),

@@ -565,6 +565,14 @@ SpecSetup::SpecSetup(const Model& target, const SpecConfig& cfg, const LoadOptio
   }
 }
 
+RunSettings SpecConfig::draft_settings(const RunSettings& target) const {
+  RunSettings d = target;
+  if (draft_gpu_layers >= 0) d.n_gpu_layers = draft_gpu_layers;
+  d.type_k = model.cache_type_k;
+  d.type_v = model.cache_type_v;
+  return d;
+}
+
 SpecSetup::~SpecSetup() = default;
 
 SpecSeq::~SpecSeq() {

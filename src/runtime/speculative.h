@@ -40,6 +40,7 @@
 
 #include "core/threadpool.h"
 #include "model/model.h"
+#include "runtime/plan.h"
 #include "runtime/sampling.h"
 
 namespace lokal {
@@ -248,6 +249,9 @@ struct SpecConfig {
   int draft_gpu_layers = -1; // --gpu-layers-draft (-ngld): the draft's GPU layers; -1: the target's -ngl
   int draft_device = -1;     // --device-draft: the draft's GPU; -1: the target's --device
   bool enabled() const { return !draft.empty() || ngram; }
+  // What the draft runs with beside a target run with `target`: the target's context, sequences and threads; its
+  // own GPU layers (-ngld, else the target's -ngl) and cache types (estimate_draft_memory's input).
+  RunSettings draft_settings(const RunSettings& target) const;
 };
 
 // What the draft-model drafters a SpecSetup made hold while they live (each SpecSeq gives its part back when

@@ -102,13 +102,9 @@ Router::Router(std::vector<ModelSpec> models, RouterOptions opt)
     if (e.gpu_total_bytes > 0) s.device_bytes[device] = e.gpu_total_bytes;
     if (!s.spec.engine.spec.draft.empty()) {  // the draft sits beside it with the same context and sequences
       const ModelFacts df = ModelFacts::read(s.spec.engine.spec.draft);
-      RunSettings ds = s.settings;
-      if (s.spec.engine.spec.draft_gpu_layers >= 0) ds.n_gpu_layers = s.spec.engine.spec.draft_gpu_layers;
-      ds.type_k = s.spec.engine.spec.model.cache_type_k;
-      ds.type_v = s.spec.engine.spec.model.cache_type_v;
       MemoryEstimate de;  // a cache per sequence
       try {
-        de = estimate_draft_memory(df, ds);
+        de = estimate_draft_memory(df, s.spec.engine.spec.draft_settings(s.settings));
       } catch (const Error& err) {
         throw Error(where + ", its draft: " + err.what());
       }
