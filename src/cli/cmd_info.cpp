@@ -30,23 +30,11 @@ const char* int8_path_text(const gpu::DeviceInfo& d) {
                                           : "off (needs integer dot products and subgroup arithmetic)";
 }
 
-// The devices, or none and `why` ("no Vulkan loader (libvulkan.so.1) found ...", "no Vulkan device found").
-std::vector<gpu::DeviceInfo> devices_or_why(std::string& why) {
-  std::vector<gpu::DeviceInfo> devs;
-  try {
-    devs = gpu::list_devices();
-    if (devs.empty()) why = "no Vulkan device found";
-  } catch (const Error& e) {
-    why = e.what();
-  }
-  return devs;
-}
-
 // --devices --json: {"devices": [...]} with the fields of the text form in bytes and booleans, and "error" (why there
 // is no device) when the list is empty.
 void info_devices_json() {
   std::string why;
-  const std::vector<gpu::DeviceInfo> devs = devices_or_why(why);
+  const std::vector<gpu::DeviceInfo> devs = gpu::list_devices(&why);
   nlohmann::ordered_json out = {{"devices", nlohmann::ordered_json::array()}};
   for (const gpu::DeviceInfo& d : devs)
     out["devices"].push_back({{"index", d.index},
@@ -72,7 +60,7 @@ void info_devices_json() {
 // failure.
 void info_devices() {
   std::string why;
-  const std::vector<gpu::DeviceInfo> devs = devices_or_why(why);
+  const std::vector<gpu::DeviceInfo> devs = gpu::list_devices(&why);
   if (devs.empty()) {
     std::printf("%s\n", why.c_str());
     return;

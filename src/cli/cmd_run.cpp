@@ -117,9 +117,7 @@ void run(const RunArgs& a) {
                static_cast<double>(kv.bytes_v()) / (1024.0 * 1024.0));
   if (const DeviceModel* dm = model->device()) {
     const uint64_t w = dm->weight_bytes(), k = kv.device_bytes(), s = session.device_scratch_bytes();
-    std::fprintf(stderr, "gpu: %lld of %lld layers on %s (output on the %s), device %u, int8 decode path %s\n",
-                 static_cast<long long>(dm->n_layers()), static_cast<long long>(mc.n_layer), dm->info().name.c_str(),
-                 dm->output_on_device() ? "GPU" : "CPU", dm->info().index, dm->int8() ? "on" : "off");
+    std::fprintf(stderr, "%s, int8 decode path %s\n", gpu_placement(*model).c_str(), dm->int8() ? "on" : "off");
     std::fprintf(stderr, "gpu memory: weights %s + kv cache %s + compute %s = %s used, %s predicted (lokal plan)\n",
                  format_bytes(w).c_str(), format_bytes(k).c_str(), format_bytes(s).c_str(), mib_bytes(w + k + s).c_str(),
                  mib_bytes(loaded.estimate.gpu_total_bytes).c_str());
@@ -142,10 +140,7 @@ void run(const RunArgs& a) {
                    mib_bytes(spec_setup->draft_model()->gguf().file_size()).c_str(),
                    mib_bytes(spec_seq->model->bytes()).c_str());
     if (const DeviceModel* dd = spec_setup->draft_model() ? spec_setup->draft_model()->device() : nullptr) {
-      std::fprintf(stderr, "gpu: draft %lld of %lld layers on %s (output on the %s), device %u\n",
-                   static_cast<long long>(dd->n_layers()),
-                   static_cast<long long>(spec_setup->draft_model()->config().n_layer), dd->info().name.c_str(),
-                   dd->output_on_device() ? "GPU" : "CPU", dd->info().index);
+      std::fprintf(stderr, "%s\n", gpu_placement(*spec_setup->draft_model(), "draft ").c_str());
       RunSettings ds = spec_cfg.draft_settings(loaded.settings);  // one sequence of the session's context
       ds.n_ctx = session.n_ctx();
       ds.n_parallel = 1;

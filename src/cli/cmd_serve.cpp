@@ -9,6 +9,7 @@
 #include <set>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sys/stat.h>
 #include <thread>
 #include <toml++/toml.h>
@@ -335,15 +336,21 @@ server::ModelSpec model_from_table(const std::string& name, const toml::table& t
   return m;
 }
 
+// The machine's GPUs, listed once at start and only when needed (listing loads the Vulkan driver: tens of MiB).
+struct StartGpus {
+  std::optional<std::vector<gpu::DeviceInfo>> devs;
+  std::string why;  // why there are none
+  const std::vector<gpu::DeviceInfo>& get() {
+    if (!devs) devs = gpu::list_devices(&why);
+    return *devs;
+  }
+};
+
 // --vram above a device's memory, or naming a device this machine does not have: a warning, not an error (the
 // budget is what the user allows; models are loaded on first use), so that a load failing for device memory later
 // is not a surprise.
-void warn_vram_beyond_devices(const VramBudget& vb, const std::string& text) {
-  std::vector<gpu::DeviceInfo> devs;
-  try {
-    devs = gpu::list_devices();
-  } catch (const Error&) {  // no Vulkan loader: no devices
-  }
+void warn_vram_beyond_devices(const VramBudget& vb, const std::string& text, StartGpus& gpus) {
+  const std::vector<gpu::DeviceInfo>& devs = gpus.get();
   for (const gpu::DeviceInfo& d : devs)
     if (const uint64_t cap = vb.of(d.index); d.device_local_bytes > 0 && cap > d.device_local_bytes)
       std::fprintf(stderr, "warning: --vram %s gives GPU %u (%s) %s, more than its %s of device memory: loads past "
@@ -360,27 +367,15 @@ void warn_vram_beyond_devices(const VramBudget& vb, const std::string& text) {
 
 // A model whose layers (or its draft's) are put on a GPU this machine lacks is refused at start, as `run -ngl` refuses
 // it, rather than failing on its first request.
-void refuse_models_on_missing_gpus(const server::Router& router) {
-  bool any = false;  // the Vulkan driver is loaded (tens of MiB) only when a model uses a GPU
-  for (const server::ModelStatus& m : router.status()) any = any || !m.predicted_device_bytes.empty();
-  if (!any) return;
-  std::vector<gpu::DeviceInfo> devs;
-  std::string none;  // why no device is there
-  try {
-    devs = gpu::list_devices();
-    if (devs.empty()) none = "no Vulkan device found";
-  } catch (const Error& e) {  // no Vulkan loader
-    none = e.what();
-  }
+void refuse_models_on_missing_gpus(const server::Router& router, StartGpus& gpus) {
   for (const server::ModelStatus& m : router.status())
-    for (const auto& [dev, bytes] : m.predicted_device_bytes)
-      if (bytes > 0 && dev >= devs.size())
+    for (const auto& [dev, bytes] : m.predicted_device_bytes) {
+      if (bytes == 0) continue;
+      const std::string why = gpus.get().empty() ? gpus.why : gpu::missing_device_reason(dev, gpus.get().size());
+      if (!why.empty())
         throw Error("model '" + m.name + "' puts layers on GPU " + std::to_string(dev) + ": no GPU to offload to: " +
-                    (devs.empty() ? none
-                                  : "Vulkan device " + std::to_string(dev) + " does not exist (" +
-                                        std::to_string(devs.size()) + " found: 0.." + std::to_string(devs.size() - 1) +
-                                        ")") +
-                    " (gpu_layers = 0 or -ngl 0 keeps it on the CPU; 'lokal info --devices' lists the GPUs)");
+                    why + " (gpu_layers = 0 or -ngl 0 keeps it on the CPU; 'lokal info --devices' lists the GPUs)");
+    }
 }
 
 int serve(ServeArgs& a, CLI::App* cmd) {
@@ -503,9 +498,10 @@ int serve(ServeArgs& a, CLI::App* cmd) {
     ro.routes[std::string(k.str())] = *target;
   }
   ro.server_bytes = server::kServerBaseBytes + (a.no_webui ? 0 : server::kWebPageBytes);
-  if (ro.vram_budget.limited()) warn_vram_beyond_devices(ro.vram_budget, ro.vram_budget_text);
+  StartGpus gpus;
+  if (ro.vram_budget.limited()) warn_vram_beyond_devices(ro.vram_budget, ro.vram_budget_text, gpus);
   server::Router router(std::move(specs), ro);
-  refuse_models_on_missing_gpus(router);
+  refuse_models_on_missing_gpus(router, gpus);
 
   server::ServerOptions so = a.srv;
   so.auth.api_keys = a.api_keys;
@@ -580,22 +576,13 @@ int serve(ServeArgs& a, CLI::App* cmd) {
           std::fprintf(stderr, "lokal serve: ready: %s, context %lld tokens x %d sequences, KV cache %s, %d threads, load %.2f s\n",
                        engine.model_id().c_str(), static_cast<long long>(engine.n_ctx()), a.n_parallel,
                        format_bytes(static_cast<double>(engine.scheduler().kv_bytes())).c_str(), engine.n_threads(), engine.load_seconds());
-          const SpecSetup* sp = engine.spec();
-          const uint64_t draft_dev = sp ? sp->draft_device_bytes() : 0;
-          if (const DeviceModel* dm = engine.model().device()) {
-            uint64_t mine = engine.device_bytes()[dm->info().index];  // the target's own: less a draft beside it
-            if (draft_dev > 0 && sp->draft_device() == dm->info().index) mine -= draft_dev;
-            std::fprintf(stderr, "lokal serve: gpu: %lld of %lld layers on %s (output on the %s), device %u, device memory %s\n",
-                         static_cast<long long>(dm->n_layers()), static_cast<long long>(engine.model().config().n_layer),
-                         dm->info().name.c_str(), dm->output_on_device() ? "GPU" : "CPU", dm->info().index,
-                         format_bytes(static_cast<double>(mine)).c_str());
-          }
-          if (draft_dev > 0)
-            std::fprintf(stderr, "lokal serve: gpu: draft %lld of %lld layers on device %u, device memory %s (its "
-                         "weights; each sequence's draft cache is allocated when it first drafts)\n",
-                         static_cast<long long>(sp->draft_model()->device()->n_layers()),
-                         static_cast<long long>(sp->draft_model()->config().n_layer), sp->draft_device(),
-                         format_bytes(static_cast<double>(draft_dev)).c_str());
+          if (engine.model().device())
+            std::fprintf(stderr, "lokal serve: %s, device memory %s\n", gpu_placement(engine.model()).c_str(),
+                         format_bytes(static_cast<double>(engine.model_device_bytes())).c_str());
+          if (const SpecSetup* sp = engine.spec(); sp && sp->draft_device_bytes() > 0)
+            std::fprintf(stderr, "lokal serve: %s, device memory %s (its weights; each sequence's draft cache is "
+                         "allocated when it first drafts)\n", gpu_placement(*sp->draft_model(), "draft ").c_str(),
+                         format_bytes(static_cast<double>(sp->draft_device_bytes())).c_str());
           if (!engine.template_error().empty())
             std::fprintf(stderr, "warning: %s: chat endpoints answer 400 (give --chat-template)\n", engine.template_error().c_str());
         });

@@ -302,13 +302,28 @@ std::vector<DeviceInfo> list_devices() {
   return out;
 }
 
-std::string no_device_reason() {
+std::vector<DeviceInfo> list_devices(std::string* why) {
   try {
-    if (list_devices().empty()) return "no Vulkan device found";
-    return "";
+    std::vector<DeviceInfo> devs = list_devices();
+    *why = missing_device_reason(0, devs.size());
+    return devs;
   } catch (const Error& e) {
-    return e.what();
+    *why = e.what();
+    return {};
   }
+}
+
+std::string no_device_reason() {
+  std::string why;
+  list_devices(&why);
+  return why;
+}
+
+std::string missing_device_reason(uint32_t index, size_t n_devices) {
+  if (n_devices == 0) return "no Vulkan device found";
+  if (index < n_devices) return "";
+  return "Vulkan device " + std::to_string(index) + " does not exist (" + std::to_string(n_devices) + " found: 0.." +
+         std::to_string(n_devices - 1) + ")";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,10 +333,7 @@ std::string no_device_reason() {
 std::shared_ptr<Device> Device::open(uint32_t index) {
   auto inst = Instance::create();
   const auto& pds = inst->physical_devices();
-  if (pds.empty()) throw Error("no Vulkan device found");
-  if (index >= pds.size())
-    throw Error("Vulkan device " + std::to_string(index) + " does not exist (" + std::to_string(pds.size()) +
-                " found: 0.." + std::to_string(pds.size() - 1) + ")");
+  if (const std::string why = missing_device_reason(index, pds.size()); !why.empty()) throw Error(why);
   const VkFns& f = inst->vk();
   auto dev = std::shared_ptr<Device>(new Device());
   dev->instance_ = inst;

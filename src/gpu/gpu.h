@@ -67,8 +67,16 @@ class Instance;
 // cannot be loaded or gives no instance; returns an empty list when the loader finds no device.
 std::vector<DeviceInfo> list_devices();
 
+// list_devices() without throwing: the devices, or none and *why set to the one-line reason ("no Vulkan loader
+// (libvulkan.so.1) found ...", "no Vulkan device found").
+std::vector<DeviceInfo> list_devices(std::string* why);
+
 // Either "" (at least one device) or the one-line reason there is none, for messages such as `lokal info --devices`.
 std::string no_device_reason();
+
+// Why device `index` is not among n_devices ("" when it is): "no Vulkan device found" or "Vulkan device 3 does not
+// exist (1 found: 0..0)" (Device::open's message).
+std::string missing_device_reason(uint32_t index, size_t n_devices);
 
 class Buffer;
 class Pipeline;

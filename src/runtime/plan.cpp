@@ -298,11 +298,10 @@ Plan make_plan(const PlanRequest& req) {
     // GPU layers: fixed (-ngl), or the most that fit the VRAM budget (0 when the model or a cache type has no GPU
     // kernel: the device holds f32, f16 and q8_0 caches).
     const ModelFacts& m = req.models[mi];
-    const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && gpu::Kernels::supports_kv(kv.first) &&
-                          gpu::Kernels::supports_kv(kv.second);
+    const bool kv_gpu = gpu::Kernels::supports_kv(kv.first) && gpu::Kernels::supports_kv(kv.second);
+    const bool gpu_able = m.gpu_ok && (!req.draft || req.draft->gpu_ok) && kv_gpu;
     // A fixed -ngl with a cache type the device does not hold (q4_0) is no candidate: estimated on the CPU, unfit.
-    const bool kv_off_gpu = req.n_gpu_layers.value_or(0) > 0 &&
-                            !(gpu::Kernels::supports_kv(kv.first) && gpu::Kernels::supports_kv(kv.second));
+    const bool kv_off_gpu = req.n_gpu_layers.value_or(0) > 0 && !kv_gpu;
     if (!req.n_gpu_layers && req.vram_bytes > 0 && gpu_able) {
       // All layers (and the output) if they fit, else the most that do (device bytes grow with N), else none.
       for (int ngl = static_cast<int>(m.cfg.n_layer); ngl >= 0; --ngl) {

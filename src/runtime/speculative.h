@@ -294,8 +294,7 @@ class SpecSetup {
   // are alive now (0 when the draft runs on the CPU); the GPU it is on.
   uint64_t draft_device_bytes() const;
   uint32_t draft_device() const;
-  // Draft-model drafters alive now, and the most alive at once so far (a scheduler keeps at most n_parallel).
-  int64_t live_drafters() const { return live_.drafters.load(); }
+  // The most draft-model drafters alive at once so far (a scheduler keeps at most n_parallel).
   int64_t peak_drafters() const { return live_.peak.load(); }
 
  private:

@@ -66,11 +66,14 @@ Engine::~Engine() {
   if (sched_) sched_->stop();
 }
 
+uint64_t Engine::model_device_bytes() const {
+  const DeviceModel* dm = model().device();
+  return dm ? dm->weight_bytes() + sched_->kv_pool().cache().device_bytes() + sched_->device_scratch_bytes() : 0;
+}
+
 DeviceBytes Engine::device_bytes() const {
   DeviceBytes out;
-  if (const DeviceModel* dm = model().device())
-    out[dm->info().index] =
-        dm->weight_bytes() + sched_->kv_pool().cache().device_bytes() + sched_->device_scratch_bytes();
+  if (const DeviceModel* dm = model().device()) out[dm->info().index] = model_device_bytes();
   if (spec_)
     if (const uint64_t d = spec_->draft_device_bytes()) out[spec_->draft_device()] += d;
   return out;

@@ -109,6 +109,7 @@ class Engine {
   // GPU offload: device memory by GPU, now: the target's weights, KV cache and the scheduler's scratch on its device,
   // the draft's weights and its drafters' caches and scratch on the draft's (empty without -ngl).
   DeviceBytes device_bytes() const;
+  uint64_t model_device_bytes() const;  // the target's part of it (on its --device)
   int64_t n_ctx() const { return sched_->options().n_ctx; }
   int n_threads() const { return pool_ ? pool_->size() : 0; }
 
